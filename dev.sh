@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian/Ubuntu machine with only Rust installed.
+#   ./dev.sh demo   install what is missing, build, start a node with demo content
+#   ./dev.sh test   install what is missing, run the whole test suite
+#   ./dev.sh setup  only install what is missing
+set -euo pipefail
+cd "$(dirname "$0")"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
+
+# Debian packages: C++ toolchain and libclang for RocksDB's build; the stock clients
+# the tests drive (curl, aria2c, b3sum, bspatch).
+PACKAGES=(build-essential libclang-dev curl aria2 b3sum bsdiff zstd)
+
+setup() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}" >&2
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+run_tests() {
+  local log
+  log=$(mktemp)
+  set +e
+  cargo test --workspace --all-targets 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  # One closing line over every test binary (cargo prints one per binary).
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
+       END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+  rm -f "$log"
+  return "$rc"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  test) setup; run_tests ;;
+  demo)
+    setup
+    shift
+    cargo build --bin update-edge
+    exec "$CARGO_TARGET_DIR/debug/update-edge" serve --demo --data "${DEMO_DATA:-./demo-data}" "$@"
+    ;;
+  *) echo "usage: $0 demo|test|setup" >&2; exit 2 ;;
+esac

@@ -1,0 +1,60 @@
+//! Command glue behind `main.rs`: each subcommand is a function that takes parsed
+//! arguments, does its work through the library, and returns an exit status.
+
+pub mod blob;
+pub mod delta;
+pub mod demo;
+pub mod serve;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the command ran and found a problem (corrupt data, failed check).
+pub const EXIT_PROBLEM: u8 = 1;
+/// Exit status: bad usage or input (also what clap uses for bad arguments).
+pub const EXIT_USAGE: u8 = 2;
+
+/// A byte-count progress bar on stderr; invisible when stderr is not a terminal.
+pub fn progress_bar(total: Option<u64>, what: &str) -> ProgressBar {
+    let pb = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let style = ProgressStyle::with_template(
+        "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Loads config with the usual layering, then applies `--data` / `--listen` flags.
+pub fn load_config(
+    file: Option<&std::path::Path>,
+    data: Option<&std::path::Path>,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<crate::config::Config> {
+    let mut c = crate::config::Config::load(file)?;
+    if let Some(d) = data {
+        c.server.data_dir = d.to_path_buf();
+    }
+    if let Some(l) = listen {
+        c.server.listen = l;
+    }
+    Ok(c)
+}
+
+/// Opens the store for an offline command, with a clear message when a server holds it.
+pub fn open_offline(config: crate::config::Config) -> anyhow::Result<crate::server::Node> {
+    let dir = config.server.data_dir.clone();
+    crate::server::Node::open(config).map_err(|e| {
+        let hint = if e.to_string().contains("lock") {
+            " (is a server running on this data directory?)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("opening store at {}: {e}{hint}", dir.display())
+    })
+}

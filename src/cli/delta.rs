@@ -1,0 +1,165 @@
+//! `update-edge delta diff|apply|info`.
+//!
+//! Exit codes: 0 success; 1 the patch or old input was rejected (corrupt, truncated,
+//! wrong old file, result hash mismatch) — no output file is left; 2 usage or I/O error.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::{progress_bar, EXIT_OK, EXIT_PROBLEM};
+use crate::delta::{self, DeltaError, DiffOptions, FileAt, PatchFormat};
+
+/// zstd level of the full-payload yardstick for the worth-it rule.
+const YARDSTICK_LEVEL: i32 = 3;
+
+/// A temp file beside `path` that becomes `path` only on `commit`; removed otherwise.
+struct AtomicOut {
+    tmp: PathBuf,
+    path: PathBuf,
+    done: bool,
+}
+
+impl AtomicOut {
+    fn create(path: &Path) -> anyhow::Result<(AtomicOut, BufWriter<std::fs::File>)> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+        let f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok((
+            AtomicOut {
+                tmp,
+                path: path.to_path_buf(),
+                done: false,
+            },
+            BufWriter::with_capacity(1 << 20, f),
+        ))
+    }
+
+    fn commit(mut self, w: BufWriter<std::fs::File>) -> anyhow::Result<()> {
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicOut {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+pub struct DiffArgs<'a> {
+    pub old: &'a Path,
+    pub new: &'a Path,
+    pub out: &'a Path,
+    pub memory_limit: u64,
+    pub format: PatchFormat,
+    pub level: i32,
+    pub worth_it_ratio: f64,
+    pub json: bool,
+}
+
+pub fn diff(a: DiffArgs<'_>) -> anyhow::Result<u8> {
+    let old = FileAt::open(a.old)?;
+    let new = FileAt::open(a.new)?;
+    let opts = DiffOptions {
+        memory_limit: a.memory_limit,
+        zstd_level: a.level,
+        format: a.format,
+        ..DiffOptions::default()
+    };
+    let pb = progress_bar(Some(delta::ReadAt::size(&new)), "diffing");
+    let (guard, mut w) = AtomicOut::create(a.out)?;
+    let report = delta::diff(&old, &new, &mut w, &opts, &|n| pb.inc(n))?;
+    guard.commit(w)?;
+    pb.finish_and_clear();
+    let full = delta::zstd_full_size(&new, YARDSTICK_LEVEL)?;
+    let worth = delta::worth_it(report.patch_size, full, a.worth_it_ratio);
+    if a.json {
+        let v = serde_json::json!({ "report": report, "zstd_full_size": full, "worth_it": worth, "worth_it_ratio": a.worth_it_ratio });
+        println!("{v}");
+    } else {
+        println!(
+            "patch {} bytes ({:.2}% of new, {:.2}% of zstd -{YARDSTICK_LEVEL} full {} bytes) in {:.2}s{}; worth it at ratio {}: {}",
+            report.patch_size,
+            100.0 * report.patch_size as f64 / report.new_size.max(1) as f64,
+            100.0 * report.patch_size as f64 / full.max(1) as f64,
+            full,
+            report.seconds,
+            if report.windowed { format!(", windowed in {} segments", report.segments) } else { String::new() },
+            a.worth_it_ratio,
+            if worth { "yes" } else { "no" }
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn apply(old: &Path, patch: &Path, out: &Path, json: bool) -> anyhow::Result<u8> {
+    let old = FileAt::open(old)?;
+    let mut p = BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(patch).with_context(|| format!("opening {}", patch.display()))?,
+    );
+    let (guard, mut w) = AtomicOut::create(out)?;
+    match delta::apply(&old, &mut p, &mut w) {
+        Ok(report) => {
+            guard.commit(w)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "wrote {} bytes, blake3 {}",
+                    report.new_size, report.new_blake3
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Err(DeltaError::Io(e)) => Err(e.into()),
+        Err(e) => {
+            drop(w);
+            drop(guard);
+            eprintln!("error: {e}");
+            Ok(EXIT_PROBLEM)
+        }
+    }
+}
+
+pub fn info(patch: &Path) -> anyhow::Result<u8> {
+    let mut f = BufReader::new(
+        std::fs::File::open(patch).with_context(|| format!("opening {}", patch.display()))?,
+    );
+    let h = match delta::apply::read_header(&mut f) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_PROBLEM);
+        }
+    };
+    let size = std::fs::metadata(patch)?.len();
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
+        "format      update-edge native v{}",
+        delta::format::VERSION
+    )?;
+    writeln!(o, "patch size  {size}")?;
+    writeln!(o, "old size    {}  blake3 {}", h.old_size, h.old_hash)?;
+    writeln!(o, "new size    {}  blake3 {}", h.new_size, h.new_hash)?;
+    writeln!(
+        o,
+        "blocks      {} of up to {} bytes",
+        h.block_count, h.block_size
+    )?;
+    writeln!(o, "zstd level  {}", h.zstd_level)?;
+    writeln!(o, "mem limit   {}", h.memory_limit)?;
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,310 @@
+//! Typed configuration: built-in defaults → TOML file → `UPDATE_EDGE_*` environment → flags.
+//!
+//! Every field is documented with its unit and default here and in `config/edge.toml`;
+//! unknown keys are rejected with a message that names them, so a typo never silently
+//! falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: &'static str, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub delta: DeltaConfig,
+}
+
+/// `[server]`: sockets, data directory, operator credentials.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on (HTTP/1.1 and cleartext HTTP/2). Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Directory holding the RocksDB store. Default `./data`.
+    pub data_dir: PathBuf,
+    /// Bearer token for operator routes. Default empty = operator routes refused.
+    pub admin_token: String,
+}
+
+/// `[store]`: chunking and the hot cache.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Bytes of chunk data kept in memory in front of RocksDB. Default `512MiB`.
+    pub cache_size: ByteSize,
+    /// Smallest content-defined chunk. Default `64KiB`.
+    pub chunk_min: ByteSize,
+    /// Average (target) chunk size, a power of two. Default `256KiB`.
+    pub chunk_avg: ByteSize,
+    /// Largest chunk. Default `1MiB`.
+    pub chunk_max: ByteSize,
+}
+
+/// `[delta]`: when a delta is worth offering.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeltaConfig {
+    /// A delta is offered only if it is at most this fraction of the zstd-compressed
+    /// full payload. Default `0.8`.
+    pub worth_it_ratio: f64,
+    /// Memory budget for one delta computation. Default `2GiB`.
+    pub memory_limit: ByteSize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                data_dir: PathBuf::from("./data"),
+                admin_token: String::new(),
+            },
+            store: StoreConfig {
+                cache_size: ByteSize(512 << 20),
+                chunk_min: ByteSize(64 << 10),
+                chunk_avg: ByteSize(256 << 10),
+                chunk_max: ByteSize(1 << 20),
+            },
+            delta: DeltaConfig {
+                worth_it_ratio: 0.8,
+                memory_limit: ByteSize(2 << 30),
+            },
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Config::default().server
+    }
+}
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Config::default().store
+    }
+}
+impl Default for DeltaConfig {
+    fn default() -> Self {
+        Config::default().delta
+    }
+}
+
+/// Environment variables that override file values, with the key they set.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("UPDATE_EDGE_LISTEN", "server.listen"),
+    ("UPDATE_EDGE_DATA_DIR", "server.data_dir"),
+    ("UPDATE_EDGE_ADMIN_TOKEN", "server.admin_token"),
+    ("UPDATE_EDGE_CACHE_SIZE", "store.cache_size"),
+    ("UPDATE_EDGE_DELTA_WORTH_IT_RATIO", "delta.worth_it_ratio"),
+];
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let env: Vec<(&'static str, String)> = ENV_OVERRIDES
+            .iter()
+            .filter_map(|(var, _)| std::env::var(var).ok().map(|v| (*var, v)))
+            .collect();
+        Self::from_parts(&text, file.unwrap_or(Path::new("<none>")), &env)
+    }
+
+    /// Pure core of [`Config::load`]: `text` is the TOML file, `env` the overrides present.
+    pub fn from_parts(
+        text: &str,
+        path: &Path,
+        env: &[(&'static str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        for (var, value) in env {
+            config.apply_env(var, value)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, var: &'static str, value: &str) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Env { var, message };
+        match var {
+            "UPDATE_EDGE_LISTEN" => {
+                self.server.listen = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "UPDATE_EDGE_DATA_DIR" => self.server.data_dir = PathBuf::from(value),
+            "UPDATE_EDGE_ADMIN_TOKEN" => self.server.admin_token = value.to_string(),
+            "UPDATE_EDGE_CACHE_SIZE" => self.store.cache_size = value.parse().map_err(bad)?,
+            "UPDATE_EDGE_DELTA_WORTH_IT_RATIO" => {
+                self.delta.worth_it_ratio = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.store;
+        let (min, avg, max) = (s.chunk_min.0, s.chunk_avg.0, s.chunk_max.0);
+        if !avg.is_power_of_two() {
+            return Err(ConfigError::Invalid(format!(
+                "store.chunk_avg {avg} must be a power of two"
+            )));
+        }
+        if !(256 <= min && min < avg && avg < max && max <= 64 << 20) {
+            return Err(ConfigError::Invalid(format!(
+                "store chunk sizes must satisfy 256 <= chunk_min < chunk_avg < chunk_max <= 64MiB (got {min}, {avg}, {max})"
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.delta.worth_it_ratio) {
+            return Err(ConfigError::Invalid(
+                "delta.worth_it_ratio must be in 0..=1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A size in bytes, written in config as an integer or a string like `"256MiB"`, `"1GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} overflows"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_parts(text, Path::new("test.toml"), &[])
+    }
+
+    #[test]
+    fn defaults_are_pinned() {
+        let c = Config::default();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.admin_token, "");
+        assert_eq!(c.store.cache_size, ByteSize(512 << 20));
+        assert_eq!(
+            (
+                c.store.chunk_min.0,
+                c.store.chunk_avg.0,
+                c.store.chunk_max.0
+            ),
+            (64 << 10, 256 << 10, 1 << 20)
+        );
+        assert_eq!(parse("").unwrap(), c);
+    }
+
+    #[test]
+    fn every_shipped_config_file_parses() {
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                Config::from_parts(&text, &path, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name() {
+        let err = parse("[store]\ncache_sise = \"1MiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache_sise"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = [
+            ("UPDATE_EDGE_ADMIN_TOKEN", "s3cret".to_string()),
+            ("UPDATE_EDGE_CACHE_SIZE", "1GiB".to_string()),
+        ];
+        let c =
+            Config::from_parts("[server]\nadmin_token = \"file\"\n", Path::new("x"), &env).unwrap();
+        assert_eq!(c.server.admin_token, "s3cret");
+        assert_eq!(c.store.cache_size, ByteSize(1 << 30));
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize(65536));
+        assert_eq!("2 GB".parse::<ByteSize>().unwrap(), ByteSize(2_000_000_000));
+        assert_eq!("17".parse::<ByteSize>().unwrap(), ByteSize(17));
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert!(parse("[store]\ncache_size = \"lots\"\n").is_err());
+    }
+
+    #[test]
+    fn inconsistent_chunk_sizes_are_rejected() {
+        assert!(parse("[store]\nchunk_avg = \"100KiB\"\n").is_err());
+        assert!(parse("[store]\nchunk_min = \"2MiB\"\n").is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! Streaming apply: one pass over the patch, old read by offset, new written in order.
+//!
+//! Memory is bounded by the format's limits, not by anything the patch claims: per block
+//! at most `MAX_BLOCK_SIZE` of diff+extra, `MAX_CTRL_LEN` of control, and their
+//! compressed forms; buffers are reused across blocks. Order of checks: header bounds →
+//! old size and blake3 → per block: header bounds, exact decompressed lengths, every op
+//! inside the block and inside old → total length → result blake3.
+
+use std::io::{Read, Write};
+
+use super::format::{self, get_varint, unzigzag, BlockHeader, FormatError, Header};
+use super::{hash_input, DeltaError, ReadAt};
+
+/// Bytes of old read per `pread` while adding diffs.
+const OLD_PIECE: usize = 256 << 10;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApplyReport {
+    pub new_size: u64,
+    pub new_blake3: String,
+    pub blocks: u64,
+}
+
+fn corrupt(what: &str) -> DeltaError {
+    DeltaError::Corrupt(what.to_string())
+}
+
+fn read_exact_or_truncated(r: &mut dyn Read, buf: &mut [u8]) -> Result<(), DeltaError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => DeltaError::Format(FormatError::Truncated),
+        _ => DeltaError::Io(e),
+    })
+}
+
+/// Reads and checks a patch header.
+pub fn read_header(patch: &mut dyn Read) -> Result<Header, DeltaError> {
+    let mut head = [0u8; format::HEADER_LEN];
+    let mut got = 0;
+    while got < head.len() {
+        let n = patch.read(&mut head[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(Header::decode(&head[..got])?)
+}
+
+/// Decompresses exactly `len` bytes from `src` into `dst` (reused).
+fn inflate(
+    dec: &mut zstd::bulk::Decompressor<'_>,
+    src: &[u8],
+    len: u32,
+    dst: &mut Vec<u8>,
+) -> Result<(), DeltaError> {
+    dst.clear();
+    if len == 0 {
+        return if src.is_empty() {
+            Ok(())
+        } else {
+            Err(corrupt("data for an empty stream"))
+        };
+    }
+    dst.reserve(len as usize);
+    let n = dec
+        .decompress_to_buffer(src, dst)
+        .map_err(|e| corrupt(&format!("zstd: {e}")))?;
+    if n != len as usize {
+        return Err(corrupt("stream length differs from its header"));
+    }
+    Ok(())
+}
+
+/// Applies `patch` to `old`, writing the result to `out`. On error, what was written to
+/// `out` must be discarded (the CLI writes to a temp file and renames on success).
+pub fn apply(
+    old: &dyn ReadAt,
+    patch: &mut dyn Read,
+    out: &mut dyn Write,
+) -> Result<ApplyReport, DeltaError> {
+    let header = read_header(patch)?;
+    if old.size() != header.old_size {
+        return Err(DeltaError::WrongOld(format!(
+            "size {} but the patch expects {}",
+            old.size(),
+            header.old_size
+        )));
+    }
+    if hash_input(old)? != header.old_hash {
+        return Err(DeltaError::WrongOld(format!(
+            "blake3 differs from {}",
+            header.old_hash
+        )));
+    }
+    let mut dec = zstd::bulk::Decompressor::new()?;
+    let (mut packed, mut ctrl, mut diff, mut extra) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut old_buf = vec![0u8; OLD_PIECE];
+    let mut hasher = blake3::Hasher::new();
+    let mut written = 0u64;
+    for _ in 0..header.block_count {
+        let mut bh = [0u8; format::BLOCK_HEADER_LEN];
+        read_exact_or_truncated(patch, &mut bh)?;
+        let b = BlockHeader::decode(&bh, header.block_size)?;
+        if written + u64::from(b.new_len) > header.new_size {
+            return Err(corrupt("blocks exceed the declared new size"));
+        }
+        packed.resize(b.payload_len() as usize, 0);
+        read_exact_or_truncated(patch, &mut packed)?;
+        let (c, rest) = packed.split_at(b.ctrl_clen as usize);
+        let (d, e) = rest.split_at(b.diff_clen as usize);
+        inflate(&mut dec, c, b.ctrl_len, &mut ctrl)?;
+        inflate(&mut dec, d, b.diff_len, &mut diff)?;
+        inflate(&mut dec, e, b.extra_len, &mut extra)?;
+        let mut emit = |bytes: &[u8]| -> Result<(), DeltaError> {
+            hasher.update(bytes);
+            out.write_all(bytes)?;
+            Ok(())
+        };
+        let (mut at, mut d_at, mut e_at, mut cursor, mut produced) =
+            (0usize, 0usize, 0usize, 0u64, 0u64);
+        while at < ctrl.len() {
+            let diff_len = get_varint(&ctrl, &mut at)?;
+            let extra_len = get_varint(&ctrl, &mut at)?;
+            let delta = unzigzag(get_varint(&ctrl, &mut at)?);
+            let old_pos = cursor
+                .checked_add_signed(delta)
+                .ok_or_else(|| corrupt("old position out of range"))?;
+            let end = old_pos
+                .checked_add(diff_len)
+                .ok_or_else(|| corrupt("old position out of range"))?;
+            if end > header.old_size {
+                return Err(corrupt("op reads past the end of old"));
+            }
+            if diff_len > (diff.len() - d_at) as u64 || extra_len > (extra.len() - e_at) as u64 {
+                return Err(corrupt("op exceeds the block's streams"));
+            }
+            let mut pos = old_pos;
+            let mut left = diff_len as usize;
+            while left > 0 {
+                let n = left.min(OLD_PIECE);
+                old.read_at(&mut old_buf[..n], pos)?;
+                for (o, d) in old_buf[..n].iter_mut().zip(&diff[d_at..d_at + n]) {
+                    *o = o.wrapping_add(*d);
+                }
+                emit(&old_buf[..n])?;
+                d_at += n;
+                pos += n as u64;
+                left -= n;
+            }
+            emit(&extra[e_at..e_at + extra_len as usize])?;
+            e_at += extra_len as usize;
+            cursor = end;
+            produced += diff_len + extra_len;
+        }
+        if produced != u64::from(b.new_len) || d_at != diff.len() || e_at != extra.len() {
+            return Err(corrupt("block ops do not cover the block exactly"));
+        }
+        written += produced;
+    }
+    if written != header.new_size {
+        return Err(corrupt("blocks do not add up to the new size"));
+    }
+    let mut probe = [0u8; 1];
+    if patch.read(&mut probe)? != 0 {
+        return Err(corrupt("trailing bytes after the last block"));
+    }
+    out.flush()?;
+    let got = crate::hash::Hash::from(hasher.finalize());
+    if got != header.new_hash {
+        return Err(DeltaError::ResultMismatch);
+    }
+    Ok(ApplyReport {
+        new_size: written,
+        new_blake3: got.to_hex(),
+        blocks: header.block_count,
+    })
+}

@@ -1,0 +1,305 @@
+//! The native patch container, byte for byte. Pure encoding/decoding; decoding treats
+//! every field as hostile and checks it against fixed bounds before anything is sized
+//! from it.
+//!
+//! ```text
+//! header (120 bytes, little-endian):
+//!   magic "UEDELTA1" | version u16 = 1 | flags u16 = 0 | zstd_level i32
+//!   old_size u64 | new_size u64 | old_blake3 [32] | new_blake3 [32]
+//!   block_size u32 | reserved u32 | block_count u64 | memory_limit u64
+//! block (repeated block_count times), each independent:
+//!   new_len u32 | ctrl_clen u32 | ctrl_len u32 | diff_clen u32 | diff_len u32
+//!   extra_clen u32 | extra_len u32 | ctrl zstd frame | diff zstd frame | extra zstd frame
+//! ctrl: ops of (varint diff_len, varint extra_len, zigzag varint old_delta); an op adds
+//!   diff_len bytes of old (from old_pos) to diff bytes, then copies extra_len bytes.
+//!   old_pos = previous op's old_pos + diff_len + old_delta, starting at 0 in each block.
+//! ```
+
+use crate::hash::Hash;
+
+pub const MAGIC: &[u8; 8] = b"UEDELTA1";
+pub const VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 120;
+pub const BLOCK_HEADER_LEN: usize = 28;
+/// Largest output span of one block; bounds apply-side buffers (diff + extra ≤ this).
+pub const MAX_BLOCK_SIZE: u32 = 16 << 20;
+/// Largest decoded control stream of one block.
+pub const MAX_CTRL_LEN: u32 = 8 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub zstd_level: i32,
+    pub old_size: u64,
+    pub new_size: u64,
+    pub old_hash: Hash,
+    pub new_hash: Hash,
+    pub block_size: u32,
+    pub block_count: u64,
+    pub memory_limit: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BlockHeader {
+    pub new_len: u32,
+    pub ctrl_clen: u32,
+    pub ctrl_len: u32,
+    pub diff_clen: u32,
+    pub diff_len: u32,
+    pub extra_clen: u32,
+    pub extra_len: u32,
+}
+
+/// Why bytes are not a valid patch.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FormatError {
+    #[error("not an update-edge patch (bad magic)")]
+    Magic,
+    #[error("unsupported patch version {0}")]
+    Version(u16),
+    #[error("patch is truncated")]
+    Truncated,
+    #[error("patch field out of bounds: {0}")]
+    Bounds(&'static str),
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.zstd_level.to_le_bytes());
+        b[16..24].copy_from_slice(&self.old_size.to_le_bytes());
+        b[24..32].copy_from_slice(&self.new_size.to_le_bytes());
+        b[32..64].copy_from_slice(self.old_hash.as_bytes());
+        b[64..96].copy_from_slice(self.new_hash.as_bytes());
+        b[96..100].copy_from_slice(&self.block_size.to_le_bytes());
+        b[104..112].copy_from_slice(&self.block_count.to_le_bytes());
+        b[112..120].copy_from_slice(&self.memory_limit.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Header, FormatError> {
+        if b.len() < 8 || &b[0..8] != MAGIC {
+            return Err(FormatError::Magic);
+        }
+        if b.len() < HEADER_LEN {
+            return Err(FormatError::Truncated);
+        }
+        let version = u16::from_le_bytes([b[8], b[9]]);
+        if version != VERSION {
+            return Err(FormatError::Version(version));
+        }
+        if b[10..12] != [0, 0] || b[100..104] != [0; 4] {
+            return Err(FormatError::Bounds("reserved header bytes"));
+        }
+        let h = Header {
+            zstd_level: u32_at(b, 12) as i32,
+            old_size: u64_at(b, 16),
+            new_size: u64_at(b, 24),
+            old_hash: Hash::from_slice(&b[32..64]).ok_or(FormatError::Truncated)?,
+            new_hash: Hash::from_slice(&b[64..96]).ok_or(FormatError::Truncated)?,
+            block_size: u32_at(b, 96),
+            block_count: u64_at(b, 104),
+            memory_limit: u64_at(b, 112),
+        };
+        if h.block_size == 0 || h.block_size > MAX_BLOCK_SIZE {
+            return Err(FormatError::Bounds("block_size"));
+        }
+        // Every block but the last is full, so the count follows from the sizes.
+        if h.block_count != h.new_size.div_ceil(u64::from(h.block_size)) {
+            return Err(FormatError::Bounds("block_count"));
+        }
+        Ok(h)
+    }
+}
+
+impl BlockHeader {
+    pub fn encode(&self) -> [u8; BLOCK_HEADER_LEN] {
+        let mut b = [0u8; BLOCK_HEADER_LEN];
+        for (i, v) in [
+            self.new_len,
+            self.ctrl_clen,
+            self.ctrl_len,
+            self.diff_clen,
+            self.diff_len,
+            self.extra_clen,
+            self.extra_len,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    /// Decodes and checks a block header against the patch's block size.
+    pub fn decode(b: &[u8], block_size: u32) -> Result<BlockHeader, FormatError> {
+        if b.len() < BLOCK_HEADER_LEN {
+            return Err(FormatError::Truncated);
+        }
+        let f = |i: usize| u32_at(b, i * 4);
+        let h = BlockHeader {
+            new_len: f(0),
+            ctrl_clen: f(1),
+            ctrl_len: f(2),
+            diff_clen: f(3),
+            diff_len: f(4),
+            extra_clen: f(5),
+            extra_len: f(6),
+        };
+        if h.new_len == 0 || h.new_len > block_size {
+            return Err(FormatError::Bounds("block new_len"));
+        }
+        if u64::from(h.diff_len) + u64::from(h.extra_len) != u64::from(h.new_len) {
+            return Err(FormatError::Bounds("block stream lengths"));
+        }
+        if h.ctrl_len > MAX_CTRL_LEN {
+            return Err(FormatError::Bounds("block ctrl_len"));
+        }
+        let bound = |len: u32| (len as u64) + (len as u64 >> 7) + 1024;
+        if u64::from(h.ctrl_clen) > bound(h.ctrl_len)
+            || u64::from(h.diff_clen) > bound(h.diff_len)
+            || u64::from(h.extra_clen) > bound(h.extra_len)
+        {
+            return Err(FormatError::Bounds("block compressed length"));
+        }
+        Ok(h)
+    }
+
+    pub fn payload_len(&self) -> u64 {
+        u64::from(self.ctrl_clen) + u64::from(self.diff_clen) + u64::from(self.extra_clen)
+    }
+}
+
+/// One control operation (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Op {
+    pub old_pos: u64,
+    pub diff_len: u64,
+    pub extra_len: u64,
+}
+
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+pub fn get_varint(b: &[u8], at: &mut usize) -> Result<u64, FormatError> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at).ok_or(FormatError::Truncated)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(FormatError::Bounds("varint"))
+}
+
+pub fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+pub fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Encodes a block's ops (old positions relative within the block, from 0).
+pub fn encode_ctrl(ops: &[Op]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ops.len() * 6);
+    let mut cursor = 0u64;
+    for op in ops {
+        put_varint(&mut out, op.diff_len);
+        put_varint(&mut out, op.extra_len);
+        put_varint(&mut out, zigzag(op.old_pos.wrapping_sub(cursor) as i64));
+        cursor = op.old_pos + op.diff_len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header() -> Header {
+        Header {
+            zstd_level: 19,
+            old_size: 10,
+            new_size: 20,
+            old_hash: Hash::of(b"o"),
+            new_hash: Hash::of(b"n"),
+            block_size: 8,
+            block_count: 3,
+            memory_limit: 1 << 30,
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_damage() {
+        let h = header();
+        assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+        let mut bad = h.encode();
+        bad[0] = b'X';
+        assert_eq!(Header::decode(&bad), Err(FormatError::Magic));
+        assert_eq!(
+            Header::decode(&h.encode()[..50]),
+            Err(FormatError::Truncated)
+        );
+        let mut huge = h.clone();
+        huge.block_size = MAX_BLOCK_SIZE + 1;
+        assert!(Header::decode(&huge.encode()).is_err());
+        let mut count = h;
+        count.block_count = 1_000_000;
+        assert!(Header::decode(&count.encode()).is_err());
+    }
+
+    #[test]
+    fn block_header_bounds_are_enforced() {
+        let b = BlockHeader {
+            new_len: 8,
+            ctrl_clen: 5,
+            ctrl_len: 3,
+            diff_clen: 9,
+            diff_len: 5,
+            extra_clen: 9,
+            extra_len: 3,
+        };
+        assert_eq!(BlockHeader::decode(&b.encode(), 8).unwrap(), b);
+        assert!(BlockHeader::decode(&b.encode(), 7).is_err());
+        let lie = BlockHeader { diff_len: 6, ..b };
+        assert!(BlockHeader::decode(&lie.encode(), 8).is_err());
+        let ctrl = BlockHeader {
+            ctrl_len: MAX_CTRL_LEN + 1,
+            ..b
+        };
+        assert!(BlockHeader::decode(&ctrl.encode(), 8).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn varints_round_trip(v in any::<u64>(), s in any::<i64>()) {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            let mut at = 0;
+            prop_assert_eq!(get_varint(&out, &mut at).unwrap(), v);
+            prop_assert_eq!(at, out.len());
+            prop_assert_eq!(unzigzag(zigzag(s)), s);
+        }
+    }
+}

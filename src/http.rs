@@ -1,0 +1,68 @@
+//! HTTP surface: the router, shared state, and request metrics. One file per endpoint
+//! group below; only this layer turns domain values into responses.
+
+pub mod auth;
+pub mod blobs;
+pub mod error;
+pub mod ops;
+pub mod range;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::config::Config;
+use crate::metrics::{status_class, Metrics, RouteLabels, RouteOnly};
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/blobs", post(blobs::post_blob))
+        .route("/v1/blobs/{hash}", get(blobs::get_blob))
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            track,
+        ))
+        .with_state(state)
+}
+
+/// Counts requests by route template and status class and times them to the head.
+async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    metrics
+        .http_duration
+        .get_or_create(&RouteOnly {
+            route: route.clone(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .get_or_create(&RouteLabels {
+            route,
+            status: status_class(resp.status().as_u16()).into(),
+        })
+        .inc();
+    resp
+}

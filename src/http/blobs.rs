@@ -1,0 +1,240 @@
+//! `GET|HEAD /v1/blobs/{hash}` (RFC 9110 ranged, conditional, cacheable downloads) and
+//! `POST /v1/blobs` (operator upload, streamed into the store).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+use tokio::sync::mpsc;
+
+use super::auth::Operator;
+use super::error::ApiError;
+use super::range::{decide, etag, if_none_match_hits, if_range_allows, ByteRange, RangeDecision};
+use super::AppState;
+use crate::hash::Hash;
+use crate::metrics::Metrics;
+use crate::store::{PutOutcome, Store, StoreError};
+
+/// Content-addressed URLs never change meaning, so any cache may keep them for a year.
+const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// Upload frames buffered between the socket and the ingest thread.
+const UPLOAD_QUEUE_FRAMES: usize = 16;
+
+type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
+
+pub fn parse_hash(text: &str) -> Result<Hash, ApiError> {
+    text.parse()
+        .map_err(|e: crate::hash::BadHash| ApiError::BadRequest(e.to_string()))
+}
+
+pub async fn get_blob(
+    State(state): State<AppState>,
+    method: Method,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let hash = parse_hash(&hash)?;
+    let manifest = state.store.manifest(hash).await?;
+    let size = manifest.size;
+    let tag = etag(&hash.to_hex());
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+
+    let mut resp = Response::builder()
+        .header(header::ETAG, &tag)
+        .header(header::CACHE_CONTROL, CACHE_IMMUTABLE)
+        .header(header::ACCEPT_RANGES, "bytes");
+    if text(header::IF_NONE_MATCH).is_some_and(|h| if_none_match_hits(h, &tag)) {
+        return resp
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .map_err(internal);
+    }
+    let mut range = text(header::RANGE);
+    if let Some(if_range) = text(header::IF_RANGE) {
+        if !if_range_allows(if_range, &tag) {
+            range = None;
+        }
+    }
+    let head = method == Method::HEAD;
+    let store = &state.store;
+    let (status, length, body) = match decide(range, size) {
+        RangeDecision::Unsatisfiable => {
+            resp = resp.header(header::CONTENT_RANGE, format!("bytes */{size}"));
+            (StatusCode::RANGE_NOT_SATISFIABLE, 0, None)
+        }
+        RangeDecision::Full => {
+            resp = resp.header(header::CONTENT_TYPE, "application/octet-stream");
+            let body = (!head)
+                .then(|| store.read_range(manifest.clone(), 0, size))
+                .transpose()?;
+            (StatusCode::OK, size, body.map(|b| b.boxed()))
+        }
+        RangeDecision::Partial(ranges) if ranges.len() == 1 => {
+            let r = ranges[0];
+            resp = resp
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::CONTENT_RANGE, r.content_range(size));
+            let body = (!head)
+                .then(|| store.read_range(manifest.clone(), r.start, r.end))
+                .transpose()?;
+            (
+                StatusCode::PARTIAL_CONTENT,
+                r.len(),
+                body.map(|b| b.boxed()),
+            )
+        }
+        RangeDecision::Partial(ranges) => {
+            let boundary = format!("update-edge-{:032x}", rand::random::<u128>());
+            resp = resp.header(
+                header::CONTENT_TYPE,
+                format!("multipart/byteranges; boundary={boundary}"),
+            );
+            let (length, body) = multipart(store, manifest.clone(), &ranges, &boundary);
+            (StatusCode::PARTIAL_CONTENT, length, (!head).then_some(body))
+        }
+    };
+    resp = resp.status(status).header(header::CONTENT_LENGTH, length);
+    let body = match body {
+        None => Body::empty(),
+        Some(stream) => counted(primed(stream).await?, state.metrics.clone()),
+    };
+    resp.body(body).map_err(internal)
+}
+
+fn internal(e: http::Error) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// Pulls the first piece before the head is sent, so a missing or corrupt first chunk
+/// becomes a 500 rather than a truncated 200.
+async fn primed(mut s: ByteStream) -> Result<ByteStream, ApiError> {
+    match s.next().await {
+        None => Ok(stream::empty().boxed()),
+        Some(Err(e)) => Err(e.into()),
+        Some(Ok(first)) => Ok(stream::once(async { Ok(first) }).chain(s).boxed()),
+    }
+}
+
+/// The response body: counts bytes as they are handed to the connection. A later chunk
+/// failing verification aborts the connection, so a client never takes it as complete.
+fn counted(s: ByteStream, metrics: Arc<Metrics>) -> Body {
+    Body::from_stream(
+        s.inspect_ok(move |b| {
+            metrics.bytes_served.inc_by(b.len() as u64);
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, "download aborted");
+            std::io::Error::other(e.to_string())
+        }),
+    )
+}
+
+/// `multipart/byteranges` body (RFC 9110 §14.6) and its exact length.
+fn multipart(
+    store: &Arc<Store>,
+    manifest: Arc<crate::store::Manifest>,
+    ranges: &[ByteRange],
+    boundary: &str,
+) -> (u64, ByteStream) {
+    let size = manifest.size;
+    let mut length = 0u64;
+    let mut parts: Vec<ByteStream> = Vec::new();
+    for r in ranges {
+        let head = format!(
+            "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: {}\r\n\r\n",
+            r.content_range(size)
+        );
+        length += head.len() as u64 + r.len();
+        parts.push(stream::once(async move { Ok(Bytes::from(head)) }).boxed());
+        let store = store.clone();
+        let manifest = manifest.clone();
+        let r = *r;
+        // Lazily opened: each part starts reading only when the previous one is sent.
+        parts.push(
+            stream::once(async move { store.read_range(manifest, r.start, r.end) })
+                .map_ok(|s| s.boxed())
+                .try_flatten()
+                .boxed(),
+        );
+    }
+    let tail = format!("\r\n--{boundary}--\r\n");
+    length += tail.len() as u64;
+    parts.push(stream::once(async move { Ok(Bytes::from(tail)) }).boxed());
+    (length, stream::iter(parts).flatten().boxed())
+}
+
+pub async fn post_blob(
+    _: Operator,
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let outcome = ingest_body(&state.store, body).await?;
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(outcome)).into_response())
+}
+
+enum Frame {
+    Data(Bytes),
+    End,
+}
+
+/// Streams a request body into the store on a blocking thread, with a bounded queue in
+/// between (backpressure to the client). The blob is committed only if the body ended
+/// cleanly: a dropped upload commits nothing.
+pub async fn ingest_body(store: &Arc<Store>, body: Body) -> Result<PutOutcome, ApiError> {
+    let (tx, mut rx) = mpsc::channel::<Frame>(UPLOAD_QUEUE_FRAMES);
+    let st = store.clone();
+    let worker = tokio::task::spawn_blocking(move || -> Result<Option<PutOutcome>, StoreError> {
+        let mut w = st.writer();
+        while let Some(frame) = rx.blocking_recv() {
+            match frame {
+                Frame::Data(b) => w.write(&b)?,
+                Frame::End => return w.finish().map(Some),
+            }
+        }
+        Ok(None)
+    });
+    let mut frames = body.into_data_stream();
+    let mut body_error = None;
+    while let Some(frame) = frames.next().await {
+        match frame {
+            Ok(b) => {
+                if tx.send(Frame::Data(b)).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Err(e) => {
+                body_error = Some(e);
+                break;
+            }
+        }
+    }
+    if body_error.is_none() {
+        let _ = tx.send(Frame::End).await;
+    }
+    drop(tx);
+    let result = worker
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(e) = body_error {
+        return Err(ApiError::BadRequest(format!(
+            "upload body interrupted: {e}"
+        )));
+    }
+    result?.ok_or_else(|| ApiError::Internal("ingest ended without a result".into()))
+}
+
+/// `HeaderValue` for static strings used by other handlers.
+pub fn immutable_cache_control() -> HeaderValue {
+    HeaderValue::from_static(CACHE_IMMUTABLE)
+}

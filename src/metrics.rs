@@ -1,0 +1,178 @@
+//! The node's one Prometheus registry and the handles each component records into.
+//!
+//! Built once at startup and passed in (never global). Labels stay low-cardinality:
+//! route templates, status classes and artifact kinds, never hashes or device ids.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Request latency buckets: 0.5 ms .. ~16 s, doubling (time to response head).
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048,
+    4.096, 8.192, 16.384,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnly {
+    pub route: String,
+}
+
+/// Handles to every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RouteLabels, Counter>,
+    pub http_duration: Family<RouteOnly, Histogram>,
+    pub bytes_served: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub store_bytes: Gauge<u64, AtomicU64>,
+    pub store_chunks: Gauge<u64, AtomicU64>,
+    pub ingest_bytes: Counter,
+    pub corrupt_chunks: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<RouteLabels, Counter>::default();
+        let http_duration = Family::<RouteOnly, Histogram>::new_with_constructor(|| {
+            Histogram::new(LATENCY_BUCKETS)
+        });
+        let m = Metrics {
+            http_requests,
+            http_duration,
+            bytes_served: Counter::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            store_bytes: Gauge::default(),
+            store_chunks: Gauge::default(),
+            ingest_bytes: Counter::default(),
+            corrupt_chunks: Counter::default(),
+            registry: Registry::default(),
+        };
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "update_edge_http_requests",
+            "HTTP requests by route template and status class",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "update_edge_http_request_duration_seconds",
+            "Time to response head by route template",
+            m.http_duration.clone(),
+        );
+        registry.register(
+            "update_edge_bytes_served",
+            "Body bytes handed to clients (blob downloads)",
+            m.bytes_served.clone(),
+        );
+        registry.register(
+            "update_edge_cache_hits",
+            "Chunk reads answered by the in-memory cache",
+            m.cache_hits.clone(),
+        );
+        registry.register(
+            "update_edge_cache_misses",
+            "Chunk reads that went to RocksDB",
+            m.cache_misses.clone(),
+        );
+        registry.register(
+            "update_edge_store_bytes",
+            "Bytes of unique chunk data stored",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "update_edge_store_chunks",
+            "Unique chunks stored",
+            m.store_chunks.clone(),
+        );
+        registry.register(
+            "update_edge_ingest_bytes",
+            "Payload bytes received by uploads and imports",
+            m.ingest_bytes.clone(),
+        );
+        registry.register(
+            "update_edge_store_corrupt_chunks",
+            "Chunks whose bytes did not match their hash when read",
+            m.corrupt_chunks.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Adds further metrics (delta, catalog) to the same registry.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Prometheus text exposition of everything registered.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// `2xx`, `4xx`, ... for a status code.
+pub fn status_class(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_names_match_the_contract() {
+        let m = Metrics::new();
+        m.bytes_served.inc_by(5);
+        m.http_requests
+            .get_or_create(&RouteLabels {
+                route: "/v1/blobs/{hash}".into(),
+                status: "2xx".into(),
+            })
+            .inc();
+        m.http_duration
+            .get_or_create(&RouteOnly {
+                route: "/healthz".into(),
+            })
+            .observe(0.001);
+        let text = m.encode();
+        for name in [
+            "update_edge_http_requests_total",
+            "update_edge_http_request_duration_seconds_bucket",
+            "update_edge_bytes_served_total 5",
+            "update_edge_cache_hits_total",
+            "update_edge_cache_misses_total",
+            "update_edge_store_bytes",
+            "update_edge_store_chunks",
+            "update_edge_ingest_bytes_total",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

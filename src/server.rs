@@ -1,0 +1,122 @@
+//! Node assembly: open the store, build the router, serve HTTP/1.1 and cleartext HTTP/2
+//! (prior knowledge) on one socket, shut down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::metrics::Metrics;
+use crate::store::{ChunkParams, Store, StoreError};
+
+/// How long in-flight downloads may finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Everything a running node shares.
+#[derive(Clone)]
+pub struct Node {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<Store>,
+}
+
+impl Node {
+    /// Opens the RocksDB store named by the config.
+    pub fn open(config: Config) -> Result<Node, StoreError> {
+        let metrics = Arc::new(Metrics::new());
+        let s = &config.store;
+        let params = ChunkParams {
+            min: s.chunk_min.0 as usize,
+            avg: s.chunk_avg.0 as usize,
+            max: s.chunk_max.0 as usize,
+        };
+        let store = Store::open(
+            &config.server.data_dir,
+            params,
+            s.cache_size.0,
+            metrics.clone(),
+        )?;
+        Ok(Node {
+            config: Arc::new(config),
+            metrics,
+            store,
+        })
+    }
+
+    pub fn state(&self) -> AppState {
+        AppState {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// A server running in the background; [`RunningServer::stop`] ends it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish (bounded), and waits.
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.shutdown.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(r) => r.map_err(std::io::Error::other)?,
+            Err(_) => {
+                task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Serves `node` on `listener` until stopped.
+pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServer> {
+    use axum::serve::ListenerExt;
+    let addr = listener.local_addr()?;
+    let app = router(node.state());
+    let (tx, rx) = oneshot::channel::<()>();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(RunningServer {
+        addr,
+        shutdown: tx,
+        task,
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,276 @@
+//! Content-addressed payload store: chunks and blob manifests in a key-value engine
+//! (RocksDB in production, memory in unit tests), with a verified hot cache in front.
+//!
+//! Guarantees:
+//! - **Addressing**: chunks and blobs are keyed by the blake3 of their bytes.
+//! - **Durability**: a blob's manifest is written (synced) only after all of its chunks;
+//!   a crash can leave unreferenced chunks (GC removes them), never a blob with missing
+//!   chunks.
+//! - **Integrity**: every chunk read from the engine is re-hashed before it is served or
+//!   cached; a mismatch is an error and a metric, never wrong bytes.
+//! - **Memory**: ingest holds one chunk window plus a bounded write batch; reads hold a
+//!   chunk at a time. Neither grows with payload size (bar the 36-byte-per-chunk list).
+//! - **Concurrency**: readers never block each other; concurrent misses on one chunk are
+//!   coalesced into one engine read by the cache.
+
+pub mod cache;
+pub mod chunker;
+pub mod ingest;
+pub mod kv;
+pub mod manifest;
+pub mod memory;
+pub mod read;
+pub mod rocks;
+pub mod verify;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::hash::Hash;
+use crate::metrics::Metrics;
+
+pub use chunker::ChunkParams;
+pub use ingest::{BlobWriter, PutOutcome};
+pub use kv::{Batch, Cf, KvStore};
+pub use manifest::Manifest;
+
+/// The on-disk layout version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const STATS_KEY: &[u8] = b"stats";
+
+/// Errors from the store layer; each names the object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("i/o on {0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("blob {0} not found")]
+    BlobNotFound(Hash),
+    #[error("chunk {0} is missing (referenced by a stored blob)")]
+    ChunkMissing(Hash),
+    #[error("chunk {0} failed verification: stored bytes do not match their hash")]
+    ChunkCorrupt(Hash),
+    #[error("manifest of blob {0}: {1}")]
+    BadManifest(Hash, manifest::BadManifest),
+    #[error(
+        "data was written by schema version {found}; this build reads version {SCHEMA_VERSION}"
+    )]
+    Schema { found: u32 },
+    #[error("range {start}..{end} is outside blob of {size} bytes")]
+    BadRange { start: u64, end: u64, size: u64 },
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// The store: engine + chunker settings + caches + metrics.
+pub struct Store {
+    kv: Arc<dyn KvStore>,
+    params: ChunkParams,
+    cache: cache::Caches,
+    metrics: Arc<Metrics>,
+    /// Serialises "is this chunk new?" + write + counter update across writers.
+    write_lock: Mutex<Stats>,
+}
+
+/// Unique chunk count and bytes, persisted in the meta column family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
+impl Stats {
+    fn encode(&self) -> Vec<u8> {
+        [self.chunks.to_le_bytes(), self.bytes.to_le_bytes()].concat()
+    }
+
+    fn decode(b: &[u8]) -> Stats {
+        let word = |r: std::ops::Range<usize>| {
+            b.get(r)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0)
+        };
+        Stats {
+            chunks: word(0..8),
+            bytes: word(8..16),
+        }
+    }
+}
+
+impl Store {
+    /// Opens the RocksDB store in `dir`.
+    pub fn open(
+        dir: &Path,
+        params: ChunkParams,
+        cache_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Store>, StoreError> {
+        let kv = rocks::RocksKv::open(dir)?;
+        Store::with_kv(Arc::new(kv), params, cache_bytes, metrics)
+    }
+
+    /// Builds a store over any engine (memory in tests); checks the schema version.
+    pub fn with_kv(
+        kv: Arc<dyn KvStore>,
+        params: ChunkParams,
+        cache_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Store>, StoreError> {
+        match kv.get(Cf::Meta, SCHEMA_KEY)? {
+            Some(v) => {
+                let found = v.try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema { found });
+                }
+            }
+            None => {
+                let mut b = Batch::default();
+                b.put(Cf::Meta, SCHEMA_KEY, SCHEMA_VERSION.to_le_bytes());
+                kv.write(b, true)?;
+            }
+        }
+        let stats = kv
+            .get(Cf::Meta, STATS_KEY)?
+            .map(|v| Stats::decode(&v))
+            .unwrap_or_default();
+        metrics.store_chunks.set(stats.chunks);
+        metrics.store_bytes.set(stats.bytes);
+        Ok(Arc::new(Store {
+            kv,
+            params,
+            cache: cache::Caches::new(cache_bytes),
+            metrics,
+            write_lock: Mutex::new(stats),
+        }))
+    }
+
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.kv
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn chunk_params(&self) -> ChunkParams {
+        self.params
+    }
+
+    pub fn stats(&self) -> Stats {
+        *self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Manifest of a stored blob (blocking; cached).
+    pub fn manifest_blocking(&self, hash: &Hash) -> Result<Arc<Manifest>, StoreError> {
+        if let Some(m) = self.cache.manifests.get(hash) {
+            return Ok(m);
+        }
+        let bytes = self
+            .kv
+            .get(Cf::Blobs, hash.as_bytes())?
+            .ok_or(StoreError::BlobNotFound(*hash))?;
+        let m = Arc::new(Manifest::decode(&bytes).map_err(|e| StoreError::BadManifest(*hash, e))?);
+        self.cache.manifests.insert(*hash, m.clone());
+        Ok(m)
+    }
+
+    /// Manifest of a stored blob, off the async runtime on a miss.
+    pub async fn manifest(self: &Arc<Self>, hash: Hash) -> Result<Arc<Manifest>, StoreError> {
+        if let Some(m) = self.cache.manifests.get(&hash) {
+            return Ok(m);
+        }
+        let this = self.clone();
+        blocking(move || this.manifest_blocking(&hash)).await
+    }
+
+    pub fn contains_blob(&self, hash: &Hash) -> Result<bool, StoreError> {
+        Ok(self.cache.manifests.get(hash).is_some()
+            || self.kv.contains(Cf::Blobs, hash.as_bytes())?)
+    }
+
+    /// Reads and verifies one chunk from the engine, bypassing the cache (blocking).
+    pub fn read_chunk_uncached(&self, hash: &Hash) -> Result<bytes::Bytes, StoreError> {
+        let v = self
+            .kv
+            .get(Cf::Chunks, hash.as_bytes())?
+            .ok_or(StoreError::ChunkMissing(*hash))?;
+        if Hash::of(&v) != *hash {
+            self.metrics.corrupt_chunks.inc();
+            tracing::error!(chunk = %hash.short(), "stored chunk failed verification");
+            return Err(StoreError::ChunkCorrupt(*hash));
+        }
+        Ok(bytes::Bytes::from(v))
+    }
+
+    /// Flushes the engine's memory tables to disk files.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush()
+    }
+
+    /// Starts streaming a new blob in; see [`BlobWriter`].
+    pub fn writer(&self) -> BlobWriter<'_> {
+        BlobWriter::new(self)
+    }
+
+    /// Imports a whole reader (blocking): CLI imports, demo content, tests.
+    pub fn put_reader(
+        &self,
+        mut r: impl std::io::Read,
+        mut progress: impl FnMut(u64),
+    ) -> Result<PutOutcome, StoreError> {
+        let mut w = self.writer();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r
+                .read(&mut buf)
+                .map_err(|e| StoreError::Io("input".into(), e))?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n])?;
+            progress(n as u64);
+        }
+        w.finish()
+    }
+}
+
+/// Runs blocking store work on tokio's blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+
+    /// A memory-backed store with small chunks so tests cross chunk boundaries cheaply.
+    pub fn memory_store() -> (Arc<Store>, Arc<memory::MemoryKv>) {
+        let kv = Arc::new(memory::MemoryKv::new());
+        let params = ChunkParams {
+            min: 1024,
+            avg: 4096,
+            max: 16384,
+        };
+        let store = Store::with_kv(kv.clone(), params, 1 << 20, Arc::new(Metrics::new())).unwrap();
+        (store, kv)
+    }
+
+    pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+}

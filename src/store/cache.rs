@@ -1,0 +1,53 @@
+//! The hot in-memory caches in front of the engine, bounded in bytes.
+//!
+//! quick_cache (CLOCK-Pro style) admits new keys on first insert, so the freshly
+//! released build everyone asks for becomes resident at once (a TinyLFU admission
+//! filter could refuse it). Only verified chunks are ever inserted.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
+use super::Manifest;
+use crate::hash::Hash;
+
+/// Fraction of the cache budget given to manifests (the rest holds chunk bytes).
+const MANIFEST_SHARE: u64 = 16;
+
+#[derive(Clone)]
+pub struct ChunkWeight;
+
+impl Weighter<Hash, Bytes> for ChunkWeight {
+    fn weight(&self, _: &Hash, v: &Bytes) -> u64 {
+        v.len() as u64 + 64
+    }
+}
+
+#[derive(Clone)]
+pub struct ManifestWeight;
+
+impl Weighter<Hash, Arc<Manifest>> for ManifestWeight {
+    fn weight(&self, _: &Hash, m: &Arc<Manifest>) -> u64 {
+        m.weight()
+    }
+}
+
+pub struct Caches {
+    pub chunks: Cache<Hash, Bytes, ChunkWeight>,
+    pub manifests: Cache<Hash, Arc<Manifest>, ManifestWeight>,
+}
+
+impl Caches {
+    pub fn new(budget: u64) -> Self {
+        let manifest_bytes = (budget / MANIFEST_SHARE).max(1 << 20);
+        let chunk_bytes = budget.saturating_sub(manifest_bytes).max(1 << 20);
+        // Item estimates only size the hash tables; weights bound the memory.
+        let chunk_items = (chunk_bytes / (256 << 10)).clamp(64, 1 << 20) as usize;
+        Caches {
+            chunks: Cache::with_weighter(chunk_items, chunk_bytes, ChunkWeight),
+            manifests: Cache::with_weighter(1024, manifest_bytes, ManifestWeight),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Streaming ingest: bytes in → content-defined chunks → new chunks written in bounded
+//! batches → manifest committed last, synced.
+//!
+//! Memory: one chunking window (up to `2 × max` chunk bytes) and at most
+//! [`BATCH_BYTES`] of pending chunk data, whatever the payload size.
+
+use bytes::{Bytes, BytesMut};
+
+use super::kv::{Batch, Cf};
+use super::manifest::{ChunkRef, Manifest};
+use super::{Store, StoreError, STATS_KEY};
+use crate::hash::Hash;
+
+/// Pending new-chunk bytes before they are written as one batch.
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Result of storing a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PutOutcome {
+    pub hash: Hash,
+    pub size: u64,
+    /// False when the blob was already stored (nothing new was committed).
+    #[serde(skip)]
+    pub created: bool,
+}
+
+/// Writes one blob; call [`BlobWriter::write`] repeatedly, then [`BlobWriter::finish`].
+/// Dropping it without `finish` leaves only unreferenced chunks.
+pub struct BlobWriter<'a> {
+    store: &'a Store,
+    chunker: super::chunker::Chunker,
+    window: BytesMut,
+    whole: blake3::Hasher,
+    chunks: Vec<ChunkRef>,
+    pending: Vec<(Hash, Bytes)>,
+    pending_bytes: usize,
+}
+
+impl<'a> BlobWriter<'a> {
+    pub(super) fn new(store: &'a Store) -> Self {
+        let params = store.chunk_params();
+        BlobWriter {
+            store,
+            chunker: super::chunker::Chunker::new(params),
+            window: BytesMut::with_capacity(2 * params.max),
+            whole: blake3::Hasher::new(),
+            chunks: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
+    }
+
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        self.store.metrics.ingest_bytes.inc_by(data.len() as u64);
+        self.whole.update(data);
+        let max = self.chunker.params().max;
+        while !data.is_empty() {
+            let take = (2 * max - self.window.len()).min(data.len());
+            self.window.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            while self.window.len() >= max {
+                self.cut_one()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn cut_one(&mut self) -> Result<(), StoreError> {
+        let n = self.chunker.cut(&self.window);
+        let chunk = self.window.split_to(n).freeze();
+        let hash = Hash::of(&chunk);
+        self.chunks.push(ChunkRef {
+            hash,
+            len: n as u32,
+        });
+        self.pending_bytes += chunk.len();
+        self.pending.push((hash, chunk));
+        if self.pending_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes pending chunks the store does not have yet, with the updated counters.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut stats = self
+            .store
+            .write_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut next = *stats;
+        let mut batch = Batch::default();
+        let mut seen = std::collections::HashSet::new();
+        for (hash, bytes) in self.pending.drain(..) {
+            if !seen.insert(hash) || self.store.kv.contains(Cf::Chunks, hash.as_bytes())? {
+                continue;
+            }
+            next.chunks += 1;
+            next.bytes += bytes.len() as u64;
+            batch.put(Cf::Chunks, hash.as_bytes().to_vec(), bytes.to_vec());
+        }
+        self.pending_bytes = 0;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.put(Cf::Meta, STATS_KEY, next.encode());
+        self.store.kv.write(batch, false)?;
+        *stats = next;
+        self.store.metrics.store_chunks.set(next.chunks);
+        self.store.metrics.store_bytes.set(next.bytes);
+        Ok(())
+    }
+
+    /// Chunks the tail, writes what is pending, then commits the manifest (synced).
+    pub fn finish(mut self) -> Result<PutOutcome, StoreError> {
+        while !self.window.is_empty() {
+            self.cut_one()?;
+        }
+        self.flush()?;
+        let hash = Hash::from(self.whole.finalize());
+        let manifest = Manifest::new(std::mem::take(&mut self.chunks));
+        let size = manifest.size;
+        if self.store.kv.contains(Cf::Blobs, hash.as_bytes())? {
+            return Ok(PutOutcome {
+                hash,
+                size,
+                created: false,
+            });
+        }
+        let mut batch = Batch::default();
+        batch.put(Cf::Blobs, hash.as_bytes().to_vec(), manifest.encode());
+        // Synced: this makes every earlier (unsynced) chunk write durable too, since the
+        // engine's log is ordered.
+        self.store.kv.write(batch, true)?;
+        tracing::debug!(blob = %hash.short(), size, "blob committed");
+        Ok(PutOutcome {
+            hash,
+            size,
+            created: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{memory_store, noise};
+    use super::*;
+
+    #[test]
+    fn identical_payload_is_stored_once() {
+        let (store, _) = memory_store();
+        let data = noise(100_000, 3);
+        let a = store.put_reader(&data[..], |_| {}).unwrap();
+        let before = store.stats();
+        let b = store.put_reader(&data[..], |_| {}).unwrap();
+        assert!(a.created && !b.created);
+        assert_eq!(a.hash, Hash::of(&data));
+        assert_eq!(store.stats(), before);
+        assert_eq!(before.bytes, 100_000);
+    }
+
+    #[test]
+    fn edited_payload_shares_most_chunks() {
+        let (store, _) = memory_store();
+        let old = noise(400_000, 5);
+        let mut new = old.clone();
+        new.splice(200_000..200_000, noise(100, 6));
+        store.put_reader(&old[..], |_| {}).unwrap();
+        let after_old = store.stats().bytes;
+        store.put_reader(&new[..], |_| {}).unwrap();
+        let added = store.stats().bytes - after_old;
+        assert!(added < 40_000, "edit of 100 bytes stored {added} new bytes");
+    }
+
+    #[test]
+    fn abandoned_writer_leaves_no_blob() {
+        let (store, kv) = memory_store();
+        let data = noise(50_000, 8);
+        let mut w = store.writer();
+        w.write(&data).unwrap();
+        drop(w);
+        use super::super::kv::KvStore;
+        let mut blobs = 0;
+        kv.scan_keys(Cf::Blobs, &mut |_| {
+            blobs += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(blobs, 0);
+    }
+}

@@ -1,0 +1,100 @@
+//! The small key-value interface the store is written against, so store logic can be
+//! tested without RocksDB. Column families are named here; only `rocks.rs` names RocksDB.
+
+use super::StoreError;
+
+/// Column families (one per kind of record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cf {
+    /// chunk blake3 → chunk bytes (large values: RocksDB blob files).
+    Chunks,
+    /// blob blake3 → manifest (size + ordered chunk list).
+    Blobs,
+    /// schema version, counters.
+    Meta,
+    /// catalog: products, builds, rings, deltas, device records.
+    Products,
+    Builds,
+    Rings,
+    Deltas,
+    Devices,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 8] = [
+        Cf::Chunks,
+        Cf::Blobs,
+        Cf::Meta,
+        Cf::Products,
+        Cf::Builds,
+        Cf::Rings,
+        Cf::Deltas,
+        Cf::Devices,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Chunks => "chunks",
+            Cf::Blobs => "blobs",
+            Cf::Meta => "meta",
+            Cf::Products => "products",
+            Cf::Builds => "builds",
+            Cf::Rings => "rings",
+            Cf::Deltas => "deltas",
+            Cf::Devices => "devices",
+        }
+    }
+}
+
+/// One write in a batch: `Some(value)` puts, `None` deletes.
+pub type Op = (Cf, Vec<u8>, Option<Vec<u8>>);
+
+/// An ordered set of writes applied atomically.
+#[derive(Default, Debug)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((cf, key.into(), Some(value.into())));
+    }
+
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        self.ops.push((cf, key.into(), None));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// What a storage engine must offer. Implementations are blocking; async callers use
+/// `spawn_blocking`.
+pub trait KvStore: Send + Sync + 'static {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Exact membership (may be cheaper than `get` for large values).
+    fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, StoreError>;
+
+    /// Applies `batch` atomically; with `sync`, durable on return (and so is every
+    /// earlier write).
+    fn write(&self, batch: Batch, sync: bool) -> Result<(), StoreError>;
+
+    /// Visits every record whose key starts with `prefix`, in key order, until `visit`
+    /// returns false.
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// Visits keys only (no large values read), in key order.
+    fn scan_keys(&self, cf: Cf, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StoreError>;
+
+    /// Persists in-memory state to the engine's files (on shutdown, after offline imports).
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! A blob's manifest: its size and ordered chunk list, and the byte encoding stored in
+//! the `blobs` column family. Pure logic: decoding never trusts the stored bytes.
+
+use crate::hash::Hash;
+
+const MAGIC: &[u8; 4] = b"UEM1";
+const ENTRY: usize = 32 + 4;
+const HEADER: usize = 4 + 8 + 4;
+
+/// One chunk of a blob, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub hash: Hash,
+    pub len: u32,
+}
+
+/// Size and chunk list of a blob, with cumulative offsets for range lookups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub size: u64,
+    pub chunks: Vec<ChunkRef>,
+    /// `ends[i]` = offset one past chunk `i`.
+    ends: Vec<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("corrupt manifest: {0}")]
+pub struct BadManifest(pub &'static str);
+
+impl Manifest {
+    pub fn new(chunks: Vec<ChunkRef>) -> Self {
+        let mut ends = Vec::with_capacity(chunks.len());
+        let mut off = 0u64;
+        for c in &chunks {
+            off += u64::from(c.len);
+            ends.push(off);
+        }
+        Manifest {
+            size: off,
+            chunks,
+            ends,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + ENTRY * self.chunks.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        for c in &self.chunks {
+            out.extend_from_slice(c.hash.as_bytes());
+            out.extend_from_slice(&c.len.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, BadManifest> {
+        if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+            return Err(BadManifest("bad header"));
+        }
+        let size = u64::from_le_bytes(bytes[4..12].try_into().map_err(|_| BadManifest("size"))?);
+        let count = u32::from_le_bytes(bytes[12..16].try_into().map_err(|_| BadManifest("count"))?)
+            as usize;
+        let body = &bytes[HEADER..];
+        if body.len() != count.checked_mul(ENTRY).ok_or(BadManifest("count"))? {
+            return Err(BadManifest("length does not match chunk count"));
+        }
+        let chunks: Vec<ChunkRef> = body
+            .chunks_exact(ENTRY)
+            .map(|e| ChunkRef {
+                hash: Hash::from_slice(&e[..32]).unwrap_or(Hash([0; 32])),
+                len: u32::from_le_bytes([e[32], e[33], e[34], e[35]]),
+            })
+            .collect();
+        if chunks.iter().any(|c| c.len == 0) {
+            return Err(BadManifest("empty chunk"));
+        }
+        let m = Manifest::new(chunks);
+        if m.size != size {
+            return Err(BadManifest("chunk lengths do not add up to size"));
+        }
+        Ok(m)
+    }
+
+    /// Index of the chunk holding byte `offset` (`offset < size`).
+    pub fn chunk_at(&self, offset: u64) -> usize {
+        self.ends.partition_point(|&end| end <= offset)
+    }
+
+    /// Offset of the first byte of chunk `i`.
+    pub fn start_of(&self, i: usize) -> u64 {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i - 1]
+        }
+    }
+
+    /// Memory this manifest takes when cached.
+    pub fn weight(&self) -> u64 {
+        (self.chunks.len() * (ENTRY + 8) + 64) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest::new(vec![
+            ChunkRef {
+                hash: Hash::of(b"a"),
+                len: 10,
+            },
+            ChunkRef {
+                hash: Hash::of(b"b"),
+                len: 5,
+            },
+            ChunkRef {
+                hash: Hash::of(b"c"),
+                len: 1,
+            },
+        ])
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let m = sample();
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        let empty = Manifest::new(vec![]);
+        assert_eq!(Manifest::decode(&empty.encode()).unwrap().size, 0);
+    }
+
+    #[test]
+    fn offsets_map_to_chunks() {
+        let m = sample();
+        assert_eq!(m.size, 16);
+        assert_eq!([0, 9, 10, 14, 15].map(|o| m.chunk_at(o)), [0, 0, 1, 1, 2]);
+        assert_eq!([0, 1, 2].map(|i| m.start_of(i)), [0, 10, 15]);
+    }
+
+    #[test]
+    fn damaged_bytes_are_rejected() {
+        let good = sample().encode();
+        assert!(Manifest::decode(&good[..good.len() - 1]).is_err());
+        let mut bad_size = good.clone();
+        bad_size[4] ^= 1;
+        assert!(Manifest::decode(&bad_size).is_err());
+        assert!(Manifest::decode(b"nope").is_err());
+    }
+}

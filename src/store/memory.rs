@@ -1,0 +1,75 @@
+//! In-memory `KvStore` for unit tests and benches: same semantics, no durability.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use super::kv::{Batch, Cf, KvStore};
+use super::StoreError;
+
+type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
+#[derive(Default)]
+pub struct MemoryKv {
+    tables: RwLock<BTreeMap<Cf, Table>>,
+}
+
+impl MemoryKv {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Overwrites a value in place, bypassing every check (to simulate disk corruption).
+    pub fn corrupt(&self, cf: Cf, key: &[u8], value: Vec<u8>) {
+        let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        t.entry(cf).or_default().insert(key.to_vec(), value);
+    }
+}
+
+impl KvStore for MemoryKv {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        Ok(t.get(&cf).and_then(|m| m.get(key).cloned()))
+    }
+
+    fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, StoreError> {
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        Ok(t.get(&cf).is_some_and(|m| m.contains_key(key)))
+    }
+
+    fn write(&self, batch: Batch, _sync: bool) -> Result<(), StoreError> {
+        let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        for (cf, key, value) in batch.ops {
+            let table = t.entry(cf).or_default();
+            match value {
+                Some(v) => {
+                    table.insert(key, v);
+                }
+                None => {
+                    table.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = t.get(&cf) {
+            for (k, v) in m.range(prefix.to_vec()..) {
+                if !k.starts_with(prefix) || !visit(k, v) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_keys(&self, cf: Cf, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StoreError> {
+        self.scan(cf, &[], &mut |k, _| visit(k))
+    }
+}

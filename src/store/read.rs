@@ -1,0 +1,166 @@
+//! Read path: (blob, byte range) → stream of `Bytes`, one chunk slice at a time.
+//!
+//! The stream is lazy: the next chunk is fetched only when the consumer (the socket)
+//! asks for more, so a slow client holds at most one chunk, whatever the range size.
+//! Slices share the cached chunk's memory (no copy).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use super::{blocking, Manifest, Store, StoreError};
+use crate::hash::Hash;
+
+impl Store {
+    /// One chunk, verified: from the cache, or read once from the engine however many
+    /// requests miss on it at the same moment.
+    pub async fn chunk(self: &Arc<Self>, hash: Hash) -> Result<Bytes, StoreError> {
+        match self.cache.chunks.get_value_or_guard_async(&hash).await {
+            Ok(bytes) => {
+                self.metrics.cache_hits.inc();
+                Ok(bytes)
+            }
+            Err(guard) => {
+                self.metrics.cache_misses.inc();
+                let this = self.clone();
+                let bytes = blocking(move || this.read_chunk_uncached(&hash)).await?;
+                let _ = guard.insert(bytes.clone());
+                Ok(bytes)
+            }
+        }
+    }
+
+    /// Streams bytes `start..end` of a blob (end exclusive, within the blob).
+    pub fn read_range(
+        self: &Arc<Self>,
+        manifest: Arc<Manifest>,
+        start: u64,
+        end: u64,
+    ) -> Result<impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static, StoreError> {
+        if start > end || end > manifest.size {
+            return Err(StoreError::BadRange {
+                start,
+                end,
+                size: manifest.size,
+            });
+        }
+        let store = self.clone();
+        Ok(futures_util::stream::try_unfold(start, move |pos| {
+            let store = store.clone();
+            let manifest = manifest.clone();
+            async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let i = manifest.chunk_at(pos);
+                let chunk_start = manifest.start_of(i);
+                let bytes = store.chunk(manifest.chunks[i].hash).await?;
+                let from = (pos - chunk_start) as usize;
+                let to = ((end - chunk_start) as usize).min(bytes.len());
+                let piece = bytes.slice(from..to);
+                let next = chunk_start + to as u64;
+                Ok(Some((piece, next)))
+            }
+        }))
+    }
+
+    /// Reads a whole blob into memory (tests and small objects only).
+    pub async fn read_all(self: &Arc<Self>, hash: Hash) -> Result<Vec<u8>, StoreError> {
+        use futures_util::TryStreamExt;
+        let m = self.manifest(hash).await?;
+        let size = m.size;
+        let parts: Vec<Bytes> = self.read_range(m, 0, size)?.try_collect().await?;
+        Ok(parts.concat())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::kv::Cf;
+    use super::super::test_util::{memory_store, noise};
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    #[tokio::test]
+    async fn every_range_reads_back_exactly() {
+        let (store, _) = memory_store();
+        let data = noise(60_000, 11);
+        let put = store.put_reader(&data[..], |_| {}).unwrap();
+        let m = store.manifest(put.hash).await.unwrap();
+        assert!(m.chunks.len() > 3);
+        for (s, e) in [
+            (0, 0),
+            (0, 1),
+            (0, 60_000),
+            (4095, 4097),
+            (59_999, 60_000),
+            (1234, 50_000),
+        ] {
+            let got: Vec<Bytes> = store
+                .read_range(m.clone(), s, e)
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(
+                got.concat(),
+                &data[s as usize..e as usize],
+                "range {s}..{e}"
+            );
+        }
+        assert!(store.read_range(m, 10, 60_001).is_err());
+    }
+
+    #[tokio::test]
+    async fn boundary_sizes_round_trip() {
+        let (store, _) = memory_store();
+        let p = store.chunk_params();
+        for len in [
+            0,
+            1,
+            p.min - 1,
+            p.min,
+            p.min + 1,
+            p.max - 1,
+            p.max,
+            p.max + 1,
+            5 * p.max + 17,
+        ] {
+            let data = noise(len, len as u64);
+            let put = store.put_reader(&data[..], |_| {}).unwrap();
+            assert_eq!(put.size, len as u64);
+            assert_eq!(store.read_all(put.hash).await.unwrap(), data, "size {len}");
+        }
+    }
+
+    #[tokio::test]
+    async fn corrupted_chunk_is_an_error_never_data() {
+        let (store, kv) = memory_store();
+        let data = noise(30_000, 12);
+        let put = store.put_reader(&data[..], |_| {}).unwrap();
+        let m = store.manifest(put.hash).await.unwrap();
+        let victim = m.chunks[1].hash;
+        let mut bad = data[m.start_of(1) as usize..m.start_of(2) as usize].to_vec();
+        bad[0] ^= 0xff;
+        kv.corrupt(Cf::Chunks, victim.as_bytes(), bad);
+        let err = store.read_all(put.hash).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::ChunkCorrupt(h) if h == victim),
+            "{err}"
+        );
+        assert_eq!(store.metrics().corrupt_chunks.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn second_read_hits_the_cache() {
+        let (store, _) = memory_store();
+        let data = noise(20_000, 13);
+        let put = store.put_reader(&data[..], |_| {}).unwrap();
+        store.read_all(put.hash).await.unwrap();
+        let misses = store.metrics().cache_misses.get();
+        store.read_all(put.hash).await.unwrap();
+        assert_eq!(store.metrics().cache_misses.get(), misses);
+        assert!(store.metrics().cache_hits.get() > 0);
+    }
+}
