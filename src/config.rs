@@ -32,6 +32,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub delta: DeltaConfig,
+    pub catalog: CatalogConfig,
 }
 
 /// `[server]`: sockets, data directory, operator credentials.
@@ -69,6 +70,24 @@ pub struct DeltaConfig {
     pub worth_it_ratio: f64,
     /// Memory budget for one delta computation. Default `2GiB`.
     pub memory_limit: ByteSize,
+    /// On publish, deltas are computed to the new build from this many previous builds.
+    /// Default `3`.
+    pub from_previous: usize,
+    /// Delta computations running at once (each uses every core). Default `1`.
+    pub workers: usize,
+    /// zstd level of patch streams. Default `19`.
+    pub zstd_level: i32,
+}
+
+/// `[catalog]`: update checks.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Seconds a signed check answer stays valid. Default `3600`.
+    pub answer_ttl_secs: u64,
+    /// ed25519 signing key (hex seed) file; created if missing. Default empty =
+    /// `<data_dir>/signing.key`.
+    pub signing_key: PathBuf,
 }
 
 impl Default for Config {
@@ -88,6 +107,13 @@ impl Default for Config {
             delta: DeltaConfig {
                 worth_it_ratio: 0.8,
                 memory_limit: ByteSize(2 << 30),
+                from_previous: 3,
+                workers: 1,
+                zstd_level: 19,
+            },
+            catalog: CatalogConfig {
+                answer_ttl_secs: 3600,
+                signing_key: PathBuf::new(),
             },
         }
     }
@@ -101,6 +127,11 @@ impl Default for ServerConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Config::default().store
+    }
+}
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Config::default().catalog
     }
 }
 impl Default for DeltaConfig {
@@ -136,6 +167,15 @@ impl Config {
     }
 
     /// Pure core of [`Config::load`]: `text` is the TOML file, `env` the overrides present.
+    /// The signing key path (configured, or in the data dir).
+    pub fn signing_key_path(&self) -> PathBuf {
+        if self.catalog.signing_key.as_os_str().is_empty() {
+            self.server.data_dir.join("signing.key")
+        } else {
+            self.catalog.signing_key.clone()
+        }
+    }
+
     pub fn from_parts(
         text: &str,
         path: &Path,
@@ -181,6 +221,14 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "store chunk sizes must satisfy 256 <= chunk_min < chunk_avg < chunk_max <= 64MiB (got {min}, {avg}, {max})"
             )));
+        }
+        if !(1..=22).contains(&self.delta.zstd_level)
+            || self.delta.workers == 0
+            || self.delta.workers > 64
+        {
+            return Err(ConfigError::Invalid(
+                "delta.zstd_level must be 1..=22 and delta.workers 1..=64".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&self.delta.worth_it_ratio) {
             return Err(ConfigError::Invalid(

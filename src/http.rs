@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod catalog;
+pub mod check;
 pub mod error;
 pub mod ops;
 pub mod range;
@@ -13,7 +15,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::config::Config;
@@ -26,12 +28,36 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
+    pub catalog: Arc<crate::catalog::Catalog>,
+    pub checker: Arc<crate::catalog::check::Checker>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/blobs", post(blobs::post_blob))
         .route("/v1/blobs/{hash}", get(blobs::get_blob))
+        .route("/v1/blobs/{hash}/chunks", get(blobs::get_chunks))
+        .route("/v1/check", post(check::post_check))
+        .route("/v1/keys", get(check::get_keys))
+        .route("/v1/products", get(catalog::list_products))
+        .route(
+            "/v1/products/{product}",
+            put(catalog::put_product).get(catalog::get_product),
+        )
+        .route("/v1/products/{product}/builds", get(catalog::list_builds))
+        .route(
+            "/v1/products/{product}/builds/{version}",
+            put(catalog::put_build)
+                .get(catalog::get_build)
+                .delete(catalog::delete_build),
+        )
+        .route("/v1/products/{product}/rings", get(catalog::list_rings))
+        .route(
+            "/v1/products/{product}/rings/{ring}",
+            put(catalog::put_ring),
+        )
+        .route("/v1/products/{product}/stats", get(catalog::stats))
+        .route("/v1/gc", post(catalog::gc))
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -4,6 +4,7 @@
 //! chunks and blobs), `delta` (binary diffs), `http` (the API), `server` (assembly),
 //! `config`, `metrics`, and `cli` (command glue).
 
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod delta;

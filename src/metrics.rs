@@ -29,6 +29,39 @@ pub struct RouteOnly {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobState {
+    pub state: String,
+}
+
+impl JobState {
+    pub fn queued() -> Self {
+        JobState {
+            state: "queued".into(),
+        }
+    }
+    pub fn running() -> Self {
+        JobState {
+            state: "running".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// Delta computation time buckets: 0.1 s .. ~27 min, doubling.
+pub const DELTA_SECONDS_BUCKETS: [f64; 15] = [
+    0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4, 204.8, 409.6, 819.2, 1638.4,
+];
+
 /// Handles to every metric the node exports.
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +74,11 @@ pub struct Metrics {
     pub store_chunks: Gauge<u64, AtomicU64>,
     pub ingest_bytes: Counter,
     pub corrupt_chunks: Counter,
+    pub delta_jobs: Family<JobState, Gauge>,
+    pub delta_compute_seconds: Histogram,
+    pub delta_bytes_saved: Counter,
+    pub checks: Family<ResultLabel, Counter>,
+    pub artifact_bytes: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,6 +104,11 @@ impl Metrics {
             store_chunks: Gauge::default(),
             ingest_bytes: Counter::default(),
             corrupt_chunks: Counter::default(),
+            delta_jobs: Family::default(),
+            delta_compute_seconds: Histogram::new(DELTA_SECONDS_BUCKETS),
+            delta_bytes_saved: Counter::default(),
+            checks: Family::default(),
+            artifact_bytes: Family::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -114,6 +157,39 @@ impl Metrics {
             "Chunks whose bytes did not match their hash when read",
             m.corrupt_chunks.clone(),
         );
+        registry.register(
+            "update_edge_delta_jobs",
+            "Delta computations by state (queued, running)",
+            m.delta_jobs.clone(),
+        );
+        registry.register(
+            "update_edge_delta_compute_seconds",
+            "Time to compute one delta",
+            m.delta_compute_seconds.clone(),
+        );
+        registry.register(
+            "update_edge_delta_bytes_saved",
+            "Bytes saved by offering a delta instead of the full payload (at check time)",
+            m.delta_bytes_saved.clone(),
+        );
+        registry.register(
+            "update_edge_checks",
+            "Update checks by result (update, none, error)",
+            m.checks.clone(),
+        );
+        registry.register(
+            "update_edge_artifact_bytes_served",
+            "Download bytes by artifact kind (os, driver, app, delta, other)",
+            m.artifact_bytes.clone(),
+        );
+        for state in [JobState::queued(), JobState::running()] {
+            let _ = m.delta_jobs.get_or_create(&state);
+        }
+        for result in ["update", "none", "error"] {
+            let _ = m.checks.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
+        }
         Metrics { registry, ..m }
     }
 
@@ -171,6 +247,10 @@ mod tests {
             "update_edge_store_bytes",
             "update_edge_store_chunks",
             "update_edge_ingest_bytes_total",
+            "update_edge_delta_jobs{state=\"queued\"}",
+            "update_edge_delta_compute_seconds_bucket",
+            "update_edge_delta_bytes_saved_total",
+            "update_edge_checks_total{result=\"update\"}",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -9,6 +9,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::catalog::check::Checker;
+use crate::catalog::chunklist::ChunkLists;
+use crate::catalog::scheduler::{DeltaScheduler, SchedulerOptions};
+use crate::catalog::signing::Signer;
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
@@ -23,11 +28,25 @@ pub struct Node {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
+    pub catalog: Arc<Catalog>,
+    pub checker: Arc<Checker>,
+}
+
+/// Why a node could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Key(#[from] crate::catalog::signing::SignError),
 }
 
 impl Node {
-    /// Opens the RocksDB store named by the config.
-    pub fn open(config: Config) -> Result<Node, StoreError> {
+    /// Opens the RocksDB store named by the config, the catalog over it and the signing
+    /// key, and starts the delta workers.
+    pub fn open(config: Config) -> Result<Node, OpenError> {
         let metrics = Arc::new(Metrics::new());
         let s = &config.store;
         let params = ChunkParams {
@@ -41,10 +60,32 @@ impl Node {
             s.cache_size.0,
             metrics.clone(),
         )?;
+        let catalog = Arc::new(Catalog::new(store.clone())?);
+        let signer = Signer::load_or_create(&config.signing_key_path())?;
+        let d = &config.delta;
+        let scheduler = DeltaScheduler::start(
+            catalog.clone(),
+            metrics.clone(),
+            SchedulerOptions {
+                workers: d.workers,
+                worth_it_ratio: d.worth_it_ratio,
+                memory_limit: d.memory_limit.0,
+                zstd_level: d.zstd_level,
+            },
+        );
+        let checker = Arc::new(Checker {
+            catalog: catalog.clone(),
+            chunk_lists: ChunkLists::new(store.clone()),
+            signer,
+            scheduler,
+            answer_ttl_secs: config.catalog.answer_ttl_secs,
+        });
         Ok(Node {
             config: Arc::new(config),
             metrics,
             store,
+            catalog,
+            checker,
         })
     }
 
@@ -53,6 +94,8 @@ impl Node {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             config: self.config.clone(),
+            catalog: self.catalog.clone(),
+            checker: self.checker.clone(),
         }
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod chunker;
+pub mod gc;
 pub mod ingest;
 pub mod kv;
 pub mod manifest;
@@ -72,6 +73,9 @@ pub struct Store {
     metrics: Arc<Metrics>,
     /// Serialises "is this chunk new?" + write + counter update across writers.
     write_lock: Mutex<Stats>,
+    /// Held shared by every ingest (from first chunk until its blob is referenced) and
+    /// exclusively by GC, so GC never sweeps chunks or blobs still being committed.
+    gc_lock: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Unique chunk count and bytes, persisted in the meta column family.
@@ -144,6 +148,7 @@ impl Store {
             cache: cache::Caches::new(cache_bytes),
             metrics,
             write_lock: Mutex::new(stats),
+            gc_lock: Arc::new(tokio::sync::RwLock::new(())),
         }))
     }
 
@@ -203,6 +208,21 @@ impl Store {
             return Err(StoreError::ChunkCorrupt(*hash));
         }
         Ok(bytes::Bytes::from(v))
+    }
+
+    /// Shared guard for an ingest (async callers).
+    pub async fn gc_guard(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.gc_lock.clone().read_owned().await
+    }
+
+    /// Shared guard for an ingest (blocking callers, never on the async runtime).
+    pub fn gc_guard_blocking(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        loop {
+            if let Ok(g) = self.gc_lock.clone().try_read_owned() {
+                return g;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Flushes the engine's memory tables to disk files.

@@ -102,7 +102,10 @@ pub async fn get_blob(
     resp = resp.status(status).header(header::CONTENT_LENGTH, length);
     let body = match body {
         None => Body::empty(),
-        Some(stream) => counted(primed(stream).await?, state.metrics.clone()),
+        Some(stream) => {
+            let kind = state.catalog.kind_of(&hash);
+            counted(primed(stream).await?, state.metrics.clone(), kind)
+        }
     };
     resp.body(body).map_err(internal)
 }
@@ -123,10 +126,15 @@ async fn primed(mut s: ByteStream) -> Result<ByteStream, ApiError> {
 
 /// The response body: counts bytes as they are handed to the connection. A later chunk
 /// failing verification aborts the connection, so a client never takes it as complete.
-fn counted(s: ByteStream, metrics: Arc<Metrics>) -> Body {
+fn counted(s: ByteStream, metrics: Arc<Metrics>, kind: &'static str) -> Body {
+    let by_kind = metrics
+        .artifact_bytes
+        .get_or_create(&crate::metrics::KindLabel { kind: kind.into() })
+        .clone();
     Body::from_stream(
         s.inspect_ok(move |b| {
             metrics.bytes_served.inc_by(b.len() as u64);
+            by_kind.inc_by(b.len() as u64);
         })
         .map_err(|e| {
             tracing::error!(error = %e, "download aborted");
@@ -169,11 +177,32 @@ fn multipart(
     (length, stream::iter(parts).flatten().boxed())
 }
 
+/// `GET /v1/blobs/{hash}/chunks`: the chunk list devices verify pieces against.
+pub async fn get_chunks(
+    State(state): State<AppState>,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    let hash = parse_hash(&hash)?;
+    let (bytes, list_hash) = state.checker.chunk_lists.get(hash).await?;
+    let tag = HeaderValue::from_str(&etag(&list_hash.to_hex()))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ),
+        (header::CACHE_CONTROL, immutable_cache_control()),
+        (header::ETAG, tag),
+    ];
+    Ok((headers, bytes).into_response())
+}
+
 pub async fn post_blob(
     _: Operator,
     State(state): State<AppState>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let _guard = state.store.gc_guard().await;
     let outcome = ingest_body(&state.store, body).await?;
     let status = if outcome.created {
         StatusCode::CREATED

@@ -26,6 +26,19 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<crate::catalog::CatalogError> for ApiError {
+    fn from(e: crate::catalog::CatalogError) -> Self {
+        use crate::catalog::CatalogError as C;
+        match e {
+            C::UnknownProduct(_) | C::UnknownBuild { .. } => ApiError::NotFound(e.to_string()),
+            C::Invalid(m) => ApiError::BadRequest(m),
+            C::Conflict(m) => ApiError::Conflict(m),
+            C::Store(s) => ApiError::Store(s),
+            C::Corrupt(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {

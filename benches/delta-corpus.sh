@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Delta benchmark (not a test): update-edge against the anchors (bsdiff 4.3, xdelta3 -9,
+# zstd -19 and -3 --patch-from) on the corpus pairs, and update-edge on a generated
+# large pair. Prints one markdown table. Every tool run in the same go, on this machine.
+#   benches/delta-corpus.sh CORPUS_DIR [--big SIZE_MIB] [--no-anchors] [--anchors-on-big]
+# CORPUS_DIR comes from ../shared/corpus/fetch-pairs.sh; the big pair is generated there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CORPUS=${1:?usage: delta-corpus.sh CORPUS_DIR [--big SIZE_MIB] [--no-anchors] [--anchors-on-big]}
+shift
+BIG=0; ANCHORS=1; ANCHORS_BIG=0; PAIRS="ruff uv"
+while [ $# -gt 0 ]; do
+  case $1 in
+    --big) BIG=$2; shift ;;
+    --no-anchors) ANCHORS=0 ;;
+    --anchors-on-big) ANCHORS_BIG=1 ;;
+    --pairs) PAIRS=$2; shift ;;
+  esac
+  shift
+done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
+cargo build --release --bin update-edge >&2
+UE="$CARGO_TARGET_DIR/release/update-edge"
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+ROWS=()
+
+# measure LABEL PAIR DIFF_CMD... ; sets globals from /usr/bin/time: wall, cpu, rss
+measure() {
+  local tf="$OUT/time"
+  /usr/bin/time -f "%e %U %S %M" -o "$tf" "$@" >/dev/null 2>"$OUT/stderr" || { echo "failed: $*" >&2; cat "$OUT/stderr" >&2; return 1; }
+  read -r wall user sys rss < "$tf"
+  cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.1f", u + s }')
+  rss_mib=$((rss / 1024))
+}
+
+row() { # tool pair patchfile apply_cmd...
+  local tool=$1 pair=$2 patch=$3; shift 3
+  local size; size=$(stat -c %s "$patch")
+  local dwall=$wall dcpu=$cpu drss=$rss_mib
+  measure "$@"
+  local new="$CORPUS/$pair.new"; [ "$pair" = big ] && new="$CORPUS/big.new"
+  local ok=ok; cmp -s "$OUT/applied" "$new" || ok=MISMATCH
+  local mbs; mbs=$(awk -v b="$(stat -c %s "$new")" -v w="$wall" 'BEGIN { printf "%.0f", b / 1e6 / (w > 0 ? w : 0.01) }')
+  ROWS+=("| $pair | $tool | $size | $dwall | $dcpu | $drss | $wall | $mbs | $rss_mib | $ok |")
+  echo "${ROWS[-1]}" >&2
+  rm -f "$OUT/applied" "$patch"
+}
+
+run_pair() {
+  local pair=$1 anchors=$2 limit=${3:-2GiB}
+  local old="$CORPUS/$pair.old" new="$CORPUS/$pair.new"
+  measure "$UE" delta diff "$old" "$new" -o "$OUT/ue.patch" --memory-limit "$limit"
+  row "update-edge" "$pair" "$OUT/ue.patch" "$UE" delta apply "$old" "$OUT/ue.patch" -o "$OUT/applied"
+  measure "$UE" delta diff "$old" "$new" -o "$OUT/ue40.patch" --memory-limit "$limit" --format bsdiff40
+  row "update-edge --format bsdiff40 (stock bspatch)" "$pair" "$OUT/ue40.patch" bspatch "$old" "$OUT/applied" "$OUT/ue40.patch"
+  [ "$anchors" = 1 ] || return 0
+  measure bsdiff "$old" "$new" "$OUT/bs.patch"
+  row "bsdiff 4.3" "$pair" "$OUT/bs.patch" bspatch "$old" "$OUT/applied" "$OUT/bs.patch"
+  measure xdelta3 -9 -f -e -s "$old" "$new" "$OUT/xd.patch"
+  row "xdelta3 -9" "$pair" "$OUT/xd.patch" xdelta3 -f -d -s "$old" "$OUT/xd.patch" "$OUT/applied"
+  measure zstd -q -f -19 --long=31 --patch-from="$old" "$new" -o "$OUT/z19.patch"
+  row "zstd -19 --long=31 --patch-from" "$pair" "$OUT/z19.patch" zstd -q -f -d --long=31 --patch-from="$old" "$OUT/z19.patch" -o "$OUT/applied"
+  measure zstd -q -f -3 --long=31 --patch-from="$old" "$new" -o "$OUT/z3.patch"
+  row "zstd -3 --long=31 --patch-from" "$pair" "$OUT/z3.patch" zstd -q -f -d --long=31 --patch-from="$old" "$OUT/z3.patch" -o "$OUT/applied"
+}
+
+for p in $PAIRS; do run_pair "$p" "$ANCHORS"; done
+if [ "$BIG" -gt 0 ]; then
+  python3 benches/gen-pair.py "$CORPUS" "$BIG" >&2
+  run_pair big "$ANCHORS_BIG" 2GiB
+fi
+
+echo
+echo "| pair | tool | patch bytes | diff wall s | diff CPU s | diff peak RSS MiB | apply wall s | apply MB/s (output) | apply peak RSS MiB | round trip |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Generate a large old/new pair for delta benchmarks (not used by tests).
+
+old: random bytes. new: old with realistic edits — inserted blocks, deleted blocks,
+blocks moved far away, and scattered single-byte changes — written in streaming
+fashion so memory stays small.   gen-pair.py OUT_DIR [SIZE_MIB=2048] [SEED=1]
+"""
+import os
+import random
+import sys
+
+out = sys.argv[1]
+size = int(sys.argv[2]) << 20 if len(sys.argv) > 2 else 2048 << 20
+rng = random.Random(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+os.makedirs(out, exist_ok=True)
+old_path, new_path = os.path.join(out, "big.old"), os.path.join(out, "big.new")
+PIECE = 16 << 20
+
+if not (os.path.exists(old_path) and os.path.getsize(old_path) == size):
+    with open(old_path, "wb") as f:
+        left = size
+        while left:
+            n = min(PIECE, left)
+            f.write(rng.randbytes(n))
+            left -= n
+
+# Edit plan over old offsets: a sorted list of (offset, kind, arg).
+edits = []
+for _ in range(200):  # insertions of 1-64 KiB
+    edits.append((rng.randrange(size), "ins", rng.randrange(1 << 10, 64 << 10)))
+for _ in range(100):  # deletions of 1-256 KiB
+    edits.append((rng.randrange(size), "del", rng.randrange(1 << 10, 256 << 10)))
+for _ in range(20):  # 1-8 MiB blocks copied from far away (moved content)
+    edits.append((rng.randrange(size), "move", (rng.randrange(size - (8 << 20)), rng.randrange(1 << 20, 8 << 20))))
+edits.sort(key=lambda e: e[0])
+SCATTER = 1 << 16  # one changed byte per 64 KiB on average
+
+with open(old_path, "rb") as src, open(old_path, "rb") as far, open(new_path, "wb") as dst:
+    pos = 0
+
+    def copy_to(end):
+        global pos
+        while pos < end:
+            n = min(PIECE, end - pos)
+            src.seek(pos)
+            buf = bytearray(src.read(n))
+            for _ in range(max(1, n // SCATTER)):
+                i = rng.randrange(n)
+                buf[i] = (buf[i] + 1) & 0xFF
+            dst.write(buf)
+            pos += n
+
+    for off, kind, arg in edits:
+        if off < pos:
+            continue
+        copy_to(off)
+        if kind == "ins":
+            dst.write(rng.randbytes(arg))
+        elif kind == "del":
+            pos = min(size, pos + arg)
+        else:
+            start, length = arg
+            far.seek(start)
+            dst.write(far.read(length))
+    copy_to(size)
+print(f"{old_path}: {os.path.getsize(old_path)} bytes; {new_path}: {os.path.getsize(new_path)} bytes")

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Side-by-side download benchmark (not a test): the same 256 MiB payload served by
+# update-edge (release build) and by nginx (sendfile on), driven by the same wrk runs.
+# Prints a markdown table: whole-file MB/s, random 1 MiB and 4 KiB range rps, and server
+# CPU seconds per GiB served (from /proc, summed over the server's processes).
+#   benches/serve-vs-nginx.sh [DURATION_SECONDS]
+# Loopback only; every wrk run is bounded by its duration.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+SIZE=$((256 << 20))
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
+for t in wrk nginx; do command -v $t >/dev/null || { echo "needs $t (apt-get install -y $t)" >&2; exit 2; }; done
+cargo build --release --bin update-edge >&2
+BIN="$CARGO_TARGET_DIR/release/update-edge"
+WORK=$(mktemp -d)
+cleanup() { kill "${UE_PID:-}" 2>/dev/null || true; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+head -c $SIZE /dev/urandom > "$WORK/payload.bin"
+HASH=$("$BIN" blob put "$WORK/payload.bin" --data "$WORK/data" 2>/dev/null)
+mkdir -p "$WORK/www"; ln "$WORK/payload.bin" "$WORK/www/$HASH"
+
+UE_PORT=18181; NG_PORT=18182
+UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn "$BIN" serve --data "$WORK/data" --listen 127.0.0.1:$UE_PORT &
+UE_PID=$!
+cat > "$WORK/nginx.conf" <<NGX
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$NG_PORT; root $WORK/www; location / { } }
+}
+NGX
+nginx -c "$WORK/nginx.conf"
+sleep 1
+NG_PIDS() { pgrep -f "nginx.*$WORK" | tr '\n' ' '; }
+
+cat > "$WORK/range.lua" <<'LUA'
+local size = tonumber(os.getenv("SIZE"))
+local len = tonumber(os.getenv("LEN"))
+math.randomseed(os.time())
+request = function()
+  local off = math.random(0, size - len)
+  return wrk.format("GET", nil, { ["Range"] = "bytes=" .. off .. "-" .. (off + len - 1) })
+end
+LUA
+
+cpu_ticks() { local t=0; for p in "$@"; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo $t; }
+to_bytes() { awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u); m = 1;
+  if (u == "KB") m = 1024; else if (u == "MB") m = 1048576; else if (u == "GB") m = 1073741824; else if (u == "TB") m = 1099511627776;
+  printf "%.0f", n * m }'; }
+
+# run NAME URL WRK_ARGS... -> prints "rps bytes cpu_seconds"
+run() {
+  local pids=$1 url=$2; shift 2
+  local before after out
+  # warm up (fills update-edge's cache and the page cache for nginx)
+  wrk -t1 -c1 -d2s "$url" >/dev/null 2>&1 || true
+  before=$(cpu_ticks $pids)
+  out=$(wrk "$@" "$url")
+  after=$(cpu_ticks $pids)
+  local reqs read secs
+  reqs=$(echo "$out" | awk '/requests in/ { print $1 }')
+  secs=$(echo "$out" | awk '/requests in/ { gsub(/s,/, "", $4); print $4 }')
+  read=$(echo "$out" | awk '/requests in/ { print $5 }')
+  local bytes; bytes=$(to_bytes "$read")
+  local hz; hz=$(getconf CLK_TCK)
+  echo "$reqs $secs $bytes $(awk -v a="$after" -v b="$before" -v hz="$hz" 'BEGIN { printf "%.2f", (a - b) / hz }')"
+}
+
+declare -A R
+for server in update-edge nginx; do
+  if [ $server = update-edge ]; then pids=$UE_PID; url="http://127.0.0.1:$UE_PORT/v1/blobs/$HASH"; else pids=$(NG_PIDS); url="http://127.0.0.1:$NG_PORT/$HASH"; fi
+  R[$server,whole]=$(run "$pids" "$url" -t1 -c2 -d${DUR}s)
+  R[$server,r1m]=$(SIZE=$SIZE LEN=$((1 << 20)) run "$pids" "$url" -t2 -c32 -d${DUR}s -s "$WORK/range.lua")
+  R[$server,r4k]=$(SIZE=$SIZE LEN=4096 run "$pids" "$url" -t2 -c64 -d${DUR}s -s "$WORK/range.lua")
+done
+
+echo
+echo "| test | server | requests/s | MB/s | server CPU s | CPU s per GiB |"
+echo "|---|---|---|---|---|---|"
+for t in whole r1m r4k; do
+  for server in update-edge nginx; do
+    read -r reqs secs bytes cpu <<<"${R[$server,$t]}"
+    awk -v t=$t -v s=$server -v r="$reqs" -v sec="$secs" -v b="$bytes" -v c="$cpu" 'BEGIN {
+      printf "| %s | %s | %.0f | %.0f | %.2f | %.3f |\n", t, s, r / sec, b / sec / 1e6, c, (b > 0 ? c / (b / 1073741824) : 0) }'
+  done
+done
+echo
+for t in whole r1m r4k; do
+  read -r ru su bu cu <<<"${R[update-edge,$t]}"; read -r rn sn bn cn <<<"${R[nginx,$t]}"
+  awk -v t=$t -v ru="$ru" -v su="$su" -v rn="$rn" -v sn="$sn" -v bu="$bu" -v cu="$cu" -v bn="$bn" -v cn="$cn" 'BEGIN {
+    printf "%s: update-edge/nginx rps ratio %.2f, CPU-per-GiB ratio %.2f\n", t, (ru/su)/(rn/sn), (cu/(bu/1073741824))/(cn/(bn/1073741824)) }'
+done

@@ -1,0 +1,404 @@
+//! The update catalog: products, builds, rings, deltas and device records in their own
+//! column families, and the decisions made from them (update checks, delta scheduling).
+//!
+//! Writes that read-modify-write (publish, ring changes, deletes) are serialised by one
+//! mutex, so "same version, different bytes" and "delete a build a ring targets" are
+//! decided race-free; every multi-key change is one atomic batch.
+
+pub mod check;
+pub mod chunklist;
+pub mod model;
+pub mod rollout;
+pub mod scheduler;
+pub mod signing;
+pub mod version;
+
+use std::sync::{Arc, Mutex};
+
+use crate::hash::Hash;
+use crate::store::{Batch, Cf, Store, StoreError};
+use model::{
+    now_secs, valid_name, Build, DeltaRecord, DeviceRecord, Hardware, Kind, Product, Ring,
+    DEFAULT_RINGS,
+};
+use version::Version;
+
+/// Errors from the catalog; each names what it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("unknown product {0:?}")]
+    UnknownProduct(String),
+    #[error("product {product:?} has no build {version}")]
+    UnknownBuild { product: String, version: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("corrupt catalog record: {0}")]
+    Corrupt(String),
+}
+
+/// Devices seen for a product: how many, on which versions, in which rings.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DeviceStats {
+    pub devices: u64,
+    pub versions: std::collections::BTreeMap<String, u64>,
+    pub rings: std::collections::BTreeMap<String, u64>,
+}
+
+pub struct Catalog {
+    store: Arc<Store>,
+    writes: Mutex<()>,
+    /// Artifact kind of every build and delta blob, for per-kind download metrics.
+    kinds: std::sync::RwLock<std::collections::HashMap<Hash, &'static str>>,
+}
+
+fn key2(a: &str, b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b);
+    k
+}
+
+fn prefix(a: &str) -> Vec<u8> {
+    key2(a, &[])
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, CatalogError> {
+    serde_json::from_slice(v).map_err(|e| CatalogError::Corrupt(e.to_string()))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Catalog {
+    /// Opens the catalog over a store, loading the blob → kind map (one scan).
+    pub fn new(store: Arc<Store>) -> Result<Catalog, CatalogError> {
+        let c = Catalog {
+            store,
+            writes: Mutex::new(()),
+            kinds: Default::default(),
+        };
+        let builds: Vec<Build> = c.list(Cf::Builds, &[])?;
+        let deltas = c.deltas()?;
+        let mut kinds = c.kinds.write().unwrap_or_else(|e| e.into_inner());
+        for b in builds {
+            kinds.insert(b.blob, b.kind.as_str());
+        }
+        for d in deltas {
+            if let Some(h) = d.delta {
+                kinds.insert(h, "delta");
+            }
+        }
+        drop(kinds);
+        Ok(c)
+    }
+
+    /// `os`, `driver`, `app`, `delta`, or `other` for a blob.
+    pub fn kind_of(&self, blob: &Hash) -> &'static str {
+        self.kinds
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(blob)
+            .copied()
+            .unwrap_or("other")
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+    ) -> Result<Option<T>, CatalogError> {
+        self.store
+            .kv()
+            .get(cf, key)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+    ) -> Result<Vec<T>, CatalogError> {
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.store
+            .kv()
+            .scan(cf, prefix, &mut |_, v| match decode(v) {
+                Ok(x) => {
+                    out.push(x);
+                    true
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    false
+                }
+            })?;
+        bad.map_or(Ok(out), Err)
+    }
+
+    /// Creates or updates a product; true when created.
+    pub fn put_product(
+        &self,
+        slug: &str,
+        name: &str,
+        hardware: Hardware,
+    ) -> Result<(Product, bool), CatalogError> {
+        if !valid_name(slug) {
+            return Err(CatalogError::Invalid(format!(
+                "invalid product slug {slug:?} (1-64 of a-z 0-9 . _ -)"
+            )));
+        }
+        let _w = self.lock();
+        let existing: Option<Product> = self.get(Cf::Products, slug.as_bytes())?;
+        let created_at = existing.as_ref().map_or_else(now_secs, |p| p.created_at);
+        let p = Product {
+            slug: slug.into(),
+            name: name.into(),
+            hardware,
+            created_at,
+        };
+        let mut b = Batch::default();
+        b.put(Cf::Products, slug.as_bytes(), encode(&p));
+        self.store.kv().write(b, true)?;
+        Ok((p, existing.is_none()))
+    }
+
+    pub fn product(&self, slug: &str) -> Result<Product, CatalogError> {
+        self.get(Cf::Products, slug.as_bytes())?
+            .ok_or_else(|| CatalogError::UnknownProduct(slug.into()))
+    }
+
+    pub fn products(&self) -> Result<Vec<Product>, CatalogError> {
+        self.list(Cf::Products, &[])
+    }
+
+    /// Records a build whose payload is already stored. Same version and same bytes is
+    /// idempotent (false); same version with different bytes is a conflict.
+    pub fn publish_build(
+        &self,
+        slug: &str,
+        version: &Version,
+        kind: Kind,
+        notes: &str,
+        blob: Hash,
+        size: u64,
+    ) -> Result<(Build, bool), CatalogError> {
+        let _w = self.lock();
+        self.product(slug)?;
+        let key = key2(slug, &version.key());
+        if let Some(old) = self.get::<Build>(Cf::Builds, &key)? {
+            if old.blob == blob {
+                return Ok((old, false));
+            }
+            return Err(CatalogError::Conflict(format!(
+                "{slug} {version} is already published with different content ({})",
+                old.blob
+            )));
+        }
+        let b = Build {
+            product: slug.into(),
+            version: version.to_string(),
+            blob,
+            size,
+            kind,
+            notes: notes.into(),
+            created_at: now_secs(),
+        };
+        let mut batch = Batch::default();
+        batch.put(Cf::Builds, key, encode(&b));
+        self.store.kv().write(batch, true)?;
+        self.kinds
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(blob, kind.as_str());
+        Ok((b, true))
+    }
+
+    /// Builds of a product, oldest version first.
+    pub fn builds(&self, slug: &str) -> Result<Vec<Build>, CatalogError> {
+        self.product(slug)?;
+        self.list(Cf::Builds, &prefix(slug))
+    }
+
+    pub fn build(&self, slug: &str, version: &Version) -> Result<Option<Build>, CatalogError> {
+        self.get(Cf::Builds, &key2(slug, &version.key()))
+    }
+
+    /// Removes a build unless a ring targets it; its payload goes at the next GC.
+    pub fn delete_build(&self, slug: &str, version: &Version) -> Result<(), CatalogError> {
+        let _w = self.lock();
+        let key = key2(slug, &version.key());
+        let build: Build =
+            self.get(Cf::Builds, &key)?
+                .ok_or_else(|| CatalogError::UnknownBuild {
+                    product: slug.into(),
+                    version: version.to_string(),
+                })?;
+        let rings: Vec<Ring> = self.list(Cf::Rings, &prefix(slug))?;
+        if let Some(r) = rings.iter().find(|r| r.version == build.version) {
+            return Err(CatalogError::Conflict(format!(
+                "ring {:?} targets {slug} {version}; retarget it first",
+                r.name
+            )));
+        }
+        let mut batch = Batch::default();
+        batch.delete(Cf::Builds, key);
+        self.store.kv().write(batch, true)?;
+        Ok(())
+    }
+
+    /// Sets a ring's target; the version must be a published build.
+    pub fn set_ring(
+        &self,
+        slug: &str,
+        ring: &str,
+        version: &Version,
+        percent: f64,
+        paused: bool,
+    ) -> Result<Ring, CatalogError> {
+        if !valid_name(ring) {
+            return Err(CatalogError::Invalid(format!("invalid ring name {ring:?}")));
+        }
+        if !(0.0..=100.0).contains(&percent) || !percent.is_finite() {
+            return Err(CatalogError::Invalid(format!(
+                "percent {percent} is not within 0..=100"
+            )));
+        }
+        let _w = self.lock();
+        self.product(slug)?;
+        if self.build(slug, version)?.is_none() {
+            return Err(CatalogError::UnknownBuild {
+                product: slug.into(),
+                version: version.to_string(),
+            });
+        }
+        let key = key2(slug, ring.as_bytes());
+        let existing: Option<Ring> = self.get(Cf::Rings, &key)?;
+        let order = match existing {
+            Some(r) => r.order,
+            None => DEFAULT_RINGS
+                .iter()
+                .position(|d| *d == ring)
+                .map(|p| p as u32)
+                .unwrap_or_else(|| 100 + ring.len() as u32),
+        };
+        let r = Ring {
+            name: ring.into(),
+            order,
+            version: version.to_string(),
+            percent: (percent * 100.0).round() / 100.0,
+            paused,
+            updated_at: now_secs(),
+        };
+        let mut batch = Batch::default();
+        batch.put(Cf::Rings, key, encode(&r));
+        self.store.kv().write(batch, true)?;
+        Ok(r)
+    }
+
+    pub fn ring(&self, slug: &str, ring: &str) -> Result<Option<Ring>, CatalogError> {
+        self.get(Cf::Rings, &key2(slug, ring.as_bytes()))
+    }
+
+    /// Rings of a product in ring order.
+    pub fn rings(&self, slug: &str) -> Result<Vec<Ring>, CatalogError> {
+        self.product(slug)?;
+        let mut r: Vec<Ring> = self.list(Cf::Rings, &prefix(slug))?;
+        r.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
+        Ok(r)
+    }
+
+    pub fn delta(&self, from: &Hash, to: &Hash) -> Result<Option<DeltaRecord>, CatalogError> {
+        self.get(
+            Cf::Deltas,
+            &[from.as_bytes().as_slice(), to.as_bytes()].concat(),
+        )
+    }
+
+    pub fn put_delta(&self, rec: &DeltaRecord) -> Result<(), CatalogError> {
+        let mut batch = Batch::default();
+        batch.put(
+            Cf::Deltas,
+            [rec.from.as_bytes().as_slice(), rec.to.as_bytes()].concat(),
+            encode(rec),
+        );
+        self.store.kv().write(batch, false)?;
+        if let Some(h) = rec.delta {
+            self.kinds
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(h, "delta");
+        }
+        Ok(())
+    }
+
+    pub fn deltas(&self) -> Result<Vec<DeltaRecord>, CatalogError> {
+        self.list(Cf::Deltas, &[])
+    }
+
+    /// Remembers a device's last check (not synced: losing the last few on a crash only
+    /// affects statistics).
+    pub fn record_device(
+        &self,
+        slug: &str,
+        device_id: &str,
+        rec: &DeviceRecord,
+    ) -> Result<(), CatalogError> {
+        let mut batch = Batch::default();
+        batch.put(Cf::Devices, key2(slug, device_id.as_bytes()), encode(rec));
+        self.store.kv().write(batch, false)?;
+        Ok(())
+    }
+
+    /// Version histogram and per-ring counts of the devices seen (a scan: operator use).
+    pub fn device_stats(&self, slug: &str) -> Result<DeviceStats, CatalogError> {
+        self.product(slug)?;
+        let mut stats = DeviceStats::default();
+        let devices: Vec<DeviceRecord> = self.list(Cf::Devices, &prefix(slug))?;
+        for d in devices {
+            *stats.versions.entry(d.version).or_insert(0) += 1;
+            *stats.rings.entry(d.ring).or_insert(0) += 1;
+            stats.devices += 1;
+        }
+        Ok(stats)
+    }
+
+    /// Blobs the catalog references (GC roots): every build and every ready delta whose
+    /// builds still exist. Also drops delta records whose builds are gone.
+    pub fn roots(&self) -> Result<std::collections::HashSet<Hash>, CatalogError> {
+        let _w = self.lock();
+        let builds: Vec<Build> = self.list(Cf::Builds, &[])?;
+        let mut roots: std::collections::HashSet<Hash> = builds.iter().map(|b| b.blob).collect();
+        let mut batch = Batch::default();
+        for d in self.deltas()? {
+            if roots.contains(&d.from) && roots.contains(&d.to) {
+                if let Some(h) = d.delta {
+                    roots.insert(h);
+                }
+            } else {
+                batch.delete(
+                    Cf::Deltas,
+                    [d.from.as_bytes().as_slice(), d.to.as_bytes()].concat(),
+                );
+            }
+        }
+        if !batch.is_empty() {
+            self.store.kv().write(batch, true)?;
+        }
+        Ok(roots)
+    }
+}

@@ -1,0 +1,175 @@
+//! Update checks: device → ring → rollout bucket → target build → best artifact →
+//! signed answer. Constant work per check (point lookups, one record write, one
+//! signature), whatever the payload size or fleet size.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::chunklist::ChunkLists;
+use super::model::{now_secs, Build, DeltaStatus, DeviceRecord, Hardware};
+use super::rollout::{hardware_matches, in_rollout};
+use super::scheduler::DeltaScheduler;
+use super::signing::Signer;
+use super::version::Version;
+use super::{Catalog, CatalogError};
+
+/// Ring a device is in when it does not say.
+pub const DEFAULT_RING: &str = "general";
+
+/// What a device sends to `POST /v1/check`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub product: String,
+    pub device_id: String,
+    pub version: String,
+    #[serde(default)]
+    pub ring: Option<String>,
+    #[serde(default)]
+    pub hardware: Option<Hardware>,
+}
+
+/// The check service: catalog + chunk lists + signer + delta scheduler.
+pub struct Checker {
+    pub catalog: Arc<Catalog>,
+    pub chunk_lists: ChunkLists,
+    pub signer: Signer,
+    pub scheduler: DeltaScheduler,
+    pub answer_ttl_secs: u64,
+}
+
+/// Result label for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Update,
+    None,
+}
+
+impl Checker {
+    /// Decides and signs the answer for one device.
+    pub async fn check(&self, req: &CheckRequest) -> Result<(Value, Outcome, u64), CatalogError> {
+        if req.device_id.is_empty() || req.device_id.len() > 256 {
+            return Err(CatalogError::Invalid(
+                "device_id must be 1-256 bytes".into(),
+            ));
+        }
+        let current: Version = req
+            .version
+            .parse()
+            .map_err(|e: super::version::BadVersion| CatalogError::Invalid(e.to_string()))?;
+        let product = self.catalog.product(&req.product)?;
+        let ring_name = req.ring.clone().unwrap_or_else(|| DEFAULT_RING.to_string());
+        let (update, saved) = match self.target(
+            &req.product,
+            &req.device_id,
+            &ring_name,
+            &current,
+            &product.hardware,
+            req.hardware.as_ref(),
+        )? {
+            Some(target) => {
+                let (artifacts, saved) = self.artifacts(&req.product, &current, &target).await?;
+                (
+                    json!({ "version": target.version, "kind": target.kind.as_str(), "ring": ring_name, "artifacts": artifacts }),
+                    saved,
+                )
+            }
+            None => (Value::Null, 0),
+        };
+        let outcome = if update.is_null() {
+            Outcome::None
+        } else {
+            Outcome::Update
+        };
+        let now = now_secs();
+        self.catalog.record_device(
+            &req.product,
+            &req.device_id,
+            &DeviceRecord {
+                version: current.to_string(),
+                ring: ring_name,
+                last_seen: now,
+                result: if update.is_null() { "none" } else { "update" }.into(),
+            },
+        )?;
+        let answer = json!({
+            "product": req.product,
+            "device_id": req.device_id,
+            "current_version": current.to_string(),
+            "issued_at": now,
+            "expires_at": now + self.answer_ttl_secs,
+            "update": update,
+        });
+        Ok((self.signer.sign(answer), outcome, saved))
+    }
+
+    /// The build this device should move to, if any.
+    fn target(
+        &self,
+        product: &str,
+        device: &str,
+        ring: &str,
+        current: &Version,
+        hw: &Hardware,
+        device_hw: Option<&Hardware>,
+    ) -> Result<Option<Build>, CatalogError> {
+        if !hardware_matches(hw, device_hw) {
+            return Ok(None);
+        }
+        let Some(r) = self.catalog.ring(product, ring)? else {
+            return Ok(None);
+        };
+        if r.paused || !in_rollout(product, device, r.percent) {
+            return Ok(None);
+        }
+        let target: Version = r
+            .version
+            .parse()
+            .map_err(|_| CatalogError::Corrupt(format!("ring {ring} version {}", r.version)))?;
+        if target <= *current {
+            return Ok(None);
+        }
+        self.catalog.build(product, &target)
+    }
+
+    /// Artifacts best first: a worthwhile delta from the device's build, then the full
+    /// payload. A missing delta is scheduled (once) and the full payload offered now.
+    async fn artifacts(
+        &self,
+        product: &str,
+        current: &Version,
+        target: &Build,
+    ) -> Result<(Vec<Value>, u64), CatalogError> {
+        let mut out = Vec::with_capacity(2);
+        let mut saved = 0;
+        if let Some(from) = self.catalog.build(product, current)? {
+            if from.blob != target.blob {
+                match self.catalog.delta(&from.blob, &target.blob)? {
+                    Some(d) if d.status == DeltaStatus::Ready => {
+                        if let Some(h) = d.delta {
+                            let (_, list_hash) = self.chunk_lists.get(h).await?;
+                            out.push(json!({
+                                "type": "delta", "url": format!("/v1/blobs/{h}"), "size": d.delta_size, "blake3": h,
+                                "from": from.version, "from_blake3": from.blob,
+                                "chunks_url": format!("/v1/blobs/{h}/chunks"), "chunks_blake3": list_hash,
+                            }));
+                            saved = target.size.saturating_sub(d.delta_size);
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.scheduler.enqueue(from.blob, target.blob);
+                    }
+                }
+            }
+        }
+        let (_, list_hash) = self.chunk_lists.get(target.blob).await?;
+        out.push(json!({
+            "type": "full", "url": format!("/v1/blobs/{}", target.blob), "size": target.size, "blake3": target.blob,
+            "chunks_url": format!("/v1/blobs/{}/chunks", target.blob), "chunks_blake3": list_hash,
+        }));
+        Ok((out, saved))
+    }
+}

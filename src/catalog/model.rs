@@ -1,0 +1,130 @@
+//! Catalog records as stored (JSON values in their column families) and as listed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::Hash;
+
+/// SMBIOS-like hardware identity; empty fields match anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hardware {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Product {
+    pub slug: String,
+    pub name: String,
+    #[serde(default)]
+    pub hardware: Hardware,
+    pub created_at: u64,
+}
+
+/// Payload kinds a build can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Os,
+    Driver,
+    App,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Os => "os",
+            Kind::Driver => "driver",
+            Kind::App => "app",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "os" => Some(Kind::Os),
+            "driver" => Some(Kind::Driver),
+            "app" => Some(Kind::App),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Build {
+    pub product: String,
+    pub version: String,
+    pub blob: Hash,
+    pub size: u64,
+    pub kind: Kind,
+    #[serde(default)]
+    pub notes: String,
+    pub created_at: u64,
+}
+
+/// Default rings, in order.
+pub const DEFAULT_RINGS: [&str; 3] = ["preview", "early-adopter", "general"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ring {
+    pub name: String,
+    /// Position in the ring order (preview = 0 …); new custom rings go after the defaults.
+    pub order: u32,
+    pub version: String,
+    /// 0–100 with two decimals.
+    pub percent: f64,
+    pub paused: bool,
+    pub updated_at: u64,
+}
+
+/// State of a (from, to) delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaStatus {
+    Ready,
+    /// Computed but larger than the worth-it rule allows: never offered.
+    NotWorthIt,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeltaRecord {
+    pub from: Hash,
+    pub to: Hash,
+    pub status: DeltaStatus,
+    pub delta: Option<Hash>,
+    pub delta_size: u64,
+    pub to_size: u64,
+    pub zstd_full_size: u64,
+    pub compute_seconds: f64,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub version: String,
+    pub ring: String,
+    pub last_seen: u64,
+    /// `update`, `none`.
+    pub result: String,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Product slugs and ring names: 1–64 of `[a-z0-9._-]`, starting alphanumeric.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+        })
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
