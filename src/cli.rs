@@ -4,6 +4,7 @@
 pub mod blob;
 pub mod delta;
 pub mod demo;
+pub mod device;
 pub mod serve;
 
 use indicatif::{ProgressBar, ProgressStyle};

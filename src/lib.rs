@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod delta;
 pub mod hash;

@@ -37,6 +37,18 @@ enum Command {
         #[command(subcommand)]
         command: DeltaCommand,
     },
+    /// Reference device client.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Delete blobs and chunks that no build or delta references (offline).
+    Gc {
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Offline blob access to a data directory (the server must not be running on it).
     Blob {
         #[command(subcommand)]
@@ -70,6 +82,39 @@ enum BlobCommand {
         data: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Check for an update, download it verified and resumable, write --out atomically.
+    Update {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        product: String,
+        #[arg(long)]
+        device_id: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        ring: Option<String>,
+        /// The installed build (needed to use a delta).
+        #[arg(long)]
+        current: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Pinned signing key (hex, from GET /v1/keys); without it the key is fetched.
+        #[arg(long)]
+        pubkey: Option<String>,
+        /// Throttle downloads to this many bytes per second (simulate a slow link).
+        #[arg(long, default_value_t = 0)]
+        max_rate: u64,
+        /// Keep retrying a failing request for this many seconds.
+        #[arg(long, default_value_t = 300)]
+        retry_secs: u64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -167,6 +212,38 @@ fn main() -> ExitCode {
             } => cli::delta::apply(&old, &patch, &out, json),
             DeltaCommand::Info { patch } => cli::delta::info(&patch),
         },
+        Command::Device { command } => match command {
+            DeviceCommand::Update {
+                server,
+                product,
+                device_id,
+                version,
+                ring,
+                current,
+                out,
+                pubkey,
+                max_rate,
+                retry_secs,
+                json,
+            } => cli::device::update(
+                update_edge::client::UpdateArgs {
+                    server,
+                    product,
+                    device_id,
+                    version,
+                    ring,
+                    current,
+                    out,
+                    pubkey,
+                    max_rate,
+                    retry_for: std::time::Duration::from_secs(retry_secs),
+                },
+                json,
+            ),
+        },
+        Command::Gc { data, config } => {
+            cli::load_config(config.as_deref(), data.as_deref(), None).and_then(cli::blob::gc)
+        }
         Command::Blob { command } => match command {
             BlobCommand::Put { file, data, config } => {
                 cli::load_config(config.as_deref(), data.as_deref(), None)

@@ -104,3 +104,17 @@ pub fn verify(config: Config) -> anyhow::Result<u8> {
         EXIT_PROBLEM
     })
 }
+
+/// Offline garbage collection: blobs and chunks no build or delta references.
+pub fn gc(config: Config) -> anyhow::Result<u8> {
+    let node = open_offline(config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt
+        .block_on(crate::http::catalog::run_gc(&node.catalog))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    node.store.flush()?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(EXIT_OK)
+}

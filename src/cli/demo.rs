@@ -1,8 +1,11 @@
 //! Demo content for the quick start: three synthetic "OS image" builds that share most
 //! of their bytes, as consecutive monthly security builds do.
 
+use crate::catalog::model::{Hardware, Kind};
+use crate::catalog::version::{BadVersion, Version};
+use crate::catalog::{Catalog, CatalogError};
 use crate::hash::Hash;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Size of each demo image.
 pub const DEMO_IMAGE_BYTES: usize = 24 << 20;
@@ -37,13 +40,43 @@ pub fn demo_build(n: u32) -> Vec<u8> {
     img
 }
 
-/// Stores the demo builds (idempotent) and returns (version, hash, size).
-pub fn seed(store: &Store) -> Result<Vec<(String, Hash, u64)>, StoreError> {
-    (1..=3)
-        .map(|n| {
-            let img = demo_build(n);
-            let out = store.put_reader(&img[..], |_| {})?;
-            Ok((format!("1.0.{n}"), out.hash, out.size))
-        })
-        .collect()
+/// Demo product slug.
+pub const DEMO_PRODUCT: &str = "demo-device";
+
+/// Stores the demo builds (idempotent), publishes them as product `demo-device` with the
+/// default rings, and returns (version, hash, size).
+pub fn seed(catalog: &Catalog) -> Result<Vec<(String, Hash, u64)>, CatalogError> {
+    let store: &Store = catalog.store();
+    let hw = Hardware {
+        manufacturer: Some("Contoso".into()),
+        family: Some("Edge Gateway".into()),
+        sku: None,
+    };
+    catalog.put_product(DEMO_PRODUCT, "Demo edge gateway", hw)?;
+    let mut out = Vec::new();
+    for n in 1..=3 {
+        let img = demo_build(n);
+        let put = store
+            .put_reader(&img[..], |_| {})
+            .map_err(CatalogError::from)?;
+        let version: Version = format!("1.0.{n}")
+            .parse()
+            .map_err(|e: BadVersion| CatalogError::Invalid(e.to_string()))?;
+        catalog.publish_build(
+            DEMO_PRODUCT,
+            &version,
+            Kind::Os,
+            "demo security update",
+            put.hash,
+            put.size,
+        )?;
+        out.push((version.to_string(), put.hash, put.size));
+    }
+    let latest: Version = "1.0.3"
+        .parse()
+        .map_err(|e: BadVersion| CatalogError::Invalid(e.to_string()))?;
+    catalog.set_ring(DEMO_PRODUCT, "preview", &latest, 100.0, false)?;
+    catalog.set_ring(DEMO_PRODUCT, "early-adopter", &latest, 50.0, false)?;
+    catalog.set_ring(DEMO_PRODUCT, "general", &latest, 100.0, false)?;
+    Ok(out)
 }

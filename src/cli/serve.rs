@@ -32,15 +32,24 @@ pub fn run(mut config: Config, demo: bool) -> anyhow::Result<u8> {
 }
 
 async fn print_demo(node: &Node, base: &str) -> anyhow::Result<()> {
-    let store = node.store.clone();
-    let builds = tokio::task::spawn_blocking(move || super::demo::seed(&store)).await??;
+    let catalog = node.catalog.clone();
+    let builds = tokio::task::spawn_blocking(move || super::demo::seed(&catalog)).await??;
+    for w in builds.windows(2).chain(builds.windows(3)) {
+        let (from, to) = (w[0].1, w[w.len() - 1].1);
+        node.checker.scheduler.enqueue(from, to);
+    }
+    let product = super::demo::DEMO_PRODUCT;
     println!("update-edge demo node at {base}");
-    println!("demo builds (content-addressed blobs):");
+    println!("demo product {product:?}: builds 1.0.1, 1.0.2, 1.0.3; rings preview/early-adopter/general -> 1.0.3");
     for (version, hash, size) in &builds {
         println!("  {version}  {size} bytes  {base}/v1/blobs/{hash}");
     }
-    let (_, h, _) = &builds[0];
+    let (_, first, _) = &builds[0];
+    let h = first;
     println!("try:");
+    println!("  curl -s -X POST {base}/v1/check -d '{{\"product\":\"{product}\",\"device_id\":\"dev-1\",\"version\":\"1.0.1\"}}'");
+    println!("  update-edge blob get {h} --data DATA -o v1.img   # (with the node stopped) or: curl -o v1.img {base}/v1/blobs/{h}");
+    println!("  update-edge device update --server {base} --product {product} --device-id dev-1 --version 1.0.1 --current v1.img --out v3.img");
     println!("  curl -I {base}/v1/blobs/{h}");
     println!("  curl -r 0-99 {base}/v1/blobs/{h} | xxd | head");
     println!("  curl -o build.img {base}/v1/blobs/{h} && b3sum build.img");

@@ -34,9 +34,14 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(config: Config) -> TestNode {
+        Self::start_at(config, "127.0.0.1:0").await
+    }
+
+    /// Starts on a given address (to restart a node on the port it had).
+    pub async fn start_at(config: Config, addr: &str) -> TestNode {
         let dir = config.server.data_dir.clone();
         let node = Node::open(config).expect("open store");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let server = server::start(&node, listener).unwrap();
         let url = format!("http://{}", server.addr);
         TestNode {
@@ -121,4 +126,86 @@ pub fn tool(name: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// PUT with the operator token.
+pub async fn op_put(url: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    client()
+        .put(url)
+        .bearer_auth(TOKEN)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Creates `product` with builds 1.0.1..=1.0.n (edited images) and returns their bytes.
+pub async fn seed_product(node: &TestNode, product: &str, n: u32, size: usize) -> Vec<Vec<u8>> {
+    let r = op_put(
+        &format!("{}/v1/products/{product}", node.url),
+        r#"{"name":"Test device","hardware":{"manufacturer":"Contoso"}}"#,
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let mut builds = Vec::new();
+    let mut img = noise(size, 1);
+    for i in 1..=n {
+        if i > 1 {
+            let at = (i as usize * 7919) % (size / 2);
+            img[at..at + 2000].copy_from_slice(&noise(2000, i as u64 + 50));
+            img.splice(size / 3..size / 3, noise(3000, i as u64 + 90));
+        }
+        let r = op_put(
+            &format!("{}/v1/products/{product}/builds/1.0.{i}?kind=os", node.url),
+            img.clone(),
+        )
+        .await;
+        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+        builds.push(img.clone());
+    }
+    builds
+}
+
+pub async fn set_ring(
+    node: &TestNode,
+    product: &str,
+    ring: &str,
+    body: &str,
+) -> reqwest::StatusCode {
+    op_put(
+        &format!("{}/v1/products/{product}/rings/{ring}", node.url),
+        body.to_string(),
+    )
+    .await
+    .status()
+}
+
+pub async fn check(
+    node: &TestNode,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let r = client()
+        .post(format!("{}/v1/check", node.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Polls `cond` until it holds or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
 }

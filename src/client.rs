@@ -1,0 +1,475 @@
+//! Reference device client: check in, verify the signed answer, download the best
+//! artifact in verified pieces (resuming across dropped connections and server
+//! restarts), apply a delta or take the full payload, verify, and write atomically.
+//!
+//! Trust chain: pinned public key → signed answer (expiry, device, product) → artifact
+//! blake3 and chunk-list blake3 → every downloaded chunk's blake3 → final blake3.
+//! Nothing unverified is ever written to `out`; unverified bytes on disk (the partial
+//! download) are re-checked chunk by chunk before they are trusted on resume.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::catalog::chunklist::ChunkList;
+use crate::catalog::signing;
+use crate::hash::Hash;
+
+/// Longest range fetched in one request (whole chunks up to this size).
+const MAX_REQUEST_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("answer rejected: {0}")]
+    Untrusted(String),
+    #[error("download failed verification: {0}")]
+    Verification(String),
+    #[error("server: {0}")]
+    Server(String),
+    #[error("gave up after retrying for {0:?}: {1}")]
+    GaveUp(Duration, String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("delta: {0}")]
+    Delta(#[from] crate::delta::DeltaError),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpdateArgs {
+    pub server: String,
+    pub product: String,
+    pub device_id: String,
+    pub version: String,
+    pub ring: Option<String>,
+    pub current: Option<PathBuf>,
+    pub out: PathBuf,
+    /// Pinned public key (hex). None = fetch `/v1/keys` (trust on first use).
+    pub pubkey: Option<String>,
+    /// Bytes per second per download (0 = unlimited); simulates slow links.
+    pub max_rate: u64,
+    /// How long to keep retrying a failing piece before giving up.
+    pub retry_for: Duration,
+}
+
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct UpdateResult {
+    /// `updated` or `no_update`.
+    pub result: String,
+    pub version: Option<String>,
+    /// `delta` or `full`.
+    pub artifact: Option<String>,
+    pub blake3: Option<String>,
+    pub bytes_downloaded: u64,
+    pub bytes_resumed: u64,
+    pub retries: u64,
+}
+
+/// Verifies a signed check answer: signature, expiry, and that it is for this device.
+pub fn verify_answer(
+    pubkey: &str,
+    body: &[u8],
+    product: &str,
+    device_id: &str,
+    now: u64,
+) -> Result<Value, ClientError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ClientError::Untrusted(format!("not JSON: {e}")))?;
+    signing::verify(pubkey, &v).map_err(|e| ClientError::Untrusted(e.to_string()))?;
+    let expires = v["expires_at"]
+        .as_u64()
+        .ok_or_else(|| ClientError::Untrusted("no expiry".into()))?;
+    if expires <= now {
+        return Err(ClientError::Untrusted(format!(
+            "answer expired at {expires} (now {now})"
+        )));
+    }
+    if v["product"] != product || v["device_id"] != device_id {
+        return Err(ClientError::Untrusted(
+            "answer is for another device or product".into(),
+        ));
+    }
+    Ok(v)
+}
+
+struct Session {
+    http: reqwest::Client,
+    base: String,
+    args: UpdateArgs,
+    downloaded: u64,
+    resumed: u64,
+    retries: u64,
+}
+
+pub async fn update(args: UpdateArgs) -> Result<UpdateResult, ClientError> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| ClientError::Server(e.to_string()))?;
+    let base = args.server.trim_end_matches('/').to_string();
+    let mut s = Session {
+        http,
+        base,
+        args,
+        downloaded: 0,
+        resumed: 0,
+        retries: 0,
+    };
+    let pubkey = match s.args.pubkey.clone() {
+        Some(k) => k,
+        None => s.fetch_key().await?,
+    };
+    let answer = s.check(&pubkey).await?;
+    let update = &answer["update"];
+    if update.is_null() {
+        return Ok(s.result("no_update", None, None, None));
+    }
+    let version = update["version"].as_str().unwrap_or_default().to_string();
+    let artifacts = update["artifacts"].as_array().cloned().unwrap_or_default();
+    let full_hash = artifacts
+        .iter()
+        .find(|a| a["type"] == "full")
+        .and_then(|a| a["blake3"].as_str())
+        .and_then(|h| h.parse::<Hash>().ok());
+    let current_hash = match &s.args.current {
+        Some(p) if p.exists() => Some(hash_file(p)?),
+        _ => None,
+    };
+    for a in &artifacts {
+        let kind = a["type"].as_str().unwrap_or_default();
+        if kind == "delta" {
+            let from: Option<Hash> = a["from_blake3"].as_str().and_then(|h| h.parse().ok());
+            if from.is_none() || from != current_hash {
+                continue; // the delta is for a different starting point
+            }
+        }
+        let hash: Hash = a["blake3"]
+            .as_str()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| ClientError::Untrusted("artifact without blake3".into()))?;
+        let partial = s.download(a, hash).await?;
+        let result_hash = if kind == "delta" {
+            let current = s.args.current.clone().unwrap_or_default();
+            apply_delta(&current, &partial, &s.args.out, full_hash)?
+        } else {
+            finish_full(&partial, &s.args.out, hash)?
+        };
+        let _ = std::fs::remove_file(&partial);
+        return Ok(s.result(
+            "updated",
+            Some(version),
+            Some(kind.to_string()),
+            Some(result_hash.to_hex()),
+        ));
+    }
+    Err(ClientError::Server(
+        "no usable artifact in the answer".into(),
+    ))
+}
+
+impl Session {
+    fn result(
+        &self,
+        result: &str,
+        version: Option<String>,
+        artifact: Option<String>,
+        blake3: Option<String>,
+    ) -> UpdateResult {
+        UpdateResult {
+            result: result.into(),
+            version,
+            artifact,
+            blake3,
+            bytes_downloaded: self.downloaded,
+            bytes_resumed: self.resumed,
+            retries: self.retries,
+        }
+    }
+
+    async fn fetch_key(&mut self) -> Result<String, ClientError> {
+        let url = format!("{}/v1/keys", self.base);
+        let body = self.retrying(|s| s.http.get(&url).send()).await?;
+        let v: Value =
+            serde_json::from_slice(&body).map_err(|e| ClientError::Server(e.to_string()))?;
+        v["keys"][0]["public_key"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| ClientError::Server("no keys".into()))
+    }
+
+    async fn check(&mut self, pubkey: &str) -> Result<Value, ClientError> {
+        let mut req = serde_json::json!({ "product": self.args.product, "device_id": self.args.device_id, "version": self.args.version });
+        if let Some(r) = &self.args.ring {
+            req["ring"] = Value::String(r.clone());
+        }
+        let url = format!("{}/v1/check", self.base);
+        let body = self
+            .retrying(|s| s.http.post(&url).json(&req).send())
+            .await?;
+        verify_answer(
+            pubkey,
+            &body,
+            &self.args.product,
+            &self.args.device_id,
+            crate::catalog::model::now_secs(),
+        )
+    }
+
+    /// Runs a request until it answers 2xx, retrying transport errors and 5xx with
+    /// backoff for up to `retry_for`. 4xx are final.
+    async fn retrying<F, Fut>(&mut self, mut send: F) -> Result<bytes::Bytes, ClientError>
+    where
+        F: FnMut(&Self) -> Fut,
+        Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+    {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let err = match send(self).await {
+                Ok(r) if r.status().is_success() => match r.bytes().await {
+                    Ok(b) => return Ok(b),
+                    Err(e) => e.to_string(),
+                },
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    return Err(ClientError::Server(format!("{status}: {text}")));
+                }
+                Ok(r) => format!("status {}", r.status()),
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > self.args.retry_for {
+                return Err(ClientError::GaveUp(self.args.retry_for, err));
+            }
+            self.retries += 1;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Downloads an artifact into a partial file beside `out`, verifying every chunk;
+    /// chunks already present and correct (from an earlier attempt) are not fetched.
+    async fn download(&mut self, artifact: &Value, hash: Hash) -> Result<PathBuf, ClientError> {
+        let chunks_url = artifact["chunks_url"]
+            .as_str()
+            .ok_or_else(|| ClientError::Untrusted("no chunks_url".into()))?;
+        let want_list: Hash = artifact["chunks_blake3"]
+            .as_str()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| ClientError::Untrusted("no chunks_blake3".into()))?;
+        let url = format!("{}{chunks_url}", self.base);
+        let list_bytes = self.retrying(|s| s.http.get(&url).send()).await?;
+        if Hash::of(&list_bytes) != want_list {
+            return Err(ClientError::Verification(
+                "chunk list does not match the signed answer".into(),
+            ));
+        }
+        let list: ChunkList = serde_json::from_slice(&list_bytes)
+            .map_err(|e| ClientError::Verification(e.to_string()))?;
+        let size = artifact["size"].as_u64().unwrap_or(u64::MAX);
+        if list.blob != hash || list.size != size {
+            return Err(ClientError::Verification(
+                "chunk list is for another blob".into(),
+            ));
+        }
+        let partial = partial_path(&self.args.out, &hash);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&partial)?;
+        file.set_len(list.size)?;
+        // Which chunks still need fetching: re-verify whatever a previous run left.
+        let mut todo = Vec::new();
+        let mut buf = Vec::new();
+        for (i, c) in list.chunks.iter().enumerate() {
+            buf.resize(c.length as usize, 0);
+            if file.read_exact_at(&mut buf, c.offset).is_ok() && Hash::of(&buf) == c.blake3 {
+                self.resumed += u64::from(c.length);
+            } else {
+                todo.push(i);
+            }
+        }
+        let blob_url = format!(
+            "{}{}",
+            self.base,
+            artifact["url"].as_str().unwrap_or_default()
+        );
+        let mut at = 0;
+        let mut bad_streak = 0u32;
+        while at < todo.len() {
+            // Group consecutive chunks into one range request.
+            let first = todo[at];
+            let mut last = first;
+            let mut len = u64::from(list.chunks[first].length);
+            while at + 1 < todo.len()
+                && todo[at + 1] == last + 1
+                && len + u64::from(list.chunks[last + 1].length) <= MAX_REQUEST_BYTES
+            {
+                at += 1;
+                last += 1;
+                len += u64::from(list.chunks[last].length);
+            }
+            at += 1;
+            let start = list.chunks[first].offset;
+            let range = format!("bytes={}-{}", start, start + len - 1);
+            let body = self.fetch_range(&blob_url, &range, len).await?;
+            let mut failed = Vec::new();
+            for i in first..=last {
+                let c = &list.chunks[i];
+                let from = (c.offset - start) as usize;
+                match body.get(from..from + c.length as usize) {
+                    Some(piece) if Hash::of(piece) == c.blake3 => {
+                        file.write_all_at(piece, c.offset)?
+                    }
+                    _ => failed.push(i),
+                }
+            }
+            if !failed.is_empty() {
+                bad_streak += 1;
+                tracing::warn!(
+                    chunks = failed.len(),
+                    "downloaded bytes failed verification; fetching again"
+                );
+                if bad_streak > 5 {
+                    return Err(ClientError::Verification(format!(
+                        "chunks keep failing verification (from offset {start})"
+                    )));
+                }
+                self.retries += 1;
+                todo.splice(at..at, failed);
+            } else {
+                bad_streak = 0;
+            }
+        }
+        file.sync_all()?;
+        if hash_file(&partial)? != hash {
+            return Err(ClientError::Verification(
+                "downloaded artifact does not match its blake3".into(),
+            ));
+        }
+        Ok(partial)
+    }
+
+    /// One range request, retried until it answers; throttled to `max_rate` if set.
+    async fn fetch_range(
+        &mut self,
+        url: &str,
+        range: &str,
+        len: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.try_range(url, range, len).await {
+                Ok(b) => return Ok(b),
+                Err(e) => {
+                    if started.elapsed() > self.args.retry_for {
+                        return Err(ClientError::GaveUp(self.args.retry_for, e));
+                    }
+                    self.retries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn try_range(&mut self, url: &str, range: &str, len: u64) -> Result<Vec<u8>, String> {
+        let mut resp = self
+            .http
+            .get(url)
+            .header("Range", range)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            return Err(format!("status {}", resp.status()));
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        let t0 = Instant::now();
+        while let Some(piece) = resp.chunk().await.map_err(|e| e.to_string())? {
+            out.extend_from_slice(&piece);
+            self.downloaded += piece.len() as u64;
+            if out.len() as u64 > len {
+                return Err("more bytes than requested".into());
+            }
+            if self.args.max_rate > 0 {
+                let due = Duration::from_secs_f64(out.len() as f64 / self.args.max_rate as f64);
+                if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        if out.len() as u64 != len {
+            return Err(format!("short body: {} of {len} bytes", out.len()));
+        }
+        Ok(out)
+    }
+}
+
+fn partial_path(out: &Path, hash: &Hash) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!(".{name}.{}.part", hash.short()))
+}
+
+pub fn hash_file(path: &Path) -> std::io::Result<Hash> {
+    let mut h = blake3::Hasher::new();
+    let f = std::fs::File::open(path)?;
+    h.update_reader(std::io::BufReader::with_capacity(1 << 20, f))?;
+    Ok(h.finalize().into())
+}
+
+fn finish_full(partial: &Path, out: &Path, hash: Hash) -> Result<Hash, ClientError> {
+    if hash_file(partial)? != hash {
+        return Err(ClientError::Verification(
+            "payload does not match its blake3".into(),
+        ));
+    }
+    std::fs::rename(partial, out)?;
+    Ok(hash)
+}
+
+fn apply_delta(
+    current: &Path,
+    patch: &Path,
+    out: &Path,
+    want: Option<Hash>,
+) -> Result<Hash, ClientError> {
+    let old = crate::delta::FileAt::open(current)?;
+    let tmp = out.with_file_name(format!(
+        ".{}.applying",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let result = (|| {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        let mut p = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(patch)?);
+        let report = crate::delta::apply(&old, &mut p, &mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        let got: Hash = report
+            .new_blake3
+            .parse()
+            .map_err(|_| ClientError::Verification("bad hash".into()))?;
+        if want.is_some_and(|w| w != got) {
+            return Err(ClientError::Verification(
+                "patched result is not the target build".into(),
+            ));
+        }
+        std::fs::rename(&tmp, out)?;
+        Ok(got)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,266 @@
+//! The reference device client against hostile conditions: a node killed (SIGKILL) and
+//! restarted mid-download, and an intermediary that corrupts payload bytes.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use update_edge::client::{self, ClientError, UpdateArgs};
+
+const SIZE: usize = 6 << 20;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_node(data: &std::path::Path, config: &std::path::Path, port: u16) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_update-edge"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("UPDATE_EDGE_ADMIN_TOKEN", TOKEN)
+        .env("UPDATE_EDGE_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    assert!(
+        eventually(30, || async {
+            client()
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await
+    );
+    Proc { child }
+}
+
+fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("edge.toml");
+    std::fs::write(&p, "[store]\nchunk_min = \"16KiB\"\nchunk_avg = \"64KiB\"\nchunk_max = \"256KiB\"\n[delta]\nfrom_previous = 0\n").unwrap();
+    p
+}
+
+async fn seed(url: &str) -> Vec<u8> {
+    let put = |u: String, b: Vec<u8>| async move {
+        client()
+            .put(u)
+            .bearer_auth(TOKEN)
+            .body(b)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert!(put(
+        format!("{url}/v1/products/gw"),
+        br#"{"name":"gw"}"#.to_vec()
+    )
+    .await
+    .is_success());
+    assert_eq!(
+        put(format!("{url}/v1/products/gw/builds/1.0.1"), noise(1000, 1)).await,
+        StatusCode::CREATED
+    );
+    let v2 = noise(SIZE, 2);
+    assert_eq!(
+        put(format!("{url}/v1/products/gw/builds/1.0.2"), v2.clone()).await,
+        StatusCode::CREATED
+    );
+    assert!(put(
+        format!("{url}/v1/products/gw/rings/general"),
+        br#"{"version":"1.0.2"}"#.to_vec()
+    )
+    .await
+    .is_success());
+    v2
+}
+
+fn args(url: &str, out: std::path::PathBuf, max_rate: u64, retry: u64) -> UpdateArgs {
+    UpdateArgs {
+        server: url.into(),
+        product: "gw".into(),
+        device_id: "device-7".into(),
+        version: "1.0.1".into(),
+        ring: None,
+        current: None,
+        out,
+        pubkey: None,
+        max_rate,
+        retry_for: Duration::from_secs(retry),
+    }
+}
+
+#[tokio::test]
+async fn client_resumes_across_a_killed_and_restarted_node_without_refetching_verified_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut node = spawn_node(&data, &config, port).await;
+    let v2 = seed(&url).await;
+
+    // Phase 1: the client keeps going while the node is killed and restarted.
+    let out = dir.path().join("a.img");
+    let task = tokio::spawn(client::update(args(&url, out.clone(), 3 << 20, 60)));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(node); // SIGKILL mid-transfer
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    node = spawn_node(&data, &config, port).await;
+    let r = task.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), v2);
+    assert!(r.retries >= 1, "{r:?}");
+    // Only the request cut by the kill is fetched twice (at most 4 MiB).
+    assert!(r.bytes_downloaded <= (SIZE + (4 << 20)) as u64, "{r:?}");
+    eprintln!("phase 1 (kill + restart, same client run): {r:?}");
+
+    // Phase 2: the client itself gives up while the node is down, then a new run resumes
+    // from the verified pieces on disk.
+    let out = dir.path().join("b.img");
+    let task = tokio::spawn(client::update(args(&url, out.clone(), 3 << 20, 1)));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    drop(node);
+    let err = task.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClientError::GaveUp(..)), "{err}");
+    assert!(!out.exists());
+    let _node = spawn_node(&data, &config, port).await;
+    let r = client::update(args(&url, out.clone(), 0, 30))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), v2);
+    assert!(r.bytes_resumed > 0, "{r:?}");
+    assert_eq!(r.bytes_downloaded + r.bytes_resumed, SIZE as u64, "{r:?}");
+    eprintln!("phase 2 (new client run after giving up): {r:?}");
+}
+
+/// An HTTP intermediary that passes everything through but flips one byte in payload
+/// range responses: once (`always == false`) or on every response.
+async fn corrupting_proxy(upstream: String, always: bool) -> String {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::response::Response;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let done = Arc::new(AtomicBool::new(false));
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let (upstream, done) = (upstream.clone(), done.clone());
+        async move {
+            let path = req.uri().path().to_string();
+            let method = req.method().clone();
+            let range = req.headers().get("range").cloned();
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let mut r = client()
+                .request(method, format!("{upstream}{path}"))
+                .body(body);
+            if let Some(v) = range {
+                r = r.header("range", v);
+            }
+            let resp = r.send().await.unwrap();
+            let status = resp.status();
+            let ctype = resp.headers().get("content-type").cloned();
+            let mut bytes = resp.bytes().await.unwrap().to_vec();
+            let is_payload =
+                path.starts_with("/v1/blobs/") && !path.ends_with("/chunks") && !bytes.is_empty();
+            if is_payload && (always || !done.swap(true, Ordering::SeqCst)) {
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01;
+            }
+            let mut b = Response::builder().status(status);
+            if let Some(c) = ctype {
+                b = b.header("content-type", c);
+            }
+            b.body(Body::from(bytes)).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn corrupted_payload_bytes_are_refetched_or_rejected_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(test_config(&dir.path().join("data"))).await;
+    let v2 = seed(&node.url).await;
+
+    let once = corrupting_proxy(node.url.clone(), false).await;
+    let out = dir.path().join("once.img");
+    let r = client::update(args(&once, out.clone(), 0, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        v2,
+        "a corrupted piece was trusted"
+    );
+    assert!(r.retries >= 1, "{r:?}");
+
+    let always = corrupting_proxy(node.url.clone(), true).await;
+    let out = dir.path().join("always.img");
+    let err = client::update(args(&always, out.clone(), 0, 10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Verification(_)), "{err}");
+    assert!(!out.exists(), "corrupted download was written to --out");
+    node.stop().await;
+}
+
+#[test]
+fn cli_device_update_exit_codes() {
+    // No server at all: exit 2 after giving up; nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.img");
+    let st = Command::new(env!("CARGO_BIN_EXE_update-edge"))
+        .args([
+            "device",
+            "update",
+            "--server",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .args([
+            "--product",
+            "gw",
+            "--device-id",
+            "d",
+            "--version",
+            "1.0.1",
+            "--retry-secs",
+            "1",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(
+        st.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(!out.exists());
+}
