@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Run a load-test scenario against a fresh update-edge node on loopback.
+#   loadtest/run.sh SCENARIO OUTDIR [--baseline nginx] [--sweep "R1 R2 ..."] [--payload-mib N]
+#                   [-- extra update-edge-loadtest flags, e.g. --rate 500 --duration 20 --http2]
+# Builds release binaries, starts a node with a temp data dir, seeds product "loadtest"
+# with builds 1.0.0, 1.0.1, 1.0.2 (waits for the 1.0.1 -> 1.0.2 delta), scrapes /metrics
+# before and after, records the node's CPU seconds and peak RSS, runs the scenario, and
+# stops the node. --baseline nginx also serves the same payload files with nginx
+# (sendfile on) and drives the same download traffic at both (or, for steady-checks,
+# measures nginx's small-file rps with wrk), writing baseline.md with ratios.
+# --sweep runs the scenario at each arrival rate and reports the highest rate whose
+# check p99 stays <= 20 ms. Everything targets 127.0.0.1 and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCENARIO=${1:?usage: run.sh SCENARIO OUTDIR [--baseline nginx] [--sweep "R..."] [--payload-mib N] [-- loadtest flags]}
+OUT=${2:?usage: run.sh SCENARIO OUTDIR ...}
+shift 2
+BASELINE=""; SWEEP=""; PAYLOAD_MIB=64; EXTRA=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --baseline) BASELINE=$2; shift 2 ;;
+    --sweep) SWEEP=$2; shift 2 ;;
+    --payload-mib) PAYLOAD_MIB=$2; shift 2 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ -f "$SCENARIO" ] || SCENARIO="loadtest/scenarios/$SCENARIO.toml"
+NAME=$(basename "$SCENARIO" .toml)
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
+cargo build --release --bin update-edge --bin update-edge-loadtest >&2
+BIN="$CARGO_TARGET_DIR/release"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+WORK=$(mktemp -d)
+PORT=${PORT:-18380}; NG_PORT=$((PORT + 1)); TOKEN=loadtest-token
+cleanup() {
+  [ -n "${NODE_PID:-}" ] && kill "$NODE_PID" 2>/dev/null && wait "$NODE_PID" 2>/dev/null || true
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+URL="http://127.0.0.1:$PORT"
+
+# Payloads: 1.0.0 unrelated, 1.0.1 random, 1.0.2 = 1.0.1 with realistic edits.
+mkdir -p "$WORK/payload"
+python3 benches/gen-pair.py "$WORK/payload" "$PAYLOAD_MIB" 7 >&2
+head -c $((PAYLOAD_MIB << 20)) /dev/urandom > "$WORK/payload/v100"
+
+UPDATE_EDGE_ADMIN_TOKEN=$TOKEN UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn \
+  "$BIN/update-edge" serve --data "$WORK/data" --listen "127.0.0.1:$PORT" >"$OUT/node.log" 2>&1 &
+NODE_PID=$!
+for _ in $(seq 100); do curl -sf "$URL/readyz" >/dev/null && break; sleep 0.1; done
+op() { curl -sf -H "Authorization: Bearer $TOKEN" "$@"; }
+op -X PUT "$URL/v1/products/loadtest" -d '{"name":"Load test device"}' >/dev/null
+op -X PUT "$URL/v1/products/loadtest/builds/1.0.0?kind=os" --data-binary @"$WORK/payload/v100" >/dev/null
+op -X PUT "$URL/v1/products/loadtest/builds/1.0.1?kind=os" --data-binary @"$WORK/payload/big.old" >/dev/null
+op -X PUT "$URL/v1/products/loadtest/builds/1.0.2?kind=os" --data-binary @"$WORK/payload/big.new" >/dev/null
+PERCENT=100; [ "$NAME" = steady-checks ] && PERCENT=1
+op -X PUT "$URL/v1/products/loadtest/rings/general" -d "{\"version\":\"1.0.2\",\"percent\":$PERCENT}" >/dev/null
+op -X PUT "$URL/v1/products/loadtest/rings/preview" -d '{"version":"1.0.2","percent":100}' >/dev/null
+echo "waiting for the 1.0.1 -> 1.0.2 delta..." >&2
+for _ in $(seq 600); do
+  curl -sf "$URL/v1/check" -d '{"product":"loadtest","device_id":"probe","version":"1.0.1","ring":"preview"}' | grep -q '"type":"delta"' && break
+  sleep 0.5
+done
+
+cpu_secs() { local t=0; for p in "$@"; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done; awk -v t=$t -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'; }
+metric() { awk -v n="$1" '$1 == n { print $2 }' "$2"; }
+
+run_scenario() { # OUTDIR TARGET [flags]
+  local dir=$1 target=$2; shift 2
+  mkdir -p "$dir"
+  "$BIN/update-edge-loadtest" --target "$target" --scenario "$SCENARIO" --out "$dir" "$@" "${EXTRA[@]}" | tee "$dir/summary.md"
+}
+
+curl -s "$URL/metrics" > "$OUT/metrics-before.txt"
+CPU0=$(cpu_secs $NODE_PID)
+if [ -n "$SWEEP" ]; then
+  echo "| arrival rate /s | checks/s | p50 ms | p99 ms | p99.9 ms | errors |" > "$OUT/sweep.md"
+  echo "|---|---|---|---|---|---|" >> "$OUT/sweep.md"
+  BEST=0
+  for r in $SWEEP; do
+    run_scenario "$OUT/rate-$r" "$URL" --rate "$r" >&2
+    read -r cps p50 p99 p999 errs < <(python3 -c "import json,sys; d=json.load(open('$OUT/rate-$r/report.json')); print(d['checks_per_sec'], d['check_p50_ms'], d['check_p99_ms'], d['check_p999_ms'], d['errors'])")
+    printf '| %s | %.0f | %.2f | %.2f | %.2f | %s |\n' "$r" "$cps" "$p50" "$p99" "$p999" "$errs" >> "$OUT/sweep.md"
+    if awk -v p="$p99" -v e="$errs" 'BEGIN { exit !(p <= 20 && e == 0) }'; then BEST=$r; fi
+  done
+  echo "highest arrival rate with check p99 <= 20 ms and 0 errors: $BEST/s" | tee -a "$OUT/sweep.md"
+else
+  run_scenario "$OUT" "$URL"
+fi
+CPU1=$(cpu_secs $NODE_PID)
+curl -s "$URL/metrics" > "$OUT/metrics-after.txt"
+RSS_KB=$(awk '/VmHWM/ { print $2 }' "/proc/$NODE_PID/status")
+SERVED=$(awk -v a="$(metric update_edge_bytes_served_total "$OUT/metrics-after.txt")" -v b="$(metric update_edge_bytes_served_total "$OUT/metrics-before.txt")" 'BEGIN { printf "%.0f", a - b }')
+cat > "$OUT/node.json" <<JSON
+{"cpu_seconds": $(awk -v a="$CPU1" -v b="$CPU0" 'BEGIN { printf "%.2f", a - b }'), "peak_rss_bytes": $((RSS_KB * 1024)), "bytes_served": $SERVED}
+JSON
+echo "node: $(cat "$OUT/node.json")" | tee "$OUT/node.md"
+
+if [ "$BASELINE" = nginx ]; then
+  command -v nginx >/dev/null || { echo "baseline needs nginx" >&2; exit 2; }
+  mkdir -p "$WORK/www"
+  H1=$(b3sum --no-names "$WORK/payload/big.new")
+  ln "$WORK/payload/big.new" "$WORK/www/$H1"
+  head -c 1024 /dev/urandom > "$WORK/www/small"
+  cat > "$WORK/nginx.conf" <<NGX
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$NG_PORT; root $WORK/www; location / { } }
+}
+NGX
+  nginx -c "$WORK/nginx.conf"
+  sleep 0.5
+  NG_PIDS=$(pgrep -f "nginx.*$WORK" | tr '\n' ' ')
+  SIZE=$(stat -c %s "$WORK/payload/big.new")
+  echo "[{\"url\":\"$URL/v1/blobs/$H1\",\"size\":$SIZE,\"blake3\":\"$H1\"}]" > "$WORK/ue.json"
+  echo "[{\"url\":\"http://127.0.0.1:$NG_PORT/$H1\",\"size\":$SIZE,\"blake3\":\"$H1\"}]" > "$WORK/ng.json"
+  {
+    echo "| server | download MB/s | server CPU s | CPU s per GiB | errors | verified |"
+    echo "|---|---|---|---|---|---|"
+  } > "$OUT/baseline.md"
+  if [ "$NAME" = steady-checks ]; then
+    command -v wrk >/dev/null || { echo "needs wrk" >&2; exit 2; }
+    wrk -t2 -c64 -d10s "http://127.0.0.1:$NG_PORT/small" > "$OUT/nginx-small-file.txt"
+    echo "nginx small-file (1 KiB) rps, wrk -t2 -c64 -d10s: $(awk '/Requests\/sec/ { print $2 }' "$OUT/nginx-small-file.txt")" | tee -a "$OUT/baseline.md"
+  else
+    for side in update-edge nginx; do
+      if [ $side = update-edge ]; then pids=$NODE_PID; list="$WORK/ue.json"; target=$URL; else pids=$NG_PIDS; list="$WORK/ng.json"; target="http://127.0.0.1:$NG_PORT"; fi
+      c0=$(cpu_secs $pids)
+      run_scenario "$OUT/static-$side" "$target" --static-artifacts "$list" >&2
+      c1=$(cpu_secs $pids)
+      python3 - "$OUT/static-$side/report.json" "$side" "$c0" "$c1" >> "$OUT/baseline.md" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); cpu = float(sys.argv[4]) - float(sys.argv[3])
+gib = d["download_bytes"] / 2**30
+print(f"| {sys.argv[2]} | {d['download_bytes_per_sec']/1e6:.1f} | {cpu:.2f} | {cpu/gib if gib else 0:.3f} | {d['errors']} | {d['verified']} |")
+PY
+    done
+  fi
+  cat "$OUT/baseline.md"
+fi
