@@ -27,7 +27,10 @@ use scenario::{Kind, Scenario};
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Parser, Debug)]
-#[command(name = "update-edge-loadtest", about = "Simulate a device fleet against an update-edge node")]
+#[command(
+    name = "update-edge-loadtest",
+    about = "Simulate a device fleet against an update-edge node"
+)]
 struct Args {
     /// Node base URL, e.g. http://127.0.0.1:8080
     #[arg(long)]
@@ -86,7 +89,10 @@ struct Ctx {
 }
 
 fn is_loopback(url: &str) -> anyhow::Result<bool> {
-    let rest = url.split("://").nth(1).context("target must be a URL like http://127.0.0.1:8080")?;
+    let rest = url
+        .split("://")
+        .nth(1)
+        .context("target must be a URL like http://127.0.0.1:8080")?;
     let hostport = rest.split('/').next().unwrap_or_default();
     let host = if let Some(h) = hostport.strip_prefix('[') {
         h.split(']').next().unwrap_or_default()
@@ -96,13 +102,19 @@ fn is_loopback(url: &str) -> anyhow::Result<bool> {
     if host == "localhost" {
         return Ok(true);
     }
-    Ok(host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false))
+    Ok(host
+        .parse::<IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false))
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.allow_remote && !is_loopback(&args.target)? {
-        bail!("refusing non-loopback target {} (pass --allow-remote to permit)", args.target);
+        bail!(
+            "refusing non-loopback target {} (pass --allow-remote to permit)",
+            args.target
+        );
     }
     let mut sc = Scenario::load(&args.scenario)?;
     if let Some(r) = args.rate {
@@ -117,12 +129,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(d) = args.devices {
         sc.devices = d;
     }
-    anyhow::ensure!(sc.rate > 0.0 && sc.devices > 0 && sc.duration_secs > 0, "rate, devices and duration must be positive");
+    anyhow::ensure!(
+        sc.rate > 0.0 && sc.devices > 0 && sc.duration_secs > 0,
+        "rate, devices and duration must be positive"
+    );
     let statics = match &args.static_artifacts {
         Some(p) => Some(serde_json::from_slice::<Vec<Artifact>>(&std::fs::read(p)?)?),
         None => None,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(args, sc, statics))
 }
 
@@ -131,7 +148,9 @@ async fn run(args: Args, sc: Scenario, statics: Option<Vec<Artifact>>) -> anyhow
         .no_proxy()
         .pool_max_idle_per_host(sc.connections)
         .tcp_nodelay(true)
-        .timeout(Duration::from_secs(sc.duration_secs + DRAIN_GRACE.as_secs() + 60));
+        .timeout(Duration::from_secs(
+            sc.duration_secs + DRAIN_GRACE.as_secs() + 60,
+        ));
     if args.http2 {
         b = b.http2_prior_knowledge();
     }
@@ -156,7 +175,11 @@ async fn run(args: Args, sc: Scenario, statics: Option<Vec<Artifact>>) -> anyhow
             loop {
                 tick.tick().await;
                 let r = ctx.rec.lock().unwrap_or_else(|e| e.into_inner());
-                let p99 = if r.checks.is_empty() { 0.0 } else { r.checks.value_at_quantile(0.99) as f64 / 1000.0 };
+                let p99 = if r.checks.is_empty() {
+                    0.0
+                } else {
+                    r.checks.value_at_quantile(0.99) as f64 / 1000.0
+                };
                 eprint!(
                     "\r[{:>4.0}s] checks {} ({:.0}/s)  p99 {:.2} ms  downloads {}  {:.1} MB  in flight {}  errors {}   ",
                     ctx.start.elapsed().as_secs_f64(),
@@ -186,7 +209,10 @@ async fn run(args: Args, sc: Scenario, statics: Option<Vec<Artifact>>) -> anyhow
         tokio::time::sleep_until(intended.into()).await;
         arrivals += 1;
         if inflight.load(Ordering::Relaxed) >= ctx.sc.max_inflight {
-            ctx.rec.lock().unwrap_or_else(|e| e.into_inner()).error(intended - ctx.start, "overload (max_inflight)");
+            ctx.rec
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .error(intended - ctx.start, "overload (max_inflight)");
             continue;
         }
         let device = (i.wrapping_mul(stride)) % ctx.sc.devices;
@@ -194,7 +220,8 @@ async fn run(args: Args, sc: Scenario, statics: Option<Vec<Artifact>>) -> anyhow
         inflight.fetch_add(1, Ordering::Relaxed);
         tasks.push(tokio::spawn(async move {
             let at = intended - ctx2.start;
-            let r = tokio::time::timeout_at(ctx2.stop_at.into(), session(&ctx2, device, intended)).await;
+            let r = tokio::time::timeout_at(ctx2.stop_at.into(), session(&ctx2, device, intended))
+                .await;
             let err = match r {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
@@ -202,7 +229,10 @@ async fn run(args: Args, sc: Scenario, statics: Option<Vec<Artifact>>) -> anyhow
             };
             if let Some(e) = err {
                 if !(ctx2.sc.kind == Kind::Slow && e.starts_with("timeout")) {
-                    ctx2.rec.lock().unwrap_or_else(|e| e.into_inner()).error(at, &e);
+                    ctx2.rec
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .error(at, &e);
                 }
             }
             inflight2.fetch_sub(1, Ordering::Relaxed);
@@ -218,12 +248,26 @@ async fn run(args: Args, sc: Scenario, statics: Option<Vec<Artifact>>) -> anyhow
     eprintln!();
     let elapsed = ctx.start.elapsed().min(window + DRAIN_GRACE);
     let rec = ctx.rec.lock().unwrap_or_else(|e| e.into_inner());
-    let rep = report::build(&rec, &ctx.sc.name, &ctx.base, ctx.args.http2, elapsed.max(window.min(ctx.start.elapsed())), ctx.sc.devices, arrivals);
+    let rep = report::build(
+        &rec,
+        &ctx.sc.name,
+        &ctx.base,
+        ctx.args.http2,
+        elapsed.max(window.min(ctx.start.elapsed())),
+        ctx.sc.devices,
+        arrivals,
+    );
     println!("{}", report::summary(&rep));
     std::fs::create_dir_all(&ctx.args.out)?;
-    std::fs::write(ctx.args.out.join("report.json"), serde_json::to_vec_pretty(&rep)?)?;
+    std::fs::write(
+        ctx.args.out.join("report.json"),
+        serde_json::to_vec_pretty(&rep)?,
+    )?;
     std::fs::write(ctx.args.out.join("report.svg"), report::svg(&rep))?;
-    eprintln!("wrote {}/report.json and report.svg", ctx.args.out.display());
+    eprintln!(
+        "wrote {}/report.json and report.svg",
+        ctx.args.out.display()
+    );
     Ok(())
 }
 
@@ -248,9 +292,19 @@ async fn session(ctx: &Ctx, device: u64, intended: Instant) -> Result<(), String
         Some(list) => list[(device as usize) % list.len()].clone(),
         None => {
             let can_delta = rand::thread_rng().gen_bool(ctx.sc.delta_share.clamp(0.0, 1.0));
-            let version = if can_delta || ctx.sc.kind == Kind::Checks { &ctx.args.from_version } else { &ctx.args.old_version };
+            let version = if can_delta || ctx.sc.kind == Kind::Checks {
+                &ctx.args.from_version
+            } else {
+                &ctx.args.old_version
+            };
             let body = serde_json::json!({ "product": ctx.args.product, "device_id": id, "version": version });
-            let resp = ctx.http.post(format!("{}/v1/check", ctx.base)).json(&body).send().await.map_err(|e| format!("check: {e}"))?;
+            let resp = ctx
+                .http
+                .post(format!("{}/v1/check", ctx.base))
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| format!("check: {e}"))?;
             if !resp.status().is_success() {
                 return Err(format!("check status {}", resp.status().as_u16()));
             }
@@ -260,12 +314,22 @@ async fn session(ctx: &Ctx, device: u64, intended: Instant) -> Result<(), String
                 return Err("check answer without signature".into());
             }
             let latency = intended.elapsed();
-            ctx.rec.lock().unwrap_or_else(|e| e.into_inner()).check(intended - ctx.start, latency, !update.is_null());
+            ctx.rec.lock().unwrap_or_else(|e| e.into_inner()).check(
+                intended - ctx.start,
+                latency,
+                !update.is_null(),
+            );
             if ctx.sc.kind == Kind::Checks || update.is_null() {
                 return Ok(());
             }
-            let arts = update["artifacts"].as_array().ok_or("answer without artifacts")?;
-            let pick = if can_delta { arts.first() } else { arts.iter().find(|a| a["type"] == "full") };
+            let arts = update["artifacts"]
+                .as_array()
+                .ok_or("answer without artifacts")?;
+            let pick = if can_delta {
+                arts.first()
+            } else {
+                arts.iter().find(|a| a["type"] == "full")
+            };
             let a = pick.ok_or("no artifact")?;
             Artifact {
                 url: a["url"].as_str().unwrap_or_default().to_string(),
@@ -274,7 +338,11 @@ async fn session(ctx: &Ctx, device: u64, intended: Instant) -> Result<(), String
             }
         }
     };
-    let url = if artifact.url.starts_with("http") { artifact.url.clone() } else { format!("{}{}", ctx.base, artifact.url) };
+    let url = if artifact.url.starts_with("http") {
+        artifact.url.clone()
+    } else {
+        format!("{}{}", ctx.base, artifact.url)
+    };
     let verify = rand::thread_rng().gen_bool(ctx.sc.verify_sample.clamp(0.0, 1.0));
     match ctx.sc.kind {
         Kind::Checks => Ok(()),
@@ -284,9 +352,21 @@ async fn session(ctx: &Ctx, device: u64, intended: Instant) -> Result<(), String
     }
 }
 
-async fn fetch(ctx: &Ctx, url: &str, start: u64, end: u64, hasher: Option<&mut blake3::Hasher>) -> Result<u64, String> {
+async fn fetch(
+    ctx: &Ctx,
+    url: &str,
+    start: u64,
+    end: u64,
+    hasher: Option<&mut blake3::Hasher>,
+) -> Result<u64, String> {
     let t = Instant::now();
-    let mut resp = ctx.http.get(url).header("Range", format!("bytes={start}-{}", end - 1)).send().await.map_err(|e| format!("get: {e}"))?;
+    let mut resp = ctx
+        .http
+        .get(url)
+        .header("Range", format!("bytes={start}-{}", end - 1))
+        .send()
+        .await
+        .map_err(|e| format!("get: {e}"))?;
     if resp.status().as_u16() != 206 {
         return Err(format!("range status {}", resp.status().as_u16()));
     }
@@ -297,12 +377,18 @@ async fn fetch(ctx: &Ctx, url: &str, start: u64, end: u64, hasher: Option<&mut b
         if let Some(h) = hasher.as_deref_mut() {
             h.update(&b);
         }
-        ctx.rec.lock().unwrap_or_else(|e| e.into_inner()).bytes(ctx.start.elapsed(), b.len() as u64);
+        ctx.rec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes(ctx.start.elapsed(), b.len() as u64);
     }
     if got != end - start {
         return Err(format!("short range: {got} of {}", end - start));
     }
-    ctx.rec.lock().unwrap_or_else(|e| e.into_inner()).piece(t.elapsed());
+    ctx.rec
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .piece(t.elapsed());
     Ok(got)
 }
 
@@ -320,7 +406,12 @@ fn finish(ctx: &Ctx, artifact: &Artifact, hasher: Option<blake3::Hasher>) -> Res
     Ok(())
 }
 
-async fn download_pieces(ctx: &Ctx, url: &str, artifact: &Artifact, verify: bool) -> Result<(), String> {
+async fn download_pieces(
+    ctx: &Ctx,
+    url: &str,
+    artifact: &Artifact,
+    verify: bool,
+) -> Result<(), String> {
     let mut hasher = verify.then(blake3::Hasher::new);
     let mut at = 0;
     while at < artifact.size {
@@ -332,21 +423,33 @@ async fn download_pieces(ctx: &Ctx, url: &str, artifact: &Artifact, verify: bool
 }
 
 async fn download_resumed(ctx: &Ctx, url: &str, artifact: &Artifact) -> Result<(), String> {
-    let cut = rand::thread_rng().gen_range(artifact.size / 10..=artifact.size * 9 / 10).max(1);
+    let cut = rand::thread_rng()
+        .gen_range(artifact.size / 10..=artifact.size * 9 / 10)
+        .max(1);
     let mut hasher = blake3::Hasher::new();
     // First attempt: read up to `cut` bytes of a whole-object GET, then drop the
     // connection mid-body.
-    let mut resp = ctx.http.get(url).send().await.map_err(|e| format!("get: {e}"))?;
+    let mut resp = ctx
+        .http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("get: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status().as_u16()));
     }
     let mut got = 0u64;
     while got < cut {
-        let Some(b) = resp.chunk().await.map_err(|e| format!("body: {e}"))? else { break };
+        let Some(b) = resp.chunk().await.map_err(|e| format!("body: {e}"))? else {
+            break;
+        };
         let take = (cut - got).min(b.len() as u64) as usize;
         hasher.update(&b[..take]);
         got += take as u64;
-        ctx.rec.lock().unwrap_or_else(|e| e.into_inner()).bytes(ctx.start.elapsed(), b.len() as u64);
+        ctx.rec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes(ctx.start.elapsed(), b.len() as u64);
     }
     drop(resp);
     ctx.rec.lock().unwrap_or_else(|e| e.into_inner()).resumed += 1;
@@ -356,7 +459,12 @@ async fn download_resumed(ctx: &Ctx, url: &str, artifact: &Artifact) -> Result<(
 
 async fn download_slow(ctx: &Ctx, url: &str) -> Result<(), String> {
     let rate = ctx.sc.per_connection_bytes_per_sec.max(1) as f64;
-    let mut resp = ctx.http.get(url).send().await.map_err(|e| format!("get: {e}"))?;
+    let mut resp = ctx
+        .http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("get: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status().as_u16()));
     }
@@ -364,7 +472,10 @@ async fn download_slow(ctx: &Ctx, url: &str) -> Result<(), String> {
     let mut got = 0u64;
     while let Some(b) = resp.chunk().await.map_err(|e| format!("body: {e}"))? {
         got += b.len() as u64;
-        ctx.rec.lock().unwrap_or_else(|e| e.into_inner()).bytes(ctx.start.elapsed(), b.len() as u64);
+        ctx.rec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes(ctx.start.elapsed(), b.len() as u64);
         let due = Duration::from_secs_f64(got as f64 / rate);
         if let Some(wait) = due.checked_sub(t0.elapsed()) {
             if Instant::now() + wait > ctx.stop_at - DRAIN_GRACE {
@@ -373,7 +484,10 @@ async fn download_slow(ctx: &Ctx, url: &str) -> Result<(), String> {
             tokio::time::sleep(wait).await;
         }
     }
-    ctx.rec.lock().unwrap_or_else(|e| e.into_inner()).downloads_done += 1;
+    ctx.rec
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .downloads_done += 1;
     Ok(())
 }
 
@@ -383,10 +497,20 @@ mod tests {
 
     #[test]
     fn only_loopback_targets_are_allowed_by_default() {
-        for ok in ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:80/x", "http://127.9.9.9"] {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:80/x",
+            "http://127.9.9.9",
+        ] {
             assert!(is_loopback(ok).unwrap(), "{ok}");
         }
-        for bad in ["http://10.0.0.1:8080", "http://192.168.1.2", "http://example.com", "http://[2001:db8::1]:80"] {
+        for bad in [
+            "http://10.0.0.1:8080",
+            "http://192.168.1.2",
+            "http://example.com",
+            "http://[2001:db8::1]:80",
+        ] {
             assert!(!is_loopback(bad).unwrap(), "{bad}");
         }
     }

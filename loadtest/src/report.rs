@@ -8,7 +8,8 @@ use serde::Serialize;
 
 /// Latencies are recorded in microseconds, 1 µs .. 10 min, 3 significant digits.
 fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
 }
 
 #[derive(Default, Clone)]
@@ -137,15 +138,34 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     }
 }
 
-pub fn build(r: &Recorder, scenario: &str, target: &str, http2: bool, elapsed: Duration, devices: u64, arrivals: u64) -> Report {
+pub fn build(
+    r: &Recorder,
+    scenario: &str,
+    target: &str,
+    http2: bool,
+    elapsed: Duration,
+    devices: u64,
+    arrivals: u64,
+) -> Report {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let series = r
         .series
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let (p50, p99, p999) = s.lat.as_ref().map_or((0.0, 0.0, 0.0), |h| (ms(h, 0.5), ms(h, 0.99), ms(h, 0.999)));
-            SeriesPoint { second: i, checks: s.checks, bytes: s.bytes, errors: s.errors, p50_ms: p50, p99_ms: p99, p999_ms: p999 }
+            let (p50, p99, p999) = s
+                .lat
+                .as_ref()
+                .map_or((0.0, 0.0, 0.0), |h| (ms(h, 0.5), ms(h, 0.99), ms(h, 0.999)));
+            SeriesPoint {
+                second: i,
+                checks: s.checks,
+                bytes: s.bytes,
+                errors: s.errors,
+                p50_ms: p50,
+                p99_ms: p99,
+                p999_ms: p999,
+            }
         })
         .collect();
     Report {
@@ -160,7 +180,11 @@ pub fn build(r: &Recorder, scenario: &str, target: &str, http2: bool, elapsed: D
         check_p50_ms: ms(&r.checks, 0.5),
         check_p99_ms: ms(&r.checks, 0.99),
         check_p999_ms: ms(&r.checks, 0.999),
-        check_max_ms: if r.checks.is_empty() { 0.0 } else { r.checks.max() as f64 / 1000.0 },
+        check_max_ms: if r.checks.is_empty() {
+            0.0
+        } else {
+            r.checks.max() as f64 / 1000.0
+        },
         updates_offered: r.updates_offered,
         downloads: r.downloads_done,
         download_bytes: r.bytes,
@@ -178,18 +202,38 @@ pub fn build(r: &Recorder, scenario: &str, target: &str, http2: bool, elapsed: D
 
 pub fn summary(rep: &Report) -> String {
     let mut s = String::new();
-    s.push_str(&format!("\n| {} against {} ({}) | value |\n|---|---|\n", rep.scenario, rep.target, if rep.http2 { "HTTP/2" } else { "HTTP/1.1" }));
+    s.push_str(&format!(
+        "\n| {} against {} ({}) | value |\n|---|---|\n",
+        rep.scenario,
+        rep.target,
+        if rep.http2 { "HTTP/2" } else { "HTTP/1.1" }
+    ));
     let rows: Vec<(&str, String)> = vec![
         ("duration s", format!("{:.1}", rep.duration_secs)),
         ("arrivals", rep.arrivals.to_string()),
         ("checks", rep.checks.to_string()),
         ("checks/s", format!("{:.0}", rep.checks_per_sec)),
-        ("check p50 / p99 / p99.9 / max ms", format!("{:.2} / {:.2} / {:.2} / {:.2}", rep.check_p50_ms, rep.check_p99_ms, rep.check_p999_ms, rep.check_max_ms)),
+        (
+            "check p50 / p99 / p99.9 / max ms",
+            format!(
+                "{:.2} / {:.2} / {:.2} / {:.2}",
+                rep.check_p50_ms, rep.check_p99_ms, rep.check_p999_ms, rep.check_max_ms
+            ),
+        ),
         ("updates offered", rep.updates_offered.to_string()),
         ("downloads completed", rep.downloads.to_string()),
-        ("download MB/s", format!("{:.1}", rep.download_bytes_per_sec / 1e6)),
-        ("piece p50 / p99 ms", format!("{:.2} / {:.2}", rep.piece_p50_ms, rep.piece_p99_ms)),
-        ("verified / failed", format!("{} / {}", rep.verified, rep.verify_failures)),
+        (
+            "download MB/s",
+            format!("{:.1}", rep.download_bytes_per_sec / 1e6),
+        ),
+        (
+            "piece p50 / p99 ms",
+            format!("{:.2} / {:.2}", rep.piece_p50_ms, rep.piece_p99_ms),
+        ),
+        (
+            "verified / failed",
+            format!("{} / {}", rep.verified, rep.verify_failures),
+        ),
         ("resumed", rep.resumed.to_string()),
         ("errors", format!("{} {:?}", rep.errors, rep.error_kinds)),
     ];
@@ -206,14 +250,39 @@ pub fn svg(rep: &Report) -> String {
     let n = rep.series.len().max(2) as f64;
     let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / (n - 1.0);
     let line = |vals: Vec<f64>, top: f64, max: f64, color: &str| {
-        let pts: Vec<String> = vals.iter().enumerate().map(|(i, v)| format!("{:.1},{:.1}", x(i), top + panel_h - panel_h * (v / max.max(1e-9)).min(1.0))).collect();
-        format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>", pts.join(" "))
+        let pts: Vec<String> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    x(i),
+                    top + panel_h - panel_h * (v / max.max(1e-9)).min(1.0)
+                )
+            })
+            .collect();
+        format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            pts.join(" ")
+        )
     };
     let mut out = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-    out.push_str(&format!("<text x=\"{pad}\" y=\"20\" font-size=\"15\">{} — {} ({:.0} s, {} errors)</text>\n", rep.scenario, rep.target, rep.duration_secs, rep.errors));
-    for (k, (title, top)) in [("throughput per second", pad), ("check latency per second (ms)", 2.0 * pad + panel_h)].iter().enumerate() {
+    out.push_str(&format!(
+        "<text x=\"{pad}\" y=\"20\" font-size=\"15\">{} — {} ({:.0} s, {} errors)</text>\n",
+        rep.scenario, rep.target, rep.duration_secs, rep.errors
+    ));
+    for (k, (title, top)) in [
+        ("throughput per second", pad),
+        ("check latency per second (ms)", 2.0 * pad + panel_h),
+    ]
+    .iter()
+    .enumerate()
+    {
         out.push_str(&format!("<rect x=\"{pad}\" y=\"{top}\" width=\"{}\" height=\"{panel_h}\" fill=\"none\" stroke=\"#888\"/>\n", w - 2.0 * pad));
-        out.push_str(&format!("<text x=\"{pad}\" y=\"{}\">{title}</text>\n", top - 6.0));
+        out.push_str(&format!(
+            "<text x=\"{pad}\" y=\"{}\">{title}</text>\n",
+            top - 6.0
+        ));
         let _ = k;
     }
     let checks: Vec<f64> = rep.series.iter().map(|p| p.checks as f64).collect();
@@ -222,20 +291,50 @@ pub fn svg(rep: &Report) -> String {
     let bmax = mbs.iter().cloned().fold(0.0, f64::max);
     out.push_str(&line(checks, pad, cmax, "#1f77b4"));
     out.push_str(&line(mbs, pad, bmax, "#2ca02c"));
-    out.push_str(&format!("<text x=\"{}\" y=\"{}\" fill=\"#1f77b4\">checks/s (max {cmax:.0})</text>\n", w - 300.0, pad + 16.0));
-    out.push_str(&format!("<text x=\"{}\" y=\"{}\" fill=\"#2ca02c\">MB/s (max {bmax:.1})</text>\n", w - 300.0, pad + 32.0));
+    out.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" fill=\"#1f77b4\">checks/s (max {cmax:.0})</text>\n",
+        w - 300.0,
+        pad + 16.0
+    ));
+    out.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" fill=\"#2ca02c\">MB/s (max {bmax:.1})</text>\n",
+        w - 300.0,
+        pad + 32.0
+    ));
     let top2 = 2.0 * pad + panel_h;
     let lmax = rep.series.iter().map(|p| p.p999_ms).fold(0.0, f64::max);
     for (vals, color, label) in [
-        (rep.series.iter().map(|p| p.p50_ms).collect::<Vec<_>>(), "#1f77b4", "p50"),
-        (rep.series.iter().map(|p| p.p99_ms).collect(), "#ff7f0e", "p99"),
-        (rep.series.iter().map(|p| p.p999_ms).collect(), "#d62728", "p99.9"),
+        (
+            rep.series.iter().map(|p| p.p50_ms).collect::<Vec<_>>(),
+            "#1f77b4",
+            "p50",
+        ),
+        (
+            rep.series.iter().map(|p| p.p99_ms).collect(),
+            "#ff7f0e",
+            "p99",
+        ),
+        (
+            rep.series.iter().map(|p| p.p999_ms).collect(),
+            "#d62728",
+            "p99.9",
+        ),
     ] {
         out.push_str(&line(vals, top2, lmax, color));
         let _ = label;
     }
-    out.push_str(&format!("<text x=\"{}\" y=\"{}\">p50 (blue) p99 (orange) p99.9 (red); max {lmax:.2} ms</text>\n", w - 380.0, top2 + 16.0));
-    out.push_str(&format!("<text x=\"{pad}\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\">{} s</text>\n", h - pad + 18.0, w - pad - 30.0, h - pad + 18.0, rep.series.len()));
+    out.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\">p50 (blue) p99 (orange) p99.9 (red); max {lmax:.2} ms</text>\n",
+        w - 380.0,
+        top2 + 16.0
+    ));
+    out.push_str(&format!(
+        "<text x=\"{pad}\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\">{} s</text>\n",
+        h - pad + 18.0,
+        w - pad - 30.0,
+        h - pad + 18.0,
+        rep.series.len()
+    ));
     out.push_str("</svg>\n");
     out
 }

@@ -61,7 +61,8 @@ fn default_piece() -> u64 {
 
 impl Scenario {
     pub fn load(path: &std::path::Path) -> anyhow::Result<Scenario> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 }

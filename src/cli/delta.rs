@@ -161,5 +161,41 @@ pub fn info(patch: &Path) -> anyhow::Result<u8> {
     )?;
     writeln!(o, "zstd level  {}", h.zstd_level)?;
     writeln!(o, "mem limit   {}", h.memory_limit)?;
+    // Per-stream totals (compressed / raw), reading only block headers.
+    let mut t = [0u64; 6];
+    for _ in 0..h.block_count {
+        let mut bh = [0u8; delta::format::BLOCK_HEADER_LEN];
+        if std::io::Read::read_exact(&mut f, &mut bh).is_err() {
+            writeln!(o, "blocks      truncated")?;
+            return Ok(EXIT_PROBLEM);
+        }
+        let b = match delta::format::BlockHeader::decode(&bh, h.block_size) {
+            Ok(b) => b,
+            Err(e) => {
+                writeln!(o, "blocks      invalid: {e}")?;
+                return Ok(EXIT_PROBLEM);
+            }
+        };
+        for (i, v) in [
+            b.ctrl_clen,
+            b.ctrl_len,
+            b.diff_clen,
+            b.diff_len,
+            b.extra_clen,
+            b.extra_len,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            t[i] += u64::from(v);
+        }
+        std::io::copy(
+            &mut std::io::Read::take(&mut f, b.payload_len()),
+            &mut std::io::sink(),
+        )?;
+    }
+    writeln!(o, "control     {} bytes ({} raw)", t[0], t[1])?;
+    writeln!(o, "diff        {} bytes ({} raw)", t[2], t[3])?;
+    writeln!(o, "extra       {} bytes ({} raw)", t[4], t[5])?;
     Ok(EXIT_OK)
 }

@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 
-use super::format::{self, get_varint, unzigzag, BlockHeader, FormatError, Header};
+use super::format::{self, BlockHeader, CtrlReader, FormatError, Header};
 use super::{hash_input, DeltaError, ReadAt};
 
 /// Bytes of old read per `pread` while adding diffs.
@@ -117,12 +117,9 @@ pub fn apply(
             out.write_all(bytes)?;
             Ok(())
         };
-        let (mut at, mut d_at, mut e_at, mut cursor, mut produced) =
-            (0usize, 0usize, 0usize, 0u64, 0u64);
-        while at < ctrl.len() {
-            let diff_len = get_varint(&ctrl, &mut at)?;
-            let extra_len = get_varint(&ctrl, &mut at)?;
-            let delta = unzigzag(get_varint(&ctrl, &mut at)?);
+        let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
+        let mut ops = CtrlReader::new(&ctrl)?;
+        while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
             let old_pos = cursor
                 .checked_add_signed(delta)
                 .ok_or_else(|| corrupt("old position out of range"))?;

@@ -10,9 +10,11 @@
 //! block (repeated block_count times), each independent:
 //!   new_len u32 | ctrl_clen u32 | ctrl_len u32 | diff_clen u32 | diff_len u32
 //!   extra_clen u32 | extra_len u32 | ctrl zstd frame | diff zstd frame | extra zstd frame
-//! ctrl: ops of (varint diff_len, varint extra_len, zigzag varint old_delta); an op adds
-//!   diff_len bytes of old (from old_pos) to diff bytes, then copies extra_len bytes.
-//!   old_pos = previous op's old_pos + diff_len + old_delta, starting at 0 in each block.
+//! ctrl: varint op count n, then three columns of n varints each (columns compress far
+//!   better than interleaved triples): diff_len…, extra_len…, zigzag old_delta….
+//!   An op adds diff_len bytes of old (from old_pos) to diff bytes, then copies
+//!   extra_len bytes. old_pos = previous op's old_pos + diff_len + old_delta, starting
+//!   at 0 in each block.
 //! ```
 
 use crate::hash::Hash;
@@ -221,15 +223,63 @@ pub fn unzigzag(v: u64) -> i64 {
 
 /// Encodes a block's ops (old positions relative within the block, from 0).
 pub fn encode_ctrl(ops: &[Op]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ops.len() * 6);
-    let mut cursor = 0u64;
+    let mut out = Vec::with_capacity(ops.len() * 6 + 10);
+    put_varint(&mut out, ops.len() as u64);
     for op in ops {
         put_varint(&mut out, op.diff_len);
+    }
+    for op in ops {
         put_varint(&mut out, op.extra_len);
+    }
+    let mut cursor = 0u64;
+    for op in ops {
         put_varint(&mut out, zigzag(op.old_pos.wrapping_sub(cursor) as i64));
         cursor = op.old_pos + op.diff_len;
     }
     out
+}
+
+/// Reads a control stream column by column without materialising the ops: yields
+/// (diff_len, extra_len, old_delta) in order. Checks the layout up front.
+pub struct CtrlReader<'a> {
+    b: &'a [u8],
+    left: u64,
+    cols: [usize; 3],
+}
+
+impl<'a> CtrlReader<'a> {
+    pub fn new(b: &'a [u8]) -> Result<CtrlReader<'a>, FormatError> {
+        let mut at = 0;
+        let n = get_varint(b, &mut at)?;
+        if n > b.len() as u64 {
+            return Err(FormatError::Bounds("ctrl op count"));
+        }
+        let mut cols = [at, 0, 0];
+        for c in 1..3 {
+            for _ in 0..n {
+                get_varint(b, &mut at)?;
+            }
+            cols[c] = at;
+        }
+        for _ in 0..n {
+            get_varint(b, &mut at)?;
+        }
+        if at != b.len() {
+            return Err(FormatError::Bounds("ctrl stream length"));
+        }
+        Ok(CtrlReader { b, left: n, cols })
+    }
+
+    pub fn next_op(&mut self) -> Result<Option<(u64, u64, i64)>, FormatError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        let d = get_varint(self.b, &mut self.cols[0])?;
+        let e = get_varint(self.b, &mut self.cols[1])?;
+        let o = unzigzag(get_varint(self.b, &mut self.cols[2])?);
+        Ok(Some((d, e, o)))
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +339,29 @@ mod tests {
             ..b
         };
         assert!(BlockHeader::decode(&ctrl.encode(), 8).is_err());
+    }
+
+    #[test]
+    fn ctrl_columns_round_trip() {
+        let ops = [
+            Op {
+                old_pos: 5,
+                diff_len: 3,
+                extra_len: 1,
+            },
+            Op {
+                old_pos: 2,
+                diff_len: 0,
+                extra_len: 9,
+            },
+        ];
+        let b = encode_ctrl(&ops);
+        let mut r = CtrlReader::new(&b).unwrap();
+        assert_eq!(r.next_op().unwrap(), Some((3, 1, 5)));
+        assert_eq!(r.next_op().unwrap(), Some((0, 9, -6)));
+        assert_eq!(r.next_op().unwrap(), None);
+        assert!(CtrlReader::new(&b[..b.len() - 1]).is_err());
+        assert!(CtrlReader::new(&[0xff, 0xff, 0xff, 0x0f]).is_err());
     }
 
     proptest! {
