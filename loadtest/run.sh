@@ -29,7 +29,7 @@ done
 NAME=$(basename "$SCENARIO" .toml)
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
-cargo build --release --bin update-edge --bin update-edge-loadtest >&2
+cargo build --release --workspace --bins >&2
 BIN="$CARGO_TARGET_DIR/release"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 

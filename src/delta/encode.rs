@@ -70,7 +70,8 @@ struct Streams {
 }
 
 trait Sink {
-    fn segment(&mut self, s: Streams) -> Result<(), DeltaError>;
+    /// Takes one segment's streams; `last` when no segment follows.
+    fn segment(&mut self, s: Streams, last: bool) -> Result<(), DeltaError>;
     fn finish(self: Box<Self>) -> Result<u64, DeltaError>;
 }
 
@@ -89,6 +90,7 @@ pub fn diff(
         .map_err(|e| DeltaError::Internal(e.to_string()))?;
     let (old_hash, new_hash) = pool.join(|| hash_input(old), || hash_input(new));
     let (old_hash, new_hash) = (old_hash?, new_hash?);
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "inputs hashed");
     let segments = plan(old, new, opts.memory_limit, u64::from(opts.block_size))?;
     let windowed = segments
         .first()
@@ -116,9 +118,11 @@ pub fn diff(
         }
         PatchFormat::Bsdiff40 => Box::new(bsdiff40::Writer::new(out, new.size())),
     };
-    for seg in &segments {
+    for (i, seg) in segments.iter().enumerate() {
         let streams = pool.install(|| diff_segment(old, new, seg, opts.threads))?;
-        sink.segment(streams)?;
+        let t = Instant::now();
+        sink.segment(streams, i + 1 == segments.len())?;
+        tracing::debug!(secs = t.elapsed().as_secs_f64(), "segment encoded");
         progress(seg.new_end - seg.new_start);
     }
     let patch_size = sink.finish()?;
@@ -175,9 +179,18 @@ fn diff_segment(
     seg: &Segment,
     threads: usize,
 ) -> Result<Streams, DeltaError> {
+    let t = Instant::now();
     let text = RegionText::load(old, &seg.regions)?;
     let new_bytes = read_vec(new, seg.new_start, (seg.new_end - seg.new_start) as usize)?;
+    tracing::debug!(secs = t.elapsed().as_secs_f64(), "inputs loaded");
+    let t = Instant::now();
     let sa = SuffixArray::build(&text.bytes, threads.min(u16::MAX as usize) as u16)?;
+    tracing::debug!(
+        bytes = text.bytes.len(),
+        secs = t.elapsed().as_secs_f64(),
+        "suffix array built"
+    );
+    let t = Instant::now();
     // Matching is independent per span of new: one span per thread.
     let parts = threads.max(1);
     let span = new_bytes.len().div_ceil(parts).max(1);
@@ -191,6 +204,8 @@ fn diff_segment(
         diff: Vec::with_capacity(new_bytes.len()),
         extra: Vec::new(),
     };
+    tracing::debug!(secs = t.elapsed().as_secs_f64(), "matching done");
+    let t = Instant::now();
     let mut at = 0usize;
     let mut runs = Vec::new();
     let merged = merge_small(local.into_iter().flatten(), MIN_DIFF_RUN);
@@ -223,6 +238,7 @@ fn diff_segment(
         }
     }
     debug_assert_eq!(at, new_bytes.len());
+    tracing::debug!(secs = t.elapsed().as_secs_f64(), "streams built");
     Ok(streams)
 }
 
@@ -394,9 +410,9 @@ fn join_streams(a: Option<Streams>, b: Streams) -> Streams {
 }
 
 impl Sink for NativeSink<'_> {
-    fn segment(&mut self, s: Streams) -> Result<(), DeltaError> {
+    fn segment(&mut self, s: Streams, last: bool) -> Result<(), DeltaError> {
         let s = join_streams(self.carry.take(), s);
-        let (blocks, carry) = cut_blocks(s, u64::from(self.opts.block_size), false);
+        let (blocks, carry) = cut_blocks(s, u64::from(self.opts.block_size), last);
         self.carry = carry;
         self.write_blocks(blocks)
     }
@@ -412,7 +428,7 @@ impl Sink for NativeSink<'_> {
 }
 
 impl Sink for bsdiff40::Writer<'_> {
-    fn segment(&mut self, s: Streams) -> Result<(), DeltaError> {
+    fn segment(&mut self, s: Streams, _last: bool) -> Result<(), DeltaError> {
         self.add(&s.ops, &s.diff, &s.extra)
     }
 
