@@ -125,7 +125,9 @@ pub fn diff(
         tracing::debug!(secs = t.elapsed().as_secs_f64(), "segment encoded");
         progress(seg.new_end - seg.new_start);
     }
+    let t = Instant::now();
     let patch_size = sink.finish()?;
+    tracing::debug!(secs = t.elapsed().as_secs_f64(), total = started.elapsed().as_secs_f64(), "patch finished");
     Ok(DiffReport {
         old_size: old.size(),
         new_size: new.size(),
