@@ -17,9 +17,10 @@ WORK=$(mktemp -d)
 cleanup() { kill "${UE_PID:-}" 2>/dev/null || true; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
+chmod 755 "$WORK"
 head -c $SIZE /dev/urandom > "$WORK/payload.bin"
 HASH=$("$BIN" blob put "$WORK/payload.bin" --data "$WORK/data" 2>/dev/null)
-mkdir -p "$WORK/www"; ln "$WORK/payload.bin" "$WORK/www/$HASH"
+mkdir -p "$WORK/www"; ln "$WORK/payload.bin" "$WORK/www/$HASH"; chmod -R a+rX "$WORK/www"
 
 UE_PORT=18181; NG_PORT=18182
 UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn "$BIN" serve --data "$WORK/data" --listen 127.0.0.1:$UE_PORT &
@@ -38,7 +39,8 @@ http {
 NGX
 nginx -c "$WORK/nginx.conf"
 sleep 1
-NG_PIDS() { pgrep -f "nginx.*$WORK" | tr '\n' ' '; }
+# Master and workers (workers run as www-data and need to read the files).
+NG_PIDS() { local m; m=$(cat "$WORK/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
 
 cat > "$WORK/range.lua" <<'LUA'
 local size = tonumber(os.getenv("SIZE"))
@@ -64,6 +66,7 @@ run() {
   before=$(cpu_ticks $pids)
   out=$(wrk "$@" "$url")
   after=$(cpu_ticks $pids)
+  if echo "$out" | grep -q "Non-2xx"; then echo "WARNING: $url answered errors: $(echo "$out" | grep Non-2xx)" >&2; fi
   local reqs read secs
   reqs=$(echo "$out" | awk '/requests in/ { print $1 }')
   secs=$(echo "$out" | awk '/requests in/ { gsub(/s,/, "", $4); print $4 }')

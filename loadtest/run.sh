@@ -106,6 +106,7 @@ if [ "$BASELINE" = nginx ]; then
   H1=$(b3sum --no-names "$WORK/payload/big.new")
   ln "$WORK/payload/big.new" "$WORK/www/$H1"
   head -c 1024 /dev/urandom > "$WORK/www/small"
+  chmod 755 "$WORK" "$WORK/payload"; chmod -R a+rX "$WORK/www"
   cat > "$WORK/nginx.conf" <<NGX
 worker_processes auto;
 pid $WORK/nginx.pid;
@@ -120,7 +121,7 @@ http {
 NGX
   nginx -c "$WORK/nginx.conf"
   sleep 0.5
-  NG_PIDS=$(pgrep -f "nginx.*$WORK" | tr '\n' ' ')
+  NG_MASTER=$(cat "$WORK/nginx.pid"); NG_PIDS="$NG_MASTER $(pgrep -P "$NG_MASTER" | tr '\n' ' ')"
   SIZE=$(stat -c %s "$WORK/payload/big.new")
   echo "[{\"url\":\"$URL/v1/blobs/$H1\",\"size\":$SIZE,\"blake3\":\"$H1\"}]" > "$WORK/ue.json"
   echo "[{\"url\":\"http://127.0.0.1:$NG_PORT/$H1\",\"size\":$SIZE,\"blake3\":\"$H1\"}]" > "$WORK/ng.json"
