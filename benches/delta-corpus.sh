@@ -14,7 +14,7 @@ while [ $# -gt 0 ]; do
     --big) BIG=$2; shift ;;
     --no-anchors) ANCHORS=0 ;;
     --anchors-on-big) ANCHORS_BIG=1 ;;
-    --pairs) PAIRS=$2; shift ;;
+    --pairs) PAIRS=$2; shift ;;  # e.g. --pairs "" for the big pair only
   esac
   shift
 done
@@ -52,9 +52,9 @@ run_pair() {
   local old="$CORPUS/$pair.old" new="$CORPUS/$pair.new"
   measure "$UE" delta diff "$old" "$new" -o "$OUT/ue.patch" --memory-limit "$limit"
   row "update-edge" "$pair" "$OUT/ue.patch" "$UE" delta apply "$old" "$OUT/ue.patch" -o "$OUT/applied"
+  [ "$anchors" = 1 ] || return 0
   measure "$UE" delta diff "$old" "$new" -o "$OUT/ue40.patch" --memory-limit "$limit" --format bsdiff40
   row "update-edge --format bsdiff40 (stock bspatch)" "$pair" "$OUT/ue40.patch" bspatch "$old" "$OUT/applied" "$OUT/ue40.patch"
-  [ "$anchors" = 1 ] || return 0
   measure bsdiff "$old" "$new" "$OUT/bs.patch"
   row "bsdiff 4.3" "$pair" "$OUT/bs.patch" bspatch "$old" "$OUT/applied" "$OUT/bs.patch"
   measure xdelta3 -9 -f -e -s "$old" "$new" "$OUT/xd.patch"

@@ -422,14 +422,9 @@ async fn download_pieces(
     finish(ctx, artifact, hasher)
 }
 
-async fn download_resumed(ctx: &Ctx, url: &str, artifact: &Artifact) -> Result<(), String> {
-    let cut = rand::thread_rng()
-        .gen_range(artifact.size / 10..=artifact.size * 9 / 10)
-        .max(1);
-    let mut hasher = blake3::Hasher::new();
-    // First attempt: read up to `cut` bytes of a whole-object GET, then drop the
-    // connection mid-body.
-    let mut resp = ctx
+/// A whole-object GET whose body the caller reads.
+async fn get_whole(ctx: &Ctx, url: &str) -> Result<reqwest::Response, String> {
+    let resp = ctx
         .http
         .get(url)
         .send()
@@ -438,6 +433,17 @@ async fn download_resumed(ctx: &Ctx, url: &str, artifact: &Artifact) -> Result<(
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status().as_u16()));
     }
+    Ok(resp)
+}
+
+async fn download_resumed(ctx: &Ctx, url: &str, artifact: &Artifact) -> Result<(), String> {
+    let cut = rand::thread_rng()
+        .gen_range(artifact.size / 10..=artifact.size * 9 / 10)
+        .max(1);
+    let mut hasher = blake3::Hasher::new();
+    // First attempt: read up to `cut` bytes of a whole-object GET, then drop the
+    // connection mid-body.
+    let mut resp = get_whole(ctx, url).await?;
     let mut got = 0u64;
     while got < cut {
         let Some(b) = resp.chunk().await.map_err(|e| format!("body: {e}"))? else {
@@ -459,15 +465,7 @@ async fn download_resumed(ctx: &Ctx, url: &str, artifact: &Artifact) -> Result<(
 
 async fn download_slow(ctx: &Ctx, url: &str) -> Result<(), String> {
     let rate = ctx.sc.per_connection_bytes_per_sec.max(1) as f64;
-    let mut resp = ctx
-        .http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("get: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status().as_u16()));
-    }
+    let mut resp = get_whole(ctx, url).await?;
     let t0 = Instant::now();
     let mut got = 0u64;
     while let Some(b) = resp.chunk().await.map_err(|e| format!("body: {e}"))? {

@@ -127,7 +127,11 @@ pub fn diff(
     }
     let t = Instant::now();
     let patch_size = sink.finish()?;
-    tracing::debug!(secs = t.elapsed().as_secs_f64(), total = started.elapsed().as_secs_f64(), "patch finished");
+    tracing::debug!(
+        secs = t.elapsed().as_secs_f64(),
+        total = started.elapsed().as_secs_f64(),
+        "patch finished"
+    );
     Ok(DiffReport {
         old_size: old.size(),
         new_size: new.size(),

@@ -78,30 +78,25 @@ impl TestNode {
         v["hash"].as_str().unwrap().to_string()
     }
 
-    /// Value of one labelled series, given exactly as exported (`name{a="b"}`).
-    pub async fn metric_labeled(&self, series: &str) -> f64 {
-        let text = client()
+    async fn metrics_text(&self) -> String {
+        let resp = client()
             .get(format!("{}/metrics", self.url))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
             .unwrap();
+        resp.text().await.unwrap()
+    }
+
+    /// Value of one labelled series, given exactly as exported (`name{a="b"}`).
+    pub async fn metric_labeled(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap()))
             .unwrap_or(0.0)
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = client()
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.metrics_text().await;
         text.lines()
             .find(|l| l.split_whitespace().next() == Some(name))
             .and_then(|l| l.split_whitespace().nth(1))
