@@ -255,11 +255,11 @@ impl<'a> CtrlReader<'a> {
             return Err(FormatError::Bounds("ctrl op count"));
         }
         let mut cols = [at, 0, 0];
-        for c in 1..3 {
+        for col in cols.iter_mut().skip(1) {
             for _ in 0..n {
                 get_varint(b, &mut at)?;
             }
-            cols[c] = at;
+            *col = at;
         }
         for _ in 0..n {
             get_varint(b, &mut at)?;
