@@ -48,8 +48,12 @@ async fn print_demo(node: &Node, base: &str) -> anyhow::Result<()> {
     let h = first;
     println!("try:");
     println!("  curl -s -X POST {base}/v1/check -d '{{\"product\":\"{product}\",\"device_id\":\"dev-1\",\"version\":\"1.0.1\"}}'");
-    println!("  update-edge blob get {h} --data DATA -o v1.img   # (with the node stopped) or: curl -o v1.img {base}/v1/blobs/{h}");
-    println!("  update-edge device update --server {base} --product {product} --device-id dev-1 --version 1.0.1 --current v1.img --out v3.img");
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "update-edge".into());
+    println!("  curl -o v1.img {base}/v1/blobs/{h}   # a device on 1.0.1");
+    println!("  {exe} device update --server {base} --product {product} --device-id dev-1 --version 1.0.1 --current v1.img --out v3.img");
+    println!("  (the first update may use the full payload while deltas are computed in the background; run it again for the delta)");
     println!("  curl -I {base}/v1/blobs/{h}");
     println!("  curl -r 0-99 {base}/v1/blobs/{h} | xxd | head");
     println!("  curl -o build.img {base}/v1/blobs/{h} && b3sum build.img");
