@@ -2,7 +2,7 @@
 //! batches → manifest committed last, synced.
 //!
 //! Memory: one chunking window (up to `2 × max` chunk bytes) and at most
-//! [`BATCH_BYTES`] of pending chunk data, whatever the payload size.
+//! `BATCH_BYTES` (8 MiB) of pending chunk data, whatever the payload size.
 
 use bytes::{Bytes, BytesMut};
 
