@@ -93,8 +93,8 @@ pub fn apply(
         )));
     }
     let mut dec = zstd::bulk::Decompressor::new()?;
-    let (mut packed, mut ctrl, mut diff, mut extra) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut packed, mut ctrl, mut coded, mut diff, mut extra) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut old_buf = vec![0u8; OLD_PIECE];
     let mut hasher = blake3::Hasher::new();
     let mut written = 0u64;
@@ -110,7 +110,8 @@ pub fn apply(
         let (c, rest) = packed.split_at(b.ctrl_clen as usize);
         let (d, e) = rest.split_at(b.diff_clen as usize);
         inflate(&mut dec, c, b.ctrl_len, &mut ctrl)?;
-        inflate(&mut dec, d, b.diff_len, &mut diff)?;
+        inflate(&mut dec, d, b.diff_coded_len, &mut coded)?;
+        format::decode_zero_runs(&coded, b.diff_len as usize, &mut diff)?;
         inflate(&mut dec, e, b.extra_len, &mut extra)?;
         let mut emit = |bytes: &[u8]| -> Result<(), DeltaError> {
             hasher.update(bytes);

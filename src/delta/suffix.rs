@@ -110,9 +110,10 @@ impl SuffixArray {
         }
         while en - st >= 2 {
             let mid = st + (en - st) / 2;
-            let suffix = &old[self.at(mid)..];
-            let n = suffix.len().min(needle.len());
-            if suffix[..n] < needle[..n] {
+            // Full lexicographic order: a suffix that is a proper prefix of the needle
+            // sorts before it (bsdiff's truncated compare got this wrong and could miss
+            // the longest match).
+            if old[self.at(mid)..] < *needle {
                 st = mid;
             } else {
                 en = mid;
