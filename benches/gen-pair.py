@@ -24,14 +24,19 @@ if not (os.path.exists(old_path) and os.path.getsize(old_path) == size):
             f.write(rng.randbytes(n))
             left -= n
 
-# Edit plan over old offsets: a sorted list of (offset, kind, arg).
+if size < 1 << 20:
+    sys.exit("gen-pair.py: SIZE_MIB must be at least 1")
+# Edit plan over old offsets: a sorted list of (offset, kind, arg). Edit sizes shrink
+# with small files so every range stays valid.
+MOVE_MAX = min(8 << 20, size // 4)
 edits = []
 for _ in range(200):  # insertions of 1-64 KiB
     edits.append((rng.randrange(size), "ins", rng.randrange(1 << 10, 64 << 10)))
 for _ in range(100):  # deletions of 1-256 KiB
     edits.append((rng.randrange(size), "del", rng.randrange(1 << 10, 256 << 10)))
 for _ in range(20):  # 1-8 MiB blocks copied from far away (moved content)
-    edits.append((rng.randrange(size), "move", (rng.randrange(size - (8 << 20)), rng.randrange(1 << 20, 8 << 20))))
+    length = rng.randrange(MOVE_MAX // 8, MOVE_MAX)
+    edits.append((rng.randrange(size), "move", (rng.randrange(size - length), length)))
 edits.sort(key=lambda e: e[0])
 SCATTER = 1 << 16  # one changed byte per 64 KiB on average
 

@@ -25,22 +25,8 @@ mkdir -p "$WORK/www"; ln "$WORK/payload.bin" "$WORK/www/$HASH"; chmod -R a+rX "$
 UE_PORT=18181; NG_PORT=18182
 UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn "$BIN" serve --data "$WORK/data" --listen 127.0.0.1:$UE_PORT &
 UE_PID=$!
-cat > "$WORK/nginx.conf" <<NGX
-worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$NG_PORT; root $WORK/www; location / { } }
-}
-NGX
-nginx -c "$WORK/nginx.conf"
-sleep 1
-# Master and workers (workers run as www-data and need to read the files).
-NG_PIDS() { local m; m=$(cat "$WORK/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
+. benches/nginx-baseline.sh
+start_nginx "$WORK" "$NG_PORT"
 
 cat > "$WORK/range.lua" <<'LUA'
 local size = tonumber(os.getenv("SIZE"))
@@ -78,7 +64,7 @@ run() {
 
 declare -A R
 for server in update-edge nginx; do
-  if [ $server = update-edge ]; then pids=$UE_PID; url="http://127.0.0.1:$UE_PORT/v1/blobs/$HASH"; else pids=$(NG_PIDS); url="http://127.0.0.1:$NG_PORT/$HASH"; fi
+  if [ $server = update-edge ]; then pids=$UE_PID; url="http://127.0.0.1:$UE_PORT/v1/blobs/$HASH"; else pids=$(nginx_pids "$WORK"); url="http://127.0.0.1:$NG_PORT/$HASH"; fi
   R[$server,whole]=$(run "$pids" "$url" -t1 -c2 -d${DUR}s)
   R[$server,r1m]=$(SIZE=$SIZE LEN=$((1 << 20)) run "$pids" "$url" -t2 -c32 -d${DUR}s -s "$WORK/range.lua")
   R[$server,r4k]=$(SIZE=$SIZE LEN=4096 run "$pids" "$url" -t2 -c64 -d${DUR}s -s "$WORK/range.lua")

@@ -112,21 +112,9 @@ if [ "$BASELINE" = nginx ]; then
   ln "$WORK/payload/big.new" "$WORK/www/$H1"
   head -c 1024 /dev/urandom > "$WORK/www/small"
   chmod 755 "$WORK" "$WORK/payload"; chmod -R a+rX "$WORK/www"
-  cat > "$WORK/nginx.conf" <<NGX
-worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$NG_PORT; root $WORK/www; location / { } }
-}
-NGX
-  nginx -c "$WORK/nginx.conf"
-  sleep 0.5
-  NG_MASTER=$(cat "$WORK/nginx.pid"); NG_PIDS="$NG_MASTER $(pgrep -P "$NG_MASTER" | tr '\n' ' ')"
+  . benches/nginx-baseline.sh
+  start_nginx "$WORK" "$NG_PORT"
+  NG_PIDS=$(nginx_pids "$WORK")
   SIZE=$(stat -c %s "$WORK/payload/big.new")
   echo "[{\"url\":\"$URL/v1/blobs/$H1\",\"size\":$SIZE,\"blake3\":\"$H1\"}]" > "$WORK/ue.json"
   echo "[{\"url\":\"http://127.0.0.1:$NG_PORT/$H1\",\"size\":$SIZE,\"blake3\":\"$H1\"}]" > "$WORK/ng.json"

@@ -12,6 +12,18 @@ use update_edge::client::{self, ClientError, UpdateArgs};
 
 const SIZE: usize = 600_000;
 
+/// A node with product `gw`, builds 1.0.1 and 1.0.2 of `size` bytes, ring `general` at
+/// 1.0.2 (100 %).
+async fn node_targeting_v2(config: update_edge::config::Config, size: usize) -> TestNode {
+    let node = TestNode::start(config).await;
+    seed_product(&node, "gw", 2, size).await;
+    assert_eq!(
+        set_ring(&node, "gw", "general", r#"{"version":"1.0.2"}"#).await,
+        StatusCode::OK
+    );
+    node
+}
+
 fn client_args(
     node: &TestNode,
     dir: &std::path::Path,
@@ -227,9 +239,7 @@ async fn rollout_percentages_are_accurate_monotone_and_pausable() {
 #[tokio::test]
 async fn tampered_or_expired_answers_are_rejected_by_the_client() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(test_config(&dir.path().join("data"))).await;
-    seed_product(&node, "gw", 2, 20_000).await;
-    set_ring(&node, "gw", "general", r#"{"version":"1.0.2"}"#).await;
+    let node = node_targeting_v2(test_config(&dir.path().join("data")), 20_000).await;
     let pk = node.node.checker.signer.public_hex();
     let body = client()
         .post(format!("{}/v1/check", node.url))
@@ -261,9 +271,7 @@ async fn tampered_or_expired_answers_are_rejected_by_the_client() {
     let dir2 = tempfile::tempdir().unwrap();
     let mut config = test_config(&dir2.path().join("data"));
     config.catalog.answer_ttl_secs = 0;
-    let node = TestNode::start(config).await;
-    seed_product(&node, "gw", 2, 20_000).await;
-    set_ring(&node, "gw", "general", r#"{"version":"1.0.2"}"#).await;
+    let node = node_targeting_v2(config, 20_000).await;
     let err = client::update(client_args(&node, dir2.path(), "1.0.1", None))
         .await
         .unwrap_err();
@@ -275,9 +283,7 @@ async fn tampered_or_expired_answers_are_rejected_by_the_client() {
 #[tokio::test]
 async fn bad_requests_answer_as_specified_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(test_config(&dir.path().join("data"))).await;
-    seed_product(&node, "gw", 2, 20_000).await;
-    set_ring(&node, "gw", "general", r#"{"version":"1.0.2"}"#).await;
+    let node = node_targeting_v2(test_config(&dir.path().join("data")), 20_000).await;
     let c = client();
     let snapshot = || async {
         let b: serde_json::Value = c
@@ -383,9 +389,7 @@ async fn bad_requests_answer_as_specified_and_change_nothing() {
 #[tokio::test]
 async fn stats_keys_and_gc_work() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(test_config(&dir.path().join("data"))).await;
-    seed_product(&node, "gw", 2, 50_000).await;
-    set_ring(&node, "gw", "general", r#"{"version":"1.0.2"}"#).await;
+    let node = node_targeting_v2(test_config(&dir.path().join("data")), 50_000).await;
     check(
         &node,
         json!({"product": "gw", "device_id": "a", "version": "1.0.1"}),
