@@ -140,6 +140,10 @@ enum DeltaCommand {
         /// zstd level of the patch streams (native format).
         #[arg(long, default_value_t = 19)]
         level: i32,
+        /// Bytes of output per independently compressed block, at most 16MiB: smaller
+        /// blocks spread compression over more threads and cost some patch size.
+        #[arg(long, default_value = "8MiB")]
+        block_size: String,
         /// Report "worth it" when patch <= RATIO x zstd-compressed NEW.
         #[arg(long, default_value_t = 0.8)]
         worth_it_ratio: f64,
@@ -184,12 +188,14 @@ fn main() -> ExitCode {
                 memory_limit,
                 format,
                 level,
+                block_size,
                 worth_it_ratio,
                 json,
             } => memory_limit
                 .parse::<update_edge::config::ByteSize>()
+                .and_then(|limit| Ok((limit, block_size.parse::<update_edge::config::ByteSize>()?)))
                 .map_err(anyhow::Error::msg)
-                .and_then(|limit| {
+                .and_then(|(limit, block)| {
                     cli::delta::diff(cli::delta::DiffArgs {
                         old: &old,
                         new: &new,
@@ -200,6 +206,7 @@ fn main() -> ExitCode {
                             Format::Bsdiff40 => update_edge::delta::PatchFormat::Bsdiff40,
                         },
                         level,
+                        block_size: block.0,
                         worth_it_ratio,
                         json,
                     })

@@ -64,6 +64,7 @@ pub struct DiffArgs<'a> {
     pub memory_limit: u64,
     pub format: PatchFormat,
     pub level: i32,
+    pub block_size: u64,
     pub worth_it_ratio: f64,
     pub json: bool,
 }
@@ -71,9 +72,19 @@ pub struct DiffArgs<'a> {
 pub fn diff(a: DiffArgs<'_>) -> anyhow::Result<u8> {
     let old = FileAt::open(a.old)?;
     let new = FileAt::open(a.new)?;
+    let block_size = u32::try_from(a.block_size)
+        .ok()
+        .filter(|b| (4096..=delta::format::MAX_BLOCK_SIZE).contains(b))
+        .with_context(|| {
+            format!(
+                "--block-size must be between 4KiB and {}MiB",
+                delta::format::MAX_BLOCK_SIZE >> 20
+            )
+        })?;
     let opts = DiffOptions {
         memory_limit: a.memory_limit,
         zstd_level: a.level,
+        block_size,
         format: a.format,
         ..DiffOptions::default()
     };

@@ -1,10 +1,12 @@
-//! Diff pipeline: plan → per segment (suffix array, matching, streams) → a sink that
-//! writes the native block container or a BSDIFF40 patch.
+//! Diff pipeline: plan → per segment a suffix array → per output block (one parallel
+//! task each, so one block's compression overlaps the next block's matching) matching,
+//! streams and, for the native container, compression → a sink that writes the blocks in
+//! order (native container or BSDIFF40).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
-
-use rayon::prelude::*;
 
 use super::format::{self, BlockHeader, Header, Op};
 use super::matcher::scan;
@@ -20,6 +22,10 @@ pub enum PatchFormat {
     /// Classic BSDIFF40 (bzip2), applied by stock `bspatch`.
     Bsdiff40,
 }
+
+/// Output bytes per block: 8 MiB costs 0.4 % of patch size against 16 MiB on the corpus
+/// but lets compression of one block overlap the matching of the next (diff 25 % faster).
+pub const DEFAULT_BLOCK_SIZE: u32 = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct DiffOptions {
@@ -39,7 +45,7 @@ impl Default for DiffOptions {
         DiffOptions {
             memory_limit: 2 << 30,
             zstd_level: 19,
-            block_size: 16 << 20,
+            block_size: DEFAULT_BLOCK_SIZE,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)
@@ -62,16 +68,33 @@ pub struct DiffReport {
     pub seconds: f64,
 }
 
-/// A segment's result: absolute ops and their diff/extra bytes.
+/// One block's streams: absolute ops and their diff/extra bytes.
 struct Streams {
     ops: Vec<Op>,
     diff: Vec<u8>,
     extra: Vec<u8>,
+    new_len: u64,
+}
+
+/// What a block task hands to the sink.
+enum BlockOut {
+    /// The streams as they are (BSDIFF40 codes the whole patch at the end).
+    Raw(Streams),
+    /// A native block, header and compressed streams.
+    Encoded(Vec<u8>),
+}
+
+/// Turns a block's streams into what the sink takes; runs on the worker threads.
+fn prepare(s: Streams, opts: &DiffOptions) -> Result<BlockOut, DeltaError> {
+    match opts.format {
+        PatchFormat::Native => encode_block(&s, opts.zstd_level).map(BlockOut::Encoded),
+        PatchFormat::Bsdiff40 => Ok(BlockOut::Raw(s)),
+    }
 }
 
 trait Sink {
-    /// Takes one segment's streams; `last` when no segment follows.
-    fn segment(&mut self, s: Streams, last: bool) -> Result<(), DeltaError>;
+    /// Takes the blocks in order.
+    fn block(&mut self, b: BlockOut) -> Result<(), DeltaError>;
     fn finish(self: Box<Self>) -> Result<u64, DeltaError>;
 }
 
@@ -110,19 +133,21 @@ pub fn diff(
             out.write_all(&header.encode())?;
             Box::new(NativeSink {
                 out,
-                opts,
-                pool: &pool,
                 written: format::HEADER_LEN as u64,
-                carry: None,
             })
         }
         PatchFormat::Bsdiff40 => Box::new(bsdiff40::Writer::new(out, new.size())),
     };
-    for (i, seg) in segments.iter().enumerate() {
-        let streams = pool.install(|| diff_segment(old, new, seg, opts.threads))?;
-        let t = Instant::now();
-        sink.segment(streams, i + 1 == segments.len())?;
-        tracing::debug!(secs = t.elapsed().as_secs_f64(), "segment encoded");
+    for seg in &segments {
+        if (seg.new_end - seg.new_start) % u64::from(opts.block_size) != 0
+            && seg.new_end != new.size()
+        {
+            return Err(DeltaError::Internal("segment not aligned to blocks".into()));
+        }
+        let blocks = pool.install(|| diff_segment(old, new, seg, opts))?;
+        for b in blocks {
+            sink.block(b)?;
+        }
         progress(seg.new_end - seg.new_start);
     }
     let t = Instant::now();
@@ -183,50 +208,91 @@ fn diff_segment(
     old: &dyn ReadAt,
     new: &dyn ReadAt,
     seg: &Segment,
-    threads: usize,
-) -> Result<Streams, DeltaError> {
+    opts: &DiffOptions,
+) -> Result<Vec<BlockOut>, DeltaError> {
     let t = Instant::now();
     let text = RegionText::load(old, &seg.regions)?;
     let new_bytes = read_vec(new, seg.new_start, (seg.new_end - seg.new_start) as usize)?;
     tracing::debug!(secs = t.elapsed().as_secs_f64(), "inputs loaded");
     let t = Instant::now();
-    let sa = SuffixArray::build(&text.bytes, threads.min(u16::MAX as usize) as u16)?;
+    let sa = SuffixArray::build(&text.bytes, opts.threads.min(u16::MAX as usize) as u16)?;
     tracing::debug!(
         bytes = text.bytes.len(),
         secs = t.elapsed().as_secs_f64(),
         "suffix array built"
     );
     let t = Instant::now();
-    // Matching is independent per span of new: one span per thread.
-    let parts = threads.max(1);
-    let span = new_bytes.len().div_ceil(parts).max(1);
-    let local: Vec<Vec<Op>> = new_bytes
-        .par_chunks(span)
-        .map(|part| scan(&text.bytes, &sa, part))
+    // Matching runs in small spans of new (independent of each other), taken in order by
+    // whichever thread is free; the thread that finishes a block's last span turns the
+    // block into streams and encodes it for the sink, while the others go on matching
+    // the next block. So compression overlaps matching instead of trailing it.
+    let block_size = opts.block_size as usize;
+    let span = MATCH_SPAN.min(block_size);
+    let spans_per_block = block_size.div_ceil(span);
+    let blocks: Vec<&[u8]> = new_bytes.chunks(block_size).collect();
+    let found: Vec<OnceLock<Vec<Op>>> = (0..new_bytes.len().div_ceil(span))
+        .map(|_| OnceLock::new())
         .collect();
-    drop(sa);
+    let pending: Vec<AtomicUsize> = blocks
+        .iter()
+        .map(|b| AtomicUsize::new(b.len().div_ceil(span)))
+        .collect();
+    let out: Vec<OnceLock<Result<BlockOut, DeltaError>>> =
+        blocks.iter().map(|_| OnceLock::new()).collect();
+    rayon::scope_fifo(|scope| {
+        for (i, part) in new_bytes.chunks(span).enumerate() {
+            let (text, sa, found, pending, out, blocks) =
+                (&text, &sa, &found, &pending, &out, &blocks);
+            scope.spawn_fifo(move |_| {
+                let _ = found[i].set(scan(&text.bytes, sa, part));
+                let b = i / spans_per_block;
+                if pending[b].fetch_sub(1, Ordering::AcqRel) != 1 {
+                    return;
+                }
+                let first = b * spans_per_block;
+                let last = (first + spans_per_block).min(found.len());
+                let ops = found[first..last]
+                    .iter()
+                    .flat_map(|f| f.get().into_iter().flatten().copied());
+                let streams = block_streams(text, blocks[b], ops);
+                let _ = out[b].set(prepare(streams, opts));
+                tracing::trace!(block = b, secs = t.elapsed().as_secs_f64(), "block done");
+            });
+        }
+    });
+    tracing::debug!(secs = t.elapsed().as_secs_f64(), "blocks matched and coded");
+    out.into_iter()
+        .map(|o| {
+            o.into_inner()
+                .unwrap_or_else(|| Err(DeltaError::Internal("block not produced".into())))
+        })
+        .collect()
+}
+
+/// New bytes matched per task: small enough to balance the threads, large enough that
+/// the fresh alignment at each span's start costs nothing measurable.
+const MATCH_SPAN: usize = 2 << 20;
+
+/// A block's streams from its ops (old positions local to `text`).
+fn block_streams(text: &RegionText, block: &[u8], ops: impl Iterator<Item = Op>) -> Streams {
     let mut streams = Streams {
         ops: Vec::new(),
-        diff: Vec::with_capacity(new_bytes.len()),
+        diff: Vec::with_capacity(block.len()),
         extra: Vec::new(),
+        new_len: block.len() as u64,
     };
-    tracing::debug!(secs = t.elapsed().as_secs_f64(), "matching done");
-    let t = Instant::now();
     let mut at = 0usize;
     let mut runs = Vec::new();
-    let merged = merge_small(local.into_iter().flatten(), MIN_DIFF_RUN);
-    for op in merged {
+    for op in merge_small(ops, MIN_DIFF_RUN) {
         let (d, e) = (op.diff_len as usize, op.extra_len as usize);
         let old_local = &text.bytes[op.old_pos as usize..op.old_pos as usize + d];
         streams.diff.extend(
-            new_bytes[at..at + d]
+            block[at..at + d]
                 .iter()
                 .zip(old_local)
                 .map(|(n, o)| n.wrapping_sub(*o)),
         );
-        streams
-            .extra
-            .extend_from_slice(&new_bytes[at + d..at + d + e]);
+        streams.extra.extend_from_slice(&block[at + d..at + d + e]);
         at += d + e;
         runs.clear();
         text.to_old(op.old_pos, op.diff_len, &mut runs);
@@ -243,9 +309,8 @@ fn diff_segment(
             });
         }
     }
-    debug_assert_eq!(at, new_bytes.len());
-    tracing::debug!(secs = t.elapsed().as_secs_f64(), "streams built");
-    Ok(streams)
+    debug_assert_eq!(at, block.len());
+    streams
 }
 
 /// Diff runs shorter than this are folded into the previous op's extra bytes (measured on
@@ -265,85 +330,10 @@ fn merge_small(ops: impl Iterator<Item = Op>, min_diff: u64) -> Vec<Op> {
     out
 }
 
-/// Writes the native container: cuts streams into blocks at fixed output offsets and
-/// compresses the blocks in parallel.
+/// Writes the native container: each block compressed on the worker that matched it.
 struct NativeSink<'a> {
     out: &'a mut dyn Write,
-    opts: &'a DiffOptions,
-    pool: &'a rayon::ThreadPool,
     written: u64,
-    /// Streams of a partial last block carried to the next segment.
-    carry: Option<Streams>,
-}
-
-struct RawBlock {
-    ops: Vec<Op>,
-    diff: Vec<u8>,
-    extra: Vec<u8>,
-    new_len: u64,
-}
-
-fn empty_block() -> RawBlock {
-    RawBlock {
-        ops: Vec::new(),
-        diff: Vec::new(),
-        extra: Vec::new(),
-        new_len: 0,
-    }
-}
-
-/// Cuts streams into blocks of exactly `block` output bytes (the last may be short and
-/// is returned as a carry unless `last`). Ops that straddle a boundary are split.
-fn cut_blocks(s: Streams, block: u64, last: bool) -> (Vec<RawBlock>, Option<Streams>) {
-    let mut blocks = Vec::new();
-    let mut cur = empty_block();
-    let (mut d_at, mut e_at) = (0usize, 0usize);
-    for mut op in s.ops {
-        while op.diff_len + op.extra_len > 0 {
-            let room = block - cur.new_len;
-            let td = op.diff_len.min(room);
-            let te = if td == op.diff_len {
-                op.extra_len.min(room - td)
-            } else {
-                0
-            };
-            cur.ops.push(Op {
-                old_pos: op.old_pos,
-                diff_len: td,
-                extra_len: te,
-            });
-            cur.diff
-                .extend_from_slice(&s.diff[d_at..d_at + td as usize]);
-            cur.extra
-                .extend_from_slice(&s.extra[e_at..e_at + te as usize]);
-            d_at += td as usize;
-            e_at += te as usize;
-            cur.new_len += td + te;
-            op = Op {
-                old_pos: op.old_pos + td,
-                diff_len: op.diff_len - td,
-                extra_len: op.extra_len - te,
-            };
-            if cur.new_len == block {
-                blocks.push(std::mem::replace(&mut cur, empty_block()));
-            }
-        }
-    }
-    if cur.new_len > 0 {
-        if last {
-            blocks.push(cur);
-        } else {
-            return (
-                blocks,
-                Some(Streams {
-                    ops: cur.ops,
-                    diff: cur.diff,
-                    extra: cur.extra,
-                }),
-            );
-        }
-    }
-    (blocks, None)
 }
 
 fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
@@ -353,95 +343,69 @@ fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
     Ok(zstd::bulk::compress(data, level)?)
 }
 
-impl NativeSink<'_> {
-    fn write_blocks(&mut self, blocks: Vec<RawBlock>) -> Result<(), DeltaError> {
-        let level = self.opts.zstd_level;
-        let encoded: Vec<Result<Vec<u8>, DeltaError>> = self.pool.install(|| {
-            blocks
-                .par_iter()
-                .map(|b| {
-                    let ctrl = format::encode_ctrl(&b.ops);
-                    let coded_diff = format::encode_zero_runs(&b.diff);
-                    let (c, (d, e)) = rayon::join(
-                        || compress(&ctrl, level),
-                        || {
-                            rayon::join(
-                                || compress(&coded_diff, level),
-                                || compress(&b.extra, level),
-                            )
-                        },
-                    );
-                    let (c, d, e) = (c?, d?, e?);
-                    let len32 = |n: usize| {
-                        u32::try_from(n)
-                            .map_err(|_| DeltaError::Internal("block stream over 4 GiB".into()))
-                    };
-                    let head = BlockHeader {
-                        new_len: len32(b.new_len as usize)?,
-                        ctrl_clen: len32(c.len())?,
-                        ctrl_len: len32(ctrl.len())?,
-                        diff_clen: len32(d.len())?,
-                        diff_coded_len: len32(coded_diff.len())?,
-                        diff_len: len32(b.diff.len())?,
-                        extra_clen: len32(e.len())?,
-                        extra_len: len32(b.extra.len())?,
-                    };
-                    if head.ctrl_len > format::MAX_CTRL_LEN {
-                        return Err(DeltaError::Internal(
-                            "control stream exceeds the format bound".into(),
-                        ));
-                    }
-                    let mut out =
-                        Vec::with_capacity(format::BLOCK_HEADER_LEN + c.len() + d.len() + e.len());
-                    out.extend_from_slice(&head.encode());
-                    out.extend_from_slice(&c);
-                    out.extend_from_slice(&d);
-                    out.extend_from_slice(&e);
-                    Ok(out)
-                })
-                .collect()
-        });
-        for block in encoded {
-            let block = block?;
-            self.out.write_all(&block)?;
-            self.written += block.len() as u64;
-        }
-        Ok(())
+/// One native block: header, then the three compressed streams.
+fn encode_block(b: &Streams, level: i32) -> Result<Vec<u8>, DeltaError> {
+    let ctrl = format::encode_ctrl(&b.ops);
+    let coded_diff = format::encode_zero_runs(&b.diff);
+    let (c, (d, e)) = rayon::join(
+        || compress(&ctrl, level),
+        || {
+            rayon::join(
+                || compress(&coded_diff, level),
+                || compress(&b.extra, level),
+            )
+        },
+    );
+    let (c, d, e) = (c?, d?, e?);
+    let len32 = |n: usize| {
+        u32::try_from(n).map_err(|_| DeltaError::Internal("block stream over 4 GiB".into()))
+    };
+    let head = BlockHeader {
+        new_len: len32(b.new_len as usize)?,
+        ctrl_clen: len32(c.len())?,
+        ctrl_len: len32(ctrl.len())?,
+        diff_clen: len32(d.len())?,
+        diff_coded_len: len32(coded_diff.len())?,
+        diff_len: len32(b.diff.len())?,
+        extra_clen: len32(e.len())?,
+        extra_len: len32(b.extra.len())?,
+    };
+    if head.ctrl_len > format::MAX_CTRL_LEN {
+        return Err(DeltaError::Internal(
+            "control stream exceeds the format bound".into(),
+        ));
     }
-}
-
-fn join_streams(a: Option<Streams>, b: Streams) -> Streams {
-    match a {
-        None => b,
-        Some(mut a) => {
-            a.ops.extend(b.ops);
-            a.diff.extend(b.diff);
-            a.extra.extend(b.extra);
-            a
-        }
-    }
+    let mut out = Vec::with_capacity(format::BLOCK_HEADER_LEN + c.len() + d.len() + e.len());
+    out.extend_from_slice(&head.encode());
+    out.extend_from_slice(&c);
+    out.extend_from_slice(&d);
+    out.extend_from_slice(&e);
+    Ok(out)
 }
 
 impl Sink for NativeSink<'_> {
-    fn segment(&mut self, s: Streams, last: bool) -> Result<(), DeltaError> {
-        let s = join_streams(self.carry.take(), s);
-        let (blocks, carry) = cut_blocks(s, u64::from(self.opts.block_size), last);
-        self.carry = carry;
-        self.write_blocks(blocks)
+    fn block(&mut self, b: BlockOut) -> Result<(), DeltaError> {
+        let BlockOut::Encoded(bytes) = b else {
+            return Err(DeltaError::Internal("native sink got raw streams".into()));
+        };
+        self.out.write_all(&bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
     }
 
-    fn finish(mut self: Box<Self>) -> Result<u64, DeltaError> {
-        if let Some(s) = self.carry.take() {
-            let (blocks, _) = cut_blocks(s, u64::from(self.opts.block_size), true);
-            self.write_blocks(blocks)?;
-        }
+    fn finish(self: Box<Self>) -> Result<u64, DeltaError> {
         self.out.flush()?;
         Ok(self.written)
     }
 }
 
 impl Sink for bsdiff40::Writer<'_> {
-    fn segment(&mut self, s: Streams, _last: bool) -> Result<(), DeltaError> {
+    fn block(&mut self, b: BlockOut) -> Result<(), DeltaError> {
+        let BlockOut::Raw(s) = b else {
+            return Err(DeltaError::Internal(
+                "bsdiff40 sink got an encoded block".into(),
+            ));
+        };
         self.add(&s.ops, &s.diff, &s.extra)
     }
 

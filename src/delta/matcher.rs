@@ -5,10 +5,14 @@
 //! This is bsdiff 4.3's scan with one guard against its known pathological inputs: when
 //! a long exact match is found but does not beat the current alignment, the scan skips
 //! ahead over it instead of re-searching at every byte (which made bsdiff quadratic on
-//! long near-repeats).
+//! long near-repeats). And it searches only where a search can change the outcome: a
+//! position whose next 8 (or 16) bytes occur nowhere in old cannot start a match that
+//! beats the alignment (see `SuffixArray::may_match8`), which skips most of the searches
+//! bsdiff makes inside approximately matching stretches (ruff pair: matching 2.6 s → 1.0 s,
+//! patch 0.01 % smaller).
 
 use super::format::Op;
-use super::suffix::SuffixArray;
+use super::suffix::{match_len, SuffixArray};
 
 /// A found match this long that still loses to the current alignment means the
 /// alignment already covers the stretch: skip most of it instead of searching each byte.
@@ -23,14 +27,37 @@ pub fn scan(old: &[u8], sa: &SuffixArray, new: &[u8]) -> Vec<Op> {
     let (mut scan, mut len, mut pos) = (0i64, 0i64, 0i64);
     let (mut lastscan, mut lastpos, mut lastoffset) = (0i64, 0i64, 0i64);
     let old_eq = |o: i64, n: i64| o >= 0 && o < oldsize && old[o as usize] == new[n as usize];
+    // How many of the 16 bytes at `s` the current alignment matches.
+    let aligned16 = |s: i64, off: i64| {
+        (s..(s + 16).min(newsize))
+            .filter(|&i| old_eq(i + off, i))
+            .count()
+    };
     while scan < newsize {
         let mut oldscore = 0i64;
         scan += len;
         let mut scsc = scan;
         while scan < newsize {
-            let (p, l) = sa.search(old, &new[scan as usize..]);
-            pos = p as i64;
-            len = l as i64;
+            let needle = &new[scan as usize..];
+            // A match can only beat the alignment by more than the slack if it is longer
+            // than 8 bytes — and longer than 16 when the alignment already matches 8 of
+            // the next 16 bytes. When the gram filters say no such match exists, skip the
+            // search (the bulk of bsdiff's time) and take the alignment's own exact run as
+            // the match: that is all the scan needs to decide whether to jump ahead.
+            let worth_searching = sa.may_match8(needle)
+                && (aligned16(scan, lastoffset) < 8 || sa.may_match16(needle));
+            if worth_searching {
+                let (p, l) = sa.search(old, needle);
+                pos = p as i64;
+                len = l as i64;
+            } else {
+                pos = scan + lastoffset;
+                len = if pos >= 0 && pos < oldsize {
+                    match_len(&old[pos as usize..], needle) as i64
+                } else {
+                    0
+                };
+            }
             while scsc < scan + len {
                 if old_eq(scsc + lastoffset, scsc) {
                     oldscore += 1;

@@ -27,10 +27,14 @@ const INDEX_PIECE: usize = 4 << 20;
 /// Memory the planner keeps aside for buffers, compression contexts and the allocator.
 const SLACK: u64 = 160 << 20;
 
-/// Bytes per old byte when diffing in one piece: the text, its suffix array.
+/// Memory for diffing in one piece: the text, its suffix array and search structures,
+/// new and its streams.
 fn whole_cost(old: u64, new: u64) -> u64 {
-    old * (1 + SuffixArray::bytes_per_byte(old)) + 2 * new + SLACK
+    old * (1 + SuffixArray::bytes_per_byte(old)) + SuffixArray::table_bytes(old) + 3 * new + SLACK
 }
+
+/// Largest span of new matched against one set of windows.
+const MAX_SEGMENT: u64 = 256 << 20;
 
 /// Splits the work so that peak memory stays under `limit`.
 pub fn plan(
@@ -48,7 +52,8 @@ pub fn plan(
         }]);
     }
     // Windowed: a segment of new (whole blocks) costs 3× its size (bytes, diff, extra);
-    // its old regions cost 5× theirs (bytes + 32-bit suffix array).
+    // its old regions cost the text plus the suffix array and filters per byte, plus the
+    // prefix table: its full size once windows are large, else at most 4 bytes per byte.
     let index_bytes = (o / ANCHOR_SPACING) * 16 * 2;
     let budget = limit
         .checked_sub(SLACK + index_bytes)
@@ -56,12 +61,20 @@ pub fn plan(
             limit,
             need: SLACK + index_bytes + (64 << 20),
         })?;
-    let segment = ((budget / 4 / 3) / block_size).clamp(1, 16) * block_size;
-    let window = (budget - 3 * segment) / 5;
+    let per_old_byte = 1 + SuffixArray::bytes_per_byte(o);
+    // Windows about twice the segment: room for the segment's sources plus moved data.
+    let segment = (budget / (3 + 2 * (per_old_byte + 4))).min(MAX_SEGMENT);
+    let segment = (segment / block_size).max(1) * block_size;
+    let full_table = SuffixArray::table_bytes(o);
+    let avail = budget.saturating_sub(3 * segment);
+    let window = match avail.checked_sub(full_table) {
+        Some(rest) if rest / per_old_byte >= full_table / 4 => rest / per_old_byte,
+        _ => avail / (per_old_byte + 4),
+    };
     if window < 4 * ANCHOR_MARGIN {
         return Err(DeltaError::MemoryLimit {
             limit,
-            need: SLACK + index_bytes + 3 * segment + 20 * ANCHOR_MARGIN,
+            need: SLACK + index_bytes + 3 * segment + 4 * (per_old_byte + 4) * ANCHOR_MARGIN,
         });
     }
     let index = AnchorIndex::build(old)?;
