@@ -286,6 +286,13 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 #[cfg(test)]
 mod tests {
+    /// The package directory, read when the test runs (cargo sets it): a compile-time
+    /// `env!` would keep the path of whichever checkout first built this binary into a
+    /// shared target dir, and cargo does not rebuild when only that path changes.
+    fn manifest_dir() -> std::path::PathBuf {
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -311,7 +318,7 @@ mod tests {
 
     #[test]
     fn every_shipped_config_file_parses() {
-        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        for entry in std::fs::read_dir(manifest_dir().join("config")).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let text = std::fs::read_to_string(&path).unwrap();

@@ -493,6 +493,13 @@ async fn download_slow(ctx: &Ctx, url: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    /// The package directory, read when the test runs (cargo sets it): a compile-time
+    /// `env!` would keep the path of whichever checkout first built this binary into a
+    /// shared target dir, and cargo does not rebuild when only that path changes.
+    fn manifest_dir() -> std::path::PathBuf {
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+    }
+
     use super::*;
 
     #[test]
@@ -527,7 +534,7 @@ mod tests {
 
     #[test]
     fn shipped_scenarios_parse() {
-        for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios")).unwrap() {
+        for e in std::fs::read_dir(manifest_dir().join("scenarios")).unwrap() {
             let p = e.unwrap().path();
             Scenario::load(&p).unwrap();
         }
