@@ -9,7 +9,8 @@
 //! position whose next 8 (or 16) bytes occur nowhere in old cannot start a match that
 //! beats the alignment (see `SuffixArray::may_match8`), which skips most of the searches
 //! bsdiff makes inside approximately matching stretches (ruff pair: matching 2.6 s → 1.0 s,
-//! patch 0.01 % smaller).
+//! patch 0.01 % smaller); and a match that lost to the alignment is not searched for again
+//! at each of its following bytes.
 
 use super::format::Op;
 use super::suffix::{match_len, SuffixArray};
@@ -19,6 +20,10 @@ use super::suffix::{match_len, SuffixArray};
 const SKIP_THRESHOLD: usize = 512;
 /// bsdiff's "a new match must beat the current alignment by this many bytes".
 const MISMATCH_SLACK: i64 = 8;
+/// A match that lost to the alignment is reused one byte on, instead of searched again,
+/// while at least this much of it is left (ruff pair, tried 1-64 and off: 8 made
+/// matching 20 % faster and the patch 0.07 % smaller; 1 made it 0.2 % larger).
+const MEMO_MIN: i64 = 8;
 
 /// Ops covering `new` exactly (old positions index `old`).
 pub fn scan(old: &[u8], sa: &SuffixArray, new: &[u8]) -> Vec<Op> {
@@ -37,16 +42,25 @@ pub fn scan(old: &[u8], sa: &SuffixArray, new: &[u8]) -> Vec<Op> {
         let mut oldscore = 0i64;
         scan += len;
         let mut scsc = scan;
+        // The previous position's match, one byte on: (old position, length, new position).
+        let mut memo = (0i64, 0i64, -1i64);
         while scan < newsize {
             let needle = &new[scan as usize..];
             // A match can only beat the alignment by more than the slack if it is longer
-            // than 8 bytes — and longer than 16 when the alignment already matches 8 of
-            // the next 16 bytes. When the gram filters say no such match exists, skip the
+            // than 8 bytes — and at least 16 when the alignment already matches 8 of the
+            // next 16 bytes. When the gram filters say no such match exists, skip the
             // search (the bulk of bsdiff's time) and take the alignment's own exact run as
             // the match: that is all the scan needs to decide whether to jump ahead.
             let worth_searching = sa.may_match8(needle)
                 && (aligned16(scan, lastoffset) < 8 || sa.may_match16(needle));
-            if worth_searching {
+            if memo.2 == scan && memo.1 >= MEMO_MIN {
+                // Still inside a match found a byte ago that did not beat the alignment:
+                // its tail is the longest match here unless a longer one starts exactly
+                // here, which a later search finds anyway (backward extension recovers
+                // its start).
+                pos = memo.0;
+                len = memo.1;
+            } else if worth_searching {
                 let (p, l) = sa.search(old, needle);
                 pos = p as i64;
                 len = l as i64;
@@ -71,6 +85,7 @@ pub fn scan(old: &[u8], sa: &SuffixArray, new: &[u8]) -> Vec<Op> {
                 oldscore -= 1;
             }
             scan += 1;
+            memo = (pos + 1, len - 1, scan);
             if len as usize >= SKIP_THRESHOLD {
                 let skip = (len as usize - SKIP_THRESHOLD / 2) as i64;
                 let stop = (scan + skip).min(newsize);
