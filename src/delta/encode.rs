@@ -3,6 +3,7 @@
 //! streams and, for the native container, compression → a sink that writes the blocks in
 //! order (native container or BSDIFF40).
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -13,6 +14,13 @@ use super::matcher::scan;
 use super::plan::{plan, Segment};
 use super::suffix::SuffixArray;
 use super::{bsdiff40, hash_input, read_vec, DeltaError, ReadAt};
+
+/// blake3 of bytes in memory, on all the pool's threads.
+fn hash_bytes(b: &[u8]) -> crate::hash::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update_rayon(b);
+    h.finalize().into()
+}
 
 /// Patch encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,13 +119,27 @@ pub fn diff(
         .num_threads(opts.threads.max(1))
         .build()
         .map_err(|e| DeltaError::Internal(e.to_string()))?;
-    let (old_hash, new_hash) = pool.join(|| hash_input(old), || hash_input(new));
-    let (old_hash, new_hash) = (old_hash?, new_hash?);
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "inputs hashed");
     let segments = plan(old, new, opts.memory_limit, u64::from(opts.block_size))?;
     let windowed = segments
         .first()
         .is_some_and(|s| s.regions != vec![(0, old.size())]);
+    // In one piece, both inputs are read once and hashed in memory; windowed, they are
+    // hashed in a streaming pass and each segment reads what it needs.
+    let mut loaded = None;
+    let (old_hash, new_hash) = if segments.len() == 1 && !windowed {
+        let (o, n) = pool.join(
+            || read_vec(old, 0, old.size() as usize),
+            || read_vec(new, 0, new.size() as usize),
+        );
+        let (o, n) = (o?, n?);
+        let (oh, nh) = pool.install(|| rayon::join(|| hash_bytes(&o), || hash_bytes(&n)));
+        loaded = Some((o, n));
+        (oh, nh)
+    } else {
+        let (oh, nh) = pool.join(|| hash_input(old), || hash_input(new));
+        (oh?, nh?)
+    };
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "inputs hashed");
     let header = Header {
         zstd_level: opts.zstd_level,
         old_size: old.size(),
@@ -144,7 +166,7 @@ pub fn diff(
         {
             return Err(DeltaError::Internal("segment not aligned to blocks".into()));
         }
-        let blocks = pool.install(|| diff_segment(old, new, seg, opts))?;
+        let blocks = pool.install(|| diff_segment(old, new, seg, opts, loaded.take()))?;
         for b in blocks {
             sink.block(b)?;
         }
@@ -209,10 +231,21 @@ fn diff_segment(
     new: &dyn ReadAt,
     seg: &Segment,
     opts: &DiffOptions,
+    loaded: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Result<Vec<BlockOut>, DeltaError> {
     let t = Instant::now();
-    let text = RegionText::load(old, &seg.regions)?;
-    let new_bytes = read_vec(new, seg.new_start, (seg.new_end - seg.new_start) as usize)?;
+    let (text, new_bytes) = match loaded {
+        // All of old and new, already read.
+        Some((bytes, new_bytes)) => {
+            let len = bytes.len() as u64;
+            let map = vec![(0, 0, len)];
+            (RegionText { bytes, map }, new_bytes)
+        }
+        None => (
+            RegionText::load(old, &seg.regions)?,
+            read_vec(new, seg.new_start, (seg.new_end - seg.new_start) as usize)?,
+        ),
+    };
     tracing::debug!(secs = t.elapsed().as_secs_f64(), "inputs loaded");
     let t = Instant::now();
     let sa = SuffixArray::build(&text.bytes, opts.threads.min(u16::MAX as usize) as u16)?;
@@ -340,7 +373,22 @@ fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
     if data.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(zstd::bulk::compress(data, level)?)
+    thread_local! {
+        /// One compression context per worker thread, reused across blocks: a fresh
+        /// level-19 context allocates (and the kernel zeroes) tens of MiB each time.
+        static CONTEXT: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
+    }
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, cctx) = c
+            .as_mut()
+            .ok_or_else(|| DeltaError::Internal("no context".into()))?;
+        Ok(cctx.compress(data)?)
+    })
 }
 
 /// One native block: header, then the three compressed streams.
