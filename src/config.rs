@@ -75,7 +75,7 @@ pub struct DeltaConfig {
     pub from_previous: usize,
     /// Delta computations running at once (each uses every core). Default `1`.
     pub workers: usize,
-    /// zstd level of patch streams. Default `19`.
+    /// zstd level of patch streams. Default `18`.
     pub zstd_level: i32,
 }
 
@@ -109,7 +109,7 @@ impl Default for Config {
                 memory_limit: ByteSize(2 << 30),
                 from_previous: 3,
                 workers: 1,
-                zstd_level: 19,
+                zstd_level: crate::delta::DEFAULT_LEVEL,
             },
             catalog: CatalogConfig {
                 answer_ttl_secs: 3600,

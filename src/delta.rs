@@ -24,7 +24,7 @@ pub mod suffix;
 use std::io;
 
 pub use apply::{apply, ApplyReport};
-pub use encode::{diff, DiffOptions, DiffReport, PatchFormat, DEFAULT_BLOCK_SIZE};
+pub use encode::{diff, DiffOptions, DiffReport, PatchFormat, DEFAULT_BLOCK_SIZE, DEFAULT_LEVEL};
 
 /// Errors from the delta engine; they say whose fault it is.
 #[derive(Debug, thiserror::Error)]

@@ -138,7 +138,7 @@ enum DeltaCommand {
         #[arg(long, value_enum, default_value = "native")]
         format: Format,
         /// zstd level of the patch streams (native format).
-        #[arg(long, default_value_t = 19)]
+        #[arg(long, default_value_t = update_edge::delta::DEFAULT_LEVEL)]
         level: i32,
         /// Bytes of output per independently compressed block, at most 16MiB: smaller
         /// blocks spread compression over more threads and cost some patch size.

@@ -31,6 +31,10 @@ pub enum PatchFormat {
     Bsdiff40,
 }
 
+/// zstd level of the streams: 18 codes the corpus streams 10 % faster than 19 for
+/// 0.03 % more bytes; 17 and below lose 5 % (they drop btultra2's second pass).
+pub const DEFAULT_LEVEL: i32 = 18;
+
 /// Output bytes per block: 8 MiB costs 0.4 % of patch size against 16 MiB on the corpus
 /// but lets compression of one block overlap the matching of the next (diff 25 % faster).
 pub const DEFAULT_BLOCK_SIZE: u32 = 8 << 20;
@@ -52,7 +56,7 @@ impl Default for DiffOptions {
     fn default() -> Self {
         DiffOptions {
             memory_limit: 2 << 30,
-            zstd_level: 19,
+            zstd_level: DEFAULT_LEVEL,
             block_size: DEFAULT_BLOCK_SIZE,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -375,7 +379,7 @@ fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
     }
     thread_local! {
         /// One compression context per worker thread, reused across blocks: a fresh
-        /// level-19 context allocates (and the kernel zeroes) tens of MiB each time.
+        /// level-18 context allocates (and the kernel zeroes) tens of MiB each time.
         static CONTEXT: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
             const { RefCell::new(None) };
     }

@@ -14,7 +14,7 @@
 //! diff (zero-run coded, diff_coded_len bytes before zstd, diff_len after expansion):
 //!   varint n, then n varint zero-run lengths, n varint literal-run lengths, then the
 //!   literal bytes; run i is zeros then literals. The diff stream is ~90 % zeros, so the
-//!   level-19 coder sees a fifth of the bytes (3× faster) and the columns compress better
+//!   level-18/19 coder sees a fifth of the bytes (3× faster) and the columns compress better
 //!   (−2 % to −4 % patch size on the corpus).
 //! ctrl: varint op count n, then three columns of n varints each (columns compress far
 //!   better than interleaved triples): diff_len…, extra_len…, zigzag old_delta….
