@@ -61,11 +61,13 @@ pub fn plan(
             limit,
             need: SLACK + index_bytes + (64 << 20),
         })?;
-    let per_old_byte = 1 + SuffixArray::bytes_per_byte(o);
+    // A window never exceeds the budget, so its suffix array is 32-bit when that is.
+    let window_max = o.min(budget);
+    let per_old_byte = 1 + SuffixArray::bytes_per_byte(window_max);
     // Windows about twice the segment: room for the segment's sources plus moved data.
     let segment = (budget / (3 + 2 * (per_old_byte + 4))).min(MAX_SEGMENT);
     let segment = (segment / block_size).max(1) * block_size;
-    let full_table = SuffixArray::table_bytes(o);
+    let full_table = SuffixArray::table_bytes(window_max);
     let avail = budget.saturating_sub(3 * segment);
     let window = match avail.checked_sub(full_table) {
         Some(rest) if rest / per_old_byte >= full_table / 4 => rest / per_old_byte,
