@@ -11,7 +11,8 @@ import sys
 
 out = sys.argv[1]
 size = int(sys.argv[2]) << 20 if len(sys.argv) > 2 else 2048 << 20
-rng = random.Random(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+rng = random.Random(seed)
 os.makedirs(out, exist_ok=True)
 old_path, new_path = os.path.join(out, "big.old"), os.path.join(out, "big.new")
 PIECE = 16 << 20
@@ -26,6 +27,10 @@ if not (os.path.exists(old_path) and os.path.getsize(old_path) == size):
 
 if size < 1 << 20:
     sys.exit("gen-pair.py: SIZE_MIB must be at least 1")
+# The edits draw from their own generator: continuing old's would make them depend on
+# whether old was generated in this run or reused — and a fresh generator seeded like
+# old's would "insert" copies of old's first bytes, which any delta finds for free.
+rng = random.Random(seed + 0x5EED_0F_ED17)
 # Edit plan over old offsets: a sorted list of (offset, kind, arg). Edit sizes shrink
 # with small files so every range stays valid.
 MOVE_MAX = min(8 << 20, size // 4)
