@@ -1,6 +1,6 @@
 //! Suffix array over the old bytes (libsais) and the longest-match search, plus the two
 //! structures that make searching cheap: a table of where each 3-byte prefix starts in
-//! the array, and filters that say which 8- and 16-byte strings occur in old at all.
+//! the array, and filters that say whether a match of 8 (or 16) bytes can exist at all.
 //! 32-bit indices up to 2 GiB of old bytes (4 bytes per byte), 64-bit beyond.
 
 use std::ops::AddAssign;
