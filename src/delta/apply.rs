@@ -13,6 +13,10 @@ use super::{hash_input, DeltaError, ReadAt};
 
 /// Bytes of old read per `pread` while adding diffs.
 const OLD_PIECE: usize = 256 << 10;
+/// Output is hashed and written in pieces this large: blake3 hashes many 1 KiB chunks at
+/// once only when handed them together (per-op updates of ~360 bytes took a quarter of
+/// apply's time on the ruff pair).
+const OUT_PIECE: usize = 1 << 20;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApplyReport {
@@ -97,6 +101,7 @@ pub fn apply(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut old_buf = vec![0u8; OLD_PIECE];
     let mut hasher = blake3::Hasher::new();
+    let mut pending = Vec::with_capacity(OUT_PIECE + OLD_PIECE);
     let mut written = 0u64;
     for _ in 0..header.block_count {
         let mut bh = [0u8; format::BLOCK_HEADER_LEN];
@@ -114,8 +119,12 @@ pub fn apply(
         format::decode_zero_runs(&coded, b.diff_len as usize, &mut diff)?;
         inflate(&mut dec, e, b.extra_len, &mut extra)?;
         let mut emit = |bytes: &[u8]| -> Result<(), DeltaError> {
-            hasher.update(bytes);
-            out.write_all(bytes)?;
+            pending.extend_from_slice(bytes);
+            if pending.len() >= OUT_PIECE {
+                hasher.update(&pending);
+                out.write_all(&pending)?;
+                pending.clear();
+            }
             Ok(())
         };
         let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
@@ -156,6 +165,8 @@ pub fn apply(
         }
         written += produced;
     }
+    hasher.update(&pending);
+    out.write_all(&pending)?;
     if written != header.new_size {
         return Err(corrupt("blocks do not add up to the new size"));
     }
