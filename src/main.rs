@@ -142,7 +142,7 @@ enum DeltaCommand {
         level: i32,
         /// Bytes of output per independently compressed block, at most 16MiB: smaller
         /// blocks spread compression over more threads and cost some patch size.
-        #[arg(long, default_value = "8MiB")]
+        #[arg(long, default_value = "4MiB")]
         block_size: String,
         /// Report "worth it" when patch <= RATIO x zstd-compressed NEW.
         #[arg(long, default_value_t = 0.8)]
