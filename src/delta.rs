@@ -127,7 +127,11 @@ pub fn hash_input(src: &dyn ReadAt) -> io::Result<crate::hash::Hash> {
     Ok(h.finalize().into())
 }
 
-/// zstd size of the full payload, the yardstick of the worth-it rule.
+/// zstd level of the full-payload yardstick for the worth-it rule.
+pub const YARDSTICK_LEVEL: i32 = 3;
+
+/// zstd size of the full payload, the yardstick of the worth-it rule (read in pieces,
+/// coded on two threads).
 pub fn zstd_full_size(src: &dyn ReadAt, level: i32) -> io::Result<u64> {
     let mut enc = zstd::stream::write::Encoder::new(CountingSink(0), level)?;
     enc.multithread(2)?;
@@ -140,6 +144,14 @@ pub fn zstd_full_size(src: &dyn ReadAt, level: i32) -> io::Result<u64> {
         io::Write::write_all(&mut enc, &buf[..n])?;
         off += n as u64;
     }
+    Ok(enc.finish()?.0)
+}
+
+/// zstd size of bytes in memory, on the calling thread.
+pub fn zstd_size_of(bytes: &[u8], level: i32) -> io::Result<u64> {
+    let mut enc = zstd::stream::write::Encoder::new(CountingSink(0), level)?;
+    enc.set_pledged_src_size(Some(bytes.len() as u64))?;
+    io::Write::write_all(&mut enc, bytes)?;
     Ok(enc.finish()?.0)
 }
 

@@ -19,8 +19,6 @@ use crate::store::{Manifest, Store, StoreError};
 
 /// Pairs waiting beyond this are dropped (and asked for again by the next check).
 const QUEUE_CAPACITY: usize = 4096;
-/// zstd level of the worth-it yardstick (the full payload compressed).
-const YARDSTICK_LEVEL: i32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
@@ -157,7 +155,10 @@ fn compute(
         w.flush()?;
         r
     };
-    let full = delta::zstd_full_size(&new, YARDSTICK_LEVEL)?;
+    let full = match report.zstd_full_size {
+        Some(n) => n,
+        None => delta::zstd_full_size(&new, delta::YARDSTICK_LEVEL)?,
+    };
     let worth = delta::worth_it(report.patch_size, full, inner.opts.worth_it_ratio);
     let mut record = DeltaRecord {
         from,

@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::{progress_bar, EXIT_OK, EXIT_PROBLEM};
-use crate::delta::{self, DeltaError, DiffOptions, FileAt, PatchFormat};
-
-/// zstd level of the full-payload yardstick for the worth-it rule.
-const YARDSTICK_LEVEL: i32 = 3;
+use crate::delta::{self, DeltaError, DiffOptions, FileAt, PatchFormat, YARDSTICK_LEVEL};
 
 /// A temp file beside `path` that becomes `path` only on `commit`; removed otherwise.
 struct AtomicOut {
@@ -93,7 +90,10 @@ pub fn diff(a: DiffArgs<'_>) -> anyhow::Result<u8> {
     let report = delta::diff(&old, &new, &mut w, &opts, &|n| pb.inc(n))?;
     guard.commit(w)?;
     pb.finish_and_clear();
-    let full = delta::zstd_full_size(&new, YARDSTICK_LEVEL)?;
+    let full = match report.zstd_full_size {
+        Some(n) => n,
+        None => delta::zstd_full_size(&new, YARDSTICK_LEVEL)?,
+    };
     let worth = delta::worth_it(report.patch_size, full, a.worth_it_ratio);
     if a.json {
         let v = serde_json::json!({ "report": report, "zstd_full_size": full, "worth_it": worth, "worth_it_ratio": a.worth_it_ratio });

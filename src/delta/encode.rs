@@ -79,6 +79,8 @@ pub struct DiffOptions {
     /// Worker threads (suffix array, matching, compression).
     pub threads: usize,
     pub format: PatchFormat,
+    /// zstd level of the full-payload yardstick (`DiffReport::zstd_full_size`), or none.
+    pub yardstick_level: Option<i32>,
 }
 
 impl Default for DiffOptions {
@@ -92,6 +94,7 @@ impl Default for DiffOptions {
                 .unwrap_or(2)
                 .min(8),
             format: PatchFormat::Native,
+            yardstick_level: Some(super::YARDSTICK_LEVEL),
         }
     }
 }
@@ -106,6 +109,8 @@ pub struct DiffReport {
     pub windowed: bool,
     pub old_blake3: String,
     pub new_blake3: String,
+    /// zstd size of all of new at `DiffOptions::yardstick_level`, for the worth-it rule.
+    pub zstd_full_size: Option<u64>,
     pub seconds: f64,
 }
 
@@ -159,6 +164,7 @@ pub fn diff(
     // In one piece, both inputs are read once and hashed in memory; windowed, they are
     // hashed in a streaming pass and each segment reads what it needs.
     let mut loaded = None;
+    let mut zstd_full_size = None;
     let (old_hash, new_hash) = if segments.len() == 1 && !windowed {
         let (o, n) = pool.join(
             || read_vec(old, 0, old.size() as usize),
@@ -199,7 +205,8 @@ pub fn diff(
         {
             return Err(DeltaError::Internal("segment not aligned to blocks".into()));
         }
-        let blocks = pool.install(|| diff_segment(old, new, seg, opts, loaded.take()))?;
+        let (blocks, full) = pool.install(|| diff_segment(old, new, seg, opts, loaded.take()))?;
+        zstd_full_size = zstd_full_size.or(full);
         for b in blocks {
             sink.block(b)?;
         }
@@ -207,6 +214,10 @@ pub fn diff(
     }
     let t = Instant::now();
     let patch_size = sink.finish()?;
+    if let (None, Some(level)) = (zstd_full_size, opts.yardstick_level) {
+        // Windowed: new was never in memory whole; code it in a streaming pass.
+        zstd_full_size = Some(super::zstd_full_size(new, level)?);
+    }
     tracing::debug!(
         secs = t.elapsed().as_secs_f64(),
         total = started.elapsed().as_secs_f64(),
@@ -220,6 +231,7 @@ pub fn diff(
         windowed,
         old_blake3: old_hash.to_hex(),
         new_blake3: new_hash.to_hex(),
+        zstd_full_size,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -265,8 +277,10 @@ fn diff_segment(
     seg: &Segment,
     opts: &DiffOptions,
     loaded: Option<(Vec<u8>, Vec<u8>)>,
-) -> Result<Vec<BlockOut>, DeltaError> {
+) -> Result<(Vec<BlockOut>, Option<u64>), DeltaError> {
     let t = Instant::now();
+    // With all of new in memory, the worth-it yardstick is coded beside the suffix array.
+    let yardstick = opts.yardstick_level.filter(|_| loaded.is_some());
     let (text, new_bytes) = match loaded {
         // All of old and new, already read.
         Some((bytes, new_bytes)) => {
@@ -281,7 +295,11 @@ fn diff_segment(
     };
     tracing::debug!(secs = t.elapsed().as_secs_f64(), "inputs loaded");
     let t = Instant::now();
-    let sa = SuffixArray::build(&text.bytes, opts.threads.min(u16::MAX as usize) as u16)?;
+    let threads = opts.threads.min(u16::MAX as usize) as u16;
+    let (sa, full) = SuffixArray::build_beside(&text.bytes, threads, || {
+        yardstick.map(|level| super::zstd_size_of(&new_bytes, level))
+    });
+    let (sa, full) = (sa?, full.transpose()?);
     tracing::debug!(
         bytes = text.bytes.len(),
         secs = t.elapsed().as_secs_f64(),
@@ -327,12 +345,14 @@ fn diff_segment(
         }
     });
     tracing::debug!(secs = t.elapsed().as_secs_f64(), "blocks matched and coded");
-    out.into_iter()
+    let blocks = out
+        .into_iter()
         .map(|o| {
             o.into_inner()
                 .unwrap_or_else(|| Err(DeltaError::Internal("block not produced".into())))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((blocks, full))
 }
 
 /// New bytes matched per task: small enough to balance the threads, large enough that

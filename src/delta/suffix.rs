@@ -52,17 +52,32 @@ pub const MAX_TABLE_BITS: u32 = 24;
 impl SuffixArray {
     /// Builds the suffix array of `text` with `threads` worker threads.
     pub fn build(text: &[u8], threads: u16) -> Result<SuffixArray, DeltaError> {
-        Self::build_with_bits(text, threads, Self::table_bits(text.len() as u64))
+        Self::build_beside(text, threads, || ()).0
     }
 
-    fn build_with_bits(text: &[u8], threads: u16, bits: u32) -> Result<SuffixArray, DeltaError> {
+    /// Builds the suffix array and runs `beside` on the thread that builds the table and
+    /// filters, once they are done (that thread waits for libsais otherwise).
+    pub fn build_beside<R: Send>(
+        text: &[u8],
+        threads: u16,
+        beside: impl FnOnce() -> R + Send,
+    ) -> (Result<SuffixArray, DeltaError>, R) {
+        Self::build_with_bits(text, threads, Self::table_bits(text.len() as u64), beside)
+    }
+
+    fn build_with_bits<R: Send>(
+        text: &[u8],
+        threads: u16,
+        bits: u32,
+        beside: impl FnOnce() -> R + Send,
+    ) -> (Result<SuffixArray, DeltaError>, R) {
         // libsais gets all threads but one; the last builds the prefix table and the gram
         // filters meanwhile. (libsais gains little from a second thread on these sizes —
         // 0.93 s alone, 0.75 s with two on the ruff pair — and its OpenMP workers spin
         // while they wait, starving anything running beside them.)
         let t = std::time::Instant::now();
         let narrow = (text.len() as u64) < u64::from(u32::MAX);
-        let (entries, (buckets, grams)) = rayon::join(
+        let (entries, side) = rayon::join(
             || Self::build_entries(text, threads.saturating_sub(1).max(1)),
             || {
                 let buckets = match narrow {
@@ -71,15 +86,19 @@ impl SuffixArray {
                 };
                 let grams = GramFilter::build_pair(text);
                 tracing::debug!(secs = t.elapsed().as_secs_f64(), "prefix table and filters");
-                (buckets, grams)
+                let r = beside();
+                tracing::debug!(secs = t.elapsed().as_secs_f64(), "work beside done");
+                (buckets, grams, r)
             },
         );
-        Ok(SuffixArray {
-            entries: entries?,
+        let (buckets, grams, r) = side;
+        let sa = entries.map(|entries| SuffixArray {
+            entries,
             bits,
             buckets,
             grams,
-        })
+        });
+        (sa, r)
     }
 
     /// At most one table entry per text byte, between 2^16 and 2^24 entries.
@@ -342,7 +361,7 @@ mod tests {
         #[test]
         fn bucketed_search_finds_a_longest_match(old in proptest::collection::vec(0u8..4, 1..300), needle in proptest::collection::vec(0u8..4, 1..12)) {
             for bits in [16, 20, 24] {
-                let sa = SuffixArray::build_with_bits(&old, 1, bits).unwrap();
+                let sa = SuffixArray::build_with_bits(&old, 1, bits, || ()).0.unwrap();
                 let (pos, len) = sa.search(&old, &needle);
                 prop_assert_eq!(len, brute(&old, &needle));
                 prop_assert_eq!(match_len(&old[pos..], &needle), len);
