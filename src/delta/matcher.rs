@@ -54,6 +54,9 @@ pub fn scan(old: &[u8], sa: &SuffixArray, new: &[u8]) -> Vec<Op> {
                 .count()
         }
     };
+    // Where the alignment's exact run through `scan` ends: (offset, end in new). The end is
+    // the same for every position inside the run, so it is found once per run.
+    let mut run = (i64::MIN, 0i64);
     while scan < newsize {
         let mut oldscore = 0i64;
         scan += len;
@@ -67,8 +70,9 @@ pub fn scan(old: &[u8], sa: &SuffixArray, new: &[u8]) -> Vec<Op> {
             // next 16 bytes. When the gram filters say no such match exists, skip the
             // search (the bulk of bsdiff's time) and take the alignment's own exact run as
             // the match: that is all the scan needs to decide whether to jump ahead.
-            let worth_searching = sa.may_match8(needle)
-                && (aligned16(scan, lastoffset) < 8 || sa.may_match16(needle));
+            let worth_searching = || {
+                sa.may_match8(needle) && (aligned16(scan, lastoffset) < 8 || sa.may_match16(needle))
+            };
             if memo.2 == scan && memo.1 >= MEMO_MIN {
                 // Still inside a match found a byte ago that did not beat the alignment:
                 // its tail is the longest match here unless a longer one starts exactly
@@ -76,17 +80,31 @@ pub fn scan(old: &[u8], sa: &SuffixArray, new: &[u8]) -> Vec<Op> {
                 // its start).
                 pos = memo.0;
                 len = memo.1;
-            } else if worth_searching {
-                let (p, l) = sa.search(old, needle);
-                pos = p as i64;
-                len = l as i64;
             } else {
-                pos = scan + lastoffset;
-                len = if pos >= 0 && pos < oldsize {
-                    match_len(&old[pos as usize..], needle) as i64
+                if run.0 != lastoffset || scan >= run.1 {
+                    let o = scan + lastoffset;
+                    let l = if o >= 0 && o < oldsize {
+                        match_len(&old[o as usize..], needle) as i64
+                    } else {
+                        0
+                    };
+                    run = (lastoffset, scan + l);
+                }
+                let (aligned, end) = (run.1 - scan, run.1 as usize);
+                // A match longer than the alignment's run covers the byte where the run
+                // breaks and the seven before it; when those 8 bytes occur nowhere in old,
+                // the run is a longest match (inside aligned stretches, most searches
+                // only confirmed that).
+                let run_is_longest =
+                    aligned >= 7 && (end >= new.len() || !sa.may_match8(&new[end - 7..]));
+                if !run_is_longest && worth_searching() {
+                    let (p, l) = sa.search(old, needle);
+                    pos = p as i64;
+                    len = l as i64;
                 } else {
-                    0
-                };
+                    pos = scan + lastoffset;
+                    len = aligned;
+                }
             }
             while scsc < scan + len {
                 if old_eq(scsc + lastoffset, scsc) {
