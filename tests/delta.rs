@@ -85,6 +85,29 @@ fn many_blocks_round_trip() {
     assert_eq!(apply_patch(&base, &patch).unwrap(), new);
 }
 
+#[test]
+fn long_ops_and_far_moves_round_trip() {
+    // 16 MiB blocks: one op longer than apply's 4 MiB batch (split into pieces), and
+    // blocks whose ops read old far apart and out of order (fetched sorted, merged).
+    let base = noise(12 << 20, 7);
+    let mut new = base.clone();
+    let moved: Vec<u8> = new.drain(1 << 20..2 << 20).collect();
+    new.extend_from_slice(&moved);
+    let tail: Vec<u8> = new.drain(10 << 20..).collect();
+    new.splice(0..0, tail);
+    for i in (0..new.len()).step_by(4099) {
+        new[i] ^= 0x5a;
+    }
+    let o = DiffOptions {
+        block_size: 16 << 20,
+        ..opts()
+    };
+    let patch = make_patch(&base, &new, &o);
+    assert_eq!(apply_patch(&base, &patch).unwrap(), new);
+    let same = make_patch(&base, &base, &o);
+    assert_eq!(apply_patch(&base, &same).unwrap(), base);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]

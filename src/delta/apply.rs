@@ -2,7 +2,8 @@
 //!
 //! Memory is bounded by the format's limits, not by anything the patch claims: per block
 //! at most `MAX_BLOCK_SIZE` of diff+extra, `MAX_CTRL_LEN` of control, and their
-//! compressed forms; buffers are reused across blocks. Order of checks: header bounds →
+//! compressed forms, plus `OLD_BATCH + OLD_SLACK` of old bytes; buffers are reused across
+//! blocks. Order of checks: header bounds →
 //! old size and blake3 → per block: header bounds, exact decompressed lengths, every op
 //! inside the block and inside old → total length → result blake3.
 
@@ -11,8 +12,14 @@ use std::io::{Read, Write};
 use super::format::{self, BlockHeader, CtrlReader, FormatError, Header};
 use super::{hash_input, DeltaError, ReadAt};
 
-/// Bytes of old read per `pread` while adding diffs.
-const OLD_PIECE: usize = 256 << 10;
+/// Ops are applied in batches of up to this many diff bytes, each batch's old bytes
+/// fetched together (a longer op is split into pieces this long).
+const OLD_BATCH: usize = 4 << 20;
+/// Old ranges of a batch at most this far apart are fetched in one read...
+const OLD_GAP: u64 = 4 << 10;
+/// ...while the bytes read but not used stay within this (so the old buffer holds at
+/// most `OLD_BATCH + OLD_SLACK`).
+const OLD_SLACK: u64 = 1 << 20;
 /// Output is hashed and written in pieces this large: blake3 hashes many 1 KiB chunks at
 /// once only when handed them together (per-op updates of ~360 bytes took a quarter of
 /// apply's time on the ruff pair).
@@ -75,6 +82,59 @@ fn inflate(
     Ok(())
 }
 
+/// The old bytes a batch of ops adds its diffs to, fetched in few large reads in old's
+/// order (nearby ops mostly read nearby old ranges, but not in new's order: one `pread`
+/// per op made syscalls a quarter of apply's time on the ruff pair).
+#[derive(Default)]
+struct OldReads {
+    /// The block's ops: (old position, diff length ≤ `OLD_BATCH`, extra length), checked.
+    ops: Vec<(u64, usize, usize)>,
+    /// Where each of the batch's ops' old bytes start in `buf`.
+    at: Vec<usize>,
+    buf: Vec<u8>,
+    /// Scratch: op indexes sorted by old position; merged ranges (old start, end, offset).
+    order: Vec<usize>,
+    ranges: Vec<(u64, u64, usize)>,
+}
+
+impl OldReads {
+    fn clear(&mut self) {
+        self.ops.clear();
+    }
+
+    /// Reads what the batch `ops[batch]` needs: ranges sorted by old position, merged
+    /// across gaps up to `OLD_GAP` while the unused bytes stay within `OLD_SLACK`.
+    fn fetch(&mut self, old: &dyn ReadAt, batch: std::ops::Range<usize>) -> Result<(), DeltaError> {
+        let ops = &self.ops[batch];
+        self.order.clear();
+        self.order.extend((0..ops.len()).filter(|&i| ops[i].1 > 0));
+        self.order.sort_unstable_by_key(|&i| ops[i].0);
+        self.ranges.clear();
+        self.at.clear();
+        self.at.resize(ops.len(), 0);
+        let (mut size, mut slack) = (0usize, OLD_SLACK);
+        for &i in &self.order {
+            let (start, end) = (ops[i].0, ops[i].0 + ops[i].1 as u64);
+            match self.ranges.last_mut() {
+                Some(r) if start <= r.1 => r.1 = r.1.max(end),
+                Some(r) if start - r.1 <= OLD_GAP.min(slack) => {
+                    slack -= start - r.1;
+                    r.1 = end;
+                }
+                _ => self.ranges.push((start, end, size)),
+            }
+            let r = self.ranges.last().copied().unwrap_or_default();
+            self.at[i] = r.2 + (start - r.0) as usize;
+            size = r.2 + (r.1 - r.0) as usize;
+        }
+        self.buf.resize(size, 0);
+        for &(start, end, at) in &self.ranges {
+            old.read_at(&mut self.buf[at..at + (end - start) as usize], start)?;
+        }
+        Ok(())
+    }
+}
+
 /// Applies `patch` to `old`, writing the result to `out`. On error, what was written to
 /// `out` must be discarded (the CLI writes to a temp file and renames on success).
 pub fn apply(
@@ -99,9 +159,9 @@ pub fn apply(
     let mut dec = zstd::bulk::Decompressor::new()?;
     let (mut packed, mut ctrl, mut coded, mut diff, mut extra) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut old_buf = vec![0u8; OLD_PIECE];
+    let mut reads = OldReads::default();
     let mut hasher = blake3::Hasher::new();
-    let mut pending = Vec::with_capacity(OUT_PIECE + OLD_PIECE);
+    let mut pending = Vec::with_capacity(2 * OUT_PIECE);
     let mut written = 0u64;
     for _ in 0..header.block_count {
         let mut bh = [0u8; format::BLOCK_HEADER_LEN];
@@ -118,17 +178,9 @@ pub fn apply(
         inflate(&mut dec, d, b.diff_coded_len, &mut coded)?;
         format::decode_zero_runs(&coded, b.diff_len as usize, &mut diff)?;
         inflate(&mut dec, e, b.extra_len, &mut extra)?;
-        let mut emit = |bytes: &[u8]| -> Result<(), DeltaError> {
-            pending.extend_from_slice(bytes);
-            if pending.len() >= OUT_PIECE {
-                hasher.update(&pending);
-                out.write_all(&pending)?;
-                pending.clear();
-            }
-            Ok(())
-        };
         let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
         let mut ops = CtrlReader::new(&ctrl)?;
+        reads.clear();
         while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
             let old_pos = cursor
                 .checked_add_signed(delta)
@@ -142,26 +194,44 @@ pub fn apply(
             if diff_len > (diff.len() - d_at) as u64 || extra_len > (extra.len() - e_at) as u64 {
                 return Err(corrupt("op exceeds the block's streams"));
             }
-            let mut pos = old_pos;
-            let mut left = diff_len as usize;
-            while left > 0 {
-                let n = left.min(OLD_PIECE);
-                old.read_at(&mut old_buf[..n], pos)?;
-                for (o, d) in old_buf[..n].iter_mut().zip(&diff[d_at..d_at + n]) {
-                    *o = o.wrapping_add(*d);
-                }
-                emit(&old_buf[..n])?;
-                d_at += n;
-                pos += n as u64;
-                left -= n;
+            let mut piece = (old_pos, diff_len as usize);
+            while piece.1 > OLD_BATCH {
+                reads.ops.push((piece.0, OLD_BATCH, 0));
+                piece = (piece.0 + OLD_BATCH as u64, piece.1 - OLD_BATCH);
             }
-            emit(&extra[e_at..e_at + extra_len as usize])?;
+            reads.ops.push((piece.0, piece.1, extra_len as usize));
+            d_at += diff_len as usize;
             e_at += extra_len as usize;
             cursor = end;
             produced += diff_len + extra_len;
         }
         if produced != u64::from(b.new_len) || d_at != diff.len() || e_at != extra.len() {
             return Err(corrupt("block ops do not cover the block exactly"));
+        }
+        let (mut d_at, mut e_at, mut first) = (0usize, 0usize, 0usize);
+        while first < reads.ops.len() {
+            let mut last = first;
+            let mut batch = 0;
+            while last < reads.ops.len() && batch + reads.ops[last].1 <= OLD_BATCH {
+                batch += reads.ops[last].1;
+                last += 1;
+            }
+            reads.fetch(old, first..last)?;
+            for (i, &(_, diff_len, extra_len)) in reads.ops[first..last].iter().enumerate() {
+                let o = reads.at[i];
+                let old_bytes = &reads.buf[o..o + diff_len];
+                let d = &diff[d_at..d_at + diff_len];
+                pending.extend(old_bytes.iter().zip(d).map(|(o, d)| o.wrapping_add(*d)));
+                pending.extend_from_slice(&extra[e_at..e_at + extra_len]);
+                d_at += diff_len;
+                e_at += extra_len;
+                if pending.len() >= OUT_PIECE {
+                    hasher.update(&pending);
+                    out.write_all(&pending)?;
+                    pending.clear();
+                }
+            }
+            first = last;
         }
         written += produced;
     }
