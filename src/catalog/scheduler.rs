@@ -155,10 +155,7 @@ fn compute(
         w.flush()?;
         r
     };
-    let full = match report.zstd_full_size {
-        Some(n) => n,
-        None => delta::zstd_full_size(&new, delta::YARDSTICK_LEVEL)?,
-    };
+    let full = report.zstd_full_size;
     let worth = delta::worth_it(report.patch_size, full, inner.opts.worth_it_ratio);
     let mut record = DeltaRecord {
         from,

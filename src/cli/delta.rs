@@ -90,10 +90,7 @@ pub fn diff(a: DiffArgs<'_>) -> anyhow::Result<u8> {
     let report = delta::diff(&old, &new, &mut w, &opts, &|n| pb.inc(n))?;
     guard.commit(w)?;
     pb.finish_and_clear();
-    let full = match report.zstd_full_size {
-        Some(n) => n,
-        None => delta::zstd_full_size(&new, YARDSTICK_LEVEL)?,
-    };
+    let full = report.zstd_full_size;
     let worth = delta::worth_it(report.patch_size, full, a.worth_it_ratio);
     if a.json {
         let v = serde_json::json!({ "report": report, "zstd_full_size": full, "worth_it": worth, "worth_it_ratio": a.worth_it_ratio });

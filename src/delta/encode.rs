@@ -79,8 +79,8 @@ pub struct DiffOptions {
     /// Worker threads (suffix array, matching, compression).
     pub threads: usize,
     pub format: PatchFormat,
-    /// zstd level of the full-payload yardstick (`DiffReport::zstd_full_size`), or none.
-    pub yardstick_level: Option<i32>,
+    /// zstd level of the full-payload yardstick (`DiffReport::zstd_full_size`).
+    pub yardstick_level: i32,
 }
 
 impl Default for DiffOptions {
@@ -94,7 +94,7 @@ impl Default for DiffOptions {
                 .unwrap_or(2)
                 .min(8),
             format: PatchFormat::Native,
-            yardstick_level: Some(super::YARDSTICK_LEVEL),
+            yardstick_level: super::YARDSTICK_LEVEL,
         }
     }
 }
@@ -110,7 +110,7 @@ pub struct DiffReport {
     pub old_blake3: String,
     pub new_blake3: String,
     /// zstd size of all of new at `DiffOptions::yardstick_level`, for the worth-it rule.
-    pub zstd_full_size: Option<u64>,
+    pub zstd_full_size: u64,
     pub seconds: f64,
 }
 
@@ -214,10 +214,11 @@ pub fn diff(
     }
     let t = Instant::now();
     let patch_size = sink.finish()?;
-    if let (None, Some(level)) = (zstd_full_size, opts.yardstick_level) {
+    let zstd_full_size = match zstd_full_size {
+        Some(n) => n,
         // Windowed: new was never in memory whole; code it in a streaming pass.
-        zstd_full_size = Some(super::zstd_full_size(new, level)?);
-    }
+        None => super::zstd_full_size(new, opts.yardstick_level)?,
+    };
     tracing::debug!(
         secs = t.elapsed().as_secs_f64(),
         total = started.elapsed().as_secs_f64(),
@@ -280,7 +281,7 @@ fn diff_segment(
 ) -> Result<(Vec<BlockOut>, Option<u64>), DeltaError> {
     let t = Instant::now();
     // With all of new in memory, the worth-it yardstick is coded beside the suffix array.
-    let yardstick = opts.yardstick_level.filter(|_| loaded.is_some());
+    let yardstick = loaded.as_ref().map(|_| opts.yardstick_level);
     let (text, new_bytes) = match loaded {
         // All of old and new, already read.
         Some((bytes, new_bytes)) => {
