@@ -98,10 +98,6 @@ struct OldReads {
 }
 
 impl OldReads {
-    fn clear(&mut self) {
-        self.ops.clear();
-    }
-
     /// Reads what the batch `ops[batch]` needs: ranges sorted by old position, merged
     /// across gaps up to `OLD_GAP` while the unused bytes stay within `OLD_SLACK`.
     fn fetch(&mut self, old: &dyn ReadAt, batch: std::ops::Range<usize>) -> Result<(), DeltaError> {
@@ -180,7 +176,7 @@ pub fn apply(
         inflate(&mut dec, e, b.extra_len, &mut extra)?;
         let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
         let mut ops = CtrlReader::new(&ctrl)?;
-        reads.clear();
+        reads.ops.clear();
         while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
             let old_pos = cursor
                 .checked_add_signed(delta)

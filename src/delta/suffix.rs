@@ -315,7 +315,7 @@ impl GramFilter {
             }
             for bucket in &mut buckets {
                 for &e in bucket.iter() {
-                    self.words[(e >> 12) as usize] |= 1 << ((e >> 6) & 63) | 1 << (e & 63);
+                    self.words[(e >> 12) as usize] |= Self::mask(e);
                 }
                 bucket.clear();
             }
@@ -326,7 +326,13 @@ impl GramFilter {
     #[inline]
     fn index(&self, at: &[u8]) -> (usize, u64) {
         let (w, bits) = self.slots(at);
-        (w, 1 << (bits >> 6) | 1 << (bits & 63))
+        (w, Self::mask(bits))
+    }
+
+    /// The word's bits for two 6-bit bit numbers (in the low 12 bits of `bits`).
+    #[inline]
+    fn mask(bits: u64) -> u64 {
+        1 << ((bits >> 6) & 63) | 1 << (bits & 63)
     }
 
     /// The word and its two bit numbers (6 bits each) for the string at `at`.
