@@ -16,8 +16,11 @@ COPY --from=build /src/target/release/update-edge /usr/local/bin/update-edge
 COPY config/edge.toml /etc/update-edge/edge.toml
 USER update-edge
 VOLUME ["/var/lib/update-edge"]
+# TUF keys: mount the online keys directory written by `update-edge keys init` (never
+# the root keys) at /etc/update-edge/keys; the node refuses to start without them.
 ENV UPDATE_EDGE_DATA_DIR=/var/lib/update-edge \
-    UPDATE_EDGE_LISTEN=0.0.0.0:8080
+    UPDATE_EDGE_LISTEN=0.0.0.0:8080 \
+    UPDATE_EDGE_TUF_KEYS_DIR=/etc/update-edge/keys
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/update-edge"]
 CMD ["serve", "--config", "/etc/update-edge/edge.toml"]

@@ -8,8 +8,12 @@ cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
 
 # Debian packages: C++ toolchain and libclang for RocksDB's build; the stock clients
-# the tests drive (curl, aria2c, b3sum, bspatch).
-PACKAGES=(build-essential libclang-dev curl aria2 b3sum bsdiff zstd)
+# the tests drive (curl, aria2c, b3sum, bspatch); python3-venv for python-tuf.
+PACKAGES=(build-essential libclang-dev curl aria2 b3sum bsdiff zstd python3-venv)
+# python-tuf (TUF's reference client) for the compatibility test, in a venv outside the
+# clone so runs reuse it.
+VENV="${UPDATE_EDGE_VENV:-$HOME/.cache/update-edge-venv}"
+PY_PACKAGES=('tuf==7.0.1' 'cryptography>=42')
 
 setup() {
   local missing=()
@@ -23,6 +27,12 @@ setup() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  if ! "$VENV/bin/python3" -c 'import tuf.ngclient, cryptography' 2>/dev/null; then
+    echo "creating $VENV with ${PY_PACKAGES[*]}" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
+  fi
+  export UPDATE_EDGE_PYTHON="$VENV/bin/python3"
 }
 
 run_tests() {

@@ -23,7 +23,8 @@ HASH=$("$BIN" blob put "$WORK/payload.bin" --data "$WORK/data" 2>/dev/null)
 mkdir -p "$WORK/www"; ln "$WORK/payload.bin" "$WORK/www/$HASH"; chmod -R a+rX "$WORK/www"
 
 UE_PORT=18181; NG_PORT=18182
-UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn "$BIN" serve --data "$WORK/data" --listen 127.0.0.1:$UE_PORT &
+"$BIN" keys init --keys "$WORK/keys" --root-keys "$WORK/root-keys" >/dev/null
+UPDATE_EDGE_TUF_KEYS_DIR="$WORK/keys" UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn "$BIN" serve --data "$WORK/data" --listen 127.0.0.1:$UE_PORT &
 UE_PID=$!
 . benches/nginx-baseline.sh
 start_nginx "$WORK" "$NG_PORT"

@@ -48,7 +48,8 @@ mkdir -p "$WORK/payload"
 python3 benches/gen-pair.py "$WORK/payload" "$PAYLOAD_MIB" 7 >&2
 head -c $((PAYLOAD_MIB << 20)) /dev/urandom > "$WORK/payload/v100"
 
-UPDATE_EDGE_ADMIN_TOKEN=$TOKEN UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn \
+"$BIN/update-edge" keys init --keys "$WORK/keys" --root-keys "$WORK/root-keys" >/dev/null
+UPDATE_EDGE_TUF_KEYS_DIR="$WORK/keys" UPDATE_EDGE_ADMIN_TOKEN=$TOKEN UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn \
   "$BIN/update-edge" serve --data "$WORK/data" --listen "127.0.0.1:$PORT" >"$OUT/node.log" 2>&1 &
 NODE_PID=$!
 for _ in $(seq 100); do curl -sf "$URL/readyz" >/dev/null && break; sleep 0.1; done

@@ -11,6 +11,7 @@ pub mod model;
 pub mod rollout;
 pub mod scheduler;
 pub mod signing;
+pub mod targets;
 pub mod version;
 
 use std::sync::{Arc, Mutex};
@@ -194,9 +195,10 @@ impl Catalog {
         version: &Version,
         kind: Kind,
         notes: &str,
-        blob: Hash,
-        size: u64,
+        payload: &crate::store::PutOutcome,
     ) -> Result<(Build, bool), CatalogError> {
+        let (blob, size, sha256) = (payload.hash, payload.size, payload.sha256);
+        let chunks_blake3 = targets::chunk_list_hash(&self.store, &blob)?;
         let _w = self.lock();
         self.product(slug)?;
         let key = key2(slug, &version.key());
@@ -217,6 +219,8 @@ impl Catalog {
             kind,
             notes: notes.into(),
             created_at: now_secs(),
+            sha256: Some(hex::encode(sha256)),
+            chunks_blake3: Some(chunks_blake3),
         };
         let mut batch = Batch::default();
         batch.put(Cf::Builds, key, encode(&b));
@@ -226,6 +230,32 @@ impl Catalog {
             .unwrap_or_else(|e| e.into_inner())
             .insert(blob, kind.as_str());
         Ok((b, true))
+    }
+
+    /// Every build of every product.
+    pub fn all_builds(&self) -> Result<Vec<Build>, CatalogError> {
+        self.list(Cf::Builds, &[])
+    }
+
+    /// Stores digests computed for a build recorded before they existed.
+    pub fn set_build_digests(
+        &self,
+        slug: &str,
+        version: &Version,
+        sha256: String,
+        chunks_blake3: Hash,
+    ) -> Result<(), CatalogError> {
+        let _w = self.lock();
+        let key = key2(slug, &version.key());
+        let Some(mut b) = self.get::<Build>(Cf::Builds, &key)? else {
+            return Ok(());
+        };
+        b.sha256 = Some(sha256);
+        b.chunks_blake3 = Some(chunks_blake3);
+        let mut batch = Batch::default();
+        batch.put(Cf::Builds, key, encode(&b));
+        self.store.kv().write(batch, true)?;
+        Ok(())
     }
 
     /// Builds of a product, oldest version first.

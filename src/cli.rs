@@ -5,6 +5,7 @@ pub mod blob;
 pub mod delta;
 pub mod demo;
 pub mod device;
+pub mod keys;
 pub mod serve;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -47,15 +48,33 @@ pub fn load_config(
     Ok(c)
 }
 
-/// Opens the store for an offline command, with a clear message when a server holds it.
-pub fn open_offline(config: crate::config::Config) -> anyhow::Result<crate::server::Node> {
+fn lock_hint(dir: &std::path::Path, e: impl std::fmt::Display) -> anyhow::Error {
+    let hint = if e.to_string().contains("lock") {
+        " (is a server running on this data directory?)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("opening store at {}: {e}{hint}", dir.display())
+}
+
+/// Opens a whole node (store, catalog, TUF repository, delta workers).
+pub fn open_node(config: crate::config::Config) -> anyhow::Result<crate::server::Node> {
     let dir = config.server.data_dir.clone();
-    crate::server::Node::open(config).map_err(|e| {
-        let hint = if e.to_string().contains("lock") {
-            " (is a server running on this data directory?)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("opening store at {}: {e}{hint}", dir.display())
+    crate::server::Node::open(config).map_err(|e| lock_hint(&dir, e))
+}
+
+/// What an offline command opens: the store and its catalog (no keys needed).
+pub struct Offline {
+    pub store: std::sync::Arc<crate::store::Store>,
+    pub catalog: std::sync::Arc<crate::catalog::Catalog>,
+}
+
+/// Opens the store for an offline command, with a clear message when a server holds it.
+pub fn open_offline(config: crate::config::Config) -> anyhow::Result<Offline> {
+    let parts =
+        crate::server::open_store(&config).map_err(|e| lock_hint(&config.server.data_dir, e))?;
+    Ok(Offline {
+        store: parts.store,
+        catalog: parts.catalog,
     })
 }

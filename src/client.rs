@@ -1,11 +1,20 @@
-//! Reference device client: check in, verify the signed answer, download the best
-//! artifact in verified pieces (resuming across dropped connections and server
-//! restarts), apply a delta or take the full payload, verify, and write atomically.
+//! Reference device client: trust the image repository from a pinned `root.json`
+//! (TUF), check in with a fresh nonce, accept only an answer a root-authorised director
+//! key signed for this request and a target the repository signed, newer than what runs
+//! and than anything ever installed; download the best artifact in verified pieces
+//! (resuming across dropped connections and server restarts), apply a delta or take the
+//! full payload, verify against the repository's hashes, and write atomically.
 //!
-//! Trust chain: pinned public key → signed answer (expiry, device, product) → artifact
-//! blake3 and chunk-list blake3 → every downloaded chunk's blake3 → final blake3.
-//! Nothing unverified is ever written to `out`; unverified bytes on disk (the partial
-//! download) are re-checked chunk by chunk before they are trusted on resume.
+//! Trust chain: pinned root → TUF root chain, timestamp, snapshot, targets (state dir
+//! keeps the newest verified versions: no rollback, no freeze) → director answer
+//! (authorised key, device, product, version, nonce, expiry) → target in signed targets
+//! (length, sha256, blake3, chunk-list blake3) → every downloaded chunk's blake3 →
+//! final blake3, sha256 and length. Nothing unverified is ever written to `out`;
+//! unverified bytes on disk (the partial download) are re-checked chunk by chunk before
+//! they are trusted on resume.
+
+pub mod transport;
+pub mod trust;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -14,8 +23,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::catalog::chunklist::ChunkList;
-use crate::catalog::signing;
+use crate::catalog::version::Version;
 use crate::hash::Hash;
+use trust::Approved;
 
 /// Longest range fetched in one request (whole chunks up to this size).
 const MAX_REQUEST_BYTES: u64 = 4 << 20;
@@ -30,6 +40,8 @@ pub enum ClientError {
     Server(String),
     #[error("gave up after retrying for {0:?}: {1}")]
     GaveUp(Duration, String),
+    #[error("{0}")]
+    Usage(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("delta: {0}")]
@@ -45,8 +57,10 @@ pub struct UpdateArgs {
     pub ring: Option<String>,
     pub current: Option<PathBuf>,
     pub out: PathBuf,
-    /// Pinned public key (hex). None = fetch `/v1/keys` (trust on first use).
-    pub pubkey: Option<String>,
+    /// The `root.json` the device shipped with (its root of trust).
+    pub root: PathBuf,
+    /// Persistent state: newest verified TUF metadata, highest installed version.
+    pub state: PathBuf,
     /// Bytes per second per download (0 = unlimited); simulates slow links.
     pub max_rate: u64,
     /// How long to keep retrying a failing piece before giving up.
@@ -58,39 +72,14 @@ pub struct UpdateResult {
     /// `updated` or `no_update`.
     pub result: String,
     pub version: Option<String>,
+    /// TUF target name of what was installed.
+    pub target: Option<String>,
     /// `delta` or `full`.
     pub artifact: Option<String>,
     pub blake3: Option<String>,
     pub bytes_downloaded: u64,
     pub bytes_resumed: u64,
     pub retries: u64,
-}
-
-/// Verifies a signed check answer: signature, expiry, and that it is for this device.
-pub fn verify_answer(
-    pubkey: &str,
-    body: &[u8],
-    product: &str,
-    device_id: &str,
-    now: u64,
-) -> Result<Value, ClientError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ClientError::Untrusted(format!("not JSON: {e}")))?;
-    signing::verify(pubkey, &v).map_err(|e| ClientError::Untrusted(e.to_string()))?;
-    let expires = v["expires_at"]
-        .as_u64()
-        .ok_or_else(|| ClientError::Untrusted("no expiry".into()))?;
-    if expires <= now {
-        return Err(ClientError::Untrusted(format!(
-            "answer expired at {expires} (now {now})"
-        )));
-    }
-    if v["product"] != product || v["device_id"] != device_id {
-        return Err(ClientError::Untrusted(
-            "answer is for another device or product".into(),
-        ));
-    }
-    Ok(v)
 }
 
 struct Session {
@@ -103,6 +92,11 @@ struct Session {
 }
 
 pub async fn update(args: UpdateArgs) -> Result<UpdateResult, ClientError> {
+    let running: Version = args
+        .version
+        .parse()
+        .map_err(|e| ClientError::Usage(format!("--version {:?}: {e}", args.version)))?;
+    std::fs::create_dir_all(&args.state)?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(5))
@@ -118,49 +112,65 @@ pub async fn update(args: UpdateArgs) -> Result<UpdateResult, ClientError> {
         resumed: 0,
         retries: 0,
     };
-    let pubkey = match s.args.pubkey.clone() {
-        Some(k) => k,
-        None => s.fetch_key().await?,
-    };
-    let answer = s.check(&pubkey).await?;
+    let repo = s.load_repository().await?;
+    let highest = trust::highest_installed(&s.args.state)?;
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let answer = s
+        .check(repo.root().signed.clone(), &running, &nonce)
+        .await?;
     let update = &answer["update"];
     if update.is_null() {
         return Ok(s.result("no_update", None, None, None));
     }
-    let version = update["version"].as_str().unwrap_or_default().to_string();
+    let approved = trust::approve(&repo, update, &s.args.product, &running, highest.as_ref())?;
     let artifacts = update["artifacts"].as_array().cloned().unwrap_or_default();
-    let full_hash = artifacts
-        .iter()
-        .find(|a| a["type"] == "full")
-        .and_then(|a| a["blake3"].as_str())
-        .and_then(|h| h.parse::<Hash>().ok());
     let current_hash = match &s.args.current {
         Some(p) if p.exists() => Some(hash_file(p)?),
         _ => None,
     };
     for a in &artifacts {
         let kind = a["type"].as_str().unwrap_or_default();
-        if kind == "delta" {
-            let from: Option<Hash> = a["from_blake3"].as_str().and_then(|h| h.parse().ok());
-            if from.is_none() || from != current_hash {
-                continue; // the delta is for a different starting point
-            }
-        }
         let hash: Hash = a["blake3"]
             .as_str()
             .and_then(|h| h.parse().ok())
             .ok_or_else(|| ClientError::Untrusted("artifact without blake3".into()))?;
-        let partial = s.download(a, hash).await?;
-        let result_hash = if kind == "delta" {
-            let current = s.args.current.clone().unwrap_or_default();
-            apply_delta(&current, &partial, &s.args.out, full_hash)?
-        } else {
-            finish_full(&partial, &s.args.out, hash)?
+        let list: Hash = a["chunks_blake3"]
+            .as_str()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| ClientError::Untrusted("artifact without chunks_blake3".into()))?;
+        let size = a["size"].as_u64().unwrap_or(u64::MAX);
+        let result_hash = match kind {
+            "delta" => {
+                let from: Option<Hash> = a["from_blake3"].as_str().and_then(|h| h.parse().ok());
+                if from.is_none() || from != current_hash {
+                    continue; // the delta is for a different starting point
+                }
+                let partial = s.download(a, hash, list, size).await?;
+                let current = s.args.current.clone().unwrap_or_default();
+                let r = apply_delta(&current, &partial, &s.args.out, &approved);
+                let _ = std::fs::remove_file(&partial);
+                r?
+            }
+            "full" => {
+                // The payload is the signed target itself: take its hashes from the
+                // repository, not from the answer.
+                if hash != approved.blake3
+                    || approved.chunks_blake3.is_some_and(|l| l != list)
+                    || size != approved.length
+                {
+                    return Err(ClientError::Untrusted(
+                        "the answer's full artifact is not the signed target".into(),
+                    ));
+                }
+                let partial = s.download(a, hash, list, size).await?;
+                finish_full(&partial, &s.args.out, &approved)?
+            }
+            _ => continue,
         };
-        let _ = std::fs::remove_file(&partial);
+        trust::record_installed(&s.args.state, &approved.version, &approved.name)?;
         return Ok(s.result(
             "updated",
-            Some(version),
+            Some(approved.clone()),
             Some(kind.to_string()),
             Some(result_hash.to_hex()),
         ));
@@ -174,13 +184,14 @@ impl Session {
     fn result(
         &self,
         result: &str,
-        version: Option<String>,
+        approved: Option<Approved>,
         artifact: Option<String>,
         blake3: Option<String>,
     ) -> UpdateResult {
         UpdateResult {
             result: result.into(),
-            version,
+            version: approved.as_ref().map(|a| a.version.to_string()),
+            target: approved.map(|a| a.name),
             artifact,
             blake3,
             bytes_downloaded: self.downloaded,
@@ -189,19 +200,36 @@ impl Session {
         }
     }
 
-    async fn fetch_key(&mut self) -> Result<String, ClientError> {
-        let url = format!("{}/v1/keys", self.base);
-        let body = self.retrying(|s| s.http.get(&url).send()).await?;
-        let v: Value =
-            serde_json::from_slice(&body).map_err(|e| ClientError::Server(e.to_string()))?;
-        v["keys"][0]["public_key"]
-            .as_str()
-            .map(String::from)
-            .ok_or_else(|| ClientError::Server("no keys".into()))
+    /// The TUF workflow, retried on transport failures for `retry_for`; a refusal by
+    /// any verification step is final.
+    async fn load_repository(&mut self) -> Result<tough::Repository, ClientError> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match trust::load_repository(&self.http, &self.base, &self.args.root, &self.args.state)
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(trust::LoadError::Refused(e)) => return Err(e),
+                Err(trust::LoadError::Transport(e)) => {
+                    if started.elapsed() > self.args.retry_for {
+                        return Err(ClientError::GaveUp(self.args.retry_for, e));
+                    }
+                    self.retries += 1;
+                    tokio::time::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
-    async fn check(&mut self, pubkey: &str) -> Result<Value, ClientError> {
-        let mut req = serde_json::json!({ "product": self.args.product, "device_id": self.args.device_id, "version": self.args.version });
+    async fn check(
+        &mut self,
+        root: tough::schema::Root,
+        running: &Version,
+        nonce: &str,
+    ) -> Result<Value, ClientError> {
+        let mut req = serde_json::json!({ "product": self.args.product, "device_id": self.args.device_id, "version": self.args.version, "nonce": nonce });
         if let Some(r) = &self.args.ring {
             req["ring"] = Value::String(r.clone());
         }
@@ -209,11 +237,21 @@ impl Session {
         let body = self
             .retrying(|s| s.http.post(&url).json(&req).send())
             .await?;
-        verify_answer(
-            pubkey,
+        if body.len() > trust::MAX_ANSWER_BYTES {
+            return Err(ClientError::Untrusted(format!(
+                "answer over {} bytes",
+                trust::MAX_ANSWER_BYTES
+            )));
+        }
+        trust::verify_answer(
+            &root,
             &body,
-            &self.args.product,
-            &self.args.device_id,
+            &trust::Request {
+                product: &self.args.product,
+                device_id: &self.args.device_id,
+                version: running,
+                nonce,
+            },
             crate::catalog::model::now_secs(),
         )
     }
@@ -245,21 +283,23 @@ impl Session {
                 return Err(ClientError::GaveUp(self.args.retry_for, err));
             }
             self.retries += 1;
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(jitter(delay)).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
     /// Downloads an artifact into a partial file beside `out`, verifying every chunk;
     /// chunks already present and correct (from an earlier attempt) are not fetched.
-    async fn download(&mut self, artifact: &Value, hash: Hash) -> Result<PathBuf, ClientError> {
+    async fn download(
+        &mut self,
+        artifact: &Value,
+        hash: Hash,
+        want_list: Hash,
+        size: u64,
+    ) -> Result<PathBuf, ClientError> {
         let chunks_url = artifact["chunks_url"]
             .as_str()
             .ok_or_else(|| ClientError::Untrusted("no chunks_url".into()))?;
-        let want_list: Hash = artifact["chunks_blake3"]
-            .as_str()
-            .and_then(|h| h.parse().ok())
-            .ok_or_else(|| ClientError::Untrusted("no chunks_blake3".into()))?;
         let url = format!("{}{chunks_url}", self.base);
         let list_bytes = self.retrying(|s| s.http.get(&url).send()).await?;
         if Hash::of(&list_bytes) != want_list {
@@ -269,7 +309,6 @@ impl Session {
         }
         let list: ChunkList = serde_json::from_slice(&list_bytes)
             .map_err(|e| ClientError::Verification(e.to_string()))?;
-        let size = artifact["size"].as_u64().unwrap_or(u64::MAX);
         if list.blob != hash || list.size != size {
             return Err(ClientError::Verification(
                 "chunk list is for another blob".into(),
@@ -427,12 +466,45 @@ pub fn hash_file(path: &Path) -> std::io::Result<Hash> {
     Ok(h.finalize().into())
 }
 
-fn finish_full(partial: &Path, out: &Path, hash: Hash) -> Result<Hash, ClientError> {
-    if hash_file(partial)? != hash {
-        return Err(ClientError::Verification(
-            "payload does not match its blake3".into(),
-        ));
+/// Spreads retries of a fleet over time: `d` scaled by a random factor in [0.5, 1.5).
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>())
+}
+
+/// Checks a finished file against the repository's signed length, sha256 and blake3, in
+/// one pass. Returns its blake3.
+fn verify_target(path: &Path, want: &Approved) -> Result<Hash, ClientError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut b3 = blake3::Hasher::new();
+    let mut sha = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        b3.update(&buf[..n]);
+        sha.update(&buf[..n]);
+        len += n as u64;
     }
+    let got = Hash::from(b3.finalize());
+    if len != want.length || sha.finish().as_ref() != want.sha256 || got != want.blake3 {
+        return Err(ClientError::Verification(format!(
+            "result does not match the signed target {} (length, sha256 or blake3)",
+            want.name
+        )));
+    }
+    Ok(got)
+}
+
+fn finish_full(partial: &Path, out: &Path, want: &Approved) -> Result<Hash, ClientError> {
+    let r = verify_target(partial, want);
+    if r.is_err() {
+        let _ = std::fs::remove_file(partial);
+    }
+    let hash = r?;
     std::fs::rename(partial, out)?;
     Ok(hash)
 }
@@ -441,30 +513,23 @@ fn apply_delta(
     current: &Path,
     patch: &Path,
     out: &Path,
-    want: Option<Hash>,
+    want: &Approved,
 ) -> Result<Hash, ClientError> {
     let old = crate::delta::FileAt::open(current)?;
     let tmp = out.with_file_name(format!(
-        ".{}.applying",
+        ".{}.{}.applying",
         out.file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        std::process::id()
     ));
     let result = (|| {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         let mut p = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(patch)?);
-        let report = crate::delta::apply(&old, &mut p, &mut w)?;
+        crate::delta::apply(&old, &mut p, &mut w)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
-        let got: Hash = report
-            .new_blake3
-            .parse()
-            .map_err(|_| ClientError::Verification("bad hash".into()))?;
-        if want.is_some_and(|w| w != got) {
-            return Err(ClientError::Verification(
-                "patched result is not the target build".into(),
-            ));
-        }
+        let got = verify_target(&tmp, want)?;
         std::fs::rename(&tmp, out)?;
         Ok(got)
     })();

@@ -33,6 +33,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub delta: DeltaConfig,
     pub catalog: CatalogConfig,
+    pub tuf: TufConfig,
 }
 
 /// `[server]`: sockets, data directory, operator credentials.
@@ -85,9 +86,22 @@ pub struct DeltaConfig {
 pub struct CatalogConfig {
     /// Seconds a signed check answer stays valid. Default `3600`.
     pub answer_ttl_secs: u64,
-    /// ed25519 signing key (hex seed) file; created if missing. Default empty =
-    /// `<data_dir>/signing.key`.
-    pub signing_key: PathBuf,
+}
+
+/// `[tuf]`: the image repository's keys and metadata lifetimes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TufConfig {
+    /// Directory of the online keys (`targets.pk8`, `snapshot.pk8`, `timestamp.pk8`,
+    /// `director.pk8`) and the public root history (`root/{N}.root.json`), as written by
+    /// `update-edge keys init`. A missing file is a start-up error. Default `./keys`.
+    pub keys_dir: PathBuf,
+    /// Lifetime of timestamp.json; re-signed at half of it. Default `1d`.
+    pub timestamp_ttl: Seconds,
+    /// Lifetime of snapshot.json. Default `7d`.
+    pub snapshot_ttl: Seconds,
+    /// Lifetime of targets.json. Default `90d`.
+    pub targets_ttl: Seconds,
 }
 
 impl Default for Config {
@@ -113,7 +127,12 @@ impl Default for Config {
             },
             catalog: CatalogConfig {
                 answer_ttl_secs: 3600,
-                signing_key: PathBuf::new(),
+            },
+            tuf: TufConfig {
+                keys_dir: PathBuf::from("./keys"),
+                timestamp_ttl: Seconds(86_400),
+                snapshot_ttl: Seconds(7 * 86_400),
+                targets_ttl: Seconds(90 * 86_400),
             },
         }
     }
@@ -134,6 +153,11 @@ impl Default for CatalogConfig {
         Config::default().catalog
     }
 }
+impl Default for TufConfig {
+    fn default() -> Self {
+        Config::default().tuf
+    }
+}
 impl Default for DeltaConfig {
     fn default() -> Self {
         Config::default().delta
@@ -147,6 +171,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("UPDATE_EDGE_ADMIN_TOKEN", "server.admin_token"),
     ("UPDATE_EDGE_CACHE_SIZE", "store.cache_size"),
     ("UPDATE_EDGE_DELTA_WORTH_IT_RATIO", "delta.worth_it_ratio"),
+    ("UPDATE_EDGE_TUF_KEYS_DIR", "tuf.keys_dir"),
 ];
 
 impl Config {
@@ -167,15 +192,6 @@ impl Config {
     }
 
     /// Pure core of [`Config::load`]: `text` is the TOML file, `env` the overrides present.
-    /// The signing key path (configured, or in the data dir).
-    pub fn signing_key_path(&self) -> PathBuf {
-        if self.catalog.signing_key.as_os_str().is_empty() {
-            self.server.data_dir.join("signing.key")
-        } else {
-            self.catalog.signing_key.clone()
-        }
-    }
-
     pub fn from_parts(
         text: &str,
         path: &Path,
@@ -199,6 +215,7 @@ impl Config {
                 self.server.listen = value.parse().map_err(|e| bad(format!("{e}")))?
             }
             "UPDATE_EDGE_DATA_DIR" => self.server.data_dir = PathBuf::from(value),
+            "UPDATE_EDGE_TUF_KEYS_DIR" => self.tuf.keys_dir = PathBuf::from(value),
             "UPDATE_EDGE_ADMIN_TOKEN" => self.server.admin_token = value.to_string(),
             "UPDATE_EDGE_CACHE_SIZE" => self.store.cache_size = value.parse().map_err(bad)?,
             "UPDATE_EDGE_DELTA_WORTH_IT_RATIO" => {
@@ -228,6 +245,15 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "delta.zstd_level must be 1..=22 and delta.workers 1..=64".into(),
+            ));
+        }
+        let t = &self.tuf;
+        if t.timestamp_ttl.0 < 2
+            || t.snapshot_ttl.0 < t.timestamp_ttl.0
+            || t.targets_ttl.0 < t.timestamp_ttl.0
+        {
+            return Err(ConfigError::Invalid(
+                "tuf: timestamp_ttl must be at least 2s and snapshot_ttl, targets_ttl at least timestamp_ttl".into(),
             ));
         }
         if !(0.0..=1.0).contains(&self.delta.worth_it_ratio) {
@@ -284,6 +310,50 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A duration in whole seconds, written as an integer or `"30s"`, `"15m"`, `"12h"`, `"90d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub u64);
+
+impl std::str::FromStr for Seconds {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            other => {
+                return Err(format!(
+                    "unknown duration unit {other:?} in {s:?} (s, m, h, d)"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(Seconds)
+            .ok_or_else(|| format!("duration {s:?} overflows"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Seconds(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The package directory, read when the test runs (cargo sets it): a compile-time
@@ -312,6 +382,11 @@ mod tests {
                 c.store.chunk_max.0
             ),
             (64 << 10, 256 << 10, 1 << 20)
+        );
+        assert_eq!(c.tuf.keys_dir, PathBuf::from("./keys"));
+        assert_eq!(
+            (c.tuf.timestamp_ttl, c.tuf.snapshot_ttl, c.tuf.targets_ttl),
+            (Seconds(86_400), Seconds(604_800), Seconds(7_776_000))
         );
         assert_eq!(parse("").unwrap(), c);
     }
@@ -355,6 +430,22 @@ mod tests {
         assert_eq!("17".parse::<ByteSize>().unwrap(), ByteSize(17));
         assert!("12 parsecs".parse::<ByteSize>().is_err());
         assert!(parse("[store]\ncache_size = \"lots\"\n").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!("90d".parse::<Seconds>().unwrap(), Seconds(90 * 86_400));
+        assert_eq!("12h".parse::<Seconds>().unwrap(), Seconds(43_200));
+        assert_eq!("5".parse::<Seconds>().unwrap(), Seconds(5));
+        assert!("1 fortnight".parse::<Seconds>().is_err());
+        assert!(parse("[tuf]\ntimestamp_ttl = \"1s\"\n").is_err());
+        assert_eq!(
+            parse("[tuf]\ntimestamp_ttl = \"1h\"\n")
+                .unwrap()
+                .tuf
+                .timestamp_ttl,
+            Seconds(3600)
+        );
     }
 
     #[test]

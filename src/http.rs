@@ -8,6 +8,7 @@ pub mod check;
 pub mod error;
 pub mod ops;
 pub mod range;
+pub mod tuf;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub catalog: Arc<crate::catalog::Catalog>,
     pub checker: Arc<crate::catalog::check::Checker>,
+    pub repo: Arc<crate::repo::Repo>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -39,6 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/blobs/{hash}/chunks", get(blobs::get_chunks))
         .route("/v1/check", post(check::post_check))
         .route("/v1/keys", get(check::get_keys))
+        .route("/v1/tuf/{file}", get(tuf::get_metadata))
+        .route("/v1/tuf/targets/{*path}", get(tuf::get_target))
         .route("/v1/products", get(catalog::list_products))
         .route(
             "/v1/products/{product}",

@@ -1,7 +1,8 @@
 //! update-edge: an update-delivery node for fleets of devices.
 //!
 //! Modules map onto the architecture (see the README): `store` (content-addressed
-//! chunks and blobs), `delta` (binary diffs), `http` (the API), `server` (assembly),
+//! chunks and blobs), `delta` (binary diffs), `catalog` (builds, rings, director answers), `repo` (the TUF
+//! image repository and its keys), `http` (the API), `server` (assembly),
 //! `config`, `metrics`, and `cli` (command glue).
 
 pub mod catalog;
@@ -12,5 +13,6 @@ pub mod delta;
 pub mod hash;
 pub mod http;
 pub mod metrics;
+pub mod repo;
 pub mod server;
 pub mod store;

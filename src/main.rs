@@ -49,6 +49,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The TUF repository's keys: create them, rotate one role's.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Offline blob access to a data directory (the server must not be running on it).
     Blob {
         #[command(subcommand)]
@@ -86,6 +91,43 @@ enum BlobCommand {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// Create root keys (k of n, in --root-keys: keep them offline), the online keys and
+    /// root version 1 (in --keys, the node's tuf.keys_dir).
+    Init {
+        /// Online keys directory (default: tuf.keys_dir of the config).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Where the root private keys go (outside the data and online keys dirs).
+        #[arg(long)]
+        root_keys: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        root_count: usize,
+        #[arg(long, default_value_t = 2)]
+        root_threshold: usize,
+        /// Days root stays valid.
+        #[arg(long, default_value_t = update_edge::repo::root::DEFAULT_ROOT_DAYS)]
+        root_days: u64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write the next root version with fresh keys for ROLE (root, targets, snapshot,
+    /// timestamp, director), signed by the current root keys (and the new ones for root).
+    Rotate {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        #[arg(long)]
+        root_keys: PathBuf,
+        #[arg(long, default_value_t = update_edge::repo::root::DEFAULT_ROOT_DAYS)]
+        root_days: u64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DeviceCommand {
     /// Check for an update, download it verified and resumable, write --out atomically.
     Update {
@@ -104,9 +146,12 @@ enum DeviceCommand {
         current: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
-        /// Pinned signing key (hex, from GET /v1/keys); without it the key is fetched.
+        /// The repository's root.json the device ships with (its root of trust).
         #[arg(long)]
-        pubkey: Option<String>,
+        root: PathBuf,
+        /// Device state: newest verified metadata, highest version installed.
+        #[arg(long)]
+        state: PathBuf,
         /// Throttle downloads to this many bytes per second (simulate a slow link).
         #[arg(long, default_value_t = 0)]
         max_rate: u64,
@@ -228,7 +273,8 @@ fn main() -> ExitCode {
                 ring,
                 current,
                 out,
-                pubkey,
+                root,
+                state,
                 max_rate,
                 retry_secs,
                 json,
@@ -241,7 +287,8 @@ fn main() -> ExitCode {
                     ring,
                     current,
                     out,
-                    pubkey,
+                    root,
+                    state,
                     max_rate,
                     retry_for: std::time::Duration::from_secs(retry_secs),
                 },
@@ -251,6 +298,40 @@ fn main() -> ExitCode {
         Command::Gc { data, config } => {
             cli::load_config(config.as_deref(), data.as_deref(), None).and_then(cli::blob::gc)
         }
+        Command::Keys { command } => match command {
+            KeysCommand::Init {
+                keys,
+                root_keys,
+                root_count,
+                root_threshold,
+                root_days,
+                config,
+            } => cli::load_config(config.as_deref(), None, None).and_then(|c| {
+                cli::keys::init(
+                    &keys.unwrap_or(c.tuf.keys_dir),
+                    &root_keys,
+                    update_edge::repo::root::InitOptions {
+                        root_keys: root_count,
+                        root_threshold,
+                        root_days,
+                    },
+                )
+            }),
+            KeysCommand::Rotate {
+                role,
+                keys,
+                root_keys,
+                root_days,
+                config,
+            } => cli::load_config(config.as_deref(), None, None).and_then(|c| {
+                cli::keys::rotate(
+                    &keys.unwrap_or(c.tuf.keys_dir),
+                    &root_keys,
+                    &role,
+                    root_days,
+                )
+            }),
+        },
         Command::Blob { command } => match command {
             BlobCommand::Put { file, data, config } => {
                 cli::load_config(config.as_deref(), data.as_deref(), None)

@@ -17,6 +17,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
+use crate::repo::{Repo, Ttls};
 use crate::store::{ChunkParams, Store, StoreError};
 
 /// How long in-flight downloads may finish after a shutdown signal.
@@ -30,6 +31,7 @@ pub struct Node {
     pub store: Arc<Store>,
     pub catalog: Arc<Catalog>,
     pub checker: Arc<Checker>,
+    pub repo: Arc<Repo>,
 }
 
 /// Why a node could not be opened.
@@ -40,28 +42,31 @@ pub enum OpenError {
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
     #[error(transparent)]
-    Key(#[from] crate::catalog::signing::SignError),
+    Repo(#[from] crate::repo::RepoError),
 }
 
 impl Node {
-    /// Opens the RocksDB store named by the config, the catalog over it and the signing
-    /// key, and starts the delta workers.
+    /// Opens the RocksDB store named by the config, the catalog over it, the TUF
+    /// repository (keys from `tuf.keys_dir`; metadata re-signed if the catalog or the keys
+    /// changed), and starts the delta workers.
     pub fn open(config: Config) -> Result<Node, OpenError> {
-        let metrics = Arc::new(Metrics::new());
-        let s = &config.store;
-        let params = ChunkParams {
-            min: s.chunk_min.0 as usize,
-            avg: s.chunk_avg.0 as usize,
-            max: s.chunk_max.0 as usize,
-        };
-        let store = Store::open(
-            &config.server.data_dir,
-            params,
-            s.cache_size.0,
-            metrics.clone(),
-        )?;
-        let catalog = Arc::new(Catalog::new(store.clone())?);
-        let signer = Signer::load_or_create(&config.signing_key_path())?;
+        let StoreParts {
+            metrics,
+            store,
+            catalog,
+        } = open_store(&config)?;
+        let t = &config.tuf;
+        let repo = Arc::new(Repo::open(
+            store.clone(),
+            &t.keys_dir,
+            Ttls {
+                timestamp: t.timestamp_ttl.0,
+                snapshot: t.snapshot_ttl.0,
+                targets: t.targets_ttl.0,
+            },
+            crate::catalog::targets::entries(&catalog)?,
+        )?);
+        let signer = Signer::new(repo.director());
         let d = &config.delta;
         let scheduler = DeltaScheduler::start(
             catalog.clone(),
@@ -86,6 +91,7 @@ impl Node {
             store,
             catalog,
             checker,
+            repo,
         })
     }
 
@@ -96,8 +102,40 @@ impl Node {
             config: self.config.clone(),
             catalog: self.catalog.clone(),
             checker: self.checker.clone(),
+            repo: self.repo.clone(),
         }
     }
+}
+
+/// Opens the store and the catalog over it, nothing else: what offline commands (blob,
+/// gc) need, without keys or delta workers.
+pub fn open_store(config: &Config) -> Result<StoreParts, OpenError> {
+    let metrics = Arc::new(Metrics::new());
+    let s = &config.store;
+    let params = ChunkParams {
+        min: s.chunk_min.0 as usize,
+        avg: s.chunk_avg.0 as usize,
+        max: s.chunk_max.0 as usize,
+    };
+    let store = Store::open(
+        &config.server.data_dir,
+        params,
+        s.cache_size.0,
+        metrics.clone(),
+    )?;
+    let catalog = Arc::new(Catalog::new(store.clone())?);
+    Ok(StoreParts {
+        metrics,
+        store,
+        catalog,
+    })
+}
+
+/// What [`open_store`] opens.
+pub struct StoreParts {
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<Store>,
+    pub catalog: Arc<Catalog>,
 }
 
 /// A server running in the background; [`RunningServer::stop`] ends it.
@@ -105,6 +143,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    /// Holds the repository (and so the store) until it is stopped and awaited.
+    resigner: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -112,13 +152,16 @@ impl RunningServer {
     pub async fn stop(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(());
         let mut task = self.task;
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
-            Ok(r) => r.map_err(std::io::Error::other)?,
+        let served = match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(r) => r.map_err(std::io::Error::other).and_then(|r| r),
             Err(_) => {
                 task.abort();
                 Ok(())
             }
-        }
+        };
+        self.resigner.abort();
+        let _ = self.resigner.await;
+        served
     }
 }
 
@@ -131,6 +174,7 @@ pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServe
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let resigner = tokio::spawn(resign_loop(node.repo.clone()));
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -142,7 +186,25 @@ pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServe
         addr,
         shutdown: tx,
         task,
+        resigner,
     })
+}
+
+/// Re-signs online TUF metadata before it expires: checks every tenth of the timestamp
+/// lifetime (1 s to 5 min), re-signs at half a lifetime; a failure is logged and retried.
+async fn resign_loop(repo: Arc<Repo>) {
+    let every = Duration::from_secs((repo.ttls().timestamp / 10).clamp(1, 300));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let r = repo.clone();
+        match tokio::task::spawn_blocking(move || r.refresh()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "re-signing TUF metadata failed"),
+            Err(e) => tracing::error!(error = %e, "re-signing task failed"),
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

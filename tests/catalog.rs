@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
-use update_edge::client::{self, ClientError, UpdateArgs};
+use update_edge::client::{self, trust, ClientError, UpdateArgs};
 
 const SIZE: usize = 600_000;
 
@@ -30,18 +28,7 @@ fn client_args(
     version: &str,
     current: Option<std::path::PathBuf>,
 ) -> UpdateArgs {
-    UpdateArgs {
-        server: node.url.clone(),
-        product: "gw".into(),
-        device_id: "device-1".into(),
-        version: version.into(),
-        ring: None,
-        current,
-        out: dir.join("out.img"),
-        pubkey: Some(node.node.checker.signer.public_hex()),
-        max_rate: 0,
-        retry_for: Duration::from_secs(20),
-    }
+    node.device_args(dir, "gw", "device-1", version, current)
 }
 
 #[tokio::test]
@@ -106,10 +93,12 @@ async fn device_on_v1_gets_v3_as_full_then_as_delta_computed_once() {
         1.0
     );
 
+    // Another device on v1 (the first one has installed 1.0.3 and would refuse it now).
     std::fs::remove_file(dir.path().join("out.img")).unwrap();
-    let got = client::update(client_args(&node, dir.path(), "1.0.1", Some(v1.clone())))
-        .await
-        .unwrap();
+    let got =
+        client::update(node.device_args(dir.path(), "gw", "device-2", "1.0.1", Some(v1.clone())))
+            .await
+            .unwrap();
     assert_eq!(got.artifact.as_deref(), Some("delta"));
     assert_eq!(
         std::fs::read(dir.path().join("out.img")).unwrap(),
@@ -240,10 +229,12 @@ async fn rollout_percentages_are_accurate_monotone_and_pausable() {
 async fn tampered_or_expired_answers_are_rejected_by_the_client() {
     let dir = tempfile::tempdir().unwrap();
     let node = node_targeting_v2(test_config(&dir.path().join("data")), 20_000).await;
-    let pk = node.node.checker.signer.public_hex();
+    let root = node.node.repo.root().clone();
     let body = client()
         .post(format!("{}/v1/check", node.url))
-        .json(&json!({"product": "gw", "device_id": "device-1", "version": "1.0.1"}))
+        .json(
+            &json!({"product": "gw", "device_id": "device-1", "version": "1.0.1", "nonce": "n-1"}),
+        )
         .send()
         .await
         .unwrap()
@@ -252,19 +243,32 @@ async fn tampered_or_expired_answers_are_rejected_by_the_client() {
         .unwrap()
         .to_vec();
     let now = update_edge::catalog::model::now_secs();
-    client::verify_answer(&pk, &body, "gw", "device-1", now).unwrap();
+    let v101: update_edge::catalog::version::Version = "1.0.1".parse().unwrap();
+    let req = |device: &'static str, nonce: &'static str| trust::Request {
+        product: "gw",
+        device_id: device,
+        version: &v101,
+        nonce,
+    };
+    trust::verify_answer(&root, &body, &req("device-1", "n-1"), now).unwrap();
     // One byte changed: the target version's last digit.
     let text = String::from_utf8(body.clone()).unwrap();
     let tampered = text.replacen("\"version\":\"1.0.2\"", "\"version\":\"1.0.9\"", 1);
     assert_ne!(tampered, text);
     assert!(matches!(
-        client::verify_answer(&pk, tampered.as_bytes(), "gw", "device-1", now),
+        trust::verify_answer(&root, tampered.as_bytes(), &req("device-1", "n-1"), now),
         Err(ClientError::Untrusted(_))
     ));
-    // Expired, replayed to another device, or verified with another key.
-    assert!(client::verify_answer(&pk, &body, "gw", "device-1", now + 7200).is_err());
-    assert!(client::verify_answer(&pk, &body, "gw", "device-2", now).is_err());
-    assert!(client::verify_answer(&"11".repeat(32), &body, "gw", "device-1", now).is_err());
+    // Expired, replayed to another device or another check, or from another repository.
+    assert!(trust::verify_answer(&root, &body, &req("device-1", "n-1"), now + 7200).is_err());
+    assert!(trust::verify_answer(&root, &body, &req("device-2", "n-1"), now).is_err());
+    assert!(trust::verify_answer(&root, &body, &req("device-1", "n-2"), now).is_err());
+    let other = tempfile::tempdir().unwrap();
+    let other_root = test_config(other.path()).tuf.keys_dir;
+    let (other_root, _) = update_edge::repo::root::load_chain(&other_root)
+        .unwrap()
+        .remove(0);
+    assert!(trust::verify_answer(&other_root.signed, &body, &req("device-1", "n-1"), now).is_err());
     node.stop().await;
 
     // A node whose answers expire immediately: the client refuses them and writes nothing.

@@ -58,7 +58,15 @@ async fn spawn_node(data: &std::path::Path, config: &std::path::Path, port: u16)
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("edge.toml");
-    std::fs::write(&p, "[store]\nchunk_min = \"16KiB\"\nchunk_avg = \"64KiB\"\nchunk_max = \"256KiB\"\n[delta]\nfrom_previous = 0\n").unwrap();
+    init_keys(&dir.join("keys"), &dir.join("root-keys"));
+    std::fs::write(
+        &p,
+        format!(
+            "[store]\nchunk_min = \"16KiB\"\nchunk_avg = \"64KiB\"\nchunk_max = \"256KiB\"\n[delta]\nfrom_previous = 0\n[tuf]\nkeys_dir = {:?}\n",
+            dir.join("keys")
+        ),
+    )
+    .unwrap();
     p
 }
 
@@ -98,7 +106,14 @@ async fn seed(url: &str) -> Vec<u8> {
 }
 
 fn args(url: &str, out: std::path::PathBuf, max_rate: u64, retry: u64) -> UpdateArgs {
+    let dir = out.parent().unwrap().to_path_buf();
     UpdateArgs {
+        root: dir.join("keys/root/1.root.json"),
+        // One device per output file: its own verified metadata and installed version.
+        state: dir.join(format!(
+            "state-{}",
+            out.file_stem().unwrap().to_string_lossy()
+        )),
         server: url.into(),
         product: "gw".into(),
         device_id: "device-7".into(),
@@ -106,7 +121,6 @@ fn args(url: &str, out: std::path::PathBuf, max_rate: u64, retry: u64) -> Update
         ring: None,
         current: None,
         out,
-        pubkey: None,
         max_rate,
         retry_for: Duration::from_secs(retry),
     }
@@ -207,6 +221,12 @@ async fn corrupted_payload_bytes_are_refetched_or_rejected_never_written() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(test_config(&dir.path().join("data"))).await;
     let v2 = seed(&node.url).await;
+    std::fs::create_dir_all(dir.path().join("keys/root")).unwrap();
+    std::fs::copy(
+        root_path(&node.node.config),
+        dir.path().join("keys/root/1.root.json"),
+    )
+    .unwrap();
 
     let once = corrupting_proxy(node.url.clone(), false).await;
     let out = dir.path().join("once.img");
@@ -235,6 +255,7 @@ fn cli_device_update_exit_codes() {
     // No server at all: exit 2 after giving up; nothing written.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.img");
+    init_keys(&dir.path().join("keys"), &dir.path().join("root-keys"));
     let st = Command::new(env!("CARGO_BIN_EXE_update-edge"))
         .args([
             "device",
@@ -242,6 +263,10 @@ fn cli_device_update_exit_codes() {
             "--server",
             &format!("http://127.0.0.1:{}", free_port()),
         ])
+        .arg("--root")
+        .arg(dir.path().join("keys/root/1.root.json"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
         .args([
             "--product",
             "gw",

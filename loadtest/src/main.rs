@@ -299,7 +299,9 @@ async fn session(ctx: &Ctx, device: u64, intended: Instant) -> Result<(), String
             } else {
                 &ctx.args.old_version
             };
-            let body = serde_json::json!({ "product": ctx.args.product, "device_id": id, "version": version });
+            // A fresh nonce per check, as real devices send (the answer must echo it).
+            let nonce = format!("{:032x}", rand::random::<u128>());
+            let body = serde_json::json!({ "product": ctx.args.product, "device_id": id, "version": version, "nonce": nonce });
             let resp = ctx
                 .http
                 .post(format!("{}/v1/check", ctx.base))
@@ -314,6 +316,9 @@ async fn session(ctx: &Ctx, device: u64, intended: Instant) -> Result<(), String
             let update = &v["update"];
             if v.get("signature").is_none() {
                 return Err("check answer without signature".into());
+            }
+            if v["nonce"] != nonce.as_str() {
+                return Err("check answer does not echo the nonce".into());
             }
             let latency = intended.elapsed();
             ctx.rec.lock().unwrap_or_else(|e| e.into_inner()).check(

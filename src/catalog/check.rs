@@ -29,7 +29,14 @@ pub struct CheckRequest {
     pub ring: Option<String>,
     #[serde(default)]
     pub hardware: Option<Hardware>,
+    /// Fresh per check (the device's own random value); echoed in the signed answer so
+    /// an answer cannot be replayed to a later check.
+    #[serde(default)]
+    pub nonce: Option<String>,
 }
+
+/// Longest nonce accepted (hex of 64 random bytes).
+pub const MAX_NONCE_BYTES: usize = 128;
 
 /// The check service: catalog + chunk lists + signer + delta scheduler.
 pub struct Checker {
@@ -55,6 +62,14 @@ impl Checker {
                 "device_id must be 1-256 bytes".into(),
             ));
         }
+        if let Some(n) = &req.nonce {
+            if n.is_empty() || n.len() > MAX_NONCE_BYTES || !n.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(CatalogError::Invalid(format!(
+                    "nonce must be 1-{MAX_NONCE_BYTES} printable ASCII bytes"
+                )));
+            }
+        }
         let current: Version = req
             .version
             .parse()
@@ -71,8 +86,13 @@ impl Checker {
         )? {
             Some(target) => {
                 let (artifacts, saved) = self.artifacts(&req.product, &current, &target).await?;
+                let tuf_target = json!({
+                    "name": target.target_name(),
+                    "length": target.size,
+                    "hashes": { "sha256": target.sha256 },
+                });
                 (
-                    json!({ "version": target.version, "kind": target.kind.as_str(), "ring": ring_name, "artifacts": artifacts }),
+                    json!({ "version": target.version, "kind": target.kind.as_str(), "ring": ring_name, "target": tuf_target, "artifacts": artifacts }),
                     saved,
                 )
             }
@@ -98,6 +118,7 @@ impl Checker {
             "product": req.product,
             "device_id": req.device_id,
             "current_version": current.to_string(),
+            "nonce": req.nonce,
             "issued_at": now,
             "expires_at": now + self.answer_ttl_secs,
             "update": update,

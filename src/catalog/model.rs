@@ -63,6 +63,20 @@ pub struct Build {
     #[serde(default)]
     pub notes: String,
     pub created_at: u64,
+    /// SHA-256 of the payload, hex (the hash TUF clients check). Absent only on records
+    /// written before it existed; filled in when the repository is next signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// blake3 of the payload's chunk list as served (`/v1/blobs/{hash}/chunks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks_blake3: Option<Hash>,
+}
+
+impl Build {
+    /// The build's TUF target name: `{product}/{version}/{kind}`.
+    pub fn target_name(&self) -> String {
+        format!("{}/{}/{}", self.product, self.version, self.kind.as_str())
+    }
 }
 
 /// Default rings, in order.

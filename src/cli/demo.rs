@@ -67,8 +67,7 @@ pub fn seed(catalog: &Catalog) -> Result<Vec<(String, Hash, u64)>, CatalogError>
             &version,
             Kind::Os,
             "demo security update",
-            put.hash,
-            put.size,
+            &put,
         )?;
         out.push((version.to_string(), put.hash, put.size));
     }

@@ -22,8 +22,9 @@ pub fn update(args: UpdateArgs, json: bool) -> anyhow::Result<u8> {
                 println!("no update available");
             } else {
                 println!(
-                    "updated to {} via {} ({} bytes downloaded, {} resumed, {} retries)",
+                    "updated to {} ({}) via {} ({} bytes downloaded, {} resumed, {} retries)",
                     r.version.as_deref().unwrap_or("?"),
+                    r.target.as_deref().unwrap_or("?"),
                     r.artifact.as_deref().unwrap_or("?"),
                     r.bytes_downloaded,
                     r.bytes_resumed,

@@ -1,5 +1,7 @@
 //! `update-edge serve`: run a node until Ctrl-C / SIGTERM.
 
+use std::path::{Path, PathBuf};
+
 use crate::config::Config;
 use crate::server::{self, Node};
 
@@ -10,11 +12,14 @@ pub fn run(mut config: Config, demo: bool) -> anyhow::Result<u8> {
             "demo: operator token is \"demo-token\" (set UPDATE_EDGE_ADMIN_TOKEN to choose one)"
         );
     }
+    if demo {
+        demo_keys(&config.tuf.keys_dir)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let node = super::open_offline(config)?;
+        let node = super::open_node(config)?;
         let listener = tokio::net::TcpListener::bind(node.config.server.listen).await?;
         let running = server::start(&node, listener)?;
         let base = format!("http://{}", running.addr);
@@ -31,9 +36,49 @@ pub fn run(mut config: Config, demo: bool) -> anyhow::Result<u8> {
     Ok(super::EXIT_OK)
 }
 
+/// Root keys of a demo node: beside the online keys, named so nobody mistakes them for
+/// a production layout.
+fn demo_root_keys(keys_dir: &Path) -> PathBuf {
+    let name = keys_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keys".into());
+    keys_dir.with_file_name(format!("{name}-root-offline"))
+}
+
+/// The demo creates the repository keys on first start (a real node never does: a
+/// missing key is an error).
+fn demo_keys(keys_dir: &Path) -> anyhow::Result<()> {
+    if crate::repo::root::root_dir(keys_dir)
+        .join("1.root.json")
+        .exists()
+    {
+        return Ok(());
+    }
+    let offline = demo_root_keys(keys_dir);
+    crate::repo::root::init(
+        keys_dir,
+        &offline,
+        crate::repo::root::InitOptions::default(),
+    )?;
+    eprintln!(
+        "demo: created TUF keys in {} (root keys in {}: in production keep those offline)",
+        keys_dir.display(),
+        offline.display()
+    );
+    Ok(())
+}
+
 async fn print_demo(node: &Node, base: &str) -> anyhow::Result<()> {
     let catalog = node.catalog.clone();
     let builds = tokio::task::spawn_blocking(move || super::demo::seed(&catalog)).await??;
+    let (catalog, repo) = (node.catalog.clone(), node.repo.clone());
+    tokio::task::spawn_blocking(move || {
+        repo.publish_from(|| {
+            crate::catalog::targets::entries(&catalog).map_err(|e| anyhow::anyhow!("{e}"))
+        })
+    })
+    .await??;
     for w in builds.windows(2).chain(builds.windows(3)) {
         let (from, to) = (w[0].1, w[w.len() - 1].1);
         node.checker.scheduler.enqueue(from, to);
@@ -52,7 +97,10 @@ async fn print_demo(node: &Node, base: &str) -> anyhow::Result<()> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "update-edge".into());
     println!("  curl -o v1.img {base}/v1/blobs/{h}   # a device on 1.0.1");
-    println!("  {exe} device update --server {base} --product {product} --device-id dev-1 --version 1.0.1 --current v1.img --out v3.img");
+    let root = crate::repo::root::root_dir(&node.config.tuf.keys_dir).join("1.root.json");
+    let root = std::fs::canonicalize(&root).unwrap_or(root);
+    println!("  {exe} device update --server {base} --root {} --state ./device-state --product {product} --device-id dev-1 --version 1.0.1 --current v1.img --out v3.img", root.display());
+    println!("  (--root is the repository's root.json, what a device ships with; --state keeps its verified metadata and installed version)");
     println!("  (the first update may use the full payload while deltas are computed in the background; run it again for the delta)");
     println!("  curl -I {base}/v1/blobs/{h}");
     println!("  curl -r 0-99 {base}/v1/blobs/{h} | xxd | head");

@@ -40,6 +40,17 @@ pub async fn get_blob(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
+    serve_blob(state, method, hash, headers).await
+}
+
+/// A stored blob with full RFC 9110 semantics (ranges, conditionals, HEAD); also what
+/// `/v1/tuf/targets/...` serves once it has mapped a target name onto its blob.
+pub async fn serve_blob(
+    state: AppState,
+    method: Method,
+    hash: Hash,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let manifest = state.store.manifest(hash).await?;
     let size = manifest.size;
     let tag = etag(&hash.to_hex());

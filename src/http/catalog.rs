@@ -35,6 +35,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
+/// Signs the catalog's builds into the TUF repository (a no-op when nothing changed).
+/// Called after every change that alters targets, before the change is acknowledged.
+async fn publish_targets(s: &AppState) -> Result<(), ApiError> {
+    let (c, r) = (s.catalog.clone(), s.repo.clone());
+    blocking(move || {
+        r.publish_from(|| crate::catalog::targets::entries(&c).map_err(ApiError::from))?;
+        Ok(())
+    })
+    .await
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProductBody {
@@ -50,8 +61,9 @@ pub async fn put_product(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let b: ProductBody = json_body(&body)?;
-    let (p, created) =
-        blocking(move || Ok(s.catalog.put_product(&product, &b.name, b.hardware)?)).await?;
+    let c = s.catalog.clone();
+    let (p, created) = blocking(move || Ok(c.put_product(&product, &b.name, b.hardware)?)).await?;
+    publish_targets(&s).await?; // hardware is part of each target's signed custom data
     Ok((
         if created {
             StatusCode::CREATED
@@ -115,8 +127,9 @@ pub async fn put_build(
         q.notes.unwrap_or_default(),
     );
     let (build, created) =
-        blocking(move || Ok(c.publish_build(&p, &vv, kind, &notes, put.hash, put.size)?)).await?;
+        blocking(move || Ok(c.publish_build(&p, &vv, kind, &notes, &put)?)).await?;
     drop(guard);
+    publish_targets(&s).await?;
     if created {
         schedule_from_previous(&s, &product, &v, kind).await;
     }
@@ -178,7 +191,9 @@ pub async fn delete_build(
     Path((product, ver)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let v = version(&ver)?;
-    blocking(move || Ok(s.catalog.delete_build(&product, &v)?)).await?;
+    let c = s.catalog.clone();
+    blocking(move || Ok(c.delete_build(&product, &v)?)).await?;
+    publish_targets(&s).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

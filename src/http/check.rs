@@ -1,4 +1,5 @@
-//! Device plane: `POST /v1/check` (signed update decision) and `GET /v1/keys`.
+//! Device plane: `POST /v1/check` (the director's signed, request-bound update decision)
+//! and `GET /v1/keys` (a convenience listing, never a root of trust).
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -44,7 +45,14 @@ pub async fn post_check(
     Ok(Json(answer).into_response())
 }
 
+/// A convenience listing of the director key this node signs answers with. Devices must
+/// not trust it: they trust the director keys root.json authorises.
 pub async fn get_keys(State(s): State<AppState>) -> Response {
     let signer = &s.checker.signer;
-    Json(json!({ "keys": [{ "id": signer.id(), "alg": "ed25519", "public_key": signer.public_hex() }] })).into_response()
+    Json(json!({
+        "keys": [{ "id": signer.id(), "role": "director", "alg": "ed25519", "public_key": signer.public_hex() }],
+        "root_versions": s.repo.root().version.get(),
+        "note": "convenience only: devices trust the keys that /v1/tuf/{N}.root.json authorises, never this listing",
+    }))
+    .into_response()
 }

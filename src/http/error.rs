@@ -39,6 +39,15 @@ impl From<crate::catalog::CatalogError> for ApiError {
     }
 }
 
+impl From<crate::repo::RepoError> for ApiError {
+    fn from(e: crate::repo::RepoError) -> Self {
+        match e {
+            crate::repo::RepoError::Store(s) => ApiError::Store(s),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {

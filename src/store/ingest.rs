@@ -22,6 +22,9 @@ pub struct PutOutcome {
     /// False when the blob was already stored (nothing new was committed).
     #[serde(skip)]
     pub created: bool,
+    /// SHA-256 of the payload, computed alongside blake3 (what TUF clients check).
+    #[serde(skip)]
+    pub sha256: [u8; 32],
 }
 
 /// Writes one blob; call [`BlobWriter::write`] repeatedly, then [`BlobWriter::finish`].
@@ -31,6 +34,7 @@ pub struct BlobWriter<'a> {
     chunker: super::chunker::Chunker,
     window: BytesMut,
     whole: blake3::Hasher,
+    sha256: aws_lc_rs::digest::Context,
     chunks: Vec<ChunkRef>,
     pending: Vec<(Hash, Bytes)>,
     pending_bytes: usize,
@@ -44,6 +48,7 @@ impl<'a> BlobWriter<'a> {
             chunker: super::chunker::Chunker::new(params),
             window: BytesMut::with_capacity(2 * params.max),
             whole: blake3::Hasher::new(),
+            sha256: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
             chunks: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
@@ -53,6 +58,7 @@ impl<'a> BlobWriter<'a> {
     pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
         self.store.metrics.ingest_bytes.inc_by(data.len() as u64);
         self.whole.update(data);
+        self.sha256.update(data);
         let max = self.chunker.params().max;
         while !data.is_empty() {
             let take = (2 * max - self.window.len()).min(data.len());
@@ -121,6 +127,13 @@ impl<'a> BlobWriter<'a> {
         }
         self.flush()?;
         let hash = Hash::from(self.whole.finalize());
+        let sha256: [u8; 32] = self
+            .sha256
+            .clone()
+            .finish()
+            .as_ref()
+            .try_into()
+            .unwrap_or([0; 32]);
         let manifest = Manifest::new(std::mem::take(&mut self.chunks));
         let size = manifest.size;
         if self.store.kv.contains(Cf::Blobs, hash.as_bytes())? {
@@ -128,6 +141,7 @@ impl<'a> BlobWriter<'a> {
                 hash,
                 size,
                 created: false,
+                sha256,
             });
         }
         let mut batch = Batch::default();
@@ -140,6 +154,7 @@ impl<'a> BlobWriter<'a> {
             hash,
             size,
             created: true,
+            sha256,
         })
     }
 }
@@ -158,6 +173,11 @@ mod tests {
         let b = store.put_reader(&data[..], |_| {}).unwrap();
         assert!(a.created && !b.created);
         assert_eq!(a.hash, Hash::of(&data));
+        let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data);
+        assert_eq!(
+            (a.sha256, b.sha256),
+            (sha.as_ref().try_into().unwrap(), a.sha256)
+        );
         assert_eq!(store.stats(), before);
         assert_eq!(before.bytes, 100_000);
     }

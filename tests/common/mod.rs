@@ -21,7 +21,36 @@ pub fn test_config(dir: &Path) -> Config {
     c.store.chunk_avg = ByteSize(CHUNK_AVG as u64);
     c.store.chunk_max = ByteSize(CHUNK_MAX as u64);
     c.store.cache_size = ByteSize(8 << 20);
+    c.tuf.keys_dir = dir.join("tuf-keys");
+    if !root_path(&c).exists() {
+        init_keys(&c.tuf.keys_dir, &dir.join("tuf-root-keys"));
+    }
     c
+}
+
+/// Repository keys for a test node: 2-of-3 root keys (beside the online ones, as tests
+/// have no offline place) and the four online keys.
+pub fn init_keys(keys_dir: &Path, root_keys: &Path) {
+    update_edge::repo::root::init(
+        keys_dir,
+        root_keys,
+        update_edge::repo::root::InitOptions {
+            root_keys: 3,
+            root_threshold: 2,
+            root_days: 30,
+        },
+    )
+    .expect("keys init");
+}
+
+/// The root.json version 1 a device of this node ships with.
+pub fn root_path(c: &Config) -> PathBuf {
+    c.tuf.keys_dir.join("root/1.root.json")
+}
+
+/// Where [`test_config`] put the root private keys.
+pub fn root_keys_dir(c: &Config) -> PathBuf {
+    c.tuf.keys_dir.with_file_name("tuf-root-keys")
 }
 
 /// A node serving on an ephemeral loopback port.
@@ -49,6 +78,31 @@ impl TestNode {
             server: Some(server),
             url,
             dir,
+        }
+    }
+
+    /// Client arguments for a device of product `product` on `version`, with its state
+    /// in `dir/state-{device}` and the node's root.json pinned.
+    pub fn device_args(
+        &self,
+        dir: &Path,
+        product: &str,
+        device: &str,
+        version: &str,
+        current: Option<PathBuf>,
+    ) -> update_edge::client::UpdateArgs {
+        update_edge::client::UpdateArgs {
+            server: self.url.clone(),
+            product: product.into(),
+            device_id: device.into(),
+            version: version.into(),
+            ring: None,
+            current,
+            out: dir.join("out.img"),
+            root: root_path(&self.node.config),
+            state: dir.join(format!("state-{device}")),
+            max_rate: 0,
+            retry_for: std::time::Duration::from_secs(20),
         }
     }
 
@@ -203,4 +257,123 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     false
+}
+
+/// What a rewriting proxy saw: the request a device sent.
+#[derive(Debug, Clone)]
+pub struct Intercept {
+    pub method: reqwest::Method,
+    pub path: String,
+    pub body: Vec<u8>,
+    pub range: Option<String>,
+}
+
+/// A response as the proxy returns it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn json(v: &serde_json::Value) -> Reply {
+        Reply {
+            status: 200,
+            body: serde_json::to_vec(v).unwrap(),
+            headers: vec![("content-type".into(), "application/json".into())],
+        }
+    }
+}
+
+pub type Hook = std::sync::Arc<
+    dyn Fn(Intercept) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Reply>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Sends a request to `upstream` as the proxy would, keeping the headers a download needs.
+pub async fn forward(upstream: &str, req: &Intercept) -> Reply {
+    let mut r = client()
+        .request(req.method.clone(), format!("{upstream}{}", req.path))
+        .body(req.body.clone());
+    if let Some(v) = &req.range {
+        r = r.header("range", v);
+    }
+    let resp = r.send().await.expect("proxy: upstream request");
+    let status = resp.status().as_u16();
+    let headers = ["content-type", "content-range", "etag", "accept-ranges"]
+        .iter()
+        .filter_map(|h| {
+            resp.headers()
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (h.to_string(), v.to_string()))
+        })
+        .collect();
+    let body = resp.bytes().await.expect("proxy: upstream body").to_vec();
+    Reply {
+        status,
+        body,
+        headers,
+    }
+}
+
+/// A man in the middle on loopback: every request goes to `hook` first; `None` forwards
+/// it unchanged. Returns the proxy's base URL.
+pub async fn rewriting_proxy(upstream: String, hook: Hook) -> String {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::response::Response;
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let (upstream, hook) = (upstream.clone(), hook.clone());
+        async move {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            let method = req.method().clone();
+            let range = req
+                .headers()
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap()
+                .to_vec();
+            let seen = Intercept {
+                method,
+                path,
+                body,
+                range,
+            };
+            let reply = match hook(seen.clone()).await {
+                Some(r) => r,
+                None => forward(&upstream, &seen).await,
+            };
+            let mut b = Response::builder().status(reply.status);
+            for (k, v) in &reply.headers {
+                b = b.header(k.as_str(), v.as_str());
+            }
+            b.body(Body::from(reply.body)).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// Builds a [`Hook`] from an async closure.
+#[macro_export]
+macro_rules! hook {
+    (|$req:ident| $body:expr) => {
+        std::sync::Arc::new(move |$req: Intercept| {
+            let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Option<Reply>> + Send>> =
+                Box::pin($body);
+            fut
+        }) as Hook
+    };
 }

@@ -1,0 +1,592 @@
+//! The repository's online half: signs targets, snapshot and timestamp with the online
+//! keys, stores every version it serves (consistent snapshots: `{N}.targets.json`,
+//! `{N}.snapshot.json`), and re-signs before anything expires.
+//!
+//! Stored in the store's `meta` column family: `tuf/targets/{N}`, `tuf/snapshot/{N}`
+//! (the last [`KEEP_VERSIONS`] of each, so a client that read snapshot N a moment ago
+//! still finds the targets it names), `tuf/timestamp` and `tuf/state`, all written in
+//! one synced batch per change.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tough::schema::{Hashes, Metafile, Root, Signed, Snapshot, Target, Targets, Timestamp};
+use tough::TargetName;
+
+use super::keys::KeyPair;
+use super::root::{self, key_path, load_chain, role_key_ids};
+use super::{expires_in, now_secs, sign_role, RepoError, SPEC_VERSION};
+use crate::hash::Hash;
+use crate::store::{Batch, Cf, Store};
+
+/// Old targets/snapshot versions kept servable after a change.
+pub const KEEP_VERSIONS: u64 = 16;
+
+const STATE_KEY: &[u8] = b"tuf/state";
+const TIMESTAMP_KEY: &[u8] = b"tuf/timestamp";
+
+/// Lifetimes of the online metadata, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttls {
+    pub timestamp: u64,
+    pub snapshot: u64,
+    pub targets: u64,
+}
+
+/// One published image as a TUF target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetEntry {
+    /// `{product}/{version}/{kind}`.
+    pub name: String,
+    pub length: u64,
+    /// SHA-256 of the payload (what standard TUF clients check), 32 bytes.
+    pub sha256: [u8; 32],
+    /// Product, version, kind, hardware, blake3, chunks_blake3 — strings and objects
+    /// only (canonical JSON has no floats).
+    pub custom: serde_json::Map<String, Value>,
+}
+
+/// What serving a target needs: the stored blob behind a target name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetRef {
+    pub blob: Hash,
+    pub sha256: [u8; 32],
+    pub length: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct State {
+    targets: u64,
+    snapshot: u64,
+    timestamp: u64,
+    targets_expires: i64,
+    snapshot_expires: i64,
+    timestamp_expires: i64,
+    /// Key ids that signed the current versions (a rotation makes them differ).
+    targets_key: String,
+    snapshot_key: String,
+    timestamp_key: String,
+    /// blake3 of the target entries, to notice a catalog change made before a crash.
+    entries_digest: String,
+}
+
+/// The current published set.
+pub struct Published {
+    state: State,
+    timestamp: Bytes,
+    names: HashMap<String, TargetRef>,
+    entries: Vec<TargetEntry>,
+}
+
+pub struct Repo {
+    store: Arc<Store>,
+    roots: Vec<Bytes>,
+    root: Root,
+    targets_key: KeyPair,
+    snapshot_key: KeyPair,
+    timestamp_key: KeyPair,
+    director: Arc<KeyPair>,
+    ttls: Ttls,
+    current: RwLock<Arc<Published>>,
+    writes: Mutex<()>,
+}
+
+fn versioned_key(role: &str, n: u64) -> Vec<u8> {
+    format!("tuf/{role}/{n:020}").into_bytes()
+}
+
+fn digest(entries: &[TargetEntry]) -> String {
+    let mut h = blake3::Hasher::new();
+    for e in entries {
+        h.update(e.name.as_bytes());
+        h.update(&e.length.to_le_bytes());
+        h.update(&e.sha256);
+        h.update(&serde_json::to_vec(&e.custom).unwrap_or_default());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+fn meta_err(what: &str, e: impl std::fmt::Display) -> RepoError {
+    RepoError::Metadata {
+        what: what.into(),
+        message: e.to_string(),
+    }
+}
+
+impl Repo {
+    /// Loads the root chain and the online keys from `keys_dir`, checks each key is the
+    /// one the latest root authorises for its role, and brings the stored metadata up to
+    /// date with `entries` (re-signing when keys or targets changed or expiry is near).
+    pub fn open(
+        store: Arc<Store>,
+        keys_dir: &Path,
+        ttls: Ttls,
+        entries: Vec<TargetEntry>,
+    ) -> Result<Repo, RepoError> {
+        let chain = load_chain(keys_dir)?;
+        let roots: Vec<Bytes> = chain.iter().map(|(_, b)| Bytes::from(b.clone())).collect();
+        let root = chain
+            .last()
+            .map(|(r, _)| r.signed.clone())
+            .ok_or_else(|| RepoError::Invalid("no root".into()))?;
+        let load = |role: &str| -> Result<KeyPair, RepoError> {
+            let path = key_path(keys_dir, role);
+            let k = KeyPair::load(&path)?;
+            if !role_key_ids(&root, role)?.iter().any(|id| id == k.id()) {
+                return Err(RepoError::KeyFile {
+                    path,
+                    message: format!(
+                        "key {} is not authorised for {role} by root version {} (restore the matching key or rotate with `update-edge keys rotate --role {role}`)",
+                        &k.id()[..16],
+                        root.version
+                    ),
+                });
+            }
+            Ok(k)
+        };
+        let repo = Repo {
+            targets_key: load("targets")?,
+            snapshot_key: load("snapshot")?,
+            timestamp_key: load("timestamp")?,
+            director: Arc::new(load("director")?),
+            store,
+            roots,
+            root,
+            ttls,
+            current: RwLock::new(Arc::new(Published {
+                state: State::default(),
+                timestamp: Bytes::new(),
+                names: HashMap::new(),
+                entries: Vec::new(),
+            })),
+            writes: Mutex::new(()),
+        };
+        repo.load_stored()?;
+        repo.publish(entries)?;
+        repo.refresh()?;
+        Ok(repo)
+    }
+
+    fn kv_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RepoError> {
+        Ok(self.store.kv().get(Cf::Meta, key)?)
+    }
+
+    fn load_stored(&self) -> Result<(), RepoError> {
+        let Some(state) = self.kv_get(STATE_KEY)? else {
+            return Ok(());
+        };
+        let state: State = serde_json::from_slice(&state).map_err(|e| meta_err("tuf/state", e))?;
+        let timestamp = self
+            .kv_get(TIMESTAMP_KEY)?
+            .ok_or_else(|| meta_err("tuf/timestamp", "missing"))?;
+        let targets = self
+            .kv_get(&versioned_key("targets", state.targets))?
+            .ok_or_else(|| meta_err("tuf/targets", "missing"))?;
+        let targets: Signed<Targets> =
+            serde_json::from_slice(&targets).map_err(|e| meta_err("stored targets", e))?;
+        let entries = targets
+            .signed
+            .targets
+            .iter()
+            .map(|(name, t)| TargetEntry {
+                name: name.raw().to_string(),
+                length: t.length,
+                sha256: t.hashes.sha256.as_ref().try_into().unwrap_or([0; 32]),
+                custom: t.custom.clone().into_iter().collect(),
+            })
+            .collect();
+        self.install(state, Bytes::from(timestamp), entries);
+        Ok(())
+    }
+
+    fn install(&self, state: State, timestamp: Bytes, mut entries: Vec<TargetEntry>) {
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let names = entries
+            .iter()
+            .filter_map(|e| {
+                let blob: Hash = e.custom.get("blake3")?.as_str()?.parse().ok()?;
+                Some((
+                    e.name.clone(),
+                    TargetRef {
+                        blob,
+                        sha256: e.sha256,
+                        length: e.length,
+                    },
+                ))
+            })
+            .collect();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Published {
+            state,
+            timestamp,
+            names,
+            entries,
+        });
+    }
+
+    fn current(&self) -> Arc<Published> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Publishes `entries` as the targets (new targets, snapshot and timestamp versions)
+    /// unless they and the signing keys are what is already published.
+    pub fn publish(&self, entries: Vec<TargetEntry>) -> Result<bool, RepoError> {
+        self.publish_from(|| Ok::<_, RepoError>(entries))
+    }
+
+    /// As [`Repo::publish`], with the entries read under the repository's lock, so
+    /// concurrent publishes cannot sign an older list after a newer one.
+    pub fn publish_from<E: From<RepoError>>(
+        &self,
+        entries: impl FnOnce() -> Result<Vec<TargetEntry>, E>,
+    ) -> Result<bool, E> {
+        let _w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = entries()?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let cur = self.current();
+        let d = digest(&entries);
+        let s = &cur.state;
+        if s.targets > 0
+            && s.entries_digest == d
+            && s.targets_key == self.targets_key.id()
+            && s.snapshot_key == self.snapshot_key.id()
+            && s.timestamp_key == self.timestamp_key.id()
+        {
+            return Ok(false);
+        }
+        self.write_set(&cur, Some(entries), true)?;
+        Ok(true)
+    }
+
+    /// Re-signs whatever expires within half its lifetime (timestamp most often).
+    pub fn refresh(&self) -> Result<(), RepoError> {
+        let _w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.current();
+        let now = now_secs();
+        let due = |expires: i64, ttl: u64| expires - now <= (ttl / 2) as i64;
+        let s = &cur.state;
+        if due(s.targets_expires, self.ttls.targets) {
+            self.write_set(&cur, Some(cur.entries.clone()), true)
+        } else if due(s.snapshot_expires, self.ttls.snapshot) {
+            self.write_set(&cur, None, true)
+        } else if due(s.timestamp_expires, self.ttls.timestamp) {
+            self.write_set(&cur, None, false)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes new versions: targets (when `entries` is given), snapshot (when targets
+    /// changed or `snapshot` is set) and always timestamp, in one synced batch.
+    fn write_set(
+        &self,
+        cur: &Published,
+        entries: Option<Vec<TargetEntry>>,
+        snapshot: bool,
+    ) -> Result<(), RepoError> {
+        let mut st = cur.state.clone();
+        let mut batch = Batch::default();
+        let nz = |n: u64| NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN);
+        let mut new_targets = None;
+        let entries = match entries {
+            Some(entries) => {
+                st.targets += 1;
+                st.targets_expires = expires_in(self.ttls.targets).as_second();
+                let mut t = Targets::new(
+                    SPEC_VERSION.into(),
+                    nz(st.targets),
+                    jiff::Timestamp::from_second(st.targets_expires)
+                        .unwrap_or(jiff::Timestamp::MAX),
+                );
+                for e in &entries {
+                    let name = TargetName::new(e.name.clone()).map_err(|x| meta_err(&e.name, x))?;
+                    t.add_target(
+                        name,
+                        Target {
+                            length: e.length,
+                            hashes: Hashes {
+                                sha256: e.sha256.to_vec().into(),
+                                _extra: HashMap::new(),
+                            },
+                            custom: e.custom.clone().into_iter().collect(),
+                            _extra: HashMap::new(),
+                        },
+                    );
+                }
+                let (_, bytes) = sign_role(t, &[&self.targets_key])?;
+                batch.put(
+                    Cf::Meta,
+                    versioned_key("targets", st.targets),
+                    bytes.clone(),
+                );
+                new_targets = Some(bytes);
+                if st.targets > KEEP_VERSIONS {
+                    batch.delete(
+                        Cf::Meta,
+                        versioned_key("targets", st.targets - KEEP_VERSIONS),
+                    );
+                }
+                st.targets_key = self.targets_key.id().into();
+                st.entries_digest = digest(&entries);
+                entries
+            }
+            None => cur.entries.clone(),
+        };
+        let mut new_snapshot = None;
+        if snapshot || new_targets.is_some() {
+            let targets_bytes = match new_targets {
+                Some(b) => b,
+                None => self
+                    .kv_get(&versioned_key("targets", st.targets))?
+                    .ok_or_else(|| meta_err("tuf/targets", "missing"))?,
+            };
+            st.snapshot += 1;
+            st.snapshot_expires = expires_in(self.ttls.snapshot).as_second();
+            let mut s = Snapshot::new(
+                SPEC_VERSION.into(),
+                nz(st.snapshot),
+                jiff::Timestamp::from_second(st.snapshot_expires).unwrap_or(jiff::Timestamp::MAX),
+            );
+            s.meta
+                .insert("targets.json".into(), metafile(&targets_bytes, st.targets));
+            let (_, bytes) = sign_role(s, &[&self.snapshot_key])?;
+            batch.put(
+                Cf::Meta,
+                versioned_key("snapshot", st.snapshot),
+                bytes.clone(),
+            );
+            new_snapshot = Some(bytes);
+            if st.snapshot > KEEP_VERSIONS {
+                batch.delete(
+                    Cf::Meta,
+                    versioned_key("snapshot", st.snapshot - KEEP_VERSIONS),
+                );
+            }
+            st.snapshot_key = self.snapshot_key.id().into();
+        }
+        let snapshot_bytes = match new_snapshot {
+            Some(b) => b,
+            None => self
+                .kv_get(&versioned_key("snapshot", st.snapshot))?
+                .ok_or_else(|| meta_err("tuf/snapshot", "missing"))?,
+        };
+        st.timestamp += 1;
+        st.timestamp_expires = expires_in(self.ttls.timestamp).as_second();
+        let mut ts = Timestamp::new(
+            SPEC_VERSION.into(),
+            nz(st.timestamp),
+            jiff::Timestamp::from_second(st.timestamp_expires).unwrap_or(jiff::Timestamp::MAX),
+        );
+        ts.meta.insert(
+            "snapshot.json".into(),
+            metafile(&snapshot_bytes, st.snapshot),
+        );
+        let (_, ts_bytes) = sign_role(ts, &[&self.timestamp_key])?;
+        st.timestamp_key = self.timestamp_key.id().into();
+        batch.put(Cf::Meta, TIMESTAMP_KEY, ts_bytes.clone());
+        batch.put(
+            Cf::Meta,
+            STATE_KEY,
+            serde_json::to_vec(&st).unwrap_or_default(),
+        );
+        self.store.kv().write(batch, true)?;
+        tracing::info!(
+            targets = st.targets,
+            snapshot = st.snapshot,
+            timestamp = st.timestamp,
+            "TUF metadata signed"
+        );
+        self.install(st, Bytes::from(ts_bytes), entries);
+        Ok(())
+    }
+
+    /// `{N}.root.json` (1-based), or None.
+    pub fn root_file(&self, version: u64) -> Option<Bytes> {
+        let i = usize::try_from(version).ok()?.checked_sub(1)?;
+        self.roots.get(i).cloned()
+    }
+
+    /// The newest root.json.
+    pub fn latest_root(&self) -> Bytes {
+        self.roots.last().cloned().unwrap_or_default()
+    }
+
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    pub fn timestamp(&self) -> Bytes {
+        self.current().timestamp.clone()
+    }
+
+    /// A stored `{N}.{role}.json` for `targets` or `snapshot`.
+    pub fn versioned(&self, role: &str, version: u64) -> Result<Option<Bytes>, RepoError> {
+        if role != "targets" && role != "snapshot" {
+            return Ok(None);
+        }
+        Ok(self.kv_get(&versioned_key(role, version))?.map(Bytes::from))
+    }
+
+    /// Current version of `targets` or `snapshot`.
+    pub fn current_version(&self, role: &str) -> u64 {
+        let c = self.current();
+        if role == "targets" {
+            c.state.targets
+        } else {
+            c.state.snapshot
+        }
+    }
+
+    /// The current target of that name.
+    pub fn target(&self, name: &str) -> Option<TargetRef> {
+        self.current().names.get(name).copied()
+    }
+
+    /// The key that signs director answers.
+    pub fn director(&self) -> Arc<KeyPair> {
+        self.director.clone()
+    }
+
+    /// Seconds until the first online metadata expires (for re-sign scheduling).
+    pub fn ttls(&self) -> Ttls {
+        self.ttls
+    }
+
+    /// Director key ids the latest root authorises.
+    pub fn director_ids(&self) -> Vec<String> {
+        root::director_keys(&self.root)
+            .map(|d| d.0)
+            .unwrap_or_default()
+    }
+}
+
+fn metafile(bytes: &[u8], version: u64) -> Metafile {
+    let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    Metafile {
+        length: Some(bytes.len() as u64),
+        hashes: Some(Hashes {
+            sha256: sha.as_ref().to_vec().into(),
+            _extra: HashMap::new(),
+        }),
+        version: NonZeroU64::new(version).unwrap_or(NonZeroU64::MIN),
+        _extra: HashMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::root::{init, InitOptions};
+    use crate::store::test_util::memory_store;
+
+    fn entry(name: &str, n: u8) -> TargetEntry {
+        let mut custom = serde_json::Map::new();
+        custom.insert("blake3".into(), Value::String(Hash::of(&[n]).to_hex()));
+        TargetEntry {
+            name: name.into(),
+            length: u64::from(n),
+            sha256: [n; 32],
+            custom,
+        }
+    }
+
+    const TTLS: Ttls = Ttls {
+        timestamp: 86_400,
+        snapshot: 7 * 86_400,
+        targets: 90 * 86_400,
+    };
+
+    #[test]
+    fn publishing_signs_a_consistent_set_that_root_verifies_and_unchanged_lists_sign_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        init(&keys, &dir.path().join("offline"), InitOptions::default()).unwrap();
+        let (store, _) = memory_store();
+        let repo = Repo::open(store.clone(), &keys, TTLS, vec![entry("p/1.0/os", 1)]).unwrap();
+        assert_eq!(
+            (
+                repo.current_version("targets"),
+                repo.current_version("snapshot")
+            ),
+            (1, 1)
+        );
+        assert!(!repo.publish(vec![entry("p/1.0/os", 1)]).unwrap());
+        assert_eq!(repo.current_version("targets"), 1);
+        assert!(repo
+            .publish(vec![entry("p/1.0/os", 1), entry("p/1.1/os", 2)])
+            .unwrap());
+        assert_eq!(
+            (
+                repo.current_version("targets"),
+                repo.current_version("snapshot")
+            ),
+            (2, 2)
+        );
+        assert_eq!(repo.target("p/1.1/os").map(|t| t.length), Some(2));
+        assert_eq!(repo.target("p/9/os"), None);
+
+        let root = repo.root().clone();
+        let ts: Signed<Timestamp> = serde_json::from_slice(&repo.timestamp()).unwrap();
+        root.verify_role(&ts).unwrap();
+        let snap_bytes = repo.versioned("snapshot", 2).unwrap().unwrap();
+        let meta = &ts.signed.meta["snapshot.json"];
+        assert_eq!(meta.length, Some(snap_bytes.len() as u64));
+        assert_eq!(meta.version.get(), 2);
+        let snap: Signed<Snapshot> = serde_json::from_slice(&snap_bytes).unwrap();
+        root.verify_role(&snap).unwrap();
+        let targets_bytes = repo.versioned("targets", 2).unwrap().unwrap();
+        let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &targets_bytes);
+        let tm = &snap.signed.meta["targets.json"];
+        assert_eq!(tm.hashes.as_ref().unwrap().sha256.as_ref(), sha.as_ref());
+        let targets: Signed<Targets> = serde_json::from_slice(&targets_bytes).unwrap();
+        root.verify_role(&targets).unwrap();
+        // The older version stays servable (clients mid-update).
+        assert!(repo.versioned("targets", 1).unwrap().is_some());
+
+        // Reopened on the same store with the same list: nothing re-signed.
+        drop(repo);
+        let repo = Repo::open(
+            store,
+            &keys,
+            TTLS,
+            vec![entry("p/1.0/os", 1), entry("p/1.1/os", 2)],
+        )
+        .unwrap();
+        assert_eq!(repo.current_version("targets"), 2);
+    }
+
+    #[test]
+    fn timestamp_is_re_signed_at_half_its_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        init(&keys, &dir.path().join("offline"), InitOptions::default()).unwrap();
+        let (store, _) = memory_store();
+        let short = Ttls {
+            timestamp: 4,
+            ..TTLS
+        };
+        let repo = Repo::open(store, &keys, short, vec![entry("a/1/os", 1)]).unwrap();
+        let v = |r: &Repo| -> u64 {
+            let ts: Signed<Timestamp> = serde_json::from_slice(&r.timestamp()).unwrap();
+            ts.signed.version.get()
+        };
+        let first = v(&repo);
+        repo.refresh().unwrap();
+        assert_eq!(v(&repo), first, "re-signed a fresh timestamp");
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        repo.refresh().unwrap();
+        assert_eq!(v(&repo), first + 1);
+        assert_eq!(
+            repo.current_version("snapshot"),
+            1,
+            "snapshot re-signed needlessly"
+        );
+    }
+}
