@@ -92,7 +92,7 @@ async fn print_demo(node: &Node, base: &str) -> anyhow::Result<()> {
     let (_, first, _) = &builds[0];
     let h = first;
     println!("try:");
-    println!("  curl -s -X POST {base}/v1/check -d '{{\"product\":\"{product}\",\"device_id\":\"dev-1\",\"version\":\"1.0.1\"}}'");
+    println!("  curl -s -X POST {base}/v1/check -d '{{\"product\":\"{product}\",\"device_id\":\"dev-1\",\"version\":\"1.0.1\",\"nonce\":\"0123abcd\"}}'");
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "update-edge".into());
@@ -101,7 +101,8 @@ async fn print_demo(node: &Node, base: &str) -> anyhow::Result<()> {
     let root = std::fs::canonicalize(&root).unwrap_or(root);
     println!("  {exe} device update --server {base} --root {} --state ./device-state --product {product} --device-id dev-1 --version 1.0.1 --current v1.img --out v3.img", root.display());
     println!("  (--root is the repository's root.json, what a device ships with; --state keeps its verified metadata and installed version)");
-    println!("  (the first update may use the full payload while deltas are computed in the background; run it again for the delta)");
+    println!("  (the first update may use the full payload while deltas are computed in the background; a second device,");
+    println!("   --device-id dev-2 --state ./device-state-2, then gets the delta; the same device refuses 1.0.3 again: it is installed)");
     println!("  curl -I {base}/v1/blobs/{h}");
     println!("  curl -r 0-99 {base}/v1/blobs/{h} | xxd | head");
     println!("  curl -o build.img {base}/v1/blobs/{h} && b3sum build.img");
