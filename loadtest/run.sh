@@ -66,6 +66,13 @@ for _ in $(seq 600); do
   curl -sf "$URL/v1/check" -d '{"product":"loadtest","device_id":"probe","version":"1.0.1","ring":"preview"}' | grep -q '"type":"delta"' && break
   sleep 0.5
 done
+# Then until no delta job is queued or running (the other pairs publishing scheduled),
+# so the node's CPU seconds below measure the scenario, not background deltas.
+echo "waiting for the delta queue to drain..." >&2
+for _ in $(seq 1200); do
+  curl -sf "$URL/metrics" | awk '/^update_edge_delta_jobs\{/ { n += $2; seen = 1 } END { exit !(seen && n == 0) }' && break
+  sleep 0.5
+done
 
 cpu_secs() { local t=0; for p in "$@"; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done; awk -v t=$t -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'; }
 metric() { awk -v n="$1" '$1 == n { print $2 }' "$2"; }

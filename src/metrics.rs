@@ -57,6 +57,11 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    pub role: String,
+}
+
 /// Delta computation time buckets: 0.1 s .. ~27 min, doubling.
 pub const DELTA_SECONDS_BUCKETS: [f64; 15] = [
     0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4, 204.8, 409.6, 819.2, 1638.4,
@@ -79,6 +84,9 @@ pub struct Metrics {
     pub delta_bytes_saved: Counter,
     pub checks: Family<ResultLabel, Counter>,
     pub artifact_bytes: Family<KindLabel, Counter>,
+    /// TUF metadata expiry (unix seconds) and version, by role.
+    pub tuf_expires: Family<RoleLabel, Gauge>,
+    pub tuf_version: Family<RoleLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -109,6 +117,8 @@ impl Metrics {
             delta_bytes_saved: Counter::default(),
             checks: Family::default(),
             artifact_bytes: Family::default(),
+            tuf_expires: Family::default(),
+            tuf_version: Family::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -181,6 +191,16 @@ impl Metrics {
             "update_edge_artifact_bytes_served",
             "Download bytes by artifact kind (os, driver, app, delta, other)",
             m.artifact_bytes.clone(),
+        );
+        registry.register(
+            "update_edge_tuf_metadata_expires_timestamp_seconds",
+            "When the served TUF metadata expires, by role (alert well before it)",
+            m.tuf_expires.clone(),
+        );
+        registry.register(
+            "update_edge_tuf_metadata_version",
+            "Version of the served TUF metadata, by role",
+            m.tuf_version.clone(),
         );
         for state in [JobState::queued(), JobState::running()] {
             let _ = m.delta_jobs.get_or_create(&state);

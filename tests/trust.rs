@@ -220,11 +220,26 @@ async fn validly_signed_downgrade_is_refused() {
     // repository did sign, to a device running 1.0.2.
     let signer = director(&node);
     let (len, sha) = (imgs[0].len(), sha256_hex(&imgs[0]));
+    let h1 = blake3::hash(&imgs[0]).to_hex().to_string();
+    let list = client()
+        .get(format!("{}/v1/blobs/{h1}/chunks", node.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    // A thorough director rewrites the artifacts too, to the 1.0.1 payload.
+    let artifacts = json!([{
+        "type": "full", "url": format!("/v1/blobs/{h1}"), "size": len, "blake3": h1,
+        "chunks_url": format!("/v1/blobs/{h1}/chunks"), "chunks_blake3": blake3::hash(&list).to_hex().to_string(),
+    }]);
     let up = node.url.clone();
     let proxy = rewriting_proxy(
         node.url.clone(),
         hook!(|req| {
-            let (up, signer, sha) = (up.clone(), signer.clone(), sha.clone());
+            let (up, signer, sha, artifacts) =
+                (up.clone(), signer.clone(), sha.clone(), artifacts.clone());
             async move {
                 if req.path != "/v1/check" {
                     return None;
@@ -233,6 +248,7 @@ async fn validly_signed_downgrade_is_refused() {
                 v["update"]["version"] = json!("1.0.1");
                 v["update"]["target"] =
                     json!({"name": "gw/1.0.1/os", "length": len, "hashes": {"sha256": sha}});
+                v["update"]["artifacts"] = artifacts;
                 Some(Reply::json(&signer.sign(v)))
             }
         }),

@@ -205,6 +205,18 @@ impl Repo {
     }
 
     fn install(&self, state: State, timestamp: Bytes, mut entries: Vec<TargetEntry>) {
+        let m = self.store.metrics();
+        let root = (self.root.expires.as_second(), self.root.version.get());
+        for (role, expires, version) in [
+            ("root", root.0, root.1),
+            ("targets", state.targets_expires, state.targets),
+            ("snapshot", state.snapshot_expires, state.snapshot),
+            ("timestamp", state.timestamp_expires, state.timestamp),
+        ] {
+            let role = crate::metrics::RoleLabel { role: role.into() };
+            m.tuf_expires.get_or_create(&role).set(expires);
+            m.tuf_version.get_or_create(&role).set(version as i64);
+        }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let names = entries
             .iter()
@@ -531,6 +543,17 @@ mod tests {
         );
         assert_eq!(repo.target("p/1.1/os").map(|t| t.length), Some(2));
         assert_eq!(repo.target("p/9/os"), None);
+        let gauge = |f: &prometheus_client::metrics::family::Family<
+            crate::metrics::RoleLabel,
+            prometheus_client::metrics::gauge::Gauge,
+        >,
+                     role: &str| {
+            f.get_or_create(&crate::metrics::RoleLabel { role: role.into() })
+                .get()
+        };
+        let m = store.metrics();
+        assert_eq!(gauge(&m.tuf_version, "targets"), 2);
+        assert!(gauge(&m.tuf_expires, "timestamp") > now_secs() + 86_000);
 
         let root = repo.root().clone();
         let ts: Signed<Timestamp> = serde_json::from_slice(&repo.timestamp()).unwrap();

@@ -69,7 +69,20 @@ impl TestNode {
     /// Starts on a given address (to restart a node on the port it had).
     pub async fn start_at(config: Config, addr: &str) -> TestNode {
         let dir = config.server.data_dir.clone();
-        let node = Node::open(config).expect("open store");
+        // A delta job still running from a stopped node holds the store (and RocksDB's
+        // lock) until it finishes: wait for it, bounded, on that error only.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let node = loop {
+            match Node::open(config.clone()) {
+                Ok(n) => break n,
+                Err(e)
+                    if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("open node: {e}"),
+            }
+        };
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let server = server::start(&node, listener).unwrap();
         let url = format!("http://{}", server.addr);
