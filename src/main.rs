@@ -125,6 +125,18 @@ enum KeysCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write the next root version with the same keys and a new expiry (before root
+    /// expires; needs the root keys).
+    RenewRoot {
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        #[arg(long)]
+        root_keys: PathBuf,
+        #[arg(long, default_value_t = update_edge::repo::root::DEFAULT_ROOT_DAYS)]
+        root_days: u64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -330,6 +342,14 @@ fn main() -> ExitCode {
                     &role,
                     root_days,
                 )
+            }),
+            KeysCommand::RenewRoot {
+                keys,
+                root_keys,
+                root_days,
+                config,
+            } => cli::load_config(config.as_deref(), None, None).and_then(|c| {
+                cli::keys::renew_root(&keys.unwrap_or(c.tuf.keys_dir), &root_keys, root_days)
             }),
         },
         Command::Blob { command } => match command {

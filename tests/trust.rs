@@ -651,4 +651,18 @@ fn keys_cli_initialises_once_and_rotates() {
     ]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
+    let renew = run(&[
+        "keys",
+        "renew-root",
+        "--keys",
+        "online",
+        "--root-keys",
+        "offline",
+    ]);
+    assert!(
+        renew.status.success(),
+        "{}",
+        String::from_utf8_lossy(&renew.stderr)
+    );
+    assert!(dir.path().join("online/root/3.root.json").exists());
 }

@@ -54,3 +54,14 @@ pub fn rotate(
     println!("  restart the nodes to sign with the new keys; devices follow the root chain by themselves");
     Ok(super::EXIT_OK)
 }
+
+pub fn renew_root(keys_dir: &Path, root_keys_dir: &Path, root_days: u64) -> anyhow::Result<u8> {
+    let r = root::renew(keys_dir, root_keys_dir, root_days)?;
+    println!(
+        "root version {} (same keys, valid {root_days} days): {}",
+        r.version,
+        r.root_path.display()
+    );
+    println!("  restart the nodes to serve it; devices follow the root chain by themselves");
+    Ok(super::EXIT_OK)
+}

@@ -282,6 +282,24 @@ pub fn rotate(
             "unknown role {role:?} (root, targets, snapshot, timestamp, director)"
         )));
     }
+    advance(keys_dir, root_keys_dir, Some(role), root_days)
+}
+
+/// Writes root version N+1 with the same keys and a new expiry (`root_days` from now),
+/// signed by a threshold of the root keys: how root is kept from expiring.
+pub fn renew(keys_dir: &Path, root_keys_dir: &Path, root_days: u64) -> Result<Rotated, RepoError> {
+    advance(keys_dir, root_keys_dir, None, root_days)
+}
+
+/// The next root version: `role` gets fresh keys (None: same keys, new expiry).
+fn advance(
+    keys_dir: &Path,
+    root_keys_dir: &Path,
+    role: Option<&str>,
+    root_days: u64,
+) -> Result<Rotated, RepoError> {
+    let rotated = role;
+    let role = role.unwrap_or("root");
     let chain = load_chain(keys_dir)?;
     let (current, _) = chain
         .last()
@@ -325,7 +343,7 @@ pub fn rotate(
     };
     let mut new_signers = Vec::new();
     let mut new_online = None;
-    if role == "root" {
+    if rotated == Some("root") {
         let count = root_ids.len().max(threshold);
         for _ in 0..count {
             let tmp = root_keys_dir.join(format!(
@@ -346,7 +364,7 @@ pub fn rotate(
                 k.tuf_key().clone(),
             );
         }
-    } else {
+    } else if rotated.is_some() {
         let tmp = keys_dir.join(format!(".{role}.pk8.new"));
         let _ = std::fs::remove_file(&tmp);
         let k = KeyPair::create(&tmp)?;
@@ -390,7 +408,7 @@ pub fn rotate(
     let version = signed.signed.version.get();
     let root_path = write_root(keys_dir, version, &bytes)?;
     let new_ids = role_key_ids(&signed.signed, role)?;
-    if role == "root" {
+    if rotated == Some("root") {
         for f in &old_files {
             let name = f
                 .file_name()
@@ -462,6 +480,35 @@ mod tests {
         // The online key file on disk is the authorised one.
         let k = KeyPair::load(&key_path(&keys, "director")).unwrap();
         assert_eq!(director_keys(last).unwrap().0, vec![k.id().to_string()]);
+    }
+
+    #[test]
+    fn renewing_root_keeps_every_key_and_extends_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, offline) = (dir.path().join("keys"), dir.path().join("offline"));
+        init(
+            &keys,
+            &offline,
+            InitOptions {
+                root_days: 10,
+                ..InitOptions::default()
+            },
+        )
+        .unwrap();
+        let r = renew(&keys, &offline, 400).unwrap();
+        assert_eq!((r.version, r.old_ids.clone()), (2, r.new_ids.clone()));
+        let chain = load_chain(&keys).unwrap();
+        let (a, b) = (&chain[0].0.signed, &chain[1].0.signed);
+        assert_eq!(
+            (&a.keys, &a.roles, &a._extra),
+            (&b.keys, &b.roles, &b._extra)
+        );
+        assert!(b.expires.as_second() - a.expires.as_second() > 300 * 86_400);
+        assert_eq!(
+            std::fs::read_dir(&offline).unwrap().count(),
+            3,
+            "root keys moved"
+        );
     }
 
     #[test]
