@@ -12,7 +12,8 @@ pub mod rollout;
 pub mod scheduler;
 pub mod signing;
 pub mod targets;
-pub mod version;
+/// Build versions live with the wire types (devices compare them too).
+pub use crate::protocol::version;
 
 use std::sync::{Arc, Mutex};
 

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::catalog::chunklist::ChunkList;
-use crate::catalog::version::Version;
 use crate::hash::Hash;
+use crate::protocol::chunklist::ChunkList;
+use crate::protocol::version::Version;
 use trust::Approved;
 
 /// Longest range fetched in one request (whole chunks up to this size).
@@ -252,7 +252,7 @@ impl Session {
                 version: running,
                 nonce,
             },
-            crate::catalog::model::now_secs(),
+            crate::protocol::unix_now(),
         )
     }
 

@@ -13,6 +13,7 @@ pub mod delta;
 pub mod hash;
 pub mod http;
 pub mod metrics;
+pub mod protocol;
 pub mod repo;
 pub mod server;
 pub mod store;

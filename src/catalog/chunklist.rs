@@ -14,19 +14,7 @@ use crate::store::{Manifest, Store, StoreError};
 /// Memory for cached chunk lists.
 const CACHE_BYTES: u64 = 64 << 20;
 
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct ChunkEntry {
-    pub offset: u64,
-    pub length: u32,
-    pub blake3: Hash,
-}
-
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct ChunkList {
-    pub blob: Hash,
-    pub size: u64,
-    pub chunks: Vec<ChunkEntry>,
-}
+pub use crate::protocol::chunklist::{ChunkEntry, ChunkList};
 
 impl ChunkList {
     pub fn from_manifest(blob: Hash, m: &Manifest) -> ChunkList {

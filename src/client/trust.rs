@@ -15,10 +15,10 @@ use tough::{Limits, Repository, RepositoryLoader, TargetName};
 
 use super::transport::HttpTransport;
 use super::ClientError;
-use crate::catalog::signing;
-use crate::catalog::version::Version;
 use crate::hash::Hash;
-use crate::repo::root::{director_keys, version_of};
+use crate::protocol::answer as signing;
+use crate::protocol::trust::{director_keys, version_of};
+use crate::protocol::version::Version;
 
 /// Metadata size caps (endless-data attacks): root and timestamp are small; snapshot and
 /// targets are bounded by the lengths snapshot/timestamp sign, and by these otherwise.
@@ -117,7 +117,7 @@ pub fn verify_answer(
     let key_id = v["key_id"]
         .as_str()
         .ok_or_else(|| untrusted("answer names no key"))?;
-    let (ids, _threshold) = director_keys(root).map_err(|e| untrusted(e.to_string()))?;
+    let (ids, _threshold) = director_keys(root).map_err(untrusted)?;
     if !ids.iter().any(|id| id == key_id) {
         return Err(untrusted(format!(
             "answer signed by key {} which root version {} does not authorise as director",

@@ -16,14 +16,13 @@ use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tough::schema::{RoleKeys, RoleType, Root, Signed};
 
 use super::keys::KeyPair;
 use super::{expires_in, sign_role, RepoError, SPEC_VERSION};
 
-/// Root's extra member authorising director keys: `{"keyids": [...], "threshold": 1}`.
-pub const DIRECTOR_FIELD: &str = "x-update-edge-director";
+pub use crate::protocol::trust::{version_of, DIRECTOR_FIELD};
 
 /// Online roles, each with one key file in the online directory.
 pub const ONLINE_ROLES: [&str; 4] = ["targets", "snapshot", "timestamp", "director"];
@@ -222,29 +221,10 @@ pub fn load_chain(keys_dir: &Path) -> Result<RootChain, RepoError> {
 
 /// Director key ids (hex) and threshold that `root` authorises.
 pub fn director_keys(root: &Root) -> Result<(Vec<String>, u64), RepoError> {
-    let bad = |m: &str| RepoError::Metadata {
+    crate::protocol::trust::director_keys(root).map_err(|message| RepoError::Metadata {
         what: format!("root version {}", root.version),
-        message: format!("{DIRECTOR_FIELD}: {m}"),
-    };
-    let v = root
-        ._extra
-        .get(DIRECTOR_FIELD)
-        .ok_or_else(|| bad("missing"))?;
-    let ids = v["keyids"]
-        .as_array()
-        .ok_or_else(|| bad("no keyids"))?
-        .iter()
-        .map(|x| {
-            x.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| bad("keyid is not a string"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let threshold = v["threshold"]
-        .as_u64()
-        .filter(|t| *t >= 1)
-        .ok_or_else(|| bad("bad threshold"))?;
-    Ok((ids, threshold))
+        message,
+    })
 }
 
 /// Key ids (hex) authorised for an online role in `root`.
@@ -434,11 +414,6 @@ fn advance(
         old_ids,
         new_ids,
     })
-}
-
-/// Parses `{"signed": {...}}` of any root file for its version (no verification).
-pub fn version_of(bytes: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<Value>(bytes).ok()?["signed"]["version"].as_u64()
 }
 
 #[cfg(test)]
