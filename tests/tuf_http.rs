@@ -1,0 +1,199 @@
+//! The TUF repository over HTTP: metadata names and caching, target files with the same
+//! range/conditional semantics as `/v1/blobs`, re-signing on publish and delete, and a
+//! catalog change that reached the store before a crash signed on the next start.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref())
+}
+
+async fn get(url: String, range: Option<&str>) -> reqwest::Response {
+    let mut r = client().get(url);
+    if let Some(v) = range {
+        r = r.header("range", v);
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn metadata_and_targets_are_served_with_tuf_names_ranges_and_cache_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.delta.from_previous = 0;
+    let node = TestNode::start(config).await;
+    let builds = seed_product(&node, "gw", 2, 100_000).await;
+    let base = format!("{}/v1/tuf", node.url);
+
+    let r = get(format!("{base}/1.root.json"), None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let r = get(format!("{base}/timestamp.json"), None).await;
+    assert_eq!(r.headers()["cache-control"], "no-cache");
+    let ts: serde_json::Value = r.json().await.unwrap();
+    let snap_v = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let snap: serde_json::Value = get(format!("{base}/{snap_v}.snapshot.json"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let targets_v = snap["signed"]["meta"]["targets.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let targets: serde_json::Value = get(format!("{base}/{targets_v}.targets.json"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let t = &targets["signed"]["targets"]["gw/1.0.2/os"];
+    let sha = sha256_hex(&builds[1]);
+    assert_eq!(t["length"], builds[1].len());
+    assert_eq!(t["hashes"]["sha256"], sha.as_str());
+    assert_eq!(
+        t["custom"]["blake3"],
+        blake3::hash(&builds[1]).to_hex().as_str()
+    );
+    assert_eq!(t["custom"]["version"], "1.0.2");
+    assert_eq!(t["custom"]["hardware"]["manufacturer"], "Contoso");
+    for missing in [
+        "999.targets.json",
+        "9.root.json",
+        "mirrors.json",
+        "0.snapshot.json",
+    ] {
+        assert_eq!(
+            get(format!("{base}/{missing}"), None).await.status(),
+            StatusCode::NOT_FOUND,
+            "{missing}"
+        );
+    }
+
+    // The target file, both URL forms, whole, ranged, conditional.
+    let url = format!("{base}/targets/gw/1.0.2/{sha}.os");
+    let whole = get(url.clone(), None).await;
+    assert_eq!(whole.status(), StatusCode::OK);
+    let etag = whole.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(whole.bytes().await.unwrap(), builds[1]);
+    let part = get(url.clone(), Some("bytes=1000-1999")).await;
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.bytes().await.unwrap(), builds[1][1000..2000]);
+    let r = client()
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let r = get(
+        format!("{base}/targets/{sha}.gw/1.0.2/os"),
+        Some("bytes=-10"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap(), builds[1][builds[1].len() - 10..]);
+    let r = client().head(&url).send().await.unwrap();
+    assert_eq!(
+        r.headers()["content-length"],
+        builds[1].len().to_string().as_str()
+    );
+    // Another build's hash, an unknown name, a malformed path: 404.
+    let other = sha256_hex(&builds[0]);
+    for bad in [
+        format!("{base}/targets/gw/1.0.2/{other}.os"),
+        format!("{base}/targets/gw/9.9.9/{sha}.os"),
+        format!("{base}/targets/gw/1.0.2/os"),
+    ] {
+        assert_eq!(
+            get(bad.clone(), None).await.status(),
+            StatusCode::NOT_FOUND,
+            "{bad}"
+        );
+    }
+
+    // Deleting a build re-signs targets without it.
+    let before = node.node.repo.current_version("targets");
+    let r = client()
+        .delete(format!("{}/v1/products/gw/builds/1.0.1", node.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(node.node.repo.current_version("targets"), before + 1);
+    assert!(node.node.repo.target("gw/1.0.1/os").is_none());
+    assert_eq!(
+        get(format!("{base}/targets/gw/1.0.1/{other}.os"), None)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_build_recorded_before_a_crash_is_signed_on_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.delta.from_previous = 0;
+    let node = TestNode::start(config.clone()).await;
+    seed_product(&node, "gw", 1, 50_000).await;
+    // The catalog commit of a publish, without the repository step that follows it.
+    let img = noise(60_000, 77);
+    let put = node.node.store.put_reader(&img[..], |_| {}).unwrap();
+    let v: update_edge::catalog::version::Version = "2.0.0".parse().unwrap();
+    node.node
+        .catalog
+        .publish_build("gw", &v, update_edge::catalog::model::Kind::Os, "", &put)
+        .unwrap();
+    assert!(node.node.repo.target("gw/2.0.0/os").is_none());
+    node.stop().await;
+    let node = TestNode::start(config).await;
+    let t = node
+        .node
+        .repo
+        .target("gw/2.0.0/os")
+        .expect("not signed at start");
+    assert_eq!(
+        (t.length, hex::encode(t.sha256)),
+        (60_000, sha256_hex(&img))
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn check_requests_with_a_bad_nonce_are_refused_and_a_good_one_is_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(test_config(&dir.path().join("data"))).await;
+    seed_product(&node, "gw", 1, 20_000).await;
+    for bad in [
+        serde_json::json!(""),
+        serde_json::json!("x".repeat(129)),
+        serde_json::json!("has space"),
+        serde_json::json!(7),
+    ] {
+        let (status, body) = check(
+            &node,
+            serde_json::json!({"product": "gw", "device_id": "d", "version": "1.0.0", "nonce": bad}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, body) = check(
+        &node,
+        serde_json::json!({"product": "gw", "device_id": "d", "version": "1.0.0", "nonce": "abc123"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["nonce"], "abc123");
+    assert_eq!(body["current_version"], "1.0.0");
+    assert_eq!(body["key_id"], node.node.repo.director_ids()[0].as_str());
+    node.stop().await;
+}
