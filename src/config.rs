@@ -274,10 +274,8 @@ impl std::str::FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let (n, unit) = number_and_unit(s, "size")?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
             "kib" => 1 << 10,
@@ -297,17 +295,34 @@ impl std::str::FromStr for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        int_or_text(d, ByteSize)
     }
+}
+
+/// A config value written as a bare integer (`from_int`) or as text with a unit.
+fn int_or_text<'de, D, T>(d: D, from_int: fn(u64) -> T) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(from_int(n)),
+        Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+/// Splits `"64 KiB"` into (64, "KiB"); `what` names the kind of value in the error.
+fn number_and_unit<'a>(s: &'a str, what: &str) -> Result<(u64, &'a str), String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n = num.parse().map_err(|_| format!("bad {what} {s:?}"))?;
+    Ok((n, unit.trim()))
 }
 
 /// A duration in whole seconds, written as an integer or `"30s"`, `"15m"`, `"12h"`, `"90d"`.
@@ -319,10 +334,8 @@ impl std::str::FromStr for Seconds {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-        let mult: u64 = match unit.trim() {
+        let (n, unit) = number_and_unit(s, "duration")?;
+        let mult: u64 = match unit {
             "" | "s" => 1,
             "m" => 60,
             "h" => 3600,
@@ -341,16 +354,7 @@ impl std::str::FromStr for Seconds {
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Seconds(n)),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        int_or_text(d, Seconds)
     }
 }
 

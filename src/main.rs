@@ -90,52 +90,59 @@ enum BlobCommand {
     },
 }
 
+/// Where the keys are, shared by every `keys` command.
+#[derive(clap::Args)]
+struct KeyDirs {
+    /// Online keys directory (default: tuf.keys_dir of the config).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// The root private keys (outside the data and online keys dirs; keep offline).
+    #[arg(long)]
+    root_keys: PathBuf,
+    /// Days the root version written stays valid.
+    #[arg(long, default_value_t = update_edge::repo::root::DEFAULT_ROOT_DAYS)]
+    root_days: u64,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl KeyDirs {
+    /// (online keys dir, root keys dir, root days), the first from the config if not given.
+    fn resolve(self) -> anyhow::Result<(PathBuf, PathBuf, u64)> {
+        let c = cli::load_config(self.config.as_deref(), None, None)?;
+        Ok((
+            self.keys.unwrap_or(c.tuf.keys_dir),
+            self.root_keys,
+            self.root_days,
+        ))
+    }
+}
+
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create root keys (k of n, in --root-keys: keep them offline), the online keys and
     /// root version 1 (in --keys, the node's tuf.keys_dir).
     Init {
-        /// Online keys directory (default: tuf.keys_dir of the config).
-        #[arg(long)]
-        keys: Option<PathBuf>,
-        /// Where the root private keys go (outside the data and online keys dirs).
-        #[arg(long)]
-        root_keys: PathBuf,
+        #[command(flatten)]
+        dirs: KeyDirs,
         #[arg(long, default_value_t = 3)]
         root_count: usize,
         #[arg(long, default_value_t = 2)]
         root_threshold: usize,
-        /// Days root stays valid.
-        #[arg(long, default_value_t = update_edge::repo::root::DEFAULT_ROOT_DAYS)]
-        root_days: u64,
-        #[arg(long)]
-        config: Option<PathBuf>,
     },
     /// Write the next root version with fresh keys for ROLE (root, targets, snapshot,
     /// timestamp, director), signed by the current root keys (and the new ones for root).
     Rotate {
         #[arg(long)]
         role: String,
-        #[arg(long)]
-        keys: Option<PathBuf>,
-        #[arg(long)]
-        root_keys: PathBuf,
-        #[arg(long, default_value_t = update_edge::repo::root::DEFAULT_ROOT_DAYS)]
-        root_days: u64,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        dirs: KeyDirs,
     },
     /// Write the next root version with the same keys and a new expiry (before root
     /// expires; needs the root keys).
     RenewRoot {
-        #[arg(long)]
-        keys: Option<PathBuf>,
-        #[arg(long)]
-        root_keys: PathBuf,
-        #[arg(long, default_value_t = update_edge::repo::root::DEFAULT_ROOT_DAYS)]
-        root_days: u64,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        dirs: KeyDirs,
     },
 }
 
@@ -312,45 +319,25 @@ fn main() -> ExitCode {
         }
         Command::Keys { command } => match command {
             KeysCommand::Init {
-                keys,
-                root_keys,
+                dirs,
                 root_count,
                 root_threshold,
-                root_days,
-                config,
-            } => cli::load_config(config.as_deref(), None, None).and_then(|c| {
-                cli::keys::init(
-                    &keys.unwrap_or(c.tuf.keys_dir),
-                    &root_keys,
-                    update_edge::repo::root::InitOptions {
-                        root_keys: root_count,
-                        root_threshold,
-                        root_days,
-                    },
-                )
-            }),
-            KeysCommand::Rotate {
-                role,
-                keys,
-                root_keys,
-                root_days,
-                config,
-            } => cli::load_config(config.as_deref(), None, None).and_then(|c| {
-                cli::keys::rotate(
-                    &keys.unwrap_or(c.tuf.keys_dir),
-                    &root_keys,
-                    &role,
+            } => dirs.resolve().and_then(|(keys, root_keys, root_days)| {
+                let opts = update_edge::repo::root::InitOptions {
+                    root_keys: root_count,
+                    root_threshold,
                     root_days,
-                )
+                };
+                cli::keys::init(&keys, &root_keys, opts)
             }),
-            KeysCommand::RenewRoot {
-                keys,
-                root_keys,
-                root_days,
-                config,
-            } => cli::load_config(config.as_deref(), None, None).and_then(|c| {
-                cli::keys::renew_root(&keys.unwrap_or(c.tuf.keys_dir), &root_keys, root_days)
-            }),
+            KeysCommand::Rotate { role, dirs } => {
+                dirs.resolve().and_then(|(keys, root_keys, days)| {
+                    cli::keys::rotate(&keys, &root_keys, &role, days)
+                })
+            }
+            KeysCommand::RenewRoot { dirs } => dirs
+                .resolve()
+                .and_then(|(keys, root_keys, days)| cli::keys::renew_root(&keys, &root_keys, days)),
         },
         Command::Blob { command } => match command {
             BlobCommand::Put { file, data, config } => {

@@ -106,6 +106,72 @@ fn director(node: &TestNode) -> Arc<Signer> {
     Arc::new(Signer::new(node.node.repo.director()))
 }
 
+/// A compromised director or a forger in the middle: every check answer is changed by
+/// `edit` and re-signed with `signer`.
+async fn resigning_proxy(
+    node: &TestNode,
+    signer: Arc<Signer>,
+    edit: impl Fn(&mut Value) + Send + Sync + 'static,
+) -> String {
+    let (up, edit) = (node.url.clone(), Arc::new(edit));
+    let hook = hook!(|req| {
+        let (up, signer, edit) = (up.clone(), signer.clone(), edit.clone());
+        async move {
+            if req.path != "/v1/check" {
+                return None;
+            }
+            let mut v = body_json(&forward(&up, &req).await);
+            edit(&mut v);
+            Some(Reply::json(&signer.sign(v)))
+        }
+    });
+    rewriting_proxy(node.url.clone(), hook).await
+}
+
+/// A mirror that answers `path` with `body` (a captured, frozen or endless file).
+async fn replacing_proxy(node: &TestNode, path: String, body: Vec<u8>) -> String {
+    let hook = hook!(|req| {
+        let (path, body) = (path.clone(), body.clone());
+        async move {
+            (req.path == path).then(|| Reply {
+                status: 200,
+                body,
+                headers: vec![],
+            })
+        }
+    });
+    rewriting_proxy(node.url.clone(), hook).await
+}
+
+/// A mirror that serves what is at `to` when `from` is asked for.
+async fn redirecting_proxy(node: &TestNode, from: String, to: String) -> String {
+    let up = node.url.clone();
+    let hook = hook!(|req| {
+        let (up, from, to) = (up.clone(), from.clone(), to.clone());
+        async move {
+            if req.path != from {
+                return None;
+            }
+            let mut other = req.clone();
+            other.path = to;
+            Some(forward(&up, &other).await)
+        }
+    });
+    rewriting_proxy(node.url.clone(), hook).await
+}
+
+async fn fetch(url: String) -> Vec<u8> {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
 #[tokio::test]
 async fn genuine_update_through_a_passive_proxy_succeeds() {
     // The control row: the same proxy, rewriting nothing, lets the update through.
@@ -127,29 +193,10 @@ async fn genuine_update_through_a_passive_proxy_succeeds() {
 async fn forged_answer_signed_by_an_unknown_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (node, _) = node_with(test_config(&dir.path().join("data")), "1.0.3").await;
-    let forger = Arc::new(Signer::new(Arc::new(
-        KeyPair::create(&dir.path().join("forger.pk8")).unwrap(),
-    )));
-    let up = node.url.clone();
-    let proxy = rewriting_proxy(
-        node.url.clone(),
-        hook!(|req| {
-            let (up, forger) = (up.clone(), forger.clone());
-            async move {
-                if req.path != "/v1/check" {
-                    return None;
-                }
-                let v = body_json(&forward(&up, &req).await);
-                Some(Reply::json(&forger.sign(v)))
-            }
-        }),
-    )
-    .await;
-    refused(
-        args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1"),
-        "does not authorise as director",
-    )
-    .await;
+    let key = KeyPair::create(&dir.path().join("forger.pk8")).unwrap();
+    let proxy = resigning_proxy(&node, Arc::new(Signer::new(Arc::new(key))), |_| {}).await;
+    let args = args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1");
+    refused(args, "does not authorise as director").await;
     node.stop().await;
 }
 
@@ -196,14 +243,8 @@ async fn replayed_answer_with_an_old_nonce_is_refused() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(captured["nonce"], "0123456789abcdef");
-    let proxy = rewriting_proxy(
-        node.url.clone(),
-        hook!(|req| {
-            let captured = captured.clone();
-            async move { (req.path == "/v1/check").then(|| Reply::json(&captured)) }
-        }),
-    )
-    .await;
+    let body = serde_json::to_vec(&captured).unwrap();
+    let proxy = replacing_proxy(&node, "/v1/check".into(), body).await;
     refused(
         args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1"),
         "nonce",
@@ -217,48 +258,23 @@ async fn validly_signed_downgrade_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (node, imgs) = node_with(test_config(&dir.path().join("data")), "1.0.3").await;
     // A compromised director (it holds the real director key) offers 1.0.1, a target the
-    // repository did sign, to a device running 1.0.2.
-    let signer = director(&node);
+    // repository did sign, to a device running 1.0.2 — target and artifacts rewritten.
     let (len, sha) = (imgs[0].len(), sha256_hex(&imgs[0]));
     let h1 = blake3::hash(&imgs[0]).to_hex().to_string();
-    let list = client()
-        .get(format!("{}/v1/blobs/{h1}/chunks", node.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    // A thorough director rewrites the artifacts too, to the 1.0.1 payload.
+    let list = fetch(format!("{}/v1/blobs/{h1}/chunks", node.url)).await;
     let artifacts = json!([{
         "type": "full", "url": format!("/v1/blobs/{h1}"), "size": len, "blake3": h1,
         "chunks_url": format!("/v1/blobs/{h1}/chunks"), "chunks_blake3": blake3::hash(&list).to_hex().to_string(),
     }]);
-    let up = node.url.clone();
-    let proxy = rewriting_proxy(
-        node.url.clone(),
-        hook!(|req| {
-            let (up, signer, sha, artifacts) =
-                (up.clone(), signer.clone(), sha.clone(), artifacts.clone());
-            async move {
-                if req.path != "/v1/check" {
-                    return None;
-                }
-                let mut v = body_json(&forward(&up, &req).await);
-                v["update"]["version"] = json!("1.0.1");
-                v["update"]["target"] =
-                    json!({"name": "gw/1.0.1/os", "length": len, "hashes": {"sha256": sha}});
-                v["update"]["artifacts"] = artifacts;
-                Some(Reply::json(&signer.sign(v)))
-            }
-        }),
-    )
+    let proxy = resigning_proxy(&node, director(&node), move |v| {
+        v["update"]["version"] = json!("1.0.1");
+        v["update"]["target"] =
+            json!({"name": "gw/1.0.1/os", "length": len, "hashes": {"sha256": sha}});
+        v["update"]["artifacts"] = artifacts.clone();
+    })
     .await;
-    refused(
-        args_via(&node, dir.path(), &proxy, "dev-1", "1.0.2"),
-        "not newer than the running 1.0.2",
-    )
-    .await;
+    let args = args_via(&node, dir.path(), &proxy, "dev-1", "1.0.2");
+    refused(args, "not newer than the running 1.0.2").await;
 
     // Rollback below what the device once installed: it installed 1.0.3, was reflashed
     // to 1.0.1, and the (genuine) ring now offers 1.0.2.
@@ -266,10 +282,8 @@ async fn validly_signed_downgrade_is_refused() {
     let r = client::update(a.clone()).await.unwrap();
     assert_eq!(r.version.as_deref(), Some("1.0.3"));
     std::fs::remove_file(&a.out).unwrap();
-    assert_eq!(
-        set_ring(&node, "gw", "general", r#"{"version":"1.0.2"}"#).await,
-        StatusCode::OK
-    );
+    let ring = set_ring(&node, "gw", "general", r#"{"version":"1.0.2"}"#).await;
+    assert_eq!(ring, StatusCode::OK);
     refused(a, "highest ever installed").await;
     node.stop().await;
 }
@@ -278,29 +292,13 @@ async fn validly_signed_downgrade_is_refused() {
 async fn answer_naming_a_target_the_repository_never_signed_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (node, _) = node_with(test_config(&dir.path().join("data")), "1.0.3").await;
-    let signer = director(&node);
-    let up = node.url.clone();
-    let proxy = rewriting_proxy(
-        node.url.clone(),
-        hook!(|req| {
-            let (up, signer) = (up.clone(), signer.clone());
-            async move {
-                if req.path != "/v1/check" {
-                    return None;
-                }
-                let mut v = body_json(&forward(&up, &req).await);
-                v["update"]["version"] = json!("9.9.9");
-                v["update"]["target"]["name"] = json!("gw/9.9.9/os");
-                Some(Reply::json(&signer.sign(v)))
-            }
-        }),
-    )
+    let proxy = resigning_proxy(&node, director(&node), |v| {
+        v["update"]["version"] = json!("9.9.9");
+        v["update"]["target"]["name"] = json!("gw/9.9.9/os");
+    })
     .await;
-    refused(
-        args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1"),
-        "not in the repository's signed targets",
-    )
-    .await;
+    let args = args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1");
+    refused(args, "not in the repository's signed targets").await;
     node.stop().await;
 }
 
@@ -310,23 +308,9 @@ async fn mix_and_match_targets_from_another_snapshot_is_refused() {
     let (node, _) = node_with(test_config(&dir.path().join("data")), "1.0.3").await;
     let n = node.node.repo.current_version("targets");
     assert!(n >= 2, "targets version {n}");
-    // The snapshot names targets version n; the proxy serves version n-1 under its name.
-    let up = node.url.clone();
-    let proxy = rewriting_proxy(
-        node.url.clone(),
-        hook!(|req| {
-            let up = up.clone();
-            async move {
-                if req.path != format!("/v1/tuf/{n}.targets.json") {
-                    return None;
-                }
-                let mut older = req.clone();
-                older.path = format!("/v1/tuf/{}.targets.json", n - 1);
-                Some(forward(&up, &older).await)
-            }
-        }),
-    )
-    .await;
+    // The snapshot names targets version n; the mirror serves version n-1 under its name.
+    let from = format!("/v1/tuf/{n}.targets.json");
+    let proxy = redirecting_proxy(&node, from, format!("/v1/tuf/{}.targets.json", n - 1)).await;
     refused(
         args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1"),
         "Hash mismatch",
@@ -339,48 +323,19 @@ async fn mix_and_match_targets_from_another_snapshot_is_refused() {
 async fn metadata_rollback_below_what_the_device_has_seen_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (node, imgs) = node_with(test_config(&dir.path().join("data")), "1.0.3").await;
-    let old_ts = client()
-        .get(format!("{}/v1/tuf/timestamp.json", node.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let old_ts = fetch(format!("{}/v1/tuf/timestamp.json", node.url)).await;
     // A newer build is published: timestamp, snapshot and targets move on.
     let mut v4 = imgs[2].clone();
     v4[..100].copy_from_slice(&noise(100, 4));
-    assert_eq!(
-        op_put(&format!("{}/v1/products/gw/builds/1.0.4", node.url), v4)
-            .await
-            .status(),
-        StatusCode::CREATED
-    );
+    let r = op_put(&format!("{}/v1/products/gw/builds/1.0.4", node.url), v4).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
     // The device sees the new metadata (it runs 1.0.3: nothing to install).
-    let seen = client::update(node.device_args(dir.path(), "gw", "dev-1", "1.0.3", None))
-        .await
-        .unwrap();
-    assert_eq!(seen.result, "no_update");
+    let seen = client::update(node.device_args(dir.path(), "gw", "dev-1", "1.0.3", None)).await;
+    assert_eq!(seen.unwrap().result, "no_update");
     // Then a mirror serves the older (still unexpired, validly signed) timestamp.
-    let proxy = rewriting_proxy(
-        node.url.clone(),
-        hook!(|req| {
-            let old_ts = old_ts.clone();
-            async move {
-                (req.path == "/v1/tuf/timestamp.json").then(|| Reply {
-                    status: 200,
-                    body: old_ts.to_vec(),
-                    headers: vec![],
-                })
-            }
-        }),
-    )
-    .await;
-    refused(
-        args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1"),
-        "when we had previously fetched version",
-    )
-    .await;
+    let proxy = replacing_proxy(&node, "/v1/tuf/timestamp.json".into(), old_ts).await;
+    let args = args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1");
+    refused(args, "when we had previously fetched version").await;
     node.stop().await;
 }
 
@@ -390,41 +345,16 @@ async fn frozen_timestamp_past_its_expiry_is_refused() {
     let mut config = test_config(&dir.path().join("data"));
     config.tuf.timestamp_ttl = update_edge::config::Seconds(4);
     let (node, _) = node_with(config, "1.0.3").await;
-    let frozen = client()
-        .get(format!("{}/v1/tuf/timestamp.json", node.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let frozen = fetch(format!("{}/v1/tuf/timestamp.json", node.url)).await;
     let expires: Value = serde_json::from_slice(&frozen).unwrap();
     eprintln!("frozen timestamp expires {}", expires["signed"]["expires"]);
     tokio::time::sleep(Duration::from_millis(5500)).await;
     // The node itself keeps re-signing: a device talking to it directly is fine.
-    let fresh = client::update(node.device_args(dir.path(), "gw", "dev-2", "1.0.3", None))
-        .await
-        .unwrap();
-    assert_eq!(fresh.result, "no_update");
-    let proxy = rewriting_proxy(
-        node.url.clone(),
-        hook!(|req| {
-            let frozen = frozen.clone();
-            async move {
-                (req.path == "/v1/tuf/timestamp.json").then(|| Reply {
-                    status: 200,
-                    body: frozen.to_vec(),
-                    headers: vec![],
-                })
-            }
-        }),
-    )
-    .await;
-    refused(
-        args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1"),
-        "timestamp metadata is expired",
-    )
-    .await;
+    let fresh = client::update(node.device_args(dir.path(), "gw", "dev-2", "1.0.3", None)).await;
+    assert_eq!(fresh.unwrap().result, "no_update");
+    let proxy = replacing_proxy(&node, "/v1/tuf/timestamp.json".into(), frozen).await;
+    let args = args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1");
+    refused(args, "timestamp metadata is expired").await;
     node.stop().await;
 }
 
@@ -432,22 +362,10 @@ async fn frozen_timestamp_past_its_expiry_is_refused() {
 async fn endless_metadata_is_cut_off_at_its_cap() {
     let dir = tempfile::tempdir().unwrap();
     let (node, _) = node_with(test_config(&dir.path().join("data")), "1.0.3").await;
-    let proxy = rewriting_proxy(
-        node.url.clone(),
-        hook!(|req| async move {
-            (req.path == "/v1/tuf/timestamp.json").then(|| Reply {
-                status: 200,
-                body: vec![b' '; 16 << 20],
-                headers: vec![],
-            })
-        }),
-    )
-    .await;
-    refused(
-        args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1"),
-        "Maximum size 65536",
-    )
-    .await;
+    let endless = vec![b' '; 16 << 20];
+    let proxy = replacing_proxy(&node, "/v1/tuf/timestamp.json".into(), endless).await;
+    let args = args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1");
+    refused(args, "Maximum size 65536").await;
     node.stop().await;
 }
 
@@ -455,27 +373,13 @@ async fn endless_metadata_is_cut_off_at_its_cap() {
 async fn payload_swapped_for_another_signed_build_of_the_same_length_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (node, imgs) = node_with(test_config(&dir.path().join("data")), "1.0.3").await;
-    let (h2, h3) = (
-        blake3::hash(&imgs[1]).to_hex().to_string(),
-        blake3::hash(&imgs[2]).to_hex().to_string(),
-    );
     assert_eq!(imgs[1].len(), imgs[2].len());
-    let up = node.url.clone();
-    let proxy = rewriting_proxy(
-        node.url.clone(),
-        hook!(|req| {
-            let (up, h2, h3) = (up.clone(), h2.clone(), h3.clone());
-            async move {
-                if req.path != format!("/v1/blobs/{h3}") {
-                    return None;
-                }
-                let mut swapped = req.clone();
-                swapped.path = format!("/v1/blobs/{h2}");
-                Some(forward(&up, &swapped).await)
-            }
-        }),
-    )
-    .await;
+    let (h2, h3) = (
+        blake3::hash(&imgs[1]).to_hex(),
+        blake3::hash(&imgs[2]).to_hex(),
+    );
+    let proxy =
+        redirecting_proxy(&node, format!("/v1/blobs/{h3}"), format!("/v1/blobs/{h2}")).await;
     refused(
         args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1"),
         "verification",
@@ -544,23 +448,7 @@ async fn rotated_director_and_targets_keys_are_followed_and_the_revoked_key_is_r
     );
 
     // An answer signed by the revoked director key is refused.
-    let revoked = Arc::new(Signer::new(old_director));
-    let up = node.url.clone();
-    let proxy = rewriting_proxy(
-        node.url.clone(),
-        hook!(|req| {
-            let (up, revoked) = (up.clone(), revoked.clone());
-            async move {
-                if req.path != "/v1/check" {
-                    return None;
-                }
-                Some(Reply::json(
-                    &revoked.sign(body_json(&forward(&up, &req).await)),
-                ))
-            }
-        }),
-    )
-    .await;
+    let proxy = resigning_proxy(&node, Arc::new(Signer::new(old_director)), |_| {}).await;
     let c = dir.path().join("c");
     std::fs::create_dir_all(&c).unwrap();
     refused(

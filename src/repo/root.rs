@@ -99,17 +99,7 @@ pub fn init(
             first.display()
         )));
     }
-    let mut roots = Vec::new();
-    for _ in 0..opts.root_keys {
-        let tmp = root_keys_dir.join(format!(
-            "new-{}.pk8",
-            hex::encode(rand::random::<[u8; 8]>())
-        ));
-        let k = KeyPair::create(&tmp)?;
-        let named = root_keys_dir.join(format!("root-{}.pk8", &k.id()[..16]));
-        std::fs::rename(&tmp, &named).map_err(|e| io(&named, e))?;
-        roots.push(k);
-    }
+    let roots = create_root_keys(root_keys_dir, opts.root_keys)?;
     let mut online = HashMap::new();
     for role in ONLINE_ROLES {
         online.insert(role, KeyPair::create(&key_path(keys_dir, role))?);
@@ -154,6 +144,23 @@ pub fn init(
     let (_, bytes) = sign_role(root, &root_refs)?;
     write_root(keys_dir, 1, &bytes)?;
     Ok(first)
+}
+
+/// `count` new root keys in `dir`, each written under a temporary name and then named by
+/// its key id (`root-{id}.pk8`).
+fn create_root_keys(dir: &Path, count: usize) -> Result<Vec<KeyPair>, RepoError> {
+    (0..count)
+        .map(|_| {
+            let tmp = dir.join(format!(
+                "new-{}.pk8",
+                hex::encode(rand::random::<[u8; 8]>())
+            ));
+            let k = KeyPair::create(&tmp)?;
+            let named = dir.join(format!("root-{}.pk8", &k.id()[..16]));
+            std::fs::rename(&tmp, &named).map_err(|e| io(&named, e))?;
+            Ok(k)
+        })
+        .collect()
 }
 
 fn io(path: &Path, e: std::io::Error) -> RepoError {
@@ -324,17 +331,7 @@ fn advance(
     let mut new_signers = Vec::new();
     let mut new_online = None;
     if rotated == Some("root") {
-        let count = root_ids.len().max(threshold);
-        for _ in 0..count {
-            let tmp = root_keys_dir.join(format!(
-                "new-{}.pk8",
-                hex::encode(rand::random::<[u8; 8]>())
-            ));
-            let k = KeyPair::create(&tmp)?;
-            let named = root_keys_dir.join(format!("root-{}.pk8", &k.id()[..16]));
-            std::fs::rename(&tmp, &named).map_err(|e| io(&named, e))?;
-            new_signers.push(k);
-        }
+        new_signers = create_root_keys(root_keys_dir, root_ids.len().max(threshold))?;
         let refs: Vec<&KeyPair> = new_signers.iter().collect();
         next.roles
             .insert(RoleType::Root, role_keys(&refs, threshold));
