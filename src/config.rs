@@ -96,6 +96,9 @@ pub struct TufConfig {
     /// `director.pk8`) and the public root history (`root/{N}.root.json`), as written by
     /// `update-edge keys init`. A missing file is a start-up error. Default `./keys`.
     pub keys_dir: PathBuf,
+    /// The key this node signs check answers with, if not `{keys_dir}/director.pk8`
+    /// (an edge's own key from `keys add-director`). Default empty.
+    pub director_key: PathBuf,
     /// Lifetime of timestamp.json; re-signed at half of it. Default `1d`.
     pub timestamp_ttl: Seconds,
     /// Lifetime of snapshot.json. Default `7d`.
@@ -130,6 +133,7 @@ impl Default for Config {
             },
             tuf: TufConfig {
                 keys_dir: PathBuf::from("./keys"),
+                director_key: PathBuf::new(),
                 timestamp_ttl: Seconds(86_400),
                 snapshot_ttl: Seconds(7 * 86_400),
                 targets_ttl: Seconds(90 * 86_400),
@@ -189,6 +193,15 @@ impl Config {
             .filter_map(|(var, _)| std::env::var(var).ok().map(|v| (*var, v)))
             .collect();
         Self::from_parts(&text, file.unwrap_or(Path::new("<none>")), &env)
+    }
+
+    /// The director key file this node uses.
+    pub fn director_key_path(&self) -> PathBuf {
+        if self.tuf.director_key.as_os_str().is_empty() {
+            self.tuf.keys_dir.join("director.pk8")
+        } else {
+            self.tuf.director_key.clone()
+        }
     }
 
     /// Pure core of [`Config::load`]: `text` is the TOML file, `env` the overrides present.

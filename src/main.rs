@@ -144,6 +144,20 @@ enum KeysCommand {
         #[command(flatten)]
         dirs: KeyDirs,
     },
+    /// Authorise one more director key (an edge node's own), written to --out.
+    AddDirector {
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        dirs: KeyDirs,
+    },
+    /// Withdraw a director key's authorisation (key id, or its first 16 hex digits).
+    RevokeDirector {
+        #[arg(long)]
+        key_id: String,
+        #[command(flatten)]
+        dirs: KeyDirs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -338,6 +352,16 @@ fn main() -> ExitCode {
             KeysCommand::RenewRoot { dirs } => dirs
                 .resolve()
                 .and_then(|(keys, root_keys, days)| cli::keys::renew_root(&keys, &root_keys, days)),
+            KeysCommand::AddDirector { out, dirs } => {
+                dirs.resolve().and_then(|(keys, root_keys, days)| {
+                    cli::keys::add_director(&keys, &root_keys, &out, days)
+                })
+            }
+            KeysCommand::RevokeDirector { key_id, dirs } => {
+                dirs.resolve().and_then(|(keys, root_keys, days)| {
+                    cli::keys::revoke_director(&keys, &root_keys, &key_id, days)
+                })
+            }
         },
         Command::Blob { command } => match command {
             BlobCommand::Put { file, data, config } => {

@@ -59,6 +59,7 @@ impl Node {
         let repo = Arc::new(Repo::open(
             store.clone(),
             &t.keys_dir,
+            &config.director_key_path(),
             Ttls {
                 timestamp: t.timestamp_ttl.0,
                 snapshot: t.snapshot_ttl.0,

@@ -460,6 +460,51 @@ async fn rotated_director_and_targets_keys_are_followed_and_the_revoked_key_is_r
 }
 
 #[tokio::test]
+async fn an_edge_with_its_own_director_key_is_trusted_until_that_key_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.delta.from_previous = 0;
+    let (node, imgs) = node_with(config.clone(), "1.0.3").await;
+    node.stop().await;
+    let offline = root_keys_dir(&config);
+    let edge_key = dir.path().join("edge/director.pk8");
+    let added =
+        update_edge::repo::root::add_director(&config.tuf.keys_dir, &offline, &edge_key, 30);
+    assert_eq!(added.unwrap().new_ids.len(), 2);
+    // The node now signs answers with the edge's key; a device with root 1 follows to
+    // root 2, which authorises it.
+    let mut edge = config.clone();
+    edge.tuf.director_key = edge_key.clone();
+    let node = TestNode::start(edge.clone()).await;
+    let edge_id = KeyPair::load(&edge_key).unwrap().id().to_string();
+    assert_eq!(node.node.checker.signer.id(), edge_id);
+    let r = client::update(node.device_args(dir.path(), "gw", "dev-1", "1.0.1", None)).await;
+    assert_eq!(r.unwrap().version.as_deref(), Some("1.0.3"));
+    assert_eq!(std::fs::read(dir.path().join("out.img")).unwrap(), imgs[2]);
+    node.stop().await;
+
+    // Revoked: the node refuses to start with it, and its signatures are refused.
+    let revoked =
+        update_edge::repo::root::revoke_director(&config.tuf.keys_dir, &offline, &edge_id, 30);
+    assert_eq!(revoked.unwrap().version, 3);
+    let err = update_edge::server::Node::open(edge)
+        .err()
+        .expect("opened with a revoked key");
+    assert!(
+        err.to_string().contains("not authorised for director"),
+        "{err}"
+    );
+    let node = TestNode::start(config).await;
+    let signer = Arc::new(Signer::new(Arc::new(KeyPair::load(&edge_key).unwrap())));
+    let proxy = resigning_proxy(&node, signer, |_| {}).await;
+    let b = dir.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    let args = args_via(&node, &b, &proxy, "dev-2", "1.0.1");
+    refused(args, "does not authorise as director").await;
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn a_missing_or_unauthorised_key_file_stops_the_node_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(&dir.path().join("data"));
@@ -553,4 +598,33 @@ fn keys_cli_initialises_once_and_rotates() {
         String::from_utf8_lossy(&renew.stderr)
     );
     assert!(dir.path().join("online/root/3.root.json").exists());
+    let add = run(&[
+        "keys",
+        "add-director",
+        "--out",
+        "edge.pk8",
+        "--keys",
+        "online",
+        "--root-keys",
+        "offline",
+    ]);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    assert!(
+        dir.path().join("edge.pk8").exists() && dir.path().join("online/root/4.root.json").exists()
+    );
+    let unknown = run(&[
+        "keys",
+        "revoke-director",
+        "--key-id",
+        "00000000000000000",
+        "--keys",
+        "online",
+        "--root-keys",
+        "offline",
+    ]);
+    assert_eq!(unknown.status.code(), Some(2));
 }

@@ -65,3 +65,39 @@ pub fn renew_root(keys_dir: &Path, root_keys_dir: &Path, root_days: u64) -> anyh
     println!("  restart the nodes to serve it; devices follow the root chain by themselves");
     Ok(super::EXIT_OK)
 }
+
+pub fn add_director(
+    keys_dir: &Path,
+    root_keys_dir: &Path,
+    out: &Path,
+    root_days: u64,
+) -> anyhow::Result<u8> {
+    let r = root::add_director(keys_dir, root_keys_dir, out, root_days)?;
+    println!("root version {}: {}", r.version, r.root_path.display());
+    println!(
+        "  director key {} authorised, written to {}",
+        r.new_ids.last().map(String::as_str).unwrap_or("?"),
+        out.display()
+    );
+    println!("  give it to the node as tuf.director_key; restart the nodes to serve the new root");
+    Ok(super::EXIT_OK)
+}
+
+pub fn revoke_director(
+    keys_dir: &Path,
+    root_keys_dir: &Path,
+    key_id: &str,
+    root_days: u64,
+) -> anyhow::Result<u8> {
+    let r = root::revoke_director(keys_dir, root_keys_dir, key_id, root_days)?;
+    println!("root version {}: {}", r.version, r.root_path.display());
+    println!(
+        "  director keys now: {}",
+        r.new_ids
+            .iter()
+            .map(|i| &i[..16])
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(super::EXIT_OK)
+}

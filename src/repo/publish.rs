@@ -125,6 +125,7 @@ impl Repo {
     pub fn open(
         store: Arc<Store>,
         keys_dir: &Path,
+        director_key: &Path,
         ttls: Ttls,
         entries: Vec<TargetEntry>,
     ) -> Result<Repo, RepoError> {
@@ -135,7 +136,11 @@ impl Repo {
             .map(|(r, _)| r.signed.clone())
             .ok_or_else(|| RepoError::Invalid("no root".into()))?;
         let load = |role: &str| -> Result<KeyPair, RepoError> {
-            let path = key_path(keys_dir, role);
+            let path = if role == "director" {
+                director_key.to_path_buf()
+            } else {
+                key_path(keys_dir, role)
+            };
             let k = KeyPair::load(&path)?;
             if !role_key_ids(&root, role)?.iter().any(|id| id == k.id()) {
                 return Err(RepoError::KeyFile {
@@ -521,7 +526,14 @@ mod tests {
         let keys = dir.path().join("keys");
         init(&keys, &dir.path().join("offline"), InitOptions::default()).unwrap();
         let (store, _) = memory_store();
-        let repo = Repo::open(store.clone(), &keys, TTLS, vec![entry("p/1.0/os", 1)]).unwrap();
+        let repo = Repo::open(
+            store.clone(),
+            &keys,
+            &keys.join("director.pk8"),
+            TTLS,
+            vec![entry("p/1.0/os", 1)],
+        )
+        .unwrap();
         assert_eq!(
             (
                 repo.current_version("targets"),
@@ -578,6 +590,7 @@ mod tests {
         let repo = Repo::open(
             store,
             &keys,
+            &keys.join("director.pk8"),
             TTLS,
             vec![entry("p/1.0/os", 1), entry("p/1.1/os", 2)],
         )
@@ -595,7 +608,14 @@ mod tests {
             timestamp: 4,
             ..TTLS
         };
-        let repo = Repo::open(store, &keys, short, vec![entry("a/1/os", 1)]).unwrap();
+        let repo = Repo::open(
+            store,
+            &keys,
+            &keys.join("director.pk8"),
+            short,
+            vec![entry("a/1/os", 1)],
+        )
+        .unwrap();
         let v = |r: &Repo| -> u64 {
             let ts: Signed<Timestamp> = serde_json::from_slice(&r.timestamp()).unwrap();
             ts.signed.version.get()

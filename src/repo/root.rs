@@ -269,24 +269,78 @@ pub fn rotate(
             "unknown role {role:?} (root, targets, snapshot, timestamp, director)"
         )));
     }
-    advance(keys_dir, root_keys_dir, Some(role), root_days)
+    advance(keys_dir, root_keys_dir, Change::Rotate(role), root_days)
 }
 
 /// Writes root version N+1 with the same keys and a new expiry (`root_days` from now),
 /// signed by a threshold of the root keys: how root is kept from expiring.
 pub fn renew(keys_dir: &Path, root_keys_dir: &Path, root_days: u64) -> Result<Rotated, RepoError> {
-    advance(keys_dir, root_keys_dir, None, root_days)
+    advance(keys_dir, root_keys_dir, Change::Renew, root_days)
 }
 
-/// The next root version: `role` gets fresh keys (None: same keys, new expiry).
+/// Authorises one more director key (an edge node's own), created at `out`, in root N+1.
+pub fn add_director(
+    keys_dir: &Path,
+    root_keys_dir: &Path,
+    out: &Path,
+    root_days: u64,
+) -> Result<Rotated, RepoError> {
+    advance(keys_dir, root_keys_dir, Change::AddDirector(out), root_days)
+}
+
+/// Withdraws a director key's authorisation (by key id or its first 16 hex digits) in
+/// root N+1; the last director key cannot be revoked (rotate it instead).
+pub fn revoke_director(
+    keys_dir: &Path,
+    root_keys_dir: &Path,
+    key_id: &str,
+    root_days: u64,
+) -> Result<Rotated, RepoError> {
+    advance(
+        keys_dir,
+        root_keys_dir,
+        Change::RevokeDirector(key_id),
+        root_days,
+    )
+}
+
+/// What the next root version changes.
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    /// Same keys, new expiry.
+    Renew,
+    /// Fresh keys for a role; for `director`, only the key in `director.pk8` is replaced.
+    Rotate(&'a str),
+    AddDirector(&'a Path),
+    RevokeDirector(&'a str),
+}
+
+fn set_directors(root: &mut Root, ids: &[String]) -> Result<(), RepoError> {
+    let threshold = director_keys(root)?.1;
+    root._extra.insert(
+        DIRECTOR_FIELD.to_string(),
+        json!({ "keyids": ids, "threshold": threshold }),
+    );
+    Ok(())
+}
+
+/// The next root version, signed by a threshold of the current root keys (and of the
+/// new ones when root itself rotates), checked against both before it is written.
 fn advance(
     keys_dir: &Path,
     root_keys_dir: &Path,
-    role: Option<&str>,
+    change: Change<'_>,
     root_days: u64,
 ) -> Result<Rotated, RepoError> {
-    let rotated = role;
-    let role = role.unwrap_or("root");
+    let rotated = match change {
+        Change::Rotate(r) => Some(r),
+        _ => None,
+    };
+    let role = match change {
+        Change::Rotate(r) => r,
+        Change::AddDirector(_) | Change::RevokeDirector(_) => "director",
+        Change::Renew => "root",
+    };
     let chain = load_chain(keys_dir)?;
     let (current, _) = chain
         .last()
@@ -344,6 +398,12 @@ fn advance(
     } else if rotated.is_some() {
         let tmp = keys_dir.join(format!(".{role}.pk8.new"));
         let _ = std::fs::remove_file(&tmp);
+        // For director: the key this directory holds is replaced; other directors stay.
+        let own = if role == "director" {
+            Some(KeyPair::load(&key_path(keys_dir, role))?.id().to_string())
+        } else {
+            None
+        };
         let k = KeyPair::create(&tmp)?;
         next.keys.insert(
             hex::decode(k.id()).unwrap_or_default().into(),
@@ -354,13 +414,38 @@ fn advance(
                 next.roles.insert(t, role_keys(&[&k], 1));
             }
             None => {
-                next._extra.insert(
-                    DIRECTOR_FIELD.to_string(),
-                    json!({ "keyids": [k.id()], "threshold": 1 }),
-                );
+                let mut ids = director_keys(&next)?.0;
+                ids.retain(|id| Some(id) != own.as_ref());
+                ids.push(k.id().to_string());
+                set_directors(&mut next, &ids)?;
             }
         }
         new_online = Some((tmp, k));
+    } else if let Change::AddDirector(out) = change {
+        let k = KeyPair::create(out)?;
+        next.keys.insert(
+            hex::decode(k.id()).unwrap_or_default().into(),
+            k.tuf_key().clone(),
+        );
+        let mut ids = director_keys(&next)?.0;
+        ids.push(k.id().to_string());
+        set_directors(&mut next, &ids)?;
+    } else if let Change::RevokeDirector(id) = change {
+        let mut ids = director_keys(&next)?.0;
+        let before = ids.len();
+        ids.retain(|k| !(id.len() >= 16 && k.starts_with(id)));
+        if ids.len() == before {
+            return Err(RepoError::Invalid(format!(
+                "root version {} authorises no director key {id}",
+                old_root.version
+            )));
+        }
+        if ids.is_empty() {
+            return Err(RepoError::Invalid(
+                "that is the last director key: rotate it instead".into(),
+            ));
+        }
+        set_directors(&mut next, &ids)?;
     }
     // Drop keys no role uses any more.
     let mut used: Vec<String> = Vec::new();
@@ -395,9 +480,8 @@ fn advance(
         }
     } else if let Some((tmp, k)) = new_online {
         let path = key_path(keys_dir, role);
-        let old_id = old_ids
-            .first()
-            .map(|s| s[..16.min(s.len())].to_string())
+        let old_id = KeyPair::load(&path)
+            .map(|k| k.id()[..16].to_string())
             .unwrap_or_default();
         if path.exists() {
             retired(keys_dir, format!("{role}-{old_id}.pk8"), &path)?;
@@ -452,6 +536,40 @@ mod tests {
         // The online key file on disk is the authorised one.
         let k = KeyPair::load(&key_path(&keys, "director")).unwrap();
         assert_eq!(director_keys(last).unwrap().0, vec![k.id().to_string()]);
+    }
+
+    #[test]
+    fn directors_are_added_rotated_one_by_one_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, offline) = (dir.path().join("keys"), dir.path().join("offline"));
+        init(&keys, &offline, InitOptions::default()).unwrap();
+        let own = director_keys(&load_chain(&keys).unwrap()[0].0.signed)
+            .unwrap()
+            .0;
+        let edge = dir.path().join("edge/director.pk8");
+        let r = add_director(&keys, &offline, &edge, 30).unwrap();
+        let edge_id = KeyPair::load(&edge).unwrap().id().to_string();
+        assert_eq!(r.new_ids, vec![own[0].clone(), edge_id.clone()]);
+        // Rotating the origin's director key keeps the edge's.
+        let r = rotate(&keys, &offline, "director", 30).unwrap();
+        assert_eq!(r.new_ids.len(), 2);
+        assert!(r.new_ids.contains(&edge_id) && !r.new_ids.contains(&own[0]));
+        let r = revoke_director(&keys, &offline, &edge_id[..16], 30).unwrap();
+        assert!(!r.new_ids.contains(&edge_id) && r.new_ids.len() == 1);
+        let last = r.new_ids[0].clone();
+        assert!(
+            revoke_director(&keys, &offline, &last, 30).is_err(),
+            "revoked the last one"
+        );
+        assert!(revoke_director(&keys, &offline, "0123456789abcdef", 30).is_err());
+        let chain = load_chain(&keys).unwrap();
+        assert_eq!(chain.len(), 4);
+        // The revoked key is gone from root's keys too.
+        let last_root = &chain[3].0.signed;
+        assert!(!last_root
+            .keys
+            .keys()
+            .any(|k| hex::encode(k.as_ref()) == edge_id));
     }
 
     #[test]
