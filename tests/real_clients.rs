@@ -23,8 +23,7 @@ fn b3sum(path: &std::path::Path) -> String {
 
 #[tokio::test]
 async fn curl_resumes_an_interrupted_download() {
-    if !tool("curl") || !tool("b3sum") {
-        eprintln!("SKIPPED: curl or b3sum not installed");
+    if !require_tools(&["curl", "b3sum"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -74,8 +73,7 @@ async fn curl_resumes_an_interrupted_download() {
 
 #[tokio::test]
 async fn aria2c_segmented_download_matches_the_hash() {
-    if !tool("aria2c") || !tool("b3sum") {
-        eprintln!("SKIPPED: aria2c or b3sum not installed");
+    if !require_tools(&["aria2c", "b3sum"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

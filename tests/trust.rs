@@ -487,7 +487,8 @@ async fn an_edge_with_its_own_director_key_is_trusted_until_that_key_is_revoked(
     let revoked =
         update_edge::repo::root::revoke_director(&config.tuf.keys_dir, &offline, &edge_id, 30);
     assert_eq!(revoked.unwrap().version, 3);
-    let err = update_edge::server::Node::open(edge)
+    let err = open_node(edge)
+        .await
         .err()
         .expect("opened with a revoked key");
     assert!(

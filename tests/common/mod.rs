@@ -53,6 +53,20 @@ pub fn root_keys_dir(c: &Config) -> PathBuf {
     c.tuf.keys_dir.with_file_name("tuf-root-keys")
 }
 
+/// `Node::open`, waiting (bounded, on RocksDB's lock error only) while a delta job of a
+/// node stopped just before still holds the store.
+pub async fn open_node(config: Config) -> Result<Node, update_edge::server::OpenError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match Node::open(config.clone()) {
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A node serving on an ephemeral loopback port.
 pub struct TestNode {
     pub node: Node,
@@ -69,20 +83,9 @@ impl TestNode {
     /// Starts on a given address (to restart a node on the port it had).
     pub async fn start_at(config: Config, addr: &str) -> TestNode {
         let dir = config.server.data_dir.clone();
-        // A delta job still running from a stopped node holds the store (and RocksDB's
-        // lock) until it finishes: wait for it, bounded, on that error only.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let node = loop {
-            match Node::open(config.clone()) {
-                Ok(n) => break n,
-                Err(e)
-                    if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
-                }
-                Err(e) => panic!("open node: {e}"),
-            }
-        };
+        let node = open_node(config)
+            .await
+            .unwrap_or_else(|e| panic!("open node: {e}"));
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let server = server::start(&node, listener).unwrap();
         let url = format!("http://{}", server.addr);
@@ -154,21 +157,27 @@ impl TestNode {
         resp.text().await.unwrap()
     }
 
-    /// Value of one labelled series, given exactly as exported (`name{a="b"}`).
+    /// Value of one labelled series, given exactly as exported (`name{a="b"}`); a series
+    /// the node does not export fails the test (it is never read as 0).
     pub async fn metric_labeled(&self, series: &str) -> f64 {
         let text = self.metrics_text().await;
         text.lines()
-            .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap()))
-            .unwrap_or(0.0)
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .filter(|v| v.starts_with(' '))
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("the node exports no series {series}"))
     }
 
+    /// Value of an unlabelled series; a missing one fails the test.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self.metrics_text().await;
         text.lines()
             .find(|l| l.split_whitespace().next() == Some(name))
             .and_then(|l| l.split_whitespace().nth(1))
             .map(|v| v.parse().unwrap())
-            .unwrap_or(0.0)
+            .unwrap_or_else(|| panic!("the node exports no series {name}"))
     }
 }
 
@@ -188,6 +197,22 @@ pub fn tool(name: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// True when every tool is installed. A missing one fails the test when
+/// `UPDATE_EDGE_REQUIRE_TOOLS` is set (`dev.sh test` and CI set it, after installing
+/// them); elsewhere the test says it skipped and returns early.
+pub fn require_tools(names: &[&str]) -> bool {
+    let missing: Vec<&str> = names.iter().copied().filter(|n| !tool(n)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("UPDATE_EDGE_REQUIRE_TOOLS").is_none(),
+        "required tools missing: {missing:?} (./dev.sh setup installs them)"
+    );
+    eprintln!("SKIPPED: {missing:?} not installed");
+    false
 }
 
 /// PUT with the operator token.
@@ -253,7 +278,14 @@ pub async fn check(
         .await
         .unwrap();
     let status = r.status();
-    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    let body = r.bytes().await.expect("check: body");
+    let value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "check answered {status} with a body that is not JSON ({e}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    (status, value)
 }
 
 /// Polls `cond` until it holds or `secs` pass.
