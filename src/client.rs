@@ -27,6 +27,30 @@ use crate::protocol::chunklist::ChunkList;
 use crate::protocol::version::Version;
 use trust::Approved;
 
+/// Largest chunk list read: ~110 bytes a chunk, so 32 MiB covers 300 k chunks (a 19 GiB
+/// payload at the smallest 64 KiB chunks).
+const MAX_CHUNK_LIST_BYTES: usize = 32 << 20;
+
+enum Capped {
+    Over,
+    Net(String),
+}
+
+/// Reads a body, giving up as soon as it passes `max` bytes.
+async fn read_capped(mut r: reqwest::Response, max: usize) -> Result<Vec<u8>, Capped> {
+    if r.content_length().is_some_and(|n| n > max as u64) {
+        return Err(Capped::Over);
+    }
+    let mut out = Vec::new();
+    while let Some(piece) = r.chunk().await.map_err(|e| Capped::Net(e.to_string()))? {
+        if out.len() + piece.len() > max {
+            return Err(Capped::Over);
+        }
+        out.extend_from_slice(&piece);
+    }
+    Ok(out)
+}
+
 /// Longest range fetched in one request (whole chunks up to this size).
 const MAX_REQUEST_BYTES: u64 = 4 << 20;
 
@@ -235,14 +259,10 @@ impl Session {
         }
         let url = format!("{}/v1/check", self.base);
         let body = self
-            .retrying(|s| s.http.post(&url).json(&req).send())
+            .retrying(trust::MAX_ANSWER_BYTES, |s| {
+                s.http.post(&url).json(&req).send()
+            })
             .await?;
-        if body.len() > trust::MAX_ANSWER_BYTES {
-            return Err(ClientError::Untrusted(format!(
-                "answer over {} bytes",
-                trust::MAX_ANSWER_BYTES
-            )));
-        }
         trust::verify_answer(
             &root,
             &body,
@@ -258,7 +278,8 @@ impl Session {
 
     /// Runs a request until it answers 2xx, retrying transport errors and 5xx with
     /// backoff for up to `retry_for`. 4xx are final.
-    async fn retrying<F, Fut>(&mut self, mut send: F) -> Result<bytes::Bytes, ClientError>
+    /// Bodies longer than `max` are refused as soon as they pass it (endless data).
+    async fn retrying<F, Fut>(&mut self, max: usize, mut send: F) -> Result<Vec<u8>, ClientError>
     where
         F: FnMut(&Self) -> Fut,
         Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
@@ -267,13 +288,19 @@ impl Session {
         let mut delay = Duration::from_millis(100);
         loop {
             let err = match send(self).await {
-                Ok(r) if r.status().is_success() => match r.bytes().await {
+                Ok(r) if r.status().is_success() => match read_capped(r, max).await {
                     Ok(b) => return Ok(b),
-                    Err(e) => e.to_string(),
+                    Err(Capped::Over) => {
+                        return Err(ClientError::Untrusted(format!(
+                            "response body over {max} bytes"
+                        )))
+                    }
+                    Err(Capped::Net(e)) => e,
                 },
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
+                    let text = read_capped(r, 4096).await.unwrap_or_default();
+                    let text = String::from_utf8_lossy(&text);
                     return Err(ClientError::Server(format!("{status}: {text}")));
                 }
                 Ok(r) => format!("status {}", r.status()),
@@ -301,7 +328,9 @@ impl Session {
             .as_str()
             .ok_or_else(|| ClientError::Untrusted("no chunks_url".into()))?;
         let url = format!("{}{chunks_url}", self.base);
-        let list_bytes = self.retrying(|s| s.http.get(&url).send()).await?;
+        let list_bytes = self
+            .retrying(MAX_CHUNK_LIST_BYTES, |s| s.http.get(&url).send())
+            .await?;
         if Hash::of(&list_bytes) != want_list {
             return Err(ClientError::Verification(
                 "chunk list does not match the signed answer".into(),

@@ -370,6 +370,22 @@ async fn endless_metadata_is_cut_off_at_its_cap() {
 }
 
 #[tokio::test]
+async fn endless_check_answer_and_chunk_list_are_cut_off_at_their_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, imgs) = node_with(test_config(&dir.path().join("data")), "1.0.3").await;
+    let endless = vec![b' '; 1 << 20];
+    let proxy = replacing_proxy(&node, "/v1/check".into(), endless).await;
+    let args = args_via(&node, dir.path(), &proxy, "dev-1", "1.0.1");
+    refused(args, "response body over 262144 bytes").await;
+    let h3 = blake3::hash(&imgs[2]).to_hex();
+    let endless = vec![b' '; 40 << 20];
+    let proxy = replacing_proxy(&node, format!("/v1/blobs/{h3}/chunks"), endless).await;
+    let args = args_via(&node, dir.path(), &proxy, "dev-2", "1.0.1");
+    refused(args, "response body over 33554432 bytes").await;
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn payload_swapped_for_another_signed_build_of_the_same_length_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (node, imgs) = node_with(test_config(&dir.path().join("data")), "1.0.3").await;
