@@ -27,6 +27,10 @@ setup() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+}
+
+# The python-tuf venv (tests only; the demo does not need it).
+setup_python() {
   if ! "$VENV/bin/python3" -c 'import tuf.ngclient, cryptography' 2>/dev/null; then
     echo "creating $VENV with ${PY_PACKAGES[*]}" >&2
     python3 -m venv "$VENV"
@@ -52,8 +56,8 @@ run_tests() {
 }
 
 case "${1:-}" in
-  setup) setup ;;
-  test) setup; run_tests ;;
+  setup) setup; setup_python ;;
+  test) setup; setup_python; run_tests ;;
   demo)
     setup
     shift
