@@ -197,3 +197,40 @@ async fn check_requests_with_a_bad_nonce_are_refused_and_a_good_one_is_echoed() 
     assert_eq!(body["key_id"], node.node.repo.director_ids()[0].as_str());
     node.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_are_exported_with_their_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(test_config(&dir.path().join("data"))).await;
+    let text = client()
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (name, kind) in [
+        ("update_edge_http_requests", "counter"),
+        ("update_edge_http_request_duration_seconds", "histogram"),
+        ("update_edge_bytes_served", "counter"),
+        ("update_edge_store_bytes", "gauge"),
+        ("update_edge_delta_jobs", "gauge"),
+        ("update_edge_delta_compute_seconds", "histogram"),
+        ("update_edge_checks", "counter"),
+        (
+            "update_edge_tuf_metadata_expires_timestamp_seconds",
+            "gauge",
+        ),
+        ("update_edge_tuf_metadata_version", "gauge"),
+    ] {
+        let line = format!("# TYPE {name} {kind}");
+        assert!(text.lines().any(|l| l == line), "missing {line:?}");
+    }
+    // The repository's gauges carry real values from the start.
+    let ts = node
+        .metric_labeled("update_edge_tuf_metadata_version{role=\"timestamp\"}")
+        .await;
+    assert!(ts >= 1.0, "timestamp version {ts}");
+    node.stop().await;
+}

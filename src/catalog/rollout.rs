@@ -50,6 +50,23 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn buckets_are_pinned_to_values_computed_outside_this_code() {
+        // printf '%s\0%s' PRODUCT DEVICE | b3sum --no-names; first 8 bytes little-endian
+        // mod 10 000 (computed with the b3sum CLI and python, not with this function).
+        // Changing them moves devices between rollout waves: never do it silently.
+        for (product, device, want) in [
+            ("demo-device", "dev-1", 8048),
+            ("gw", "device-1", 5111),
+            ("gw", "device-42", 4380),
+            ("loadtest", "dev-0000001", 8290),
+            ("p", "", 8165),
+        ] {
+            assert_eq!(bucket(product, device), want, "{product}/{device}");
+        }
+        assert!(in_rollout("gw", "device-42", 43.81) && !in_rollout("gw", "device-42", 43.8));
+    }
+
+    #[test]
     fn ten_percent_of_ten_thousand_devices_is_about_a_thousand() {
         let n = (0..10_000)
             .filter(|i| in_rollout("p", &format!("device-{i}"), 10.0))
