@@ -202,14 +202,7 @@ async fn check_requests_with_a_bad_nonce_are_refused_and_a_good_one_is_echoed() 
 async fn metrics_are_exported_with_their_types() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(test_config(&dir.path().join("data"))).await;
-    let text = client()
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics_text().await;
     for (name, kind) in [
         ("update_edge_http_requests", "counter"),
         ("update_edge_http_request_duration_seconds", "histogram"),

@@ -181,6 +181,12 @@ impl Repo {
         Ok(self.store.kv().get(Cf::Meta, key)?)
     }
 
+    /// A stored version that the current state names (missing = corrupt store).
+    fn stored(&self, role: &str, n: u64) -> Result<Vec<u8>, RepoError> {
+        self.kv_get(&versioned_key(role, n))?
+            .ok_or_else(|| meta_err(&format!("tuf/{role}/{n}"), "missing"))
+    }
+
     fn load_stored(&self) -> Result<(), RepoError> {
         let Some(state) = self.kv_get(STATE_KEY)? else {
             return Ok(());
@@ -189,9 +195,7 @@ impl Repo {
         let timestamp = self
             .kv_get(TIMESTAMP_KEY)?
             .ok_or_else(|| meta_err("tuf/timestamp", "missing"))?;
-        let targets = self
-            .kv_get(&versioned_key("targets", state.targets))?
-            .ok_or_else(|| meta_err("tuf/targets", "missing"))?;
+        let targets = self.stored("targets", state.targets)?;
         let targets: Signed<Targets> =
             serde_json::from_slice(&targets).map_err(|e| meta_err("stored targets", e))?;
         let entries = targets
@@ -319,8 +323,7 @@ impl Repo {
                 let mut t = Targets::new(
                     SPEC_VERSION.into(),
                     nz(st.targets),
-                    jiff::Timestamp::from_second(st.targets_expires)
-                        .unwrap_or(jiff::Timestamp::MAX),
+                    at_second(st.targets_expires),
                 );
                 for e in &entries {
                     let name = TargetName::new(e.name.clone()).map_err(|x| meta_err(&e.name, x))?;
@@ -338,18 +341,8 @@ impl Repo {
                     );
                 }
                 let (_, bytes) = sign_role(t, &[&self.targets_key])?;
-                batch.put(
-                    Cf::Meta,
-                    versioned_key("targets", st.targets),
-                    bytes.clone(),
-                );
+                put_versioned(&mut batch, "targets", st.targets, &bytes);
                 new_targets = Some(bytes);
-                if st.targets > KEEP_VERSIONS {
-                    batch.delete(
-                        Cf::Meta,
-                        versioned_key("targets", st.targets - KEEP_VERSIONS),
-                    );
-                }
                 st.targets_key = self.targets_key.id().into();
                 st.entries_digest = digest(&entries);
                 entries
@@ -360,46 +353,32 @@ impl Repo {
         if snapshot || new_targets.is_some() {
             let targets_bytes = match new_targets {
                 Some(b) => b,
-                None => self
-                    .kv_get(&versioned_key("targets", st.targets))?
-                    .ok_or_else(|| meta_err("tuf/targets", "missing"))?,
+                None => self.stored("targets", st.targets)?,
             };
             st.snapshot += 1;
             st.snapshot_expires = expires_in(self.ttls.snapshot).as_second();
             let mut s = Snapshot::new(
                 SPEC_VERSION.into(),
                 nz(st.snapshot),
-                jiff::Timestamp::from_second(st.snapshot_expires).unwrap_or(jiff::Timestamp::MAX),
+                at_second(st.snapshot_expires),
             );
             s.meta
                 .insert("targets.json".into(), metafile(&targets_bytes, st.targets));
             let (_, bytes) = sign_role(s, &[&self.snapshot_key])?;
-            batch.put(
-                Cf::Meta,
-                versioned_key("snapshot", st.snapshot),
-                bytes.clone(),
-            );
+            put_versioned(&mut batch, "snapshot", st.snapshot, &bytes);
             new_snapshot = Some(bytes);
-            if st.snapshot > KEEP_VERSIONS {
-                batch.delete(
-                    Cf::Meta,
-                    versioned_key("snapshot", st.snapshot - KEEP_VERSIONS),
-                );
-            }
             st.snapshot_key = self.snapshot_key.id().into();
         }
         let snapshot_bytes = match new_snapshot {
             Some(b) => b,
-            None => self
-                .kv_get(&versioned_key("snapshot", st.snapshot))?
-                .ok_or_else(|| meta_err("tuf/snapshot", "missing"))?,
+            None => self.stored("snapshot", st.snapshot)?,
         };
         st.timestamp += 1;
         st.timestamp_expires = expires_in(self.ttls.timestamp).as_second();
         let mut ts = Timestamp::new(
             SPEC_VERSION.into(),
             nz(st.timestamp),
-            jiff::Timestamp::from_second(st.timestamp_expires).unwrap_or(jiff::Timestamp::MAX),
+            at_second(st.timestamp_expires),
         );
         ts.meta.insert(
             "snapshot.json".into(),
@@ -482,6 +461,18 @@ impl Repo {
             .map(|d| d.0)
             .unwrap_or_default()
     }
+}
+
+/// Puts `{role}/{n}` and drops the version [`KEEP_VERSIONS`] older, in the same batch.
+fn put_versioned(batch: &mut Batch, role: &str, n: u64, bytes: &[u8]) {
+    batch.put(Cf::Meta, versioned_key(role, n), bytes.to_vec());
+    if n > KEEP_VERSIONS {
+        batch.delete(Cf::Meta, versioned_key(role, n - KEEP_VERSIONS));
+    }
+}
+
+fn at_second(secs: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::MAX)
 }
 
 fn metafile(bytes: &[u8], version: u64) -> Metafile {

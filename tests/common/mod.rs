@@ -148,7 +148,8 @@ impl TestNode {
         v["hash"].as_str().unwrap().to_string()
     }
 
-    async fn metrics_text(&self) -> String {
+    /// The node's `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
         let resp = client()
             .get(format!("{}/metrics", self.url))
             .send()
