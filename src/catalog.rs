@@ -85,9 +85,16 @@ impl Catalog {
             writes: Mutex::new(()),
             kinds: Default::default(),
         };
-        let builds: Vec<Build> = c.list(Cf::Builds, &[])?;
-        let deltas = c.deltas()?;
-        let mut kinds = c.kinds.write().unwrap_or_else(|e| e.into_inner());
+        c.reload()?;
+        Ok(c)
+    }
+
+    /// Rebuilds the in-memory views from the records (one scan): at open, and on an
+    /// edge after replicated records changed underneath.
+    pub fn reload(&self) -> Result<(), CatalogError> {
+        let builds: Vec<Build> = self.list(Cf::Builds, &[])?;
+        let deltas = self.deltas()?;
+        let mut kinds = std::collections::HashMap::with_capacity(builds.len() + deltas.len());
         for b in builds {
             kinds.insert(b.blob, b.kind.as_str());
         }
@@ -96,8 +103,8 @@ impl Catalog {
                 kinds.insert(h, "delta");
             }
         }
-        drop(kinds);
-        Ok(c)
+        *self.kinds.write().unwrap_or_else(|e| e.into_inner()) = kinds;
+        Ok(())
     }
 
     /// `os`, `driver`, `app`, `delta`, or `other` for a blob.
@@ -175,7 +182,7 @@ impl Catalog {
         };
         let mut b = Batch::default();
         b.put(Cf::Products, slug.as_bytes(), encode(&p));
-        self.store.kv().write(b, true)?;
+        self.store.commit(b, true)?;
         Ok((p, existing.is_none()))
     }
 
@@ -225,7 +232,7 @@ impl Catalog {
         };
         let mut batch = Batch::default();
         batch.put(Cf::Builds, key, encode(&b));
-        self.store.kv().write(batch, true)?;
+        self.store.commit(batch, true)?;
         self.kinds
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -255,7 +262,7 @@ impl Catalog {
         b.chunks_blake3 = Some(chunks_blake3);
         let mut batch = Batch::default();
         batch.put(Cf::Builds, key, encode(&b));
-        self.store.kv().write(batch, true)?;
+        self.store.commit(batch, true)?;
         Ok(())
     }
 
@@ -288,7 +295,7 @@ impl Catalog {
         }
         let mut batch = Batch::default();
         batch.delete(Cf::Builds, key);
-        self.store.kv().write(batch, true)?;
+        self.store.commit(batch, true)?;
         Ok(())
     }
 
@@ -337,7 +344,7 @@ impl Catalog {
         };
         let mut batch = Batch::default();
         batch.put(Cf::Rings, key, encode(&r));
-        self.store.kv().write(batch, true)?;
+        self.store.commit(batch, true)?;
         Ok(r)
     }
 
@@ -367,7 +374,7 @@ impl Catalog {
             [rec.from.as_bytes().as_slice(), rec.to.as_bytes()].concat(),
             encode(rec),
         );
-        self.store.kv().write(batch, false)?;
+        self.store.commit(batch, false)?;
         if let Some(h) = rec.delta {
             self.kinds
                 .write()
@@ -428,7 +435,7 @@ impl Catalog {
             }
         }
         if !batch.is_empty() {
-            self.store.kv().write(batch, true)?;
+            self.store.commit(batch, true)?;
         }
         Ok(roots)
     }

@@ -58,9 +58,11 @@ fn lock_hint(dir: &std::path::Path, e: impl std::fmt::Display) -> anyhow::Error 
 }
 
 /// Opens a whole node (store, catalog, TUF repository, delta workers).
-pub fn open_node(config: crate::config::Config) -> anyhow::Result<crate::server::Node> {
+pub async fn open_node(config: crate::config::Config) -> anyhow::Result<crate::server::Node> {
     let dir = config.server.data_dir.clone();
-    crate::server::Node::open(config).map_err(|e| lock_hint(&dir, e))
+    crate::server::Node::open_any(config)
+        .await
+        .map_err(|e| lock_hint(&dir, e))
 }
 
 /// What an offline command opens: the store and its catalog (no keys needed).

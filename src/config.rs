@@ -34,6 +34,7 @@ pub struct Config {
     pub delta: DeltaConfig,
     pub catalog: CatalogConfig,
     pub tuf: TufConfig,
+    pub edge: EdgeConfig,
 }
 
 /// `[server]`: sockets, data directory, operator credentials.
@@ -46,6 +47,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Bearer token for operator routes. Default empty = operator routes refused.
     pub admin_token: String,
+    /// Bearer token edges present to read this node's change feed (an edge-scoped
+    /// credential: it opens nothing else). Default empty = only the admin token reads it.
+    pub replication_token: String,
 }
 
 /// `[store]`: chunking and the hot cache.
@@ -107,6 +111,35 @@ pub struct TufConfig {
     pub targets_ttl: Seconds,
 }
 
+/// `[edge]`: the edge role. With `upstream` set the node holds no repository keys,
+/// replicates the catalog and TUF metadata from upstream, and fills content on demand.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Base URL of the upstream node (`http://origin:8080`). Default empty = origin role.
+    pub upstream: String,
+    /// Token presented to upstream's change feed (its `server.replication_token`).
+    /// Default empty.
+    pub token: String,
+    /// A fill that receives no byte for this long fails (on lack of progress, never on
+    /// age); the next reader retries it. Default `10s`.
+    pub stall_timeout: Seconds,
+    /// Chunk fills from upstream at once (bounds fill memory to this many chunks).
+    /// Default `16`.
+    pub max_fills: usize,
+    /// Chunks a download fetches ahead of the one it is sending. Default `8`.
+    pub readahead: usize,
+    /// Longest wait of one change-feed long-poll. Default `30s`.
+    pub poll_wait: Seconds,
+}
+
+impl EdgeConfig {
+    /// True when this node is an edge.
+    pub fn is_edge(&self) -> bool {
+        !self.upstream.is_empty()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -114,6 +147,7 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 data_dir: PathBuf::from("./data"),
                 admin_token: String::new(),
+                replication_token: String::new(),
             },
             store: StoreConfig {
                 cache_size: ByteSize(512 << 20),
@@ -137,6 +171,14 @@ impl Default for Config {
                 timestamp_ttl: Seconds(86_400),
                 snapshot_ttl: Seconds(7 * 86_400),
                 targets_ttl: Seconds(90 * 86_400),
+            },
+            edge: EdgeConfig {
+                upstream: String::new(),
+                token: String::new(),
+                stall_timeout: Seconds(10),
+                max_fills: 16,
+                readahead: 8,
+                poll_wait: Seconds(30),
             },
         }
     }
@@ -162,6 +204,11 @@ impl Default for TufConfig {
         Config::default().tuf
     }
 }
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Config::default().edge
+    }
+}
 impl Default for DeltaConfig {
     fn default() -> Self {
         Config::default().delta
@@ -176,6 +223,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("UPDATE_EDGE_CACHE_SIZE", "store.cache_size"),
     ("UPDATE_EDGE_DELTA_WORTH_IT_RATIO", "delta.worth_it_ratio"),
     ("UPDATE_EDGE_TUF_KEYS_DIR", "tuf.keys_dir"),
+    ("UPDATE_EDGE_REPLICATION_TOKEN", "server.replication_token"),
+    ("UPDATE_EDGE_UPSTREAM", "edge.upstream"),
+    ("UPDATE_EDGE_UPSTREAM_TOKEN", "edge.token"),
 ];
 
 impl Config {
@@ -230,6 +280,9 @@ impl Config {
             "UPDATE_EDGE_DATA_DIR" => self.server.data_dir = PathBuf::from(value),
             "UPDATE_EDGE_TUF_KEYS_DIR" => self.tuf.keys_dir = PathBuf::from(value),
             "UPDATE_EDGE_ADMIN_TOKEN" => self.server.admin_token = value.to_string(),
+            "UPDATE_EDGE_REPLICATION_TOKEN" => self.server.replication_token = value.to_string(),
+            "UPDATE_EDGE_UPSTREAM" => self.edge.upstream = value.to_string(),
+            "UPDATE_EDGE_UPSTREAM_TOKEN" => self.edge.token = value.to_string(),
             "UPDATE_EDGE_CACHE_SIZE" => self.store.cache_size = value.parse().map_err(bad)?,
             "UPDATE_EDGE_DELTA_WORTH_IT_RATIO" => {
                 self.delta.worth_it_ratio = value.parse().map_err(|e| bad(format!("{e}")))?
@@ -239,7 +292,8 @@ impl Config {
         Ok(())
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks values that parse but make no sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.store;
         let (min, avg, max) = (s.chunk_min.0, s.chunk_avg.0, s.chunk_max.0);
         if !avg.is_power_of_two() {
@@ -267,6 +321,24 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "tuf: timestamp_ttl must be at least 2s and snapshot_ttl, targets_ttl at least timestamp_ttl".into(),
+            ));
+        }
+        let e = &self.edge;
+        if e.is_edge() {
+            let url = url::Url::parse(&e.upstream).map_err(|err| {
+                ConfigError::Invalid(format!("edge.upstream {:?}: {err}", e.upstream))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "edge.upstream {:?} must be an http:// or https:// URL",
+                    e.upstream
+                )));
+            }
+        }
+        if e.stall_timeout.0 == 0 || !(1..=1024).contains(&e.max_fills) || e.readahead > 256 {
+            return Err(ConfigError::Invalid(
+                "edge: stall_timeout must be at least 1s, max_fills 1..=1024, readahead at most 256"
+                    .into(),
             ));
         }
         if !(0.0..=1.0).contains(&self.delta.worth_it_ratio) {

@@ -8,6 +8,7 @@ pub mod check;
 pub mod error;
 pub mod ops;
 pub mod range;
+pub mod replication;
 pub mod tuf;
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub catalog: Arc<crate::catalog::Catalog>,
     pub checker: Arc<crate::catalog::check::Checker>,
     pub repo: Arc<crate::repo::Repo>,
+    /// Set on an edge: where missing content and catalog changes come from.
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -39,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/blobs", post(blobs::post_blob))
         .route("/v1/blobs/{hash}", get(blobs::get_blob))
         .route("/v1/blobs/{hash}/chunks", get(blobs::get_chunks))
+        .route("/v1/chunks/{hash}", get(replication::get_chunk))
+        .route("/v1/catalog/changes", get(replication::get_changes))
         .route("/v1/check", post(check::post_check))
         .route("/v1/keys", get(check::get_keys))
         .route("/v1/tuf/{file}", get(tuf::get_metadata))

@@ -17,3 +17,4 @@ pub mod protocol;
 pub mod repo;
 pub mod server;
 pub mod store;
+pub mod upstream;

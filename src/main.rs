@@ -31,6 +31,9 @@ enum Command {
         /// Seed demo content and print URLs to try.
         #[arg(long)]
         demo: bool,
+        /// Run as an edge of this upstream node (sets `edge.upstream`).
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
     },
     /// Binary deltas between builds.
     Delta {
@@ -151,6 +154,15 @@ enum KeysCommand {
         #[command(flatten)]
         dirs: KeyDirs,
     },
+    /// Authorise a new edge node: its own director key, written to --out (default
+    /// `./NAME.director.pk8`), for the edge's `tuf.director_key`.
+    AddEdge {
+        name: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        dirs: KeyDirs,
+    },
     /// Withdraw a director key's authorisation (key id, or its first 16 hex digits).
     RevokeDirector {
         #[arg(long)]
@@ -256,8 +268,14 @@ fn main() -> ExitCode {
             listen,
             data,
             demo,
-        } => cli::load_config(config.as_deref(), data.as_deref(), listen)
-            .and_then(|c| cli::serve::run(c, demo)),
+            upstream,
+        } => cli::load_config(config.as_deref(), data.as_deref(), listen).and_then(|mut c| {
+            if let Some(u) = upstream {
+                c.edge.upstream = u;
+                c.validate()?;
+            }
+            cli::serve::run(c, demo)
+        }),
         Command::Delta { command } => match command {
             DeltaCommand::Diff {
                 old,
@@ -355,6 +373,11 @@ fn main() -> ExitCode {
             KeysCommand::AddDirector { out, dirs } => {
                 dirs.resolve().and_then(|(keys, root_keys, days)| {
                     cli::keys::add_director(&keys, &root_keys, &out, days)
+                })
+            }
+            KeysCommand::AddEdge { name, out, dirs } => {
+                dirs.resolve().and_then(|(keys, root_keys, days)| {
+                    cli::keys::add_edge(&keys, &root_keys, &name, out, days)
                 })
             }
             KeysCommand::RevokeDirector { key_id, dirs } => {

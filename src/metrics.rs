@@ -58,6 +58,14 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Why an upstream fetch failed (the `reason` label of `upstream_errors_total`).
+pub const UPSTREAM_ERROR_REASONS: [&str; 5] = ["connect", "status", "stalled", "corrupt", "body"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabel {
     pub role: String,
 }
@@ -87,6 +95,14 @@ pub struct Metrics {
     /// TUF metadata expiry (unix seconds) and version, by role.
     pub tuf_expires: Family<RoleLabel, Gauge>,
     pub tuf_version: Family<RoleLabel, Gauge>,
+    /// Edge role: chunk fills from upstream.
+    pub upstream_fetches: Counter,
+    pub upstream_bytes: Counter,
+    pub upstream_coalesced: Counter,
+    pub upstream_errors: Family<ReasonLabel, Counter>,
+    /// Edge role: replication state.
+    pub upstream_last_sync: Gauge,
+    pub upstream_replicated_seq: Gauge,
 }
 
 impl Default for Metrics {
@@ -119,6 +135,12 @@ impl Metrics {
             artifact_bytes: Family::default(),
             tuf_expires: Family::default(),
             tuf_version: Family::default(),
+            upstream_fetches: Counter::default(),
+            upstream_bytes: Counter::default(),
+            upstream_coalesced: Counter::default(),
+            upstream_errors: Family::default(),
+            upstream_last_sync: Gauge::default(),
+            upstream_replicated_seq: Gauge::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -202,6 +224,41 @@ impl Metrics {
             "Version of the served TUF metadata, by role",
             m.tuf_version.clone(),
         );
+        registry.register(
+            "update_edge_upstream_fetches",
+            "Chunks fetched from upstream (edge role; one per missing chunk however many wait)",
+            m.upstream_fetches.clone(),
+        );
+        registry.register(
+            "update_edge_upstream_bytes",
+            "Bytes received from upstream for chunk fills (edge role)",
+            m.upstream_bytes.clone(),
+        );
+        registry.register(
+            "update_edge_upstream_coalesced",
+            "Chunk reads that joined a fill already under way instead of fetching",
+            m.upstream_coalesced.clone(),
+        );
+        registry.register(
+            "update_edge_upstream_errors",
+            "Failed upstream fetches by reason (connect, status, stalled, corrupt, body)",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "update_edge_upstream_last_sync_timestamp_seconds",
+            "When this edge last read the origin's change feed successfully (unix seconds)",
+            m.upstream_last_sync.clone(),
+        );
+        registry.register(
+            "update_edge_upstream_replicated_sequence",
+            "Position in the origin's change feed this edge has applied",
+            m.upstream_replicated_seq.clone(),
+        );
+        for reason in UPSTREAM_ERROR_REASONS {
+            let _ = m.upstream_errors.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+        }
         for state in [JobState::queued(), JobState::running()] {
             let _ = m.delta_jobs.get_or_create(&state);
         }

@@ -19,6 +19,7 @@ use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::repo::{Repo, Ttls};
 use crate::store::{ChunkParams, Store, StoreError};
+use crate::upstream::Upstream;
 
 /// How long in-flight downloads may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -32,6 +33,8 @@ pub struct Node {
     pub catalog: Arc<Catalog>,
     pub checker: Arc<Checker>,
     pub repo: Arc<Repo>,
+    /// Set on an edge.
+    pub upstream: Option<Arc<Upstream>>,
 }
 
 /// Why a node could not be opened.
@@ -43,6 +46,8 @@ pub enum OpenError {
     Catalog(#[from] crate::catalog::CatalogError),
     #[error(transparent)]
     Repo(#[from] crate::repo::RepoError),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
 
 impl Node {
@@ -81,9 +86,9 @@ impl Node {
         );
         let checker = Arc::new(Checker {
             catalog: catalog.clone(),
-            chunk_lists: ChunkLists::new(store.clone()),
+            chunk_lists: ChunkLists::new(store.clone(), None),
             signer,
-            scheduler,
+            scheduler: Some(scheduler),
             answer_ttl_secs: config.catalog.answer_ttl_secs,
         });
         Ok(Node {
@@ -93,6 +98,59 @@ impl Node {
             catalog,
             checker,
             repo,
+            upstream: None,
+        })
+    }
+
+    /// Opens an origin ([`Node::open`]) or, with `edge.upstream` set, an edge.
+    pub async fn open_any(config: Config) -> Result<Node, OpenError> {
+        if config.edge.is_edge() {
+            Node::open_edge(config).await
+        } else {
+            Node::open(config)
+        }
+    }
+
+    /// Opens an edge: the store, the replicated catalog and repository (waiting for the
+    /// first sync from upstream if nothing has been replicated yet) and this edge's own
+    /// director key. No repository key is read.
+    pub async fn open_edge(config: Config) -> Result<Node, OpenError> {
+        let StoreParts {
+            metrics,
+            store,
+            catalog,
+        } = open_store(&config)?;
+        let upstream = Upstream::new(&config.edge, store.clone())?;
+        if store.cursor(crate::upstream::follow::CURSOR_KEY)? == 0 {
+            upstream.first_sync().await?;
+            catalog.reload()?;
+        }
+        let t = &config.tuf;
+        let repo = Arc::new(Repo::open_replica(
+            store.clone(),
+            &config.director_key_path(),
+            Ttls {
+                timestamp: t.timestamp_ttl.0,
+                snapshot: t.snapshot_ttl.0,
+                targets: t.targets_ttl.0,
+            },
+        )?);
+        let remote: Arc<dyn crate::store::RemoteManifests> = upstream.clone();
+        let checker = Arc::new(Checker {
+            catalog: catalog.clone(),
+            chunk_lists: ChunkLists::new(store.clone(), Some(remote)),
+            signer: Signer::new(repo.director()),
+            scheduler: None,
+            answer_ttl_secs: config.catalog.answer_ttl_secs,
+        });
+        Ok(Node {
+            config: Arc::new(config),
+            metrics,
+            store,
+            catalog,
+            checker,
+            repo,
+            upstream: Some(upstream),
         })
     }
 
@@ -104,6 +162,7 @@ impl Node {
             catalog: self.catalog.clone(),
             checker: self.checker.clone(),
             repo: self.repo.clone(),
+            upstream: self.upstream.clone(),
         }
     }
 }
@@ -175,7 +234,21 @@ pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServe
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let resigner = tokio::spawn(resign_loop(node.repo.clone()));
+    let resigner = match &node.upstream {
+        None => tokio::spawn(resign_loop(node.repo.clone())),
+        Some(up) => {
+            let (catalog, repo) = (node.catalog.clone(), node.repo.clone());
+            let wait = Duration::from_secs(node.config.edge.poll_wait.0);
+            tokio::spawn(up.clone().follow(wait, move || {
+                if let Err(e) = catalog.reload() {
+                    tracing::error!(error = %e, "reloading the replicated catalog failed");
+                }
+                if let Err(e) = repo.reload() {
+                    tracing::error!(error = %e, "reloading the replicated repository failed");
+                }
+            }))
+        }
+    };
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {

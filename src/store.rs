@@ -14,6 +14,7 @@
 //!   coalesced into one engine read by the cache.
 
 pub mod cache;
+pub mod changes;
 pub mod chunker;
 pub mod gc;
 pub mod ingest;
@@ -63,6 +64,17 @@ pub enum StoreError {
     BadRange { start: u64, end: u64, size: u64 },
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("upstream: {0}")]
+    Upstream(String),
+}
+
+/// Where manifests of blobs this node does not hold come from (an edge's upstream), for
+/// code that needs only the manifest (chunk lists in check answers).
+pub trait RemoteManifests: Send + Sync + 'static {
+    fn fetch(
+        self: Arc<Self>,
+        blob: Hash,
+    ) -> futures_util::future::BoxFuture<'static, Result<Arc<Manifest>, StoreError>>;
 }
 
 /// The store: engine + chunker settings + caches + metrics.
@@ -76,6 +88,8 @@ pub struct Store {
     /// Held shared by every ingest (from first chunk until its blob is referenced) and
     /// exclusively by GC, so GC never sweeps chunks or blobs still being committed.
     gc_lock: Arc<tokio::sync::RwLock<()>>,
+    /// The change feed's head (see [`changes`]).
+    feed: changes::Feed,
 }
 
 /// Unique chunk count and bytes, persisted in the meta column family.
@@ -142,7 +156,9 @@ impl Store {
             .unwrap_or_default();
         metrics.store_chunks.set(stats.chunks);
         metrics.store_bytes.set(stats.bytes);
+        let feed = changes::Feed::load(kv.as_ref())?;
         Ok(Arc::new(Store {
+            feed,
             kv,
             params,
             cache: cache::Caches::new(cache_bytes),
@@ -208,6 +224,15 @@ impl Store {
             return Err(StoreError::ChunkCorrupt(*hash));
         }
         Ok(bytes::Bytes::from(v))
+    }
+
+    /// One verified chunk from the cache or the engine (blocking; not cached on a miss,
+    /// so a whole-blob scan does not flush the hot set).
+    pub fn chunk_blocking(&self, hash: &Hash) -> Result<bytes::Bytes, StoreError> {
+        match self.cache.chunks.get(hash) {
+            Some(b) => Ok(b),
+            None => self.read_chunk_uncached(hash),
+        }
     }
 
     /// Shared guard for an ingest (async callers).

@@ -43,7 +43,8 @@ pub struct Checker {
     pub catalog: Arc<Catalog>,
     pub chunk_lists: ChunkLists,
     pub signer: Signer,
-    pub scheduler: DeltaScheduler,
+    /// None on an edge (its deltas come from the origin through the catalog).
+    pub scheduler: Option<DeltaScheduler>,
     pub answer_ttl_secs: u64,
 }
 
@@ -181,7 +182,9 @@ impl Checker {
                     }
                     Some(_) => {}
                     None => {
-                        self.scheduler.enqueue(from.blob, target.blob);
+                        if let Some(s) = &self.scheduler {
+                            s.enqueue(from.blob, target.blob);
+                        }
                     }
                 }
             }

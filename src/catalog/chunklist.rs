@@ -9,7 +9,7 @@ use bytes::Bytes;
 use quick_cache::sync::Cache;
 
 use crate::hash::Hash;
-use crate::store::{Manifest, Store, StoreError};
+use crate::store::{Manifest, RemoteManifests, Store, StoreError};
 
 /// Memory for cached chunk lists.
 const CACHE_BYTES: u64 = 64 << 20;
@@ -47,13 +47,16 @@ impl quick_cache::Weighter<Hash, (Bytes, Hash)> for Weight {
 
 pub struct ChunkLists {
     store: Arc<Store>,
+    /// Manifests of blobs not held here (an edge's upstream).
+    remote: Option<Arc<dyn RemoteManifests>>,
     cache: Cache<Hash, (Bytes, Hash), Weight>,
 }
 
 impl ChunkLists {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>, remote: Option<Arc<dyn RemoteManifests>>) -> Self {
         ChunkLists {
             store,
+            remote,
             cache: Cache::with_weighter(4096, CACHE_BYTES, Weight),
         }
     }
@@ -63,7 +66,10 @@ impl ChunkLists {
         if let Some(v) = self.cache.get(&blob) {
             return Ok(v);
         }
-        let m = self.store.manifest(blob).await?;
+        let m = match (self.store.manifest(blob).await, &self.remote) {
+            (Err(StoreError::BlobNotFound(_)), Some(remote)) => remote.clone().fetch(blob).await?,
+            (m, _) => m?,
+        };
         let bytes = Bytes::from(
             serde_json::to_vec(&ChunkList::from_manifest(blob, &m)).unwrap_or_default(),
         );

@@ -83,6 +83,23 @@ pub fn add_director(
     Ok(super::EXIT_OK)
 }
 
+/// `keys add-edge NAME`: a director key for one edge, authorised by a new root version.
+pub fn add_edge(
+    keys_dir: &Path,
+    root_keys_dir: &Path,
+    name: &str,
+    out: Option<std::path::PathBuf>,
+    root_days: u64,
+) -> anyhow::Result<u8> {
+    if !crate::catalog::model::valid_name(name) {
+        anyhow::bail!("invalid edge name {name:?} (1-64 of a-z 0-9 . _ -)");
+    }
+    let out = out.unwrap_or_else(|| format!("{name}.director.pk8").into());
+    add_director(keys_dir, root_keys_dir, &out, root_days)?;
+    println!("  edge {name:?}: serve it with `--upstream URL` and tuf.director_key = {:?}; the origin serves the new root within a re-sign interval", out.display().to_string());
+    Ok(super::EXIT_OK)
+}
+
 pub fn revoke_director(
     keys_dir: &Path,
     root_keys_dir: &Path,

@@ -19,7 +19,7 @@ pub fn run(mut config: Config, demo: bool) -> anyhow::Result<u8> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let node = super::open_node(config)?;
+        let node = super::open_node(config).await?;
         let listener = tokio::net::TcpListener::bind(node.config.server.listen).await?;
         let running = server::start(&node, listener)?;
         let base = format!("http://{}", running.addr);
@@ -81,7 +81,9 @@ async fn print_demo(node: &Node, base: &str) -> anyhow::Result<()> {
     .await??;
     for w in builds.windows(2).chain(builds.windows(3)) {
         let (from, to) = (w[0].1, w[w.len() - 1].1);
-        node.checker.scheduler.enqueue(from, to);
+        if let Some(s) = &node.checker.scheduler {
+            s.enqueue(from, to);
+        }
     }
     let product = super::demo::DEMO_PRODUCT;
     println!("update-edge demo node at {base}");

@@ -30,15 +30,28 @@ pub fn authorize(configured: &str, header: Option<&str>) -> Result<(), ApiError>
     }
 }
 
+/// The `Authorization` header's text, if any.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        authorize(&state.config.server.admin_token, header).map(|_| Operator)
+        // An edge's catalog is a replica: changes are made at the origin, never here.
+        if let Some(up) = &state.upstream {
+            if !matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+                return Err(ApiError::Forbidden(format!(
+                    "this node is an edge of {}: send operator changes to that origin",
+                    up.base()
+                )));
+            }
+        }
+        authorize(&state.config.server.admin_token, bearer(parts)).map(|_| Operator)
     }
 }
 

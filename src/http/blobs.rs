@@ -19,14 +19,36 @@ use super::range::{decide, etag, if_none_match_hits, if_range_allows, ByteRange,
 use super::AppState;
 use crate::hash::Hash;
 use crate::metrics::Metrics;
-use crate::store::{PutOutcome, Store, StoreError};
+use crate::store::{Manifest, PutOutcome, Store, StoreError};
+use crate::upstream::blob::Partial;
+use crate::upstream::Upstream;
 
 /// Content-addressed URLs never change meaning, so any cache may keep them for a year.
 const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Upload frames buffered between the socket and the ingest thread.
 const UPLOAD_QUEUE_FRAMES: usize = 16;
 
-type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
+type ByteStream = BoxStream<'static, Result<Bytes, ApiError>>;
+
+/// Where a blob's bytes come from: this node's store, or (on an edge) the store with
+/// missing chunks filled from upstream.
+#[derive(Clone)]
+enum Source {
+    Local(Arc<Store>),
+    Edge(Arc<Upstream>, Hash, Option<Arc<Partial>>),
+}
+
+impl Source {
+    fn range(&self, m: Arc<Manifest>, start: u64, end: u64) -> Result<ByteStream, ApiError> {
+        Ok(match self {
+            Source::Local(s) => s.read_range(m, start, end)?.map_err(ApiError::from).boxed(),
+            Source::Edge(u, h, p) => u
+                .read_range(*h, m, p.clone(), start, end)?
+                .map_err(ApiError::from)
+                .boxed(),
+        })
+    }
+}
 
 pub fn parse_hash(text: &str) -> Result<Hash, ApiError> {
     text.parse()
@@ -51,7 +73,16 @@ pub async fn serve_blob(
     hash: Hash,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let manifest = state.store.manifest(hash).await?;
+    let (manifest, source) = match &state.upstream {
+        None => (
+            state.store.manifest(hash).await?,
+            Source::Local(state.store.clone()),
+        ),
+        Some(up) => {
+            let (m, partial) = up.manifest(hash).await?;
+            (m, Source::Edge(up.clone(), hash, partial))
+        }
+    };
     let size = manifest.size;
     let tag = etag(&hash.to_hex());
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
@@ -73,7 +104,6 @@ pub async fn serve_blob(
         }
     }
     let head = method == Method::HEAD;
-    let store = &state.store;
     let (status, length, body) = match decide(range, size) {
         RangeDecision::Unsatisfiable => {
             resp = resp.header(header::CONTENT_RANGE, format!("bytes */{size}"));
@@ -82,9 +112,9 @@ pub async fn serve_blob(
         RangeDecision::Full => {
             resp = resp.header(header::CONTENT_TYPE, "application/octet-stream");
             let body = (!head)
-                .then(|| store.read_range(manifest.clone(), 0, size))
+                .then(|| source.range(manifest.clone(), 0, size))
                 .transpose()?;
-            (StatusCode::OK, size, body.map(|b| b.boxed()))
+            (StatusCode::OK, size, body)
         }
         RangeDecision::Partial(ranges) if ranges.len() == 1 => {
             let r = ranges[0];
@@ -92,13 +122,9 @@ pub async fn serve_blob(
                 .header(header::CONTENT_TYPE, "application/octet-stream")
                 .header(header::CONTENT_RANGE, r.content_range(size));
             let body = (!head)
-                .then(|| store.read_range(manifest.clone(), r.start, r.end))
+                .then(|| source.range(manifest.clone(), r.start, r.end))
                 .transpose()?;
-            (
-                StatusCode::PARTIAL_CONTENT,
-                r.len(),
-                body.map(|b| b.boxed()),
-            )
+            (StatusCode::PARTIAL_CONTENT, r.len(), body)
         }
         RangeDecision::Partial(ranges) => {
             let boundary = format!("update-edge-{:032x}", rand::random::<u128>());
@@ -106,7 +132,7 @@ pub async fn serve_blob(
                 header::CONTENT_TYPE,
                 format!("multipart/byteranges; boundary={boundary}"),
             );
-            let (length, body) = multipart(store, manifest.clone(), &ranges, &boundary);
+            let (length, body) = multipart(&source, manifest.clone(), &ranges, &boundary);
             (StatusCode::PARTIAL_CONTENT, length, (!head).then_some(body))
         }
     };
@@ -130,7 +156,7 @@ fn internal(e: http::Error) -> ApiError {
 async fn primed(mut s: ByteStream) -> Result<ByteStream, ApiError> {
     match s.next().await {
         None => Ok(stream::empty().boxed()),
-        Some(Err(e)) => Err(e.into()),
+        Some(Err(e)) => Err(e),
         Some(Ok(first)) => Ok(stream::once(async { Ok(first) }).chain(s).boxed()),
     }
 }
@@ -156,8 +182,8 @@ fn counted(s: ByteStream, metrics: Arc<Metrics>, kind: &'static str) -> Body {
 
 /// `multipart/byteranges` body (RFC 9110 §14.6) and its exact length.
 fn multipart(
-    store: &Arc<Store>,
-    manifest: Arc<crate::store::Manifest>,
+    source: &Source,
+    manifest: Arc<Manifest>,
     ranges: &[ByteRange],
     boundary: &str,
 ) -> (u64, ByteStream) {
@@ -171,13 +197,12 @@ fn multipart(
         );
         length += head.len() as u64 + r.len();
         parts.push(stream::once(async move { Ok(Bytes::from(head)) }).boxed());
-        let store = store.clone();
+        let source = source.clone();
         let manifest = manifest.clone();
         let r = *r;
         // Lazily opened: each part starts reading only when the previous one is sent.
         parts.push(
-            stream::once(async move { store.read_range(manifest, r.start, r.end) })
-                .map_ok(|s| s.boxed())
+            stream::once(async move { source.range(manifest, r.start, r.end) })
                 .try_flatten()
                 .boxed(),
         );

@@ -156,7 +156,9 @@ async fn schedule_from_previous(s: &AppState, product: &str, v: &Version, kind: 
         .collect();
     older.sort_by_key(|b| std::cmp::Reverse(b.version.parse::<Version>().ok()));
     for b in older.into_iter().take(k) {
-        s.checker.scheduler.enqueue(b.blob, new.blob);
+        if let Some(sched) = &s.checker.scheduler {
+            sched.enqueue(b.blob, new.blob);
+        }
     }
 }
 

@@ -19,6 +19,9 @@ pub async fn post_check(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let result = async {
+        if s.repo.is_replica() {
+            replica_fresh(&s)?;
+        }
         if body.len() > MAX_CHECK_BYTES {
             return Err(ApiError::BadRequest(format!(
                 "check request over {MAX_CHECK_BYTES} bytes"
@@ -43,6 +46,27 @@ pub async fn post_check(
     let (answer, _, saved) = result?;
     s.metrics.delta_bytes_saved.inc_by(saved);
     Ok(Json(answer).into_response())
+}
+
+/// Seconds a device is asked to wait when this edge cannot answer.
+const RETRY_AFTER_SECS: u64 = 60;
+
+/// An edge answers from its replicated state only while the replicated timestamp
+/// metadata is unexpired: past that, devices would reject the repository anyway, and an
+/// edge cut off from its origin must not keep steering them.
+fn replica_fresh(s: &AppState) -> Result<(), ApiError> {
+    let expires = s.repo.timestamp_expires();
+    if expires <= crate::protocol::unix_now() as i64 {
+        return Err(ApiError::Unavailable(
+            if expires == 0 {
+                "this edge has not replicated the repository yet".into()
+            } else {
+                "this edge's replicated repository metadata has expired (upstream unreachable); retry later".into()
+            },
+            RETRY_AFTER_SECS,
+        ));
+    }
+    Ok(())
 }
 
 /// A convenience listing of the director key this node signs answers with. Devices must

@@ -24,6 +24,20 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+    #[error(transparent)]
+    Upstream(std::sync::Arc<crate::upstream::UpstreamError>),
+    /// Temporarily unable to answer; the client should retry after the given seconds.
+    #[error("{0}")]
+    Unavailable(String, u64),
+}
+
+impl From<std::sync::Arc<crate::upstream::UpstreamError>> for ApiError {
+    fn from(e: std::sync::Arc<crate::upstream::UpstreamError>) -> Self {
+        if e.is_not_found() {
+            return ApiError::NotFound("not found upstream".into());
+        }
+        ApiError::Upstream(e)
+    }
 }
 
 impl From<crate::catalog::CatalogError> for ApiError {
@@ -60,6 +74,15 @@ impl ApiError {
             ApiError::Store(StoreError::ChunkCorrupt(_) | StoreError::ChunkMissing(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            // Upstream's fault, not ours: a gateway error (a timeout when it stalled).
+            ApiError::Store(StoreError::Upstream(_)) => StatusCode::BAD_GATEWAY,
+            ApiError::Upstream(e)
+                if matches!(**e, crate::upstream::UpstreamError::Stalled { .. }) =>
+            {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -68,13 +91,23 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() {
+        let retry_after = match &self {
+            ApiError::Unavailable(_, secs) => Some(*secs),
+            _ => None,
+        };
+        let message = if let ApiError::Unavailable(m, _) = &self {
+            m.clone()
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
             "internal error".to_string()
         } else {
             self.to_string()
         };
         let mut resp = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

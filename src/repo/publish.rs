@@ -76,6 +76,7 @@ struct State {
 }
 
 /// The current published set.
+#[derive(Default)]
 pub struct Published {
     state: State,
     timestamp: Bytes,
@@ -83,20 +84,32 @@ pub struct Published {
     entries: Vec<TargetEntry>,
 }
 
-pub struct Repo {
-    store: Arc<Store>,
-    roots: Vec<Bytes>,
-    root: Root,
-    targets_key: KeyPair,
-    snapshot_key: KeyPair,
-    timestamp_key: KeyPair,
-    director: Arc<KeyPair>,
-    ttls: Ttls,
-    current: RwLock<Arc<Published>>,
-    writes: Mutex<()>,
+/// Every root version (1 first) and the newest, parsed.
+pub struct Roots {
+    pub files: Vec<Bytes>,
+    pub root: Root,
 }
 
-fn versioned_key(role: &str, n: u64) -> Vec<u8> {
+/// The keys an origin signs with; an edge replica has none.
+pub(super) struct OnlineKeys {
+    /// Where they (and the root history) were read from.
+    dir: std::path::PathBuf,
+    targets: KeyPair,
+    snapshot: KeyPair,
+    timestamp: KeyPair,
+}
+
+pub struct Repo {
+    pub(super) store: Arc<Store>,
+    pub(super) roots: RwLock<Arc<Roots>>,
+    pub(super) keys: Option<OnlineKeys>,
+    pub(super) director: Arc<KeyPair>,
+    pub(super) ttls: Ttls,
+    pub(super) current: RwLock<Arc<Published>>,
+    pub(super) writes: Mutex<()>,
+}
+
+pub(super) fn versioned_key(role: &str, n: u64) -> Vec<u8> {
     format!("tuf/{role}/{n:020}").into_bytes()
 }
 
@@ -154,23 +167,22 @@ impl Repo {
             }
             Ok(k)
         };
+        let keys = OnlineKeys {
+            dir: keys_dir.to_path_buf(),
+            targets: load("targets")?,
+            snapshot: load("snapshot")?,
+            timestamp: load("timestamp")?,
+        };
         let repo = Repo {
-            targets_key: load("targets")?,
-            snapshot_key: load("snapshot")?,
-            timestamp_key: load("timestamp")?,
             director: Arc::new(load("director")?),
+            keys: Some(keys),
             store,
-            roots,
-            root,
+            roots: RwLock::new(Arc::new(Roots { files: roots, root })),
             ttls,
-            current: RwLock::new(Arc::new(Published {
-                state: State::default(),
-                timestamp: Bytes::new(),
-                names: HashMap::new(),
-                entries: Vec::new(),
-            })),
+            current: RwLock::new(Arc::new(Published::default())),
             writes: Mutex::new(()),
         };
+        repo.store_roots()?;
         repo.load_stored()?;
         repo.publish(entries)?;
         repo.refresh()?;
@@ -187,7 +199,63 @@ impl Repo {
             .ok_or_else(|| meta_err(&format!("tuf/{role}/{n}"), "missing"))
     }
 
-    fn load_stored(&self) -> Result<(), RepoError> {
+    /// Root versions go into the store too (replicated records), so edges serve the same
+    /// chain without holding the keys directory.
+    fn store_roots(&self) -> Result<(), RepoError> {
+        let roots = self.roots();
+        let mut batch = Batch::default();
+        for (i, bytes) in roots.files.iter().enumerate() {
+            let key = versioned_key("root", i as u64 + 1);
+            if self.kv_get(&key)?.as_deref() != Some(bytes.as_ref()) {
+                batch.put(Cf::Meta, key, bytes.to_vec());
+            }
+        }
+        if !batch.is_empty() {
+            self.store.commit(batch, true)?;
+        }
+        Ok(())
+    }
+
+    /// Serves a root version written to the keys directory since start (`keys add-edge`,
+    /// `add-director`, `renew-root`) without a restart, when it still authorises every key
+    /// this node signs with; a root that rotated them needs a restart with the new keys.
+    fn pick_up_roots(&self, k: &OnlineKeys) -> Result<(), RepoError> {
+        let chain = load_chain(&k.dir)?;
+        if chain.len() <= self.roots().files.len() {
+            return Ok(());
+        }
+        let Some((newest, _)) = chain.last() else {
+            return Ok(());
+        };
+        let root = newest.signed.clone();
+        for (role, key) in [
+            ("targets", &k.targets),
+            ("snapshot", &k.snapshot),
+            ("timestamp", &k.timestamp),
+            ("director", &*self.director),
+        ] {
+            if !role_key_ids(&root, role)?.iter().any(|id| id == key.id()) {
+                tracing::warn!(version = root.version.get(), role, "a new root version rotates a key this node signs with: restart with the new keys to serve it");
+                return Ok(());
+            }
+        }
+        let files = chain.iter().map(|(_, b)| Bytes::from(b.clone())).collect();
+        let m = self.store.metrics();
+        let role = crate::metrics::RoleLabel {
+            role: "root".into(),
+        };
+        m.tuf_expires
+            .get_or_create(&role)
+            .set(root.expires.as_second());
+        m.tuf_version
+            .get_or_create(&role)
+            .set(root.version.get() as i64);
+        tracing::info!(version = root.version.get(), "serving a new root version");
+        *self.roots.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Roots { files, root });
+        self.store_roots()
+    }
+
+    pub(super) fn load_stored(&self) -> Result<(), RepoError> {
         let Some(state) = self.kv_get(STATE_KEY)? else {
             return Ok(());
         };
@@ -215,7 +283,8 @@ impl Repo {
 
     fn install(&self, state: State, timestamp: Bytes, mut entries: Vec<TargetEntry>) {
         let m = self.store.metrics();
-        let root = (self.root.expires.as_second(), self.root.version.get());
+        let roots = self.roots();
+        let root = (roots.root.expires.as_second(), roots.root.version.get());
         for (role, expires, version) in [
             ("root", root.0, root.1),
             ("targets", state.targets_expires, state.targets),
@@ -249,7 +318,7 @@ impl Repo {
         });
     }
 
-    fn current(&self) -> Arc<Published> {
+    pub(super) fn current(&self) -> Arc<Published> {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -269,6 +338,9 @@ impl Repo {
         entries: impl FnOnce() -> Result<Vec<TargetEntry>, E>,
     ) -> Result<bool, E> {
         let _w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(k) = &self.keys else {
+            return Ok(false); // a replica publishes what it replicates, nothing else
+        };
         let mut entries = entries()?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let cur = self.current();
@@ -276,9 +348,9 @@ impl Repo {
         let s = &cur.state;
         if s.targets > 0
             && s.entries_digest == d
-            && s.targets_key == self.targets_key.id()
-            && s.snapshot_key == self.snapshot_key.id()
-            && s.timestamp_key == self.timestamp_key.id()
+            && s.targets_key == k.targets.id()
+            && s.snapshot_key == k.snapshot.id()
+            && s.timestamp_key == k.timestamp.id()
         {
             return Ok(false);
         }
@@ -289,6 +361,10 @@ impl Repo {
     /// Re-signs whatever expires within half its lifetime (timestamp most often).
     pub fn refresh(&self) -> Result<(), RepoError> {
         let _w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(k) = &self.keys else {
+            return Ok(());
+        };
+        self.pick_up_roots(k)?;
         let cur = self.current();
         let now = now_secs();
         let due = |expires: i64, ttl: u64| expires - now <= (ttl / 2) as i64;
@@ -312,6 +388,10 @@ impl Repo {
         entries: Option<Vec<TargetEntry>>,
         snapshot: bool,
     ) -> Result<(), RepoError> {
+        let k = self
+            .keys
+            .as_ref()
+            .ok_or_else(|| RepoError::Invalid("a replica holds no signing keys".into()))?;
         let mut st = cur.state.clone();
         let mut batch = Batch::default();
         let nz = |n: u64| NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN);
@@ -340,10 +420,10 @@ impl Repo {
                         },
                     );
                 }
-                let (_, bytes) = sign_role(t, &[&self.targets_key])?;
+                let (_, bytes) = sign_role(t, &[&k.targets])?;
                 put_versioned(&mut batch, "targets", st.targets, &bytes);
                 new_targets = Some(bytes);
-                st.targets_key = self.targets_key.id().into();
+                st.targets_key = k.targets.id().into();
                 st.entries_digest = digest(&entries);
                 entries
             }
@@ -364,10 +444,10 @@ impl Repo {
             );
             s.meta
                 .insert("targets.json".into(), metafile(&targets_bytes, st.targets));
-            let (_, bytes) = sign_role(s, &[&self.snapshot_key])?;
+            let (_, bytes) = sign_role(s, &[&k.snapshot])?;
             put_versioned(&mut batch, "snapshot", st.snapshot, &bytes);
             new_snapshot = Some(bytes);
-            st.snapshot_key = self.snapshot_key.id().into();
+            st.snapshot_key = k.snapshot.id().into();
         }
         let snapshot_bytes = match new_snapshot {
             Some(b) => b,
@@ -384,15 +464,15 @@ impl Repo {
             "snapshot.json".into(),
             metafile(&snapshot_bytes, st.snapshot),
         );
-        let (_, ts_bytes) = sign_role(ts, &[&self.timestamp_key])?;
-        st.timestamp_key = self.timestamp_key.id().into();
+        let (_, ts_bytes) = sign_role(ts, &[&k.timestamp])?;
+        st.timestamp_key = k.timestamp.id().into();
         batch.put(Cf::Meta, TIMESTAMP_KEY, ts_bytes.clone());
         batch.put(
             Cf::Meta,
             STATE_KEY,
             serde_json::to_vec(&st).unwrap_or_default(),
         );
-        self.store.kv().write(batch, true)?;
+        self.store.commit(batch, true)?;
         tracing::info!(
             targets = st.targets,
             snapshot = st.snapshot,
@@ -406,16 +486,26 @@ impl Repo {
     /// `{N}.root.json` (1-based), or None.
     pub fn root_file(&self, version: u64) -> Option<Bytes> {
         let i = usize::try_from(version).ok()?.checked_sub(1)?;
-        self.roots.get(i).cloned()
+        self.roots().files.get(i).cloned()
     }
 
     /// The newest root.json.
     pub fn latest_root(&self) -> Bytes {
-        self.roots.last().cloned().unwrap_or_default()
+        self.roots().files.last().cloned().unwrap_or_default()
     }
 
-    pub fn root(&self) -> &Root {
-        &self.root
+    /// When the current timestamp.json expires (unix seconds; 0 before the first).
+    pub fn timestamp_expires(&self) -> i64 {
+        self.current().state.timestamp_expires
+    }
+
+    /// The newest root.
+    pub fn root(&self) -> Root {
+        self.roots().root.clone()
+    }
+
+    pub(super) fn roots(&self) -> Arc<Roots> {
+        self.roots.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn timestamp(&self) -> Bytes {
@@ -457,7 +547,7 @@ impl Repo {
 
     /// Director key ids the latest root authorises.
     pub fn director_ids(&self) -> Vec<String> {
-        root::director_keys(&self.root)
+        root::director_keys(&self.roots().root)
             .map(|d| d.0)
             .unwrap_or_default()
     }

@@ -187,11 +187,11 @@ pub type RootChain = Vec<(Signed<Root>, Vec<u8>)>;
 /// before it (threshold of the old root's root keys) and by itself.
 pub fn load_chain(keys_dir: &Path) -> Result<RootChain, RepoError> {
     let dir = root_dir(keys_dir);
-    let mut chain: RootChain = Vec::new();
+    let mut files = Vec::new();
     for n in 1u64.. {
         let path = dir.join(format!("{n}.root.json"));
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        match std::fs::read(&path) {
+            Ok(b) => files.push((path.display().to_string(), b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && n > 1 => break,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(RepoError::KeyFile {
@@ -200,16 +200,21 @@ pub fn load_chain(keys_dir: &Path) -> Result<RootChain, RepoError> {
                 })
             }
             Err(e) => return Err(io(&path, e)),
-        };
-        let root: Signed<Root> =
-            serde_json::from_slice(&bytes).map_err(|e| RepoError::Metadata {
-                what: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+        }
+    }
+    verify_chain(files)
+}
+
+/// Checks root versions 1, 2, … (each `(where it came from, bytes)`): version numbers in
+/// order, each signed by a threshold of its predecessor's root keys and of its own.
+pub fn verify_chain(files: Vec<(String, Vec<u8>)>) -> Result<RootChain, RepoError> {
+    let mut chain: RootChain = Vec::new();
+    for (n, (what, bytes)) in (1u64..).zip(files) {
         let bad = |message: String| RepoError::Metadata {
-            what: path.display().to_string(),
+            what: what.clone(),
             message,
         };
+        let root: Signed<Root> = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
         if root.signed.version.get() != n {
             return Err(bad(format!("holds version {}", root.signed.version)));
         }

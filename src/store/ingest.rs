@@ -159,6 +159,39 @@ impl<'a> BlobWriter<'a> {
     }
 }
 
+impl Store {
+    /// Stores one chunk whose bytes the caller has verified against `hash` (an edge's
+    /// fill), replacing a damaged copy, and caches it. Not synced: like ingest, the
+    /// manifest that later references it is written synced, which makes it durable.
+    pub fn put_chunk(&self, hash: Hash, bytes: Bytes) -> Result<(), StoreError> {
+        debug_assert_eq!(Hash::of(&bytes), hash);
+        let mut stats = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = *stats;
+        let mut batch = Batch::default();
+        if !self.kv.contains(Cf::Chunks, hash.as_bytes())? {
+            next.chunks += 1;
+            next.bytes += bytes.len() as u64;
+            batch.put(Cf::Meta, STATS_KEY, next.encode());
+        }
+        batch.put(Cf::Chunks, hash.as_bytes().to_vec(), bytes.to_vec());
+        self.kv.write(batch, false)?;
+        *stats = next;
+        self.metrics.store_chunks.set(next.chunks);
+        self.metrics.store_bytes.set(next.bytes);
+        drop(stats);
+        self.cache.chunks.insert(hash, bytes);
+        Ok(())
+    }
+
+    /// Commits the manifest of a blob whose chunks are all stored and whose whole
+    /// blake3 the caller has checked (synced, so its chunks are durable too).
+    pub fn put_manifest(&self, hash: Hash, manifest: &Manifest) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
+        batch.put(Cf::Blobs, hash.as_bytes().to_vec(), manifest.encode());
+        self.kv.write(batch, true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{memory_store, noise};

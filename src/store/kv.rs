@@ -90,6 +90,14 @@ pub trait KvStore: Send + Sync + 'static {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError>;
 
+    /// Visits every record from key `start` on, in key order, until `visit` returns false.
+    fn scan_from(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+
     /// Visits keys only (no large values read), in key order.
     fn scan_keys(&self, cf: Cf, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StoreError>;
 

@@ -69,6 +69,23 @@ impl KvStore for MemoryKv {
         Ok(())
     }
 
+    fn scan_from(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = t.get(&cf) {
+            for (k, v) in m.range(start.to_vec()..) {
+                if !visit(k, v) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn scan_keys(&self, cf: Cf, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StoreError> {
         self.scan(cf, &[], &mut |k, _| visit(k))
     }

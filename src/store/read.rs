@@ -31,6 +31,15 @@ impl Store {
         }
     }
 
+    /// The chunk if it is in the hot cache (no engine read).
+    pub fn cached(&self, hash: &Hash) -> Option<Bytes> {
+        self.cache.chunks.get(hash)
+    }
+
+    pub fn is_cached(&self, hash: &Hash) -> bool {
+        self.cache.chunks.contains_key(hash)
+    }
+
     /// Streams bytes `start..end` of a blob (end exclusive, within the blob).
     pub fn read_range(
         self: &Arc<Self>,

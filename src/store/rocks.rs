@@ -138,6 +138,27 @@ impl KvStore for RocksKv {
         Ok(())
     }
 
+    fn scan_from(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let h = self.cf(cf)?;
+        let iter = self.db.iterator_cf_opt(
+            h,
+            Self::read_opts(cf),
+            IteratorMode::From(start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(err)?;
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn scan_keys(&self, cf: Cf, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StoreError> {
         let h = self.cf(cf)?;
         let mut it = self.db.raw_iterator_cf_opt(h, Self::read_opts(cf));

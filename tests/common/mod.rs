@@ -58,7 +58,7 @@ pub fn root_keys_dir(c: &Config) -> PathBuf {
 pub async fn open_node(config: Config) -> Result<Node, update_edge::server::OpenError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        match Node::open(config.clone()) {
+        match Node::open_any(config.clone()).await {
             Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await
             }
@@ -180,6 +180,46 @@ impl TestNode {
             .map(|v| v.parse().unwrap())
             .unwrap_or_else(|| panic!("the node exports no series {name}"))
     }
+}
+
+/// The token edges in tests read the origin's change feed with.
+pub const REPLICATION_TOKEN: &str = "test-replication-token";
+
+/// An origin for edge tests: accepts the replication token, and re-signs often enough
+/// (every 2 s) that a root version written while it runs is served within seconds.
+pub fn origin_config(dir: &Path) -> Config {
+    let mut c = test_config(dir);
+    c.server.replication_token = REPLICATION_TOKEN.into();
+    c.tuf.timestamp_ttl = update_edge::config::Seconds(20);
+    c
+}
+
+/// An edge of `origin` in `dir`: no repository keys, its own director key authorised by
+/// a new root version written to the origin's keys (as `keys add-edge` does).
+pub fn edge_config(dir: &Path, origin: &TestNode) -> Config {
+    let mut c = Config::default();
+    c.server.data_dir = dir.join("data");
+    c.server.admin_token = TOKEN.into();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.store.chunk_min = ByteSize(CHUNK_MIN as u64);
+    c.store.chunk_avg = ByteSize(CHUNK_AVG as u64);
+    c.store.chunk_max = ByteSize(CHUNK_MAX as u64);
+    c.store.cache_size = ByteSize(8 << 20);
+    c.tuf.keys_dir = dir.join("no-repository-keys");
+    c.tuf.director_key = dir.join("edge.director.pk8");
+    let o = &origin.node.config;
+    update_edge::repo::root::add_director(
+        &o.tuf.keys_dir,
+        &root_keys_dir(o),
+        &c.tuf.director_key,
+        30,
+    )
+    .expect("add edge director key");
+    c.edge.upstream = origin.url.clone();
+    c.edge.token = REPLICATION_TOKEN.into();
+    c.edge.poll_wait = update_edge::config::Seconds(5);
+    c.edge.stall_timeout = update_edge::config::Seconds(3);
+    c
 }
 
 pub fn client() -> reqwest::Client {
@@ -312,6 +352,8 @@ pub struct Intercept {
     pub path: String,
     pub body: Vec<u8>,
     pub range: Option<String>,
+    /// Passed through, so an edge behind the proxy can read the feed.
+    pub authorization: Option<String>,
 }
 
 /// A response as the proxy returns it.
@@ -345,6 +387,9 @@ pub async fn forward(upstream: &str, req: &Intercept) -> Reply {
         .body(req.body.clone());
     if let Some(v) = &req.range {
         r = r.header("range", v);
+    }
+    if let Some(v) = &req.authorization {
+        r = r.header("authorization", v);
     }
     let resp = r.send().await.expect("proxy: upstream request");
     let status = resp.status().as_u16();
@@ -385,6 +430,11 @@ pub async fn rewriting_proxy(upstream: String, hook: Hook) -> String {
                 .get("range")
                 .and_then(|v| v.to_str().ok())
                 .map(String::from);
+            let authorization = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
             let body = axum::body::to_bytes(req.into_body(), 1 << 20)
                 .await
                 .unwrap()
@@ -394,6 +444,7 @@ pub async fn rewriting_proxy(upstream: String, hook: Hook) -> String {
                 path,
                 body,
                 range,
+                authorization,
             };
             let reply = match hook(seen.clone()).await {
                 Some(r) => r,

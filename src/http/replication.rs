@@ -1,0 +1,95 @@
+//! What edges read from their upstream: `GET /v1/chunks/{blake3}` (one chunk's bytes,
+//! immutable, so any HTTP cache may keep it) and `GET /v1/catalog/changes?after=SEQ`
+//! (the change feed, long-polled; edge-scoped token).
+
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::header;
+use http::request::Parts;
+
+use super::auth::{authorize, bearer};
+use super::blobs::{immutable_cache_control, parse_hash};
+use super::error::ApiError;
+use super::range::etag;
+use super::AppState;
+
+/// Longest a feed request may wait for a change.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// `GET|HEAD /v1/chunks/{hash}`: a stored chunk, verified (filled from upstream on an
+/// edge, so edges can be chained).
+pub async fn get_chunk(
+    State(s): State<AppState>,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    let hash = parse_hash(&hash)?;
+    let bytes = match &s.upstream {
+        None => s.store.chunk(hash).await.map_err(|e| match e {
+            crate::store::StoreError::ChunkMissing(h) => {
+                ApiError::NotFound(format!("chunk {h} is not stored here"))
+            }
+            e => e.into(),
+        })?,
+        Some(up) => up.chunk(hash).await?,
+    };
+    s.metrics.bytes_served.inc_by(bytes.len() as u64);
+    let tag = http::HeaderValue::from_str(&etag(&hash.to_hex()))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::CACHE_CONTROL, immutable_cache_control()),
+            (header::ETAG, tag),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// A reader of the change feed: the operator token or the replication token.
+pub struct Replicator;
+
+impl FromRequestParts<AppState> for Replicator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
+        let presented = bearer(parts);
+        let repl = &s.config.server.replication_token;
+        if !repl.is_empty() && authorize(repl, presented).is_ok() {
+            return Ok(Replicator);
+        }
+        authorize(&s.config.server.admin_token, presented).map(|_| Replicator)
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct FeedQuery {
+    #[serde(default)]
+    after: u64,
+    /// Seconds to wait for a change when there is none after `after`.
+    #[serde(default)]
+    wait: u64,
+}
+
+/// `GET /v1/catalog/changes?after=SEQ&wait=S`: the replicated records changed after
+/// `SEQ`, or a full snapshot when `SEQ` is 0 or older than the log keeps.
+pub async fn get_changes(
+    _: Replicator,
+    State(s): State<AppState>,
+    Query(q): Query<FeedQuery>,
+) -> Result<Response, ApiError> {
+    let wait = Duration::from_secs(q.wait).min(MAX_WAIT);
+    if q.after == s.store.change_head() && !wait.is_zero() {
+        let mut rx = s.store.watch_changes();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|head| *head != q.after)).await;
+    }
+    let store = s.store.clone();
+    let page = crate::store::blocking(move || store.changes_after(q.after)).await?;
+    Ok(Json(page).into_response())
+}

@@ -1,0 +1,268 @@
+//! Edge role: pull-through from an upstream node (the origin, or another edge).
+//!
+//! - **Content** ([`fill`], [`blob`]): a chunk the edge lacks is fetched from
+//!   `GET {upstream}/v1/chunks/{blake3}`, verified against its address before a byte of it
+//!   is served or stored, then stored and cached. However many readers want the same
+//!   missing chunk, one fetch runs and every reader gets the chunk the moment it is
+//!   verified; downloads stream chunk by chunk, never waiting for a whole blob, and fetch
+//!   a few chunks ahead. A blob this edge does not hold is described by upstream's chunk
+//!   list; it becomes a local blob (its manifest committed) only once every chunk has been
+//!   read and the blake3 of the whole matches its address.
+//! - **Catalog and repository** ([`follow`]): the records the origin replicates
+//!   (products, builds, rings, deltas, signed TUF metadata) arrive through its change
+//!   feed, long-polled, and are applied atomically with the feed position.
+//!
+//! Trust: upstream is not trusted for integrity. Chunks are checked against their blake3,
+//! blobs against theirs, and devices check what they install against TUF metadata
+//! signed by keys the edge never holds.
+
+pub mod blob;
+pub mod fill;
+pub mod follow;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::EdgeConfig;
+use crate::hash::Hash;
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::store::{Store, StoreError};
+
+/// Errors talking to upstream; each says whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {url} unreachable: {message}")]
+    Connect { url: String, message: String },
+    #[error("upstream {url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("upstream {url} stalled: no byte for {secs} s")]
+    Stalled { url: String, secs: u64 },
+    #[error("chunk {0} from upstream failed verification")]
+    Corrupt(Hash),
+    #[error("upstream {url}: {message}")]
+    Body { url: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl UpstreamError {
+    /// The metrics label for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Status { .. } => "status",
+            UpstreamError::Stalled { .. } => "stalled",
+            UpstreamError::Corrupt(_) => "corrupt",
+            UpstreamError::Body { .. } | UpstreamError::Store(_) => "body",
+        }
+    }
+
+    /// Whether another attempt may succeed (a 4xx from upstream will not).
+    pub fn retryable(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => *status >= 500 || *status == 429,
+            UpstreamError::Store(_) => false,
+            _ => true,
+        }
+    }
+
+    /// Upstream said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, UpstreamError::Status { status: 404, .. })
+    }
+}
+
+/// What `/readyz` reports about upstream.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Contact {
+    /// Unix seconds of the last successful exchange with upstream (0 = never).
+    pub last_ok: u64,
+    /// The last failure, if the last exchange failed.
+    pub last_error: Option<String>,
+}
+
+/// The edge's link to upstream, shared by downloads, checks and the feed follower.
+pub struct Upstream {
+    base: url::Url,
+    token: String,
+    http: reqwest::Client,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    stall: Duration,
+    readahead: usize,
+    fills: fill::Fills,
+    partials: blob::Partials,
+    contact: Mutex<Contact>,
+}
+
+impl Upstream {
+    pub fn new(config: &EdgeConfig, store: Arc<Store>) -> Result<Arc<Upstream>, UpstreamError> {
+        let mut base = url::Url::parse(&config.upstream).map_err(|e| UpstreamError::Connect {
+            url: config.upstream.clone(),
+            message: e.to_string(),
+        })?;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let stall = Duration::from_secs(config.stall_timeout.0);
+        let http = reqwest::Client::builder()
+            .connect_timeout(stall)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(config.max_fills * 2)
+            .build()
+            .map_err(|e| UpstreamError::Connect {
+                url: base.to_string(),
+                message: e.to_string(),
+            })?;
+        let metrics = store.metrics().clone();
+        Ok(Arc::new(Upstream {
+            base,
+            token: config.token.clone(),
+            http,
+            metrics,
+            stall,
+            readahead: config.readahead,
+            fills: fill::Fills::new(config.max_fills),
+            partials: blob::new_partials(),
+            contact: Mutex::new(Contact::default()),
+            store,
+        }))
+    }
+
+    /// The upstream base URL (what operators are told to send writes to).
+    pub fn base(&self) -> &url::Url {
+        &self.base
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn contact(&self) -> Contact {
+        self.contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.base
+            .join(path)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|_| format!("{}{path}", self.base))
+    }
+
+    /// Records the outcome of an exchange for `/readyz` and the error counter.
+    fn note<T>(&self, r: &Result<T, UpstreamError>) {
+        let mut c = self.contact.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(_) => {
+                c.last_ok = crate::protocol::unix_now();
+                c.last_error = None;
+            }
+            Err(e) => {
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&ReasonLabel {
+                        reason: e.reason().into(),
+                    })
+                    .inc();
+                if !matches!(e, UpstreamError::Status { status: 404, .. }) {
+                    c.last_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// `GET path` with the stall timeout on the response head.
+    async fn get(&self, path: &str, bearer: bool) -> Result<reqwest::Response, UpstreamError> {
+        self.request(path, bearer, Duration::ZERO).await
+    }
+
+    /// `GET path` (with the edge token) whose head may take `wait` longer (long-poll).
+    async fn get_waiting(
+        &self,
+        path: &str,
+        wait: Duration,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        self.request(path, true, wait).await
+    }
+
+    async fn request(
+        &self,
+        path: &str,
+        bearer: bool,
+        wait: Duration,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = self.url(path);
+        let mut req = self.http.get(&url);
+        if bearer && !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
+        let resp = match tokio::time::timeout(self.stall + wait, req.send()).await {
+            Err(_) => {
+                return Err(UpstreamError::Stalled {
+                    url,
+                    secs: self.stall.as_secs(),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(UpstreamError::Connect {
+                    url,
+                    message: e.to_string(),
+                })
+            }
+            Ok(Ok(r)) => r,
+        };
+        if !resp.status().is_success() {
+            return Err(UpstreamError::Status {
+                url,
+                status: resp.status().as_u16(),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// Reads a whole response body of at most `cap` bytes, failing when no byte arrives
+    /// for the stall timeout.
+    async fn body(
+        &self,
+        mut resp: reqwest::Response,
+        cap: usize,
+        mut on_bytes: impl FnMut(usize),
+    ) -> Result<bytes::Bytes, UpstreamError> {
+        let url = resp.url().to_string();
+        let mut buf = bytes::BytesMut::with_capacity(
+            resp.content_length()
+                .map_or(0, |n| n.min(cap as u64) as usize),
+        );
+        loop {
+            let next = tokio::time::timeout(self.stall, resp.chunk()).await;
+            match next {
+                Err(_) => {
+                    return Err(UpstreamError::Stalled {
+                        url,
+                        secs: self.stall.as_secs(),
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(UpstreamError::Body {
+                        url,
+                        message: e.to_string(),
+                    })
+                }
+                Ok(Ok(None)) => return Ok(buf.freeze()),
+                Ok(Ok(Some(piece))) => {
+                    on_bytes(piece.len());
+                    if buf.len() + piece.len() > cap {
+                        return Err(UpstreamError::Body {
+                            url,
+                            message: format!("body over {cap} bytes"),
+                        });
+                    }
+                    buf.extend_from_slice(&piece);
+                }
+            }
+        }
+    }
+}

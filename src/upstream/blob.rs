@@ -1,0 +1,244 @@
+//! Blobs through an edge: the manifest (local, or built from upstream's chunk list),
+//! ranged reads that fill missing chunks as they go, and promotion of a fully read blob
+//! to a local one once its whole blake3 matches.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use quick_cache::sync::Cache;
+
+use super::{Upstream, UpstreamError};
+use crate::hash::Hash;
+use crate::protocol::chunklist::ChunkList;
+use crate::store::manifest::ChunkRef;
+use crate::store::{Manifest, StoreError};
+
+/// Memory for manifests of blobs being filled (36 bytes per chunk: a 4 GiB image of
+/// 256 KiB chunks takes ~600 KiB).
+const PARTIALS_BYTES: u64 = 64 << 20;
+/// Largest chunk list accepted from upstream (a 64 GiB blob of 64 KiB chunks fits).
+const MAX_LIST_BYTES: usize = 128 << 20;
+
+/// A blob known from upstream's chunk list, not (yet) complete here.
+pub struct Partial {
+    pub manifest: Arc<Manifest>,
+    /// Which chunks have been read through this edge, and how many have not.
+    seen: Mutex<(Vec<bool>, usize)>,
+}
+
+impl Partial {
+    fn new(manifest: Manifest) -> Partial {
+        let n = manifest.chunks.len();
+        Partial {
+            manifest: Arc::new(manifest),
+            seen: Mutex::new((vec![false; n], n)),
+        }
+    }
+
+    /// Marks chunk `i` as held; true when that made every chunk held.
+    fn mark(&self, i: usize) -> bool {
+        let mut s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (seen, left) = &mut *s;
+        match seen.get_mut(i) {
+            Some(b) if !*b => {
+                *b = true;
+                *left -= 1;
+                *left == 0
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PartialWeight;
+
+impl quick_cache::Weighter<Hash, Arc<Partial>> for PartialWeight {
+    fn weight(&self, _: &Hash, p: &Arc<Partial>) -> u64 {
+        p.manifest.weight() + p.manifest.chunks.len() as u64
+    }
+}
+
+pub type Partials = Cache<Hash, Arc<Partial>, PartialWeight>;
+
+pub fn new_partials() -> Partials {
+    Cache::with_weighter(1024, PARTIALS_BYTES, PartialWeight)
+}
+
+/// Checks upstream's chunk list for `blob` and turns it into a manifest: the list must
+/// name this blob, cover it exactly in order, and use chunk sizes a store can hold.
+pub fn manifest_from_list(blob: Hash, list: &ChunkList) -> Result<Manifest, String> {
+    if list.blob != blob {
+        return Err(format!("chunk list names blob {}", list.blob));
+    }
+    let mut offset = 0u64;
+    let mut chunks = Vec::with_capacity(list.chunks.len());
+    for (i, c) in list.chunks.iter().enumerate() {
+        if c.offset != offset || c.length == 0 || c.length as usize > (64 << 20) {
+            return Err(format!("entry {i} does not continue the blob"));
+        }
+        offset += u64::from(c.length);
+        chunks.push(ChunkRef {
+            hash: c.blake3,
+            len: c.length,
+        });
+    }
+    if offset != list.size {
+        return Err(format!("chunks cover {offset} bytes of {}", list.size));
+    }
+    Ok(Manifest::new(chunks))
+}
+
+impl Upstream {
+    /// A blob's manifest: the local one, or one from upstream's chunk list (with the
+    /// fill state of a blob not complete here). Concurrent misses fetch the list once.
+    pub async fn manifest(
+        self: &Arc<Self>,
+        blob: Hash,
+    ) -> Result<(Arc<Manifest>, Option<Arc<Partial>>), Arc<UpstreamError>> {
+        match self.store.manifest(blob).await {
+            Ok(m) => return Ok((m, None)),
+            Err(StoreError::BlobNotFound(_)) => {}
+            Err(e) => return Err(Arc::new(e.into())),
+        }
+        match self.partials.get_value_or_guard_async(&blob).await {
+            Ok(p) => Ok((p.manifest.clone(), Some(p))),
+            Err(guard) => {
+                let got = self.fetch_list(blob).await;
+                self.note(&got);
+                let p = Arc::new(Partial::new(got.map_err(Arc::new)?));
+                let _ = guard.insert(p.clone());
+                Ok((p.manifest.clone(), Some(p)))
+            }
+        }
+    }
+
+    async fn fetch_list(&self, blob: Hash) -> Result<Manifest, UpstreamError> {
+        let resp = self.get(&format!("v1/blobs/{blob}/chunks"), false).await?;
+        let url = resp.url().to_string();
+        let bytes = self.body(resp, MAX_LIST_BYTES, |_| {}).await?;
+        let bad = |message: String| UpstreamError::Body {
+            url: url.clone(),
+            message,
+        };
+        let list: ChunkList =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("chunk list: {e}")))?;
+        manifest_from_list(blob, &list).map_err(bad)
+    }
+
+    /// Streams bytes `start..end` of `blob` (`manifest` from [`Upstream::manifest`]):
+    /// each chunk from the store, or filled from upstream, with the next
+    /// `edge.readahead` chunks of the range started in the background while one is sent.
+    pub fn read_range(
+        self: &Arc<Self>,
+        blob: Hash,
+        manifest: Arc<Manifest>,
+        partial: Option<Arc<Partial>>,
+        start: u64,
+        end: u64,
+    ) -> Result<impl Stream<Item = Result<Bytes, Arc<UpstreamError>>> + Send + 'static, StoreError>
+    {
+        if start > end || end > manifest.size {
+            return Err(StoreError::BadRange {
+                start,
+                end,
+                size: manifest.size,
+            });
+        }
+        let this = self.clone();
+        // (position, first chunk index not yet prefetched)
+        Ok(futures_util::stream::try_unfold(
+            (start, 0usize),
+            move |(pos, ahead)| {
+                let this = this.clone();
+                let manifest = manifest.clone();
+                let partial = partial.clone();
+                async move {
+                    if pos >= end {
+                        return Ok(None);
+                    }
+                    let i = manifest.chunk_at(pos);
+                    let last = manifest.chunk_at(end - 1);
+                    let want_ahead = (i + 1 + this.readahead).min(last + 1);
+                    let mut ahead = ahead.max(i + 1);
+                    if !this.store.is_cached(&manifest.chunks[i].hash) {
+                        while ahead < want_ahead {
+                            this.prefetch(manifest.chunks[ahead].hash);
+                            ahead += 1;
+                        }
+                    }
+                    let chunk_start = manifest.start_of(i);
+                    let bytes = this.chunk(manifest.chunks[i].hash).await?;
+                    if let Some(p) = &partial {
+                        if p.mark(i) {
+                            this.promote(blob, p.clone());
+                        }
+                    }
+                    let from = (pos - chunk_start) as usize;
+                    let to = ((end - chunk_start) as usize).min(bytes.len());
+                    Ok(Some((
+                        bytes.slice(from..to),
+                        (chunk_start + to as u64, ahead),
+                    )))
+                }
+            },
+        ))
+    }
+
+    /// Every chunk of a partial blob has been read: check the whole blob's blake3 and
+    /// commit its manifest, making it a local blob. A mismatch (a chunk list that lied)
+    /// is counted and the list dropped, so the next request fetches it again.
+    fn promote(self: &Arc<Self>, blob: Hash, partial: Arc<Partial>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let store = this.store.clone();
+            let m = partial.manifest.clone();
+            let result = crate::store::blocking(move || {
+                let mut h = blake3::Hasher::new();
+                for c in &m.chunks {
+                    h.update(&store.chunk_blocking(&c.hash)?);
+                }
+                if Hash::from(h.finalize()) != blob {
+                    return Ok(false);
+                }
+                store.put_manifest(blob, &m)?;
+                Ok(true)
+            })
+            .await;
+            this.partials.remove(&blob);
+            match result {
+                Ok(true) => tracing::debug!(blob = %blob.short(), "blob complete at this edge"),
+                Ok(false) => {
+                    let e = UpstreamError::Body {
+                        url: this.url(&format!("v1/blobs/{blob}/chunks")),
+                        message: format!("chunks do not make up blob {blob}"),
+                    };
+                    tracing::error!(error = %e, "blob from upstream failed verification");
+                    this.note::<()>(&Err(UpstreamError::Corrupt(blob)));
+                }
+                // A chunk evicted meanwhile: the blob stays partial, found again on use.
+                Err(e) => tracing::warn!(blob = %blob.short(), error = %e, "blob not promoted"),
+            }
+        });
+    }
+}
+
+/// Manifests of blobs an edge does not hold, for the chunk lists its check answers
+/// carry.
+impl crate::store::RemoteManifests for Upstream {
+    fn fetch(
+        self: Arc<Self>,
+        blob: Hash,
+    ) -> futures_util::future::BoxFuture<'static, Result<Arc<Manifest>, StoreError>> {
+        Box::pin(async move {
+            self.manifest(blob)
+                .await
+                .map(|(m, _)| m)
+                .map_err(|e| match &*e {
+                    e if e.is_not_found() => StoreError::BlobNotFound(blob),
+                    e => StoreError::Upstream(e.to_string()),
+                })
+        })
+    }
+}

@@ -1,0 +1,402 @@
+//! The edge tier against real nodes on loopback: an origin, edges that replicate its
+//! catalog and repository and fill content from it, devices updating through an edge.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::json;
+use update_edge::client;
+
+/// An origin with product `gw` (builds 1.0.1, 1.0.2; ring general → 1.0.2 at 100 %).
+async fn origin(dir: &std::path::Path) -> (TestNode, Vec<Vec<u8>>) {
+    let node = TestNode::start(origin_config(&dir.join("origin"))).await;
+    let builds = seed_product(&node, "gw", 2, 200_000).await;
+    let st = set_ring(
+        &node,
+        "gw",
+        "general",
+        r#"{"version":"1.0.2","percent":100}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    (node, builds)
+}
+
+/// An edge of `origin`, started once its director key is authorised by the root it has
+/// replicated (the origin serves the new root within a re-sign tick).
+async fn edge(dir: &std::path::Path, origin: &TestNode) -> TestNode {
+    let edge = TestNode::start(edge_config(dir, origin)).await;
+    let ready = eventually(20, || async {
+        let r = client()
+            .get(format!("{}/readyz", edge.url))
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["director_key_authorised"] == json!(true) && v["ready"] == json!(true)
+    })
+    .await;
+    assert!(
+        ready,
+        "edge never became ready with an authorised director key"
+    );
+    edge
+}
+
+fn blob_of(origin: &TestNode, version: &str) -> String {
+    let v: update_edge::catalog::version::Version = version.parse().unwrap();
+    origin
+        .node
+        .catalog
+        .build("gw", &v)
+        .unwrap()
+        .unwrap()
+        .blob
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_device_updates_through_an_edge_byte_exact_and_the_edge_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, builds) = origin(dir.path()).await;
+    let edge = edge(&dir.path().join("edge-a"), &origin).await;
+
+    // Operator writes go to the origin; the edge says where.
+    let r = op_put(&format!("{}/v1/products/other", edge.url), "{}").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains(&origin.url), "403 must name the origin: {msg}");
+    // Reads of the replicated catalog work.
+    let r = client()
+        .get(format!("{}/v1/products/gw/builds", edge.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["builds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let old = dir.path().join("old.img");
+    std::fs::write(&old, &builds[0]).unwrap();
+    let args = edge.device_args(dir.path(), "gw", "dev-1", "1.0.1", Some(old));
+    let args = client::UpdateArgs {
+        root: root_path(&origin.node.config),
+        ..args
+    };
+    let r = client::update(args.clone()).await.unwrap();
+    assert_eq!(r.version.as_deref(), Some("1.0.2"));
+    assert_eq!(std::fs::read(&args.out).unwrap(), builds[1]);
+    assert!(edge.metric("update_edge_upstream_fetches_total").await > 0.0);
+    // The answer was the edge's own: signed by its director key, not the origin's.
+    let o_checks = origin
+        .metric_labeled("update_edge_checks_total{result=\"update\"}")
+        .await;
+    assert_eq!(o_checks, 0.0, "the check must be answered by the edge");
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_cold_requests_fetch_each_chunk_once_and_bytes_flow_before_the_fill_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = TestNode::start(origin_config(&dir.path().join("origin"))).await;
+    let data = noise(256 << 10, 77);
+    let hash = origin.upload(data.clone()).await;
+    let chunks = origin
+        .node
+        .store
+        .manifest(hash.parse().unwrap())
+        .await
+        .unwrap()
+        .chunks
+        .len();
+    let edge = edge(&dir.path().join("edge"), &origin).await;
+
+    let url = edge.blob_url(&hash);
+    let data = Arc::new(data);
+    let c = client();
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (c, url, data) = (c.clone(), url.clone(), data.clone());
+            tokio::spawn(async move {
+                let r = c.get(&url).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+                assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let per_chunk = origin
+        .metric_labeled(
+            "update_edge_http_requests_total{route=\"/v1/chunks/{hash}\",status=\"2xx\"}",
+        )
+        .await;
+    assert_eq!(
+        per_chunk, chunks as f64,
+        "exactly one upstream fetch per chunk"
+    );
+    let lists = origin
+        .metric_labeled(
+            "update_edge_http_requests_total{route=\"/v1/blobs/{hash}/chunks\",status=\"2xx\"}",
+        )
+        .await;
+    assert_eq!(lists, 1.0, "the chunk list is fetched once");
+    assert!(edge.metric("update_edge_upstream_coalesced_total").await > 0.0);
+    // Complete here now: served with the origin's exact headers semantics, locally.
+    let r = c
+        .get(&url)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[1000..2000]);
+    edge.stop().await;
+
+    // Streaming: with the last chunk held back upstream, a whole-blob GET still delivers
+    // its first bytes (a fill that made clients wait for the whole object would not).
+    let data2 = noise(128 << 10, 78);
+    let hash2 = origin.upload(data2.clone()).await;
+    let m = origin
+        .node
+        .store
+        .manifest(hash2.parse().unwrap())
+        .await
+        .unwrap();
+    let last = m.chunks.last().unwrap().hash.to_string();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let proxy = rewriting_proxy(
+        origin.url.clone(),
+        hook!(|req| {
+            let (g, last) = (g.clone(), last.clone());
+            async move {
+                if req.path.ends_with(&last) {
+                    g.notified().await;
+                }
+                None
+            }
+        }),
+    )
+    .await;
+    let mut cfg = edge_config(&dir.path().join("edge2"), &origin);
+    cfg.edge.upstream = proxy;
+    let edge2 = TestNode::start(cfg).await;
+    let r = c.get(edge2.blob_url(&hash2)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.bytes_stream();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), body.next())
+        .await
+        .expect("first bytes must arrive while the fill is incomplete")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], &data2[..first.len()]);
+    gate.notify_one();
+    let mut got = first.to_vec();
+    while let Some(piece) = body.next().await {
+        got.extend_from_slice(&piece.unwrap());
+    }
+    assert_eq!(got, data2);
+    edge2.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn a_chunk_corrupted_upstream_is_caught_and_refetched_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = TestNode::start(origin_config(&dir.path().join("origin"))).await;
+    let data = noise(64 << 10, 79);
+    let hash = origin.upload(data.clone()).await;
+    let m = origin
+        .node
+        .store
+        .manifest(hash.parse().unwrap())
+        .await
+        .unwrap();
+    let victim = m.chunks[2].hash.to_string();
+    let flips = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (f, s, o) = (flips.clone(), seen.clone(), origin.url.clone());
+    let proxy = rewriting_proxy(
+        origin.url.clone(),
+        hook!(|req| {
+            let (f, s, o, victim) = (f.clone(), s.clone(), o.clone(), victim.clone());
+            async move {
+                if !req.path.ends_with(&victim) {
+                    return None;
+                }
+                s.fetch_add(1, Ordering::SeqCst);
+                let mut reply = forward(&o, &req).await;
+                if f.fetch_add(1, Ordering::SeqCst) == 0 {
+                    reply.body[7] ^= 0x40; // once
+                }
+                Some(reply)
+            }
+        }),
+    )
+    .await;
+    let mut cfg = edge_config(&dir.path().join("edge"), &origin);
+    cfg.edge.upstream = proxy;
+    let edge = TestNode::start(cfg).await;
+    let r = client().get(edge.blob_url(&hash)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "the corrupt chunk is fetched again"
+    );
+    assert_eq!(
+        edge.metric_labeled("update_edge_upstream_errors_total{reason=\"corrupt\"}")
+            .await,
+        1.0
+    );
+    edge.stop().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_origin_down_an_edge_serves_what_it_holds_and_answers_checks_until_metadata_expires(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, builds) = origin(dir.path()).await;
+    let edge = edge(&dir.path().join("edge"), &origin).await;
+    // Warm the edge: one device updates through it.
+    let a = client::UpdateArgs {
+        root: root_path(&origin.node.config),
+        ..edge.device_args(dir.path(), "gw", "dev-1", "1.0.1", None)
+    };
+    assert_eq!(
+        client::update(a.clone()).await.unwrap().version.as_deref(),
+        Some("1.0.2")
+    );
+    let full = blob_of(&origin, "1.0.2");
+    assert!(
+        eventually(10, || async {
+            edge.node
+                .store
+                .contains_blob(&full.parse().unwrap())
+                .unwrap()
+        })
+        .await,
+        "the blob becomes local at the edge once read whole"
+    );
+    let root = root_path(&origin.node.config);
+    origin.stop().await;
+
+    // Another device, same edge, origin gone.
+    let b = client::UpdateArgs {
+        root,
+        ..edge.device_args(&dir.path().join("b"), "gw", "dev-2", "1.0.1", None)
+    };
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let r = client::update(b.clone()).await.unwrap();
+    assert_eq!(r.version.as_deref(), Some("1.0.2"));
+    assert_eq!(std::fs::read(&b.out).unwrap(), builds[1]);
+    let ready = client()
+        .get(format!("{}/readyz", edge.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let v: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(v["upstream_reachable"], json!(false), "{v}");
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn an_edge_cut_off_past_the_timestamp_expiry_answers_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut oc = origin_config(&dir.path().join("origin"));
+    oc.tuf.timestamp_ttl = update_edge::config::Seconds(3);
+    let origin = TestNode::start(oc).await;
+    seed_product(&origin, "gw", 1, 20_000).await;
+    let edge = edge(&dir.path().join("edge"), &origin).await;
+    let body = json!({"product": "gw", "device_id": "d1", "version": "1.0.0"});
+    let (st, _) = check(&edge, body.clone()).await;
+    assert_eq!(st, StatusCode::OK);
+    origin.stop().await;
+    let expired = eventually(10, || async {
+        let r = client()
+            .post(format!("{}/v1/check", edge.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        r.status() == StatusCode::SERVICE_UNAVAILABLE
+            && r.headers().get("retry-after").is_some_and(|v| v == "60")
+    })
+    .await;
+    assert!(
+        expired,
+        "checks must be refused once the replicated timestamp expired"
+    );
+    let ready = client()
+        .get(format!("{}/readyz", edge.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn the_change_feed_needs_a_token_and_edges_follow_ring_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, _) = origin(dir.path()).await;
+    let feed = format!("{}/v1/catalog/changes?after=0", origin.url);
+    let r = client().get(&feed).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = client()
+        .get(&feed)
+        .bearer_auth(REPLICATION_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let page: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(page["reset"], json!(true));
+    // The replication token opens nothing else.
+    let r = client()
+        .put(format!("{}/v1/products/x", origin.url))
+        .bearer_auth(REPLICATION_TOKEN)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    let edge = edge(&dir.path().join("edge"), &origin).await;
+    let body = json!({"product": "gw", "device_id": "d1", "version": "1.0.1"});
+    let (_, a) = check(&edge, body.clone()).await;
+    assert_eq!(a["update"]["version"], json!("1.0.2"), "{a}");
+    let st = set_ring(
+        &origin,
+        "gw",
+        "general",
+        r#"{"version":"1.0.2","paused":true}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let followed = eventually(10, || async {
+        let (_, a) = check(&edge, body.clone()).await;
+        a["update"].is_null()
+    })
+    .await;
+    assert!(followed, "the edge must follow the paused ring");
+    edge.stop().await;
+    origin.stop().await;
+}
