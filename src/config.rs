@@ -131,6 +131,10 @@ pub struct EdgeConfig {
     pub readahead: usize,
     /// Longest wait of one change-feed long-poll. Default `30s`.
     pub poll_wait: Seconds,
+    /// Bytes per second for pre-seeding: when a ring's target changes, the edge fetches
+    /// that build and the deltas to it from its devices' versions at this rate.
+    /// `0` = no pre-seeding. Default `50MiB`.
+    pub prefetch_rate: ByteSize,
 }
 
 impl EdgeConfig {
@@ -179,6 +183,7 @@ impl Default for Config {
                 max_fills: 16,
                 readahead: 8,
                 poll_wait: Seconds(30),
+                prefetch_rate: ByteSize(50 << 20),
             },
         }
     }

@@ -103,6 +103,7 @@ pub struct Metrics {
     /// Edge role: replication state.
     pub upstream_last_sync: Gauge,
     pub upstream_replicated_seq: Gauge,
+    pub upstream_prefetched: Counter,
 }
 
 impl Default for Metrics {
@@ -141,6 +142,7 @@ impl Metrics {
             upstream_errors: Family::default(),
             upstream_last_sync: Gauge::default(),
             upstream_replicated_seq: Gauge::default(),
+            upstream_prefetched: Counter::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -253,6 +255,11 @@ impl Metrics {
             "update_edge_upstream_replicated_sequence",
             "Position in the origin's change feed this edge has applied",
             m.upstream_replicated_seq.clone(),
+        );
+        registry.register(
+            "update_edge_upstream_prefetched_blobs",
+            "Builds and deltas pre-seeded at this edge after a ring changed target",
+            m.upstream_prefetched.clone(),
         );
         for reason in UPSTREAM_ERROR_REASONS {
             let _ = m.upstream_errors.get_or_create(&ReasonLabel {

@@ -19,6 +19,7 @@ use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::repo::{Repo, Ttls};
 use crate::store::{ChunkParams, Store, StoreError};
+use crate::upstream::preseed::Preseeder;
 use crate::upstream::Upstream;
 
 /// How long in-flight downloads may finish after a shutdown signal.
@@ -239,12 +240,17 @@ pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServe
         Some(up) => {
             let (catalog, repo) = (node.catalog.clone(), node.repo.clone());
             let wait = Duration::from_secs(node.config.edge.poll_wait.0);
-            tokio::spawn(up.clone().follow(wait, move || {
+            let rate = node.config.edge.prefetch_rate.0;
+            let seeder = (rate > 0).then(|| Preseeder::start(up.clone(), catalog.clone(), rate));
+            tokio::spawn(up.clone().follow(wait, move |page| {
                 if let Err(e) = catalog.reload() {
                     tracing::error!(error = %e, "reloading the replicated catalog failed");
                 }
                 if let Err(e) = repo.reload() {
                     tracing::error!(error = %e, "reloading the replicated repository failed");
+                }
+                if let Some(s) = &seeder {
+                    s.page_applied(page);
                 }
             }))
         }

@@ -19,6 +19,7 @@
 pub mod blob;
 pub mod fill;
 pub mod follow;
+pub mod preseed;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -400,3 +400,65 @@ async fn the_change_feed_needs_a_token_and_edges_follow_ring_changes() {
     edge.stop().await;
     origin.stop().await;
 }
+
+#[tokio::test]
+async fn a_retargeted_ring_is_pre_seeded_at_the_edge_before_any_device_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, builds) = origin(dir.path()).await;
+    let edge = edge(&dir.path().join("edge"), &origin).await;
+    // A device of this edge runs 1.0.1 (the edge learns versions from checks).
+    let (st, _) = check(
+        &edge,
+        json!({"product": "gw", "device_id": "d1", "version": "1.0.1"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let mut next = builds[1].clone();
+    next[5000..7000].copy_from_slice(&noise(2000, 991));
+    let r = op_put(
+        &format!("{}/v1/products/gw/builds/1.0.3?kind=os", origin.url),
+        next.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (b1, b3) = (blob_of(&origin, "1.0.1"), blob_of(&origin, "1.0.3"));
+    let delta = {
+        let cat = origin.node.catalog.clone();
+        let (f, t) = (b1.parse().unwrap(), b3.parse().unwrap());
+        let ready = eventually(60, || {
+            let cat = cat.clone();
+            async move { matches!(cat.delta(&f, &t), Ok(Some(d)) if d.delta.is_some()) }
+        })
+        .await;
+        assert!(ready, "the origin computes the delta 1.0.1 → 1.0.3");
+        cat.delta(&f, &t).unwrap().unwrap().delta.unwrap()
+    };
+    let st = set_ring(
+        &origin,
+        "gw",
+        "general",
+        r#"{"version":"1.0.3","percent":100}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let store = edge.node.store.clone();
+    let full = b3.parse().unwrap();
+    let seeded = eventually(30, || {
+        let store = store.clone();
+        async move { store.contains_blob(&full).unwrap() && store.contains_blob(&delta).unwrap() }
+    })
+    .await;
+    assert!(
+        seeded,
+        "the new target and the delta its devices need are resident"
+    );
+    assert!(
+        edge.metric("update_edge_upstream_prefetched_blobs_total")
+            .await
+            >= 2.0
+    );
+    let got = edge.node.store.read_all(full).await.unwrap();
+    assert_eq!(got, next);
+    edge.stop().await;
+    origin.stop().await;
+}

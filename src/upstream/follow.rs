@@ -52,14 +52,18 @@ impl Upstream {
 
     /// Follows the feed until the task is dropped, calling `applied` after every page
     /// that changed something (so in-memory views are reloaded).
-    pub async fn follow(self: Arc<Self>, wait: Duration, applied: impl Fn() + Send + 'static) {
+    pub async fn follow(
+        self: Arc<Self>,
+        wait: Duration,
+        applied: impl Fn(&ChangePage) + Send + 'static,
+    ) {
         let mut backoff = RETRY_FIRST;
         loop {
             match self.sync_once(wait).await {
                 Ok(page) => {
                     backoff = RETRY_FIRST;
                     if page.reset || !page.changes.is_empty() {
-                        applied();
+                        applied(&page);
                     }
                 }
                 Err(e) => {
