@@ -64,6 +64,10 @@ pub struct StoreConfig {
     pub chunk_avg: ByteSize,
     /// Largest chunk. Default `1MiB`.
     pub chunk_max: ByteSize,
+    /// Edge only: disk budget for chunk data; past it, least-recently-used chunks not
+    /// pinned by a ring target are evicted (and refilled on demand). Default `0` = no
+    /// limit. An origin holds the only copy, so it refuses a budget.
+    pub max_bytes: ByteSize,
 }
 
 /// `[delta]`: when a delta is worth offering.
@@ -158,6 +162,7 @@ impl Default for Config {
                 chunk_min: ByteSize(64 << 10),
                 chunk_avg: ByteSize(256 << 10),
                 chunk_max: ByteSize(1 << 20),
+                max_bytes: ByteSize(0),
             },
             delta: DeltaConfig {
                 worth_it_ratio: 0.8,
@@ -339,6 +344,11 @@ impl Config {
                     e.upstream
                 )));
             }
+        }
+        if s.max_bytes.0 > 0 && !e.is_edge() {
+            return Err(ConfigError::Invalid(
+                "store.max_bytes applies to edges only: an origin holds the only copy of its content".into(),
+            ));
         }
         if e.stall_timeout.0 == 0 || !(1..=1024).contains(&e.max_fills) || e.readahead > 256 {
             return Err(ConfigError::Invalid(

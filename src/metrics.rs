@@ -104,6 +104,7 @@ pub struct Metrics {
     pub upstream_last_sync: Gauge,
     pub upstream_replicated_seq: Gauge,
     pub upstream_prefetched: Counter,
+    pub store_evicted_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -143,6 +144,7 @@ impl Metrics {
             upstream_last_sync: Gauge::default(),
             upstream_replicated_seq: Gauge::default(),
             upstream_prefetched: Counter::default(),
+            store_evicted_bytes: Counter::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -260,6 +262,11 @@ impl Metrics {
             "update_edge_upstream_prefetched_blobs",
             "Builds and deltas pre-seeded at this edge after a ring changed target",
             m.upstream_prefetched.clone(),
+        );
+        registry.register(
+            "update_edge_store_evicted_bytes",
+            "Chunk bytes deleted to keep an edge under store.max_bytes",
+            m.store_evicted_bytes.clone(),
         );
         for reason in UPSTREAM_ERROR_REASONS {
             let _ = m.upstream_errors.get_or_create(&ReasonLabel {

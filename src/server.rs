@@ -206,6 +206,8 @@ pub struct RunningServer {
     task: JoinHandle<std::io::Result<()>>,
     /// Holds the repository (and so the store) until it is stopped and awaited.
     resigner: JoinHandle<()>,
+    /// Further node tasks (an edge's eviction), stopped with the server.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -222,6 +224,10 @@ impl RunningServer {
         };
         self.resigner.abort();
         let _ = self.resigner.await;
+        for t in self.background {
+            t.abort();
+            let _ = t.await;
+        }
         served
     }
 }
@@ -235,6 +241,7 @@ pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServe
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let mut background = Vec::new();
     let resigner = match &node.upstream {
         None => tokio::spawn(resign_loop(node.repo.clone())),
         Some(up) => {
@@ -242,6 +249,11 @@ pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServe
             let wait = Duration::from_secs(node.config.edge.poll_wait.0);
             let rate = node.config.edge.prefetch_rate.0;
             let seeder = (rate > 0).then(|| Preseeder::start(up.clone(), catalog.clone(), rate));
+            let budget = node.config.store.max_bytes.0;
+            if budget > 0 {
+                let (u, c) = (up.clone(), catalog.clone());
+                background.push(tokio::spawn(crate::upstream::evict::enforce(u, c, budget)));
+            }
             tokio::spawn(up.clone().follow(wait, move |page| {
                 if let Err(e) = catalog.reload() {
                     tracing::error!(error = %e, "reloading the replicated catalog failed");
@@ -267,6 +279,7 @@ pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServe
         shutdown: tx,
         task,
         resigner,
+        background,
     })
 }
 

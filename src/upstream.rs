@@ -17,6 +17,7 @@
 //! signed by keys the edge never holds.
 
 pub mod blob;
+pub mod evict;
 pub mod fill;
 pub mod follow;
 pub mod preseed;
@@ -93,6 +94,7 @@ pub struct Upstream {
     readahead: usize,
     fills: fill::Fills,
     partials: blob::Partials,
+    recency: evict::Recency,
     contact: Mutex<Contact>,
 }
 
@@ -125,6 +127,7 @@ impl Upstream {
             readahead: config.readahead,
             fills: fill::Fills::new(config.max_fills),
             partials: blob::new_partials(),
+            recency: evict::Recency::default(),
             contact: Mutex::new(Contact::default()),
             store,
         }))

@@ -462,3 +462,86 @@ async fn a_retargeted_ring_is_pre_seeded_at_the_edge_before_any_device_asks() {
     edge.stop().await;
     origin.stop().await;
 }
+
+#[tokio::test]
+async fn under_a_small_disk_budget_an_edge_keeps_pinned_builds_and_refills_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, builds) = origin(dir.path()).await;
+    let others: Vec<Vec<u8>> = (0..6).map(|i| noise(256 << 10, 500 + i)).collect();
+    let mut hashes = Vec::new();
+    for o in &others {
+        hashes.push(origin.upload(o.clone()).await);
+    }
+    let mut cfg = edge_config(&dir.path().join("edge"), &origin);
+    let budget = 700u64 << 10;
+    cfg.store.max_bytes = update_edge::config::ByteSize(budget);
+    let edge = TestNode::start(cfg).await;
+    let pinned: update_edge::hash::Hash = blob_of(&origin, "1.0.2").parse().unwrap();
+    let store = edge.node.store.clone();
+    assert!(
+        eventually(20, || {
+            let store = store.clone();
+            async move { store.contains_blob(&pinned).unwrap() }
+        })
+        .await,
+        "the ring's target is pre-seeded"
+    );
+    let c = client();
+    for round in 0..2 {
+        for (h, data) in hashes.iter().zip(&others) {
+            let r = c.get(edge.blob_url(h)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(
+                r.bytes().await.unwrap().as_ref(),
+                data.as_slice(),
+                "round {round}"
+            );
+        }
+    }
+    let under = eventually(10, || {
+        let store = store.clone();
+        async move { store.stats().bytes <= budget }
+    })
+    .await;
+    assert!(
+        under,
+        "store at {} bytes over a {budget}-byte budget",
+        store.stats().bytes
+    );
+    assert!(edge.metric("update_edge_store_evicted_bytes_total").await > 0.0);
+    // Refills happened: more chunks fetched than the payloads hold once.
+    let per_chunk = origin
+        .metric_labeled(
+            "update_edge_http_requests_total{route=\"/v1/chunks/{hash}\",status=\"2xx\"}",
+        )
+        .await;
+    let once: usize = {
+        let mut n = 0;
+        for h in &hashes {
+            n += origin
+                .node
+                .store
+                .manifest(h.parse().unwrap())
+                .await
+                .unwrap()
+                .chunks
+                .len();
+        }
+        n
+    };
+    assert!(
+        per_chunk > once as f64,
+        "{per_chunk} fetches for {once} chunks: nothing refilled"
+    );
+    // The pinned build is whole on disk.
+    let m = store.manifest(pinned).await.unwrap();
+    for ch in &m.chunks {
+        assert!(store
+            .kv()
+            .contains(update_edge::store::Cf::Chunks, ch.hash.as_bytes())
+            .unwrap());
+    }
+    assert_eq!(store.read_all(pinned).await.unwrap(), builds[1]);
+    edge.stop().await;
+    origin.stop().await;
+}

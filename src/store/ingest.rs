@@ -183,6 +183,43 @@ impl Store {
         Ok(())
     }
 
+    /// Stored length of a chunk (None if absent).
+    pub fn chunk_len(&self, hash: &Hash) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .kv
+            .get(Cf::Chunks, hash.as_bytes())?
+            .map(|v| v.len() as u32))
+    }
+
+    /// Deletes chunks (an edge's eviction) from the engine and the hot cache; returns
+    /// the bytes freed. Manifests that reference them stay: an edge refills on demand.
+    pub fn delete_chunks(&self, hashes: &[Hash]) -> Result<u64, StoreError> {
+        let mut stats = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = *stats;
+        let mut batch = Batch::default();
+        for h in hashes {
+            if let Some(v) = self.kv.get(Cf::Chunks, h.as_bytes())? {
+                next.chunks = next.chunks.saturating_sub(1);
+                next.bytes = next.bytes.saturating_sub(v.len() as u64);
+                batch.delete(Cf::Chunks, h.as_bytes().to_vec());
+            }
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let freed = stats.bytes - next.bytes;
+        batch.put(Cf::Meta, STATS_KEY, next.encode());
+        self.kv.write(batch, false)?;
+        *stats = next;
+        self.metrics.store_chunks.set(next.chunks);
+        self.metrics.store_bytes.set(next.bytes);
+        drop(stats);
+        for h in hashes {
+            self.cache.chunks.remove(h);
+        }
+        Ok(freed)
+    }
+
     /// Commits the manifest of a blob whose chunks are all stored and whose whole
     /// blake3 the caller has checked (synced, so its chunks are durable too).
     pub fn put_manifest(&self, hash: Hash, manifest: &Manifest) -> Result<(), StoreError> {

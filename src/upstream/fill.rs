@@ -53,6 +53,7 @@ impl Upstream {
     /// One chunk, verified: held locally, or filled from upstream. A chunk that is
     /// missing or fails verification locally is refilled.
     pub async fn chunk(self: &Arc<Self>, hash: Hash) -> Result<Bytes, Arc<UpstreamError>> {
+        self.recency.touch(hash);
         match self.store.chunk(hash).await {
             Ok(b) => return Ok(b),
             Err(StoreError::ChunkMissing(_) | StoreError::ChunkCorrupt(_)) => {}
