@@ -66,6 +66,11 @@ pub struct ReasonLabel {
 pub const UPSTREAM_ERROR_REASONS: [&str; 5] = ["connect", "status", "stalled", "corrupt", "body"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabel {
     pub role: String,
 }
@@ -105,6 +110,9 @@ pub struct Metrics {
     pub upstream_replicated_seq: Gauge,
     pub upstream_prefetched: Counter,
     pub store_evicted_bytes: Counter,
+    /// Deltas made ready here: `computed` by this node, or `upstream` (an edge learning
+    /// of one the origin computed).
+    pub deltas_obtained: Family<SourceLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -145,6 +153,7 @@ impl Metrics {
             upstream_replicated_seq: Gauge::default(),
             upstream_prefetched: Counter::default(),
             store_evicted_bytes: Counter::default(),
+            deltas_obtained: Family::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -268,6 +277,16 @@ impl Metrics {
             "Chunk bytes deleted to keep an edge under store.max_bytes",
             m.store_evicted_bytes.clone(),
         );
+        registry.register(
+            "update_edge_deltas_obtained",
+            "Deltas made ready at this node by source: computed here, or from upstream (edges)",
+            m.deltas_obtained.clone(),
+        );
+        for source in ["computed", "upstream"] {
+            let _ = m.deltas_obtained.get_or_create(&SourceLabel {
+                source: source.into(),
+            });
+        }
         for reason in UPSTREAM_ERROR_REASONS {
             let _ = m.upstream_errors.get_or_create(&ReasonLabel {
                 reason: reason.into(),

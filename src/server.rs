@@ -74,22 +74,13 @@ impl Node {
             crate::catalog::targets::entries(&catalog)?,
         )?);
         let signer = Signer::new(repo.director());
-        let d = &config.delta;
-        let scheduler = DeltaScheduler::start(
-            catalog.clone(),
-            metrics.clone(),
-            SchedulerOptions {
-                workers: d.workers,
-                worth_it_ratio: d.worth_it_ratio,
-                memory_limit: d.memory_limit.0,
-                zstd_level: d.zstd_level,
-            },
-        );
+        let scheduler = delta_scheduler(&config, &catalog, &metrics);
         let checker = Arc::new(Checker {
             catalog: catalog.clone(),
             chunk_lists: ChunkLists::new(store.clone(), None),
             signer,
             scheduler: Some(scheduler),
+            edge: false,
             answer_ttl_secs: config.catalog.answer_ttl_secs,
         });
         Ok(Node {
@@ -141,7 +132,8 @@ impl Node {
             catalog: catalog.clone(),
             chunk_lists: ChunkLists::new(store.clone(), Some(remote)),
             signer: Signer::new(repo.director()),
-            scheduler: None,
+            scheduler: Some(delta_scheduler(&config, &catalog, &metrics)),
+            edge: true,
             answer_ttl_secs: config.catalog.answer_ttl_secs,
         });
         Ok(Node {
@@ -166,6 +158,25 @@ impl Node {
             upstream: self.upstream.clone(),
         }
     }
+}
+
+/// The delta workers, as configured (origin and edge alike).
+fn delta_scheduler(
+    config: &Config,
+    catalog: &Arc<Catalog>,
+    metrics: &Arc<Metrics>,
+) -> DeltaScheduler {
+    let d = &config.delta;
+    DeltaScheduler::start(
+        catalog.clone(),
+        metrics.clone(),
+        SchedulerOptions {
+            workers: d.workers,
+            worth_it_ratio: d.worth_it_ratio,
+            memory_limit: d.memory_limit.0,
+            zstd_level: d.zstd_level,
+        },
+    )
 }
 
 /// Opens the store and the catalog over it, nothing else: what offline commands (blob,

@@ -545,3 +545,63 @@ async fn under_a_small_disk_budget_an_edge_keeps_pinned_builds_and_refills_the_r
     edge.stop().await;
     origin.stop().await;
 }
+
+#[tokio::test]
+async fn an_edge_holding_both_builds_computes_a_missing_delta_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut oc = origin_config(&dir.path().join("origin"));
+    oc.delta.from_previous = 0; // the origin computes nothing on publish
+    let origin = TestNode::start(oc).await;
+    let builds = seed_product(&origin, "gw", 2, 200_000).await;
+    let st = set_ring(
+        &origin,
+        "gw",
+        "general",
+        r#"{"version":"1.0.2","percent":100}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let edge = edge(&dir.path().join("edge"), &origin).await;
+    // Both builds whole at the edge: 1.0.2 pre-seeded, 1.0.1 read through it.
+    let old = blob_of(&origin, "1.0.1");
+    let r = client().get(edge.blob_url(&old)).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), builds[0].as_slice());
+    let (store, b1, b2) = (
+        edge.node.store.clone(),
+        old.parse().unwrap(),
+        blob_of(&origin, "1.0.2").parse().unwrap(),
+    );
+    assert!(
+        eventually(20, || {
+            let store = store.clone();
+            async move { store.contains_blob(&b1).unwrap() && store.contains_blob(&b2).unwrap() }
+        })
+        .await
+    );
+    let body = json!({"product": "gw", "device_id": "d1", "version": "1.0.1"});
+    let offered = eventually(60, || async {
+        let (_, a) = check(&edge, body.clone()).await;
+        a["update"]["artifacts"][0]["type"] == json!("delta")
+    })
+    .await;
+    assert!(offered, "the edge offers a delta it computed");
+    let computed = edge
+        .metric_labeled("update_edge_deltas_obtained_total{source=\"computed\"}")
+        .await;
+    assert_eq!(computed, 1.0);
+    let at_origin = origin
+        .metric_labeled("update_edge_deltas_obtained_total{source=\"computed\"}")
+        .await;
+    assert_eq!(at_origin, 0.0);
+    let cur = dir.path().join("cur.img");
+    std::fs::write(&cur, &builds[0]).unwrap();
+    let args = client::UpdateArgs {
+        root: root_path(&origin.node.config),
+        ..edge.device_args(dir.path(), "gw", "d1", "1.0.1", Some(cur))
+    };
+    let r = client::update(args.clone()).await.unwrap();
+    assert_eq!(r.artifact.as_deref(), Some("delta"));
+    assert_eq!(std::fs::read(&args.out).unwrap(), builds[1]);
+    edge.stop().await;
+    origin.stop().await;
+}

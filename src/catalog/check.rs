@@ -45,6 +45,9 @@ pub struct Checker {
     pub signer: Signer,
     /// None on an edge (its deltas come from the origin through the catalog).
     pub scheduler: Option<DeltaScheduler>,
+    /// On an edge, a missing delta is computed here only when both builds are held
+    /// here whole; otherwise the origin's, replicated, is awaited.
+    pub edge: bool,
     pub answer_ttl_secs: u64,
 }
 
@@ -183,7 +186,13 @@ impl Checker {
                     Some(_) => {}
                     None => {
                         if let Some(s) = &self.scheduler {
-                            s.enqueue(from.blob, target.blob);
+                            let store = self.catalog.store();
+                            if !self.edge
+                                || (store.contains_blob(&from.blob)?
+                                    && store.contains_blob(&target.blob)?)
+                            {
+                                s.enqueue(from.blob, target.blob);
+                            }
                         }
                     }
                 }

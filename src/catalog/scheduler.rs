@@ -179,6 +179,13 @@ fn compute(
         let put = store.put_reader(std::io::BufReader::new(file), |_| {})?;
         record.delta = Some(put.hash);
         inner.catalog.put_delta(&record)?;
+        inner
+            .metrics
+            .deltas_obtained
+            .get_or_create(&crate::metrics::SourceLabel {
+                source: "computed".into(),
+            })
+            .inc();
     }
     tracing::info!(from = %from.short(), to = %to.short(), patch = report.patch_size, full, worth, secs = report.seconds, "delta computed");
     Ok(record)

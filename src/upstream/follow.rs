@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Upstream, UpstreamError};
+use crate::catalog::model::{DeltaRecord, DeltaStatus};
+use crate::metrics::SourceLabel;
 use crate::store::changes::ChangePage;
 
 /// Where the edge keeps its position in upstream's feed (meta column family).
@@ -42,6 +44,20 @@ impl Upstream {
             let store = self.store.clone();
             let p = page.clone();
             crate::store::blocking(move || store.apply_changes(&p, CURSOR_KEY)).await?;
+            let ready = page
+                .changes
+                .iter()
+                .filter(|c| c.cf == "deltas")
+                .filter_map(|c| c.value.as_deref())
+                .filter_map(|v| serde_json::from_slice::<DeltaRecord>(v).ok())
+                .filter(|d| d.status == DeltaStatus::Ready && d.delta.is_some())
+                .count();
+            self.metrics
+                .deltas_obtained
+                .get_or_create(&SourceLabel {
+                    source: "upstream".into(),
+                })
+                .inc_by(ready as u64);
         }
         self.metrics.upstream_replicated_seq.set(page.next as i64);
         self.metrics
