@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/blobs/{hash}", get(blobs::get_blob))
         .route("/v1/blobs/{hash}/chunks", get(blobs::get_chunks))
         .route("/v1/chunks/{hash}", get(replication::get_chunk))
+        .route("/v1/blobs/{hash}/manifest", get(replication::get_manifest))
         .route("/v1/catalog/changes", get(replication::get_changes))
         .route("/v1/check", post(check::post_check))
         .route("/v1/keys", get(check::get_keys))

@@ -5,9 +5,10 @@
 //!   is served or stored, then stored and cached. However many readers want the same
 //!   missing chunk, one fetch runs and every reader gets the chunk the moment it is
 //!   verified; downloads stream chunk by chunk, never waiting for a whole blob, and fetch
-//!   a few chunks ahead. A blob this edge does not hold is described by upstream's chunk
-//!   list; it becomes a local blob (its manifest committed) only once every chunk has been
-//!   read and the blake3 of the whole matches its address.
+//!   a few chunks ahead. A blob this edge does not hold is described by upstream's
+//!   manifest (`/v1/blobs/{blake3}/manifest`, binary); it becomes a local blob (its
+//!   manifest committed) only once every chunk has been read and the blake3 of the whole
+//!   matches its address.
 //! - **Catalog and repository** ([`follow`]): the records the origin replicates
 //!   (products, builds, rings, deltas, signed TUF metadata) arrive through its change
 //!   feed, long-polled, and are applied atomically with the feed position.

@@ -150,10 +150,10 @@ async fn a_thousand_cold_requests_fetch_each_chunk_once_and_bytes_flow_before_th
     );
     let lists = origin
         .metric_labeled(
-            "update_edge_http_requests_total{route=\"/v1/blobs/{hash}/chunks\",status=\"2xx\"}",
+            "update_edge_http_requests_total{route=\"/v1/blobs/{hash}/manifest\",status=\"2xx\"}",
         )
         .await;
-    assert_eq!(lists, 1.0, "the chunk list is fetched once");
+    assert_eq!(lists, 1.0, "the manifest is fetched once");
     assert!(edge.metric("update_edge_upstream_coalesced_total").await > 0.0);
     // Complete here now: served with the origin's exact headers semantics, locally.
     let r = c

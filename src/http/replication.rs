@@ -52,6 +52,32 @@ pub async fn get_chunk(
         .into_response())
 }
 
+/// `GET /v1/blobs/{hash}/manifest`: the blob's size and chunk list in the store's binary
+/// form (36 bytes per chunk, no hex), what an edge fetches to serve a blob it lacks.
+/// Edges check it like the JSON chunk list: it must cover the blob exactly, and every
+/// chunk is verified against its hash when it arrives.
+pub async fn get_manifest(
+    State(s): State<AppState>,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    let hash = parse_hash(&hash)?;
+    let m = match &s.upstream {
+        None => s.store.manifest(hash).await?,
+        Some(up) => up.manifest(hash).await?.0,
+    };
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::CACHE_CONTROL, immutable_cache_control()),
+        ],
+        m.encode(),
+    )
+        .into_response())
+}
+
 /// A reader of the change feed: the operator token or the replication token.
 pub struct Replicator;
 

@@ -160,9 +160,16 @@ impl<'a> BlobWriter<'a> {
 }
 
 impl Store {
+    /// Puts a verified chunk in the hot cache (an edge hands a fill to readers at once
+    /// and stores it after).
+    pub fn cache_chunk(&self, hash: Hash, bytes: Bytes) {
+        self.cache.chunks.insert(hash, bytes);
+    }
+
     /// Stores one chunk whose bytes the caller has verified against `hash` (an edge's
-    /// fill), replacing a damaged copy, and caches it. Not synced: like ingest, the
-    /// manifest that later references it is written synced, which makes it durable.
+    /// fill), replacing a damaged copy, and caches it. Written without the write-ahead
+    /// log: an edge's chunks are a cache of upstream, so a crash may lose the last ones
+    /// (even under a blob manifest committed later); a missing chunk is refilled on use.
     pub fn put_chunk(&self, hash: Hash, bytes: Bytes) -> Result<(), StoreError> {
         debug_assert_eq!(Hash::of(&bytes), hash);
         let mut stats = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,7 +181,7 @@ impl Store {
             batch.put(Cf::Meta, STATS_KEY, next.encode());
         }
         batch.put(Cf::Chunks, hash.as_bytes().to_vec(), bytes.to_vec());
-        self.kv.write(batch, false)?;
+        self.kv.write_unlogged(batch)?;
         *stats = next;
         self.metrics.store_chunks.set(next.chunks);
         self.metrics.store_bytes.set(next.bytes);

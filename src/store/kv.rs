@@ -81,6 +81,13 @@ pub trait KvStore: Send + Sync + 'static {
     /// earlier write).
     fn write(&self, batch: Batch, sync: bool) -> Result<(), StoreError>;
 
+    /// Applies `batch` without the engine's write-ahead log: cheaper, and lost on a
+    /// crash unless a later write flushed it. For data that can be fetched again (an
+    /// edge's filled chunks).
+    fn write_unlogged(&self, batch: Batch) -> Result<(), StoreError> {
+        self.write(batch, false)
+    }
+
     /// Visits every record whose key starts with `prefix`, in key order, until `visit`
     /// returns false.
     fn scan(

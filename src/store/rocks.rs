@@ -117,6 +117,20 @@ impl KvStore for RocksKv {
         self.db.write_opt(wb, &wo).map_err(err)
     }
 
+    fn write_unlogged(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for (cf, key, value) in &batch.ops {
+            let h = self.cf(*cf)?;
+            match value {
+                Some(v) => wb.put_cf(h, key, v),
+                None => wb.delete_cf(h, key),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(wb, &wo).map_err(err)
+    }
+
     fn scan(
         &self,
         cf: Cf,

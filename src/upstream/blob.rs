@@ -1,4 +1,4 @@
-//! Blobs through an edge: the manifest (local, or built from upstream's chunk list),
+//! Blobs through an edge: the manifest (local, or upstream's, checked for consistency),
 //! ranged reads that fill missing chunks as they go, and promotion of a fully read blob
 //! to a local one once its whole blake3 matches.
 
@@ -10,15 +10,15 @@ use quick_cache::sync::Cache;
 
 use super::{Upstream, UpstreamError};
 use crate::hash::Hash;
-use crate::protocol::chunklist::ChunkList;
-use crate::store::manifest::ChunkRef;
 use crate::store::{Manifest, StoreError};
 
 /// Memory for manifests of blobs being filled (36 bytes per chunk: a 4 GiB image of
 /// 256 KiB chunks takes ~600 KiB).
 const PARTIALS_BYTES: u64 = 64 << 20;
-/// Largest chunk list accepted from upstream (a 64 GiB blob of 64 KiB chunks fits).
-const MAX_LIST_BYTES: usize = 128 << 20;
+/// Largest manifest accepted from upstream (a 64 GiB blob of 64 KiB chunks fits).
+const MAX_LIST_BYTES: usize = 64 << 20;
+/// Largest chunk a manifest may name (the store's chunk size limit).
+const MAX_CHUNK_BYTES: usize = 64 << 20;
 
 /// A blob known from upstream's chunk list, not (yet) complete here.
 pub struct Partial {
@@ -66,32 +66,8 @@ pub fn new_partials() -> Partials {
     Cache::with_weighter(1024, PARTIALS_BYTES, PartialWeight)
 }
 
-/// Checks upstream's chunk list for `blob` and turns it into a manifest: the list must
-/// name this blob, cover it exactly in order, and use chunk sizes a store can hold.
-pub fn manifest_from_list(blob: Hash, list: &ChunkList) -> Result<Manifest, String> {
-    if list.blob != blob {
-        return Err(format!("chunk list names blob {}", list.blob));
-    }
-    let mut offset = 0u64;
-    let mut chunks = Vec::with_capacity(list.chunks.len());
-    for (i, c) in list.chunks.iter().enumerate() {
-        if c.offset != offset || c.length == 0 || c.length as usize > (64 << 20) {
-            return Err(format!("entry {i} does not continue the blob"));
-        }
-        offset += u64::from(c.length);
-        chunks.push(ChunkRef {
-            hash: c.blake3,
-            len: c.length,
-        });
-    }
-    if offset != list.size {
-        return Err(format!("chunks cover {offset} bytes of {}", list.size));
-    }
-    Ok(Manifest::new(chunks))
-}
-
 impl Upstream {
-    /// A blob's manifest: the local one, or one from upstream's chunk list (with the
+    /// A blob's manifest: the local one, or upstream's (with the
     /// fill state of a blob not complete here). Concurrent misses fetch the list once.
     pub async fn manifest(
         self: &Arc<Self>,
@@ -114,17 +90,26 @@ impl Upstream {
         }
     }
 
+    /// The blob's manifest from upstream in binary form (`/v1/blobs/{h}/manifest`),
+    /// checked for consistency; chunks are verified as they arrive and the whole blob
+    /// before it is promoted.
     async fn fetch_list(&self, blob: Hash) -> Result<Manifest, UpstreamError> {
-        let resp = self.get(&format!("v1/blobs/{blob}/chunks"), false).await?;
+        let resp = self
+            .get(&format!("v1/blobs/{blob}/manifest"), false)
+            .await?;
         let url = resp.url().to_string();
         let bytes = self.body(resp, MAX_LIST_BYTES, |_| {}).await?;
-        let bad = |message: String| UpstreamError::Body {
+        let m = Manifest::decode(&bytes).map_err(|e| UpstreamError::Body {
             url: url.clone(),
-            message,
-        };
-        let list: ChunkList =
-            serde_json::from_slice(&bytes).map_err(|e| bad(format!("chunk list: {e}")))?;
-        manifest_from_list(blob, &list).map_err(bad)
+            message: format!("manifest of {blob}: {e}"),
+        })?;
+        if m.chunks.iter().any(|c| c.len as usize > MAX_CHUNK_BYTES) {
+            return Err(UpstreamError::Body {
+                url,
+                message: format!("manifest of {blob} names a chunk over {MAX_CHUNK_BYTES} bytes"),
+            });
+        }
+        Ok(m)
     }
 
     /// Streams bytes `start..end` of `blob` (`manifest` from [`Upstream::manifest`]):
@@ -162,14 +147,17 @@ impl Upstream {
                     let last = manifest.chunk_at(end - 1);
                     let want_ahead = (i + 1 + this.readahead).min(last + 1);
                     let mut ahead = ahead.max(i + 1);
-                    if !this.store.is_cached(&manifest.chunks[i].hash) {
+                    let missed = !this.store.is_cached(&manifest.chunks[i].hash);
+                    let chunk_start = manifest.start_of(i);
+                    let bytes = this.chunk(manifest.chunks[i].hash).await?;
+                    // Read-ahead starts once this chunk is here, so the first chunk of a
+                    // cold range does not share upstream with its followers.
+                    if missed {
                         while ahead < want_ahead {
                             this.prefetch(manifest.chunks[ahead].hash);
                             ahead += 1;
                         }
                     }
-                    let chunk_start = manifest.start_of(i);
-                    let bytes = this.chunk(manifest.chunks[i].hash).await?;
                     if let Some(p) = &partial {
                         if p.mark(i) {
                             this.promote(blob, p.clone());

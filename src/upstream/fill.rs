@@ -91,18 +91,34 @@ impl Upstream {
             return p.clone();
         }
         let this = self.clone();
-        let task = tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Outcome>();
+        tokio::spawn(async move {
             // A fill that just finished stored the chunk before deregistering: look
             // again before fetching, so a late reader does not fetch it twice.
             let result = match this.store.cached(&hash) {
                 Some(b) => Ok(b),
                 None => this.fetch_chunk(hash).await,
             };
+            match result {
+                Ok(bytes) => {
+                    // Readers first (cached, then answered), the disk write after; the
+                    // fill stays registered until stored, so nobody fetches it again.
+                    this.store.cache_chunk(hash, bytes.clone());
+                    let _ = tx.send(Ok(bytes.clone()));
+                    let store = this.store.clone();
+                    let stored = crate::store::blocking(move || store.put_chunk(hash, bytes)).await;
+                    if let Err(e) = stored {
+                        tracing::error!(chunk = %hash.short(), error = %e, "storing a filled chunk failed");
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Arc::new(e)));
+                }
+            }
             this.fills.lock().remove(&hash);
-            result.map_err(Arc::new)
         });
         let pending: Pending = async move {
-            task.await.unwrap_or_else(|e| {
+            rx.await.unwrap_or_else(|e| {
                 Err(Arc::new(UpstreamError::Store(StoreError::Task(
                     e.to_string(),
                 ))))
@@ -128,12 +144,7 @@ impl Upstream {
             let got = self.fetch_once(hash).await;
             self.note(&got);
             match got {
-                Ok(bytes) => {
-                    let store = self.store.clone();
-                    let b = bytes.clone();
-                    crate::store::blocking(move || store.put_chunk(hash, b)).await?;
-                    return Ok(bytes);
-                }
+                Ok(bytes) => return Ok(bytes),
                 Err(e) if e.retryable() => {
                     tracing::warn!(chunk = %hash.short(), error = %e, "chunk fill failed; retrying");
                     last = e;

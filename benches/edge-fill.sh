@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Edge-tier benchmark (not a test): one origin and, per round, a fresh edge in front of
+# it, on loopback, release builds, the same 256 MiB payload. Per round:
+#   - direct: whole download from the origin (its cache warm after round 1);
+#   - cold 1 MiB range: time to first byte at a fresh edge vs the same range at the origin;
+#   - cold fill: whole download through that edge (every chunk fetched from the origin);
+#   - warm: two more whole downloads from the edge, edge CPU seconds per GiB, beside the
+#     origin's CPU per GiB for its direct downloads.
+# Prints a markdown table of medians over the rounds and the ratios the acceptance
+# names.   benches/edge-fill.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-5}
+SIZE=$((256 << 20))
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
+cargo build --release --bin update-edge >&2
+BIN="$CARGO_TARGET_DIR/release/update-edge"
+WORK=$(mktemp -d)
+cleanup() { kill "${O_PID:-}" "${E_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+O_PORT=18281; E_PORT=18282; TOKEN=bench-repl
+O="http://127.0.0.1:$O_PORT"; E="http://127.0.0.1:$E_PORT"
+
+head -c $SIZE /dev/urandom > "$WORK/payload.bin"
+"$BIN" keys init --keys "$WORK/keys" --root-keys "$WORK/root-keys" >/dev/null
+"$BIN" keys add-edge bench --out "$WORK/edge.pk8" --keys "$WORK/keys" --root-keys "$WORK/root-keys" >/dev/null
+HASH=$("$BIN" blob put "$WORK/payload.bin" --data "$WORK/origin" 2>/dev/null)
+UPDATE_EDGE_TUF_KEYS_DIR="$WORK/keys" UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_REPLICATION_TOKEN=$TOKEN UPDATE_EDGE_LOG=warn \
+  "$BIN" serve --data "$WORK/origin" --listen 127.0.0.1:$O_PORT &
+O_PID=$!
+for _ in $(seq 100); do curl -sf "$O/readyz" >/dev/null && break; sleep 0.1; done
+
+ticks() { read -r -a f < "/proc/$1/stat"; echo $((f[13] + f[14])); }
+HZ=$(getconf CLK_TCK)
+get() { curl -s -o /dev/null -w '%{time_starttransfer} %{time_total} %{size_download}\n' "$@"; }
+echo "round direct_s ttfb_origin_s ttfb_edge_s cold_fill_s warm_s origin_cpu_per_gib edge_cpu_per_gib fill_edge_cpu_s fill_origin_cpu_s" > "$WORK/rounds.txt"
+for r in $(seq "$ROUNDS"); do
+  c0=$(ticks $O_PID)
+  read -r _ direct n < <(get "$O/v1/blobs/$HASH")
+  [ "$n" = "$SIZE" ] || { echo "direct download incomplete: $n" >&2; exit 1; }
+  c1=$(ticks $O_PID)
+  rm -rf "$WORK/edge"
+  UPDATE_EDGE_TUF_KEYS_DIR="$WORK/none" UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_UPSTREAM=$O UPDATE_EDGE_UPSTREAM_TOKEN=$TOKEN UPDATE_EDGE_LOG=warn \
+    "$BIN" serve --data "$WORK/edge" --listen 127.0.0.1:$E_PORT --config <(printf '[tuf]\ndirector_key = "%s"\n[edge]\nprefetch_rate = 0\n' "$WORK/edge.pk8") &
+  E_PID=$!
+  for _ in $(seq 200); do curl -s "$E/readyz" | grep -q '"ready":true' && break; sleep 0.1; done
+  off=$(( (RANDOM * 32768 + RANDOM) % (SIZE - (1 << 20)) ))
+  range="$off-$((off + (1 << 20) - 1))"
+  read -r ttfb_o _ _ < <(get -r "$range" "$O/v1/blobs/$HASH")
+  read -r ttfb_e _ n < <(get -r "$range" "$E/v1/blobs/$HASH")
+  [ "$n" = $((1 << 20)) ] || { echo "edge range incomplete: $n" >&2; exit 1; }
+  f0=$(ticks $E_PID); g0=$(ticks $O_PID)
+  read -r _ cold n < <(get "$E/v1/blobs/$HASH")
+  f1=$(ticks $E_PID); g1=$(ticks $O_PID)
+  [ "$n" = "$SIZE" ] || { echo "cold fill incomplete: $n" >&2; exit 1; }
+  sleep 1 # the blob's promotion (whole-blob hash) finishes off the measured path
+  e0=$(ticks $E_PID)
+  read -r _ warm1 _ < <(get "$E/v1/blobs/$HASH")
+  read -r _ warm2 _ < <(get "$E/v1/blobs/$HASH")
+  e1=$(ticks $E_PID)
+  awk -v r="$r" -v d="$direct" -v to="$ttfb_o" -v te="$ttfb_e" -v c="$cold" -v w1="$warm1" -v w2="$warm2" \
+      -v oc=$((c1 - c0)) -v ec=$((e1 - e0)) -v fe=$((f1 - f0)) -v fo=$((g1 - g0)) -v hz="$HZ" -v gib=$((SIZE >> 30 > 0 ? SIZE >> 30 : 1)) -v size="$SIZE" \
+      'BEGIN { g = size / 2^30; printf "%d %.3f %.5f %.5f %.3f %.3f %.3f %.3f %.2f %.2f\n", r, d, to, te, c, (w1 + w2) / 2, oc / hz / g, ec / hz / (2 * g), fe / hz, fo / hz }' >> "$WORK/rounds.txt"
+  kill $E_PID; wait $E_PID 2>/dev/null || true; E_PID=
+done
+cat "$WORK/rounds.txt" >&2
+python3 - "$WORK/rounds.txt" "$SIZE" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
+size = int(sys.argv[2])
+col = lambda i: statistics.median(float(r[i]) for r in rows)
+direct, ttfb_o, ttfb_e, cold, warm, ocpu, ecpu = (col(i) for i in range(1, 8))
+mbs = lambda s: size / s / 1e6
+print(f"| measure ({len(rows)} rounds, medians) | origin | edge | edge / origin |")
+print("|---|---|---|---|")
+print(f"| whole 256 MiB, MB/s (origin direct; edge cold fill) | {mbs(direct):.0f} | {mbs(cold):.0f} | {mbs(cold)/mbs(direct):.2f} |")
+print(f"| time to first byte, cold 1 MiB range, ms | {ttfb_o*1e3:.2f} | {ttfb_e*1e3:.2f} | {ttfb_e/ttfb_o:.2f} |")
+print(f"| warm whole-file CPU s per GiB | {ocpu:.3f} | {ecpu:.3f} | {ecpu/ocpu:.2f} |")
+print(f"| warm edge whole-file MB/s | | {mbs(warm):.0f} | |")
+print(f"| cold fill: CPU s of the edge / of the origin | {col(9):.2f} | {col(8):.2f} | |")
+PY
