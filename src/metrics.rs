@@ -113,6 +113,8 @@ pub struct Metrics {
     /// Deltas made ready here: `computed` by this node, or `upstream` (an edge learning
     /// of one the origin computed).
     pub deltas_obtained: Family<SourceLabel, Counter>,
+    /// Edge role: bytes filled from upstream by the artifact kind they were read for.
+    pub upstream_artifact_bytes: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -154,6 +156,7 @@ impl Metrics {
             upstream_prefetched: Counter::default(),
             store_evicted_bytes: Counter::default(),
             deltas_obtained: Family::default(),
+            upstream_artifact_bytes: Family::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -281,6 +284,11 @@ impl Metrics {
             "update_edge_deltas_obtained",
             "Deltas made ready at this node by source: computed here, or from upstream (edges)",
             m.deltas_obtained.clone(),
+        );
+        registry.register(
+            "update_edge_upstream_artifact_bytes",
+            "Bytes filled from upstream by the artifact kind read (os, driver, app, delta, other)",
+            m.upstream_artifact_bytes.clone(),
         );
         for source in ["computed", "upstream"] {
             let _ = m.deltas_obtained.get_or_create(&SourceLabel {

@@ -35,15 +35,15 @@ type ByteStream = BoxStream<'static, Result<Bytes, ApiError>>;
 #[derive(Clone)]
 enum Source {
     Local(Arc<Store>),
-    Edge(Arc<Upstream>, Hash, Option<Arc<Partial>>),
+    Edge(Arc<Upstream>, Hash, Option<Arc<Partial>>, &'static str),
 }
 
 impl Source {
     fn range(&self, m: Arc<Manifest>, start: u64, end: u64) -> Result<ByteStream, ApiError> {
         Ok(match self {
             Source::Local(s) => s.read_range(m, start, end)?.map_err(ApiError::from).boxed(),
-            Source::Edge(u, h, p) => u
-                .read_range(*h, m, p.clone(), start, end)?
+            Source::Edge(u, h, p, kind) => u
+                .read_range(*h, kind, m, p.clone(), start, end)?
                 .map_err(ApiError::from)
                 .boxed(),
         })
@@ -80,7 +80,8 @@ pub async fn serve_blob(
         ),
         Some(up) => {
             let (m, partial) = up.manifest(hash).await?;
-            (m, Source::Edge(up.clone(), hash, partial))
+            let kind = state.catalog.kind_of(&hash);
+            (m, Source::Edge(up.clone(), hash, partial, kind))
         }
     };
     let size = manifest.size;

@@ -33,7 +33,7 @@ pub async fn get_chunk(
             }
             e => e.into(),
         })?,
-        Some(up) => up.chunk(hash).await?,
+        Some(up) => up.chunk(hash, "other").await?,
     };
     s.metrics.bytes_served.inc_by(bytes.len() as u64);
     let tag = http::HeaderValue::from_str(&etag(&hash.to_hex()))

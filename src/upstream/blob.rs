@@ -118,6 +118,7 @@ impl Upstream {
     pub fn read_range(
         self: &Arc<Self>,
         blob: Hash,
+        kind: &'static str,
         manifest: Arc<Manifest>,
         partial: Option<Arc<Partial>>,
         start: u64,
@@ -149,12 +150,12 @@ impl Upstream {
                     let mut ahead = ahead.max(i + 1);
                     let missed = !this.store.is_cached(&manifest.chunks[i].hash);
                     let chunk_start = manifest.start_of(i);
-                    let bytes = this.chunk(manifest.chunks[i].hash).await?;
+                    let bytes = this.chunk(manifest.chunks[i].hash, kind).await?;
                     // Read-ahead starts once this chunk is here, so the first chunk of a
                     // cold range does not share upstream with its followers.
                     if missed {
                         while ahead < want_ahead {
-                            this.prefetch(manifest.chunks[ahead].hash);
+                            this.prefetch(manifest.chunks[ahead].hash, kind);
                             ahead += 1;
                         }
                     }

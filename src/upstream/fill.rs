@@ -52,7 +52,13 @@ impl Fills {
 impl Upstream {
     /// One chunk, verified: held locally, or filled from upstream. A chunk that is
     /// missing or fails verification locally is refilled.
-    pub async fn chunk(self: &Arc<Self>, hash: Hash) -> Result<Bytes, Arc<UpstreamError>> {
+    /// `kind` is the artifact kind the chunk is read for (upstream bytes are counted by
+    /// it: the origin's egress per artifact).
+    pub async fn chunk(
+        self: &Arc<Self>,
+        hash: Hash,
+        kind: &'static str,
+    ) -> Result<Bytes, Arc<UpstreamError>> {
         self.recency.touch(hash);
         match self.store.chunk(hash).await {
             Ok(b) => return Ok(b),
@@ -63,7 +69,7 @@ impl Upstream {
         // A failed fill is retried by the next waiter (here: by this reader, up to the
         // attempt limit), never by everyone at once: the retry is itself coalesced.
         for _ in 0..FILL_ATTEMPTS {
-            match self.join_or_start(hash).await {
+            match self.join_or_start(hash, kind).await {
                 Ok(b) => return Ok(b),
                 Err(e) if e.retryable() => last = Some(e),
                 Err(e) => return Err(e),
@@ -74,17 +80,17 @@ impl Upstream {
 
     /// Starts filling a chunk in the background if it is neither cached nor being filled
     /// (read-ahead); never waits.
-    pub fn prefetch(self: &Arc<Self>, hash: Hash) {
+    pub fn prefetch(self: &Arc<Self>, hash: Hash, kind: &'static str) {
         if self.store.is_cached(&hash) || self.fills.lock().contains_key(&hash) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let _ = this.chunk(hash).await;
+            let _ = this.chunk(hash, kind).await;
         });
     }
 
-    fn join_or_start(self: &Arc<Self>, hash: Hash) -> Pending {
+    fn join_or_start(self: &Arc<Self>, hash: Hash, kind: &'static str) -> Pending {
         let mut inflight = self.fills.lock();
         if let Some(p) = inflight.get(&hash) {
             self.metrics.upstream_coalesced.inc();
@@ -97,7 +103,7 @@ impl Upstream {
             // again before fetching, so a late reader does not fetch it twice.
             let result = match this.store.cached(&hash) {
                 Some(b) => Ok(b),
-                None => this.fetch_chunk(hash).await,
+                None => this.fetch_chunk(hash, kind).await,
             };
             match result {
                 Ok(bytes) => {
@@ -131,7 +137,11 @@ impl Upstream {
     }
 
     /// Fetches, verifies and stores one chunk; corrupt transfers are retried.
-    async fn fetch_chunk(self: &Arc<Self>, hash: Hash) -> Result<Bytes, UpstreamError> {
+    async fn fetch_chunk(
+        self: &Arc<Self>,
+        hash: Hash,
+        kind: &'static str,
+    ) -> Result<Bytes, UpstreamError> {
         let _permit = self
             .fills
             .permits
@@ -144,7 +154,13 @@ impl Upstream {
             let got = self.fetch_once(hash).await;
             self.note(&got);
             match got {
-                Ok(bytes) => return Ok(bytes),
+                Ok(bytes) => {
+                    self.metrics
+                        .upstream_artifact_bytes
+                        .get_or_create(&crate::metrics::KindLabel { kind: kind.into() })
+                        .inc_by(bytes.len() as u64);
+                    return Ok(bytes);
+                }
                 Err(e) if e.retryable() => {
                     tracing::warn!(chunk = %hash.short(), error = %e, "chunk fill failed; retrying");
                     last = e;

@@ -40,7 +40,7 @@ impl Preseeder {
     /// Starts the background filler; `rate` is bytes per second (0 = unlimited).
     pub fn start(up: Arc<Upstream>, catalog: Arc<Catalog>, rate: u64) -> Arc<Preseeder> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(fill_queue(up, rx, rate));
+        tokio::spawn(fill_queue(up, catalog.clone(), rx, rate));
         let p = Arc::new(Preseeder {
             catalog,
             queue: tx,
@@ -117,8 +117,14 @@ impl Preseeder {
 
 /// Reads each queued blob whole through the edge (filling and promoting it), paced to
 /// `rate` bytes per second.
-async fn fill_queue(up: Arc<Upstream>, mut rx: mpsc::UnboundedReceiver<Hash>, rate: u64) {
+async fn fill_queue(
+    up: Arc<Upstream>,
+    catalog: Arc<Catalog>,
+    mut rx: mpsc::UnboundedReceiver<Hash>,
+    rate: u64,
+) {
     while let Some(blob) = rx.recv().await {
+        let kind = catalog.kind_of(&blob);
         if up.store.contains_blob(&blob).unwrap_or(false) {
             continue;
         }
@@ -128,7 +134,7 @@ async fn fill_queue(up: Arc<Upstream>, mut rx: mpsc::UnboundedReceiver<Hash>, ra
             let (m, partial) = up.manifest(blob).await?;
             let size = m.size;
             let mut s = Box::pin(
-                up.read_range(blob, m, partial, 0, size)
+                up.read_range(blob, kind, m, partial, 0, size)
                     .map_err(|e| Arc::new(e.into()))?,
             );
             while let Some(piece) = s.next().await {
