@@ -98,6 +98,18 @@ async fn a_device_updates_through_an_edge_byte_exact_and_the_edge_refuses_writes
     assert_eq!(r.version.as_deref(), Some("1.0.2"));
     assert_eq!(std::fs::read(&args.out).unwrap(), builds[1]);
     assert!(edge.metric("update_edge_upstream_fetches_total").await > 0.0);
+    // A second edge of the same origin, its own director key: another device through it.
+    let edge_b = self::edge(&dir.path().join("edge-b"), &origin).await;
+    let d2 = dir.path().join("dev-2");
+    std::fs::create_dir_all(&d2).unwrap();
+    let args2 = client::UpdateArgs {
+        root: root_path(&origin.node.config),
+        ..edge_b.device_args(&d2, "gw", "dev-2", "1.0.1", None)
+    };
+    let r = client::update(args2.clone()).await.unwrap();
+    assert_eq!(r.version.as_deref(), Some("1.0.2"));
+    assert_eq!(std::fs::read(&args2.out).unwrap(), builds[1]);
+    edge_b.stop().await;
     // The answer was the edge's own: signed by its director key, not the origin's.
     let o_checks = origin
         .metric_labeled("update_edge_checks_total{result=\"update\"}")
