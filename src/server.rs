@@ -61,37 +61,57 @@ impl Node {
             store,
             catalog,
         } = open_store(&config)?;
-        let t = &config.tuf;
         let repo = Arc::new(Repo::open(
             store.clone(),
-            &t.keys_dir,
+            &config.tuf.keys_dir,
             &config.director_key_path(),
-            Ttls {
-                timestamp: t.timestamp_ttl.0,
-                snapshot: t.snapshot_ttl.0,
-                targets: t.targets_ttl.0,
-            },
+            ttls(&config),
             crate::catalog::targets::entries(&catalog)?,
         )?);
-        let signer = Signer::new(repo.director());
-        let scheduler = delta_scheduler(&config, &catalog, &metrics);
+        Ok(Node::assemble(
+            config,
+            StoreParts {
+                metrics,
+                store,
+                catalog,
+            },
+            repo,
+            None,
+        ))
+    }
+
+    /// The check service and the node around the opened parts (`upstream` on an edge).
+    fn assemble(
+        config: Config,
+        parts: StoreParts,
+        repo: Arc<Repo>,
+        upstream: Option<Arc<Upstream>>,
+    ) -> Node {
+        let StoreParts {
+            metrics,
+            store,
+            catalog,
+        } = parts;
+        let remote = upstream
+            .clone()
+            .map(|u| u as Arc<dyn crate::store::RemoteManifests>);
         let checker = Arc::new(Checker {
             catalog: catalog.clone(),
-            chunk_lists: ChunkLists::new(store.clone(), None),
-            signer,
-            scheduler: Some(scheduler),
-            edge: false,
+            chunk_lists: ChunkLists::new(store.clone(), remote),
+            signer: Signer::new(repo.director()),
+            scheduler: Some(delta_scheduler(&config, &catalog, &metrics)),
+            edge: upstream.is_some(),
             answer_ttl_secs: config.catalog.answer_ttl_secs,
         });
-        Ok(Node {
+        Node {
             config: Arc::new(config),
             metrics,
             store,
             catalog,
             checker,
             repo,
-            upstream: None,
-        })
+            upstream,
+        }
     }
 
     /// Opens an origin ([`Node::open`]) or, with `edge.upstream` set, an edge.
@@ -117,34 +137,21 @@ impl Node {
             upstream.first_sync().await?;
             catalog.reload()?;
         }
-        let t = &config.tuf;
         let repo = Arc::new(Repo::open_replica(
             store.clone(),
             &config.director_key_path(),
-            Ttls {
-                timestamp: t.timestamp_ttl.0,
-                snapshot: t.snapshot_ttl.0,
-                targets: t.targets_ttl.0,
-            },
+            ttls(&config),
         )?);
-        let remote: Arc<dyn crate::store::RemoteManifests> = upstream.clone();
-        let checker = Arc::new(Checker {
-            catalog: catalog.clone(),
-            chunk_lists: ChunkLists::new(store.clone(), Some(remote)),
-            signer: Signer::new(repo.director()),
-            scheduler: Some(delta_scheduler(&config, &catalog, &metrics)),
-            edge: true,
-            answer_ttl_secs: config.catalog.answer_ttl_secs,
-        });
-        Ok(Node {
-            config: Arc::new(config),
-            metrics,
-            store,
-            catalog,
-            checker,
+        Ok(Node::assemble(
+            config,
+            StoreParts {
+                metrics,
+                store,
+                catalog,
+            },
             repo,
-            upstream: Some(upstream),
-        })
+            Some(upstream),
+        ))
     }
 
     pub fn state(&self) -> AppState {
@@ -157,6 +164,16 @@ impl Node {
             repo: self.repo.clone(),
             upstream: self.upstream.clone(),
         }
+    }
+}
+
+/// Metadata lifetimes from `[tuf]`.
+fn ttls(config: &Config) -> Ttls {
+    let t = &config.tuf;
+    Ttls {
+        timestamp: t.timestamp_ttl.0,
+        snapshot: t.snapshot_ttl.0,
+        targets: t.targets_ttl.0,
     }
 }
 

@@ -157,6 +157,13 @@ impl Upstream {
             .unwrap_or_else(|_| format!("{}{path}", self.base))
     }
 
+    fn stalled(&self, url: String) -> UpstreamError {
+        UpstreamError::Stalled {
+            url,
+            secs: self.stall.as_secs(),
+        }
+    }
+
     /// Records the outcome of an exchange for `/readyz` and the error counter.
     fn note<T>(&self, r: &Result<T, UpstreamError>) {
         let mut c = self.contact.lock().unwrap_or_else(|e| e.into_inner());
@@ -205,12 +212,7 @@ impl Upstream {
             req = req.bearer_auth(&self.token);
         }
         let resp = match tokio::time::timeout(self.stall + wait, req.send()).await {
-            Err(_) => {
-                return Err(UpstreamError::Stalled {
-                    url,
-                    secs: self.stall.as_secs(),
-                })
-            }
+            Err(_) => return Err(self.stalled(url)),
             Ok(Err(e)) => {
                 return Err(UpstreamError::Connect {
                     url,
@@ -244,12 +246,7 @@ impl Upstream {
         loop {
             let next = tokio::time::timeout(self.stall, resp.chunk()).await;
             match next {
-                Err(_) => {
-                    return Err(UpstreamError::Stalled {
-                        url,
-                        secs: self.stall.as_secs(),
-                    })
-                }
+                Err(_) => return Err(self.stalled(url)),
                 Ok(Err(e)) => {
                     return Err(UpstreamError::Body {
                         url,

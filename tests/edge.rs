@@ -15,15 +15,7 @@ use update_edge::client;
 /// An origin with product `gw` (builds 1.0.1, 1.0.2; ring general → 1.0.2 at 100 %).
 async fn origin(dir: &std::path::Path) -> (TestNode, Vec<Vec<u8>>) {
     let node = TestNode::start(origin_config(&dir.join("origin"))).await;
-    let builds = seed_product(&node, "gw", 2, 200_000).await;
-    let st = set_ring(
-        &node,
-        "gw",
-        "general",
-        r#"{"version":"1.0.2","percent":100}"#,
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
+    let builds = gw_targeting_102(&node, 200_000).await;
     (node, builds)
 }
 
@@ -564,15 +556,7 @@ async fn an_edge_holding_both_builds_computes_a_missing_delta_itself() {
     let mut oc = origin_config(&dir.path().join("origin"));
     oc.delta.from_previous = 0; // the origin computes nothing on publish
     let origin = TestNode::start(oc).await;
-    let builds = seed_product(&origin, "gw", 2, 200_000).await;
-    let st = set_ring(
-        &origin,
-        "gw",
-        "general",
-        r#"{"version":"1.0.2","percent":100}"#,
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
+    let builds = gw_targeting_102(&origin, 200_000).await;
     let edge = edge(&dir.path().join("edge"), &origin).await;
     // Both builds whole at the edge: 1.0.2 pre-seeded, 1.0.1 read through it.
     let old = blob_of(&origin, "1.0.1");

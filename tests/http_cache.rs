@@ -82,15 +82,7 @@ async fn a_device_updates_through_nginx_proxy_cache_and_curl_resumes_through_it(
     }
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(test_config(&dir.path().join("data"))).await;
-    let builds = seed_product(&node, "gw", 2, 300_000).await;
-    let st = set_ring(
-        &node,
-        "gw",
-        "general",
-        r#"{"version":"1.0.2","percent":100}"#,
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
+    let builds = gw_targeting_102(&node, 300_000).await;
     let cache = nginx(dir.path(), node.url.trim_start_matches("http://")).await;
 
     for device in ["dev-1", "dev-2"] {
@@ -130,20 +122,7 @@ async fn a_device_updates_through_nginx_proxy_cache_and_curl_resumes_through_it(
         .unwrap();
     assert!(first.success());
     assert_eq!(out.metadata().unwrap().len(), 100_000);
-    let rest = tokio::task::spawn_blocking({
-        let (out, url) = (out.clone(), url.clone());
-        move || {
-            Command::new("curl")
-                .args(["-sf", "-C", "-", "-o"])
-                .arg(&out)
-                .arg(url)
-                .status()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(rest.success());
+    assert!(curl_resume(&out, &url).await.success());
     assert_eq!(std::fs::read(&out).unwrap(), builds[1]);
     let b3 = Command::new("b3sum")
         .args(["--no-names"])

@@ -51,20 +51,7 @@ async fn curl_resumes_an_interrupted_download() {
         partial > 0 && partial < PAYLOAD,
         "partial download of {partial} bytes"
     );
-    let status = tokio::task::spawn_blocking({
-        let (out, url) = (out.clone(), node.blob_url(&hash));
-        move || {
-            Command::new("curl")
-                .args(["-sf", "-C", "-", "-o"])
-                .arg(&out)
-                .arg(url)
-                .status()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(status.success());
+    assert!(curl_resume(&out, &node.blob_url(&hash)).await.success());
     assert_eq!(out.metadata().unwrap().len() as usize, PAYLOAD);
     assert_eq!(b3sum(&out), hash);
     eprintln!("curl resumed from byte {partial} of {PAYLOAD}");

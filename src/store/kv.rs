@@ -95,7 +95,9 @@ pub trait KvStore: Send + Sync + 'static {
         cf: Cf,
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.scan_from(cf, prefix, &mut |k, v| k.starts_with(prefix) && visit(k, v))
+    }
 
     /// Visits every record from key `start` on, in key order, until `visit` returns false.
     fn scan_from(

@@ -52,23 +52,6 @@ impl KvStore for MemoryKv {
         Ok(())
     }
 
-    fn scan(
-        &self,
-        cf: Cf,
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = t.get(&cf) {
-            for (k, v) in m.range(prefix.to_vec()..) {
-                if !k.starts_with(prefix) || !visit(k, v) {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn scan_from(
         &self,
         cf: Cf,

@@ -70,6 +70,18 @@ impl RocksKv {
             .ok_or_else(|| StoreError::Engine(format!("missing column family {}", cf.name())))
     }
 
+    fn batch(&self, batch: Batch) -> Result<rocksdb::WriteBatch, StoreError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for (cf, key, value) in &batch.ops {
+            let h = self.cf(*cf)?;
+            match value {
+                Some(v) => wb.put_cf(h, key, v),
+                None => wb.delete_cf(h, key),
+            }
+        }
+        Ok(wb)
+    }
+
     fn read_opts(cf: Cf) -> ReadOptions {
         let mut o = ReadOptions::default();
         if cf == Cf::Chunks {
@@ -104,52 +116,15 @@ impl KvStore for RocksKv {
     }
 
     fn write(&self, batch: Batch, sync: bool) -> Result<(), StoreError> {
-        let mut wb = rocksdb::WriteBatch::default();
-        for (cf, key, value) in &batch.ops {
-            let h = self.cf(*cf)?;
-            match value {
-                Some(v) => wb.put_cf(h, key, v),
-                None => wb.delete_cf(h, key),
-            }
-        }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.write_opt(wb, &wo).map_err(err)
+        self.db.write_opt(self.batch(batch)?, &wo).map_err(err)
     }
 
     fn write_unlogged(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut wb = rocksdb::WriteBatch::default();
-        for (cf, key, value) in &batch.ops {
-            let h = self.cf(*cf)?;
-            match value {
-                Some(v) => wb.put_cf(h, key, v),
-                None => wb.delete_cf(h, key),
-            }
-        }
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
-        self.db.write_opt(wb, &wo).map_err(err)
-    }
-
-    fn scan(
-        &self,
-        cf: Cf,
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        let h = self.cf(cf)?;
-        let iter = self.db.iterator_cf_opt(
-            h,
-            Self::read_opts(cf),
-            IteratorMode::From(prefix, Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item.map_err(err)?;
-            if !k.starts_with(prefix) || !visit(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
+        self.db.write_opt(self.batch(batch)?, &wo).map_err(err)
     }
 
     fn scan_from(

@@ -12,15 +12,21 @@ pub const CHUNK_MIN: usize = 1024;
 pub const CHUNK_AVG: usize = 4096;
 pub const CHUNK_MAX: usize = 16384;
 
-pub fn test_config(dir: &Path) -> Config {
+/// Defaults for any test node in `data_dir`: loopback, operator token, small chunks.
+fn base_config(data_dir: &Path) -> Config {
     let mut c = Config::default();
-    c.server.data_dir = dir.to_path_buf();
+    c.server.data_dir = data_dir.to_path_buf();
     c.server.admin_token = TOKEN.into();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.store.chunk_min = ByteSize(CHUNK_MIN as u64);
     c.store.chunk_avg = ByteSize(CHUNK_AVG as u64);
     c.store.chunk_max = ByteSize(CHUNK_MAX as u64);
     c.store.cache_size = ByteSize(8 << 20);
+    c
+}
+
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = base_config(dir);
     c.tuf.keys_dir = dir.join("tuf-keys");
     if !root_path(&c).exists() {
         init_keys(&c.tuf.keys_dir, &dir.join("tuf-root-keys"));
@@ -197,14 +203,7 @@ pub fn origin_config(dir: &Path) -> Config {
 /// An edge of `origin` in `dir`: no repository keys, its own director key authorised by
 /// a new root version written to the origin's keys (as `keys add-edge` does).
 pub fn edge_config(dir: &Path, origin: &TestNode) -> Config {
-    let mut c = Config::default();
-    c.server.data_dir = dir.join("data");
-    c.server.admin_token = TOKEN.into();
-    c.server.listen = "127.0.0.1:0".parse().unwrap();
-    c.store.chunk_min = ByteSize(CHUNK_MIN as u64);
-    c.store.chunk_avg = ByteSize(CHUNK_AVG as u64);
-    c.store.chunk_max = ByteSize(CHUNK_MAX as u64);
-    c.store.cache_size = ByteSize(8 << 20);
+    let mut c = base_config(&dir.join("data"));
     c.tuf.keys_dir = dir.join("no-repository-keys");
     c.tuf.director_key = dir.join("edge.director.pk8");
     let o = &origin.node.config;
@@ -292,6 +291,36 @@ pub async fn seed_product(node: &TestNode, product: &str, n: u32, size: usize) -
         builds.push(img.clone());
     }
     builds
+}
+
+/// Product `gw` with builds 1.0.1 and 1.0.2 of `size` bytes, ring `general` → 1.0.2 at
+/// 100 %; returns the build payloads.
+pub async fn gw_targeting_102(node: &TestNode, size: usize) -> Vec<Vec<u8>> {
+    let builds = seed_product(node, "gw", 2, size).await;
+    let st = set_ring(
+        node,
+        "gw",
+        "general",
+        r#"{"version":"1.0.2","percent":100}"#,
+    )
+    .await;
+    assert_eq!(st, reqwest::StatusCode::OK);
+    builds
+}
+
+/// `curl -sf -C - -o OUT URL` (resume into OUT), off the async runtime.
+pub async fn curl_resume(out: &Path, url: &str) -> std::process::ExitStatus {
+    let (out, url) = (out.to_path_buf(), url.to_string());
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sf", "-C", "-", "-o"])
+            .arg(&out)
+            .arg(url)
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 pub async fn set_ring(
