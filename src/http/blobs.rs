@@ -79,7 +79,8 @@ pub async fn serve_blob(
             Source::Local(state.store.clone()),
         ),
         Some(up) => {
-            let (m, partial) = up.manifest(hash).await?;
+            let first = first_offset(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
+            let (m, partial) = up.manifest(hash, Some(first)).await?;
             let kind = state.catalog.kind_of(&hash);
             (m, Source::Edge(up.clone(), hash, partial, kind))
         }
@@ -146,6 +147,16 @@ pub async fn serve_blob(
         }
     };
     resp.body(body).map_err(internal)
+}
+
+/// Where a request will start reading, from its Range header before the size is known
+/// (`bytes=N-…` → N; suffix, malformed or absent → 0). Only a hint for an edge's fill.
+fn first_offset(range: Option<&str>) -> u64 {
+    range
+        .and_then(|r| r.trim().strip_prefix("bytes="))
+        .and_then(|r| r.split([',', '-']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn internal(e: http::Error) -> ApiError {
@@ -303,4 +314,24 @@ pub async fn ingest_body(store: &Arc<Store>, body: Body) -> Result<PutOutcome, A
 /// `HeaderValue` for static strings used by other handlers.
 pub fn immutable_cache_control() -> HeaderValue {
     HeaderValue::from_static(CACHE_IMMUTABLE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_offset;
+
+    #[test]
+    fn the_first_offset_hint_comes_from_the_first_range_or_is_zero() {
+        for (h, want) in [
+            (None, 0),
+            (Some("bytes=100-199"), 100),
+            (Some("bytes=5000-"), 5000),
+            (Some("bytes=7-8, 1-2"), 7),
+            (Some("bytes=-500"), 0),
+            (Some("items=3-4"), 0),
+            (Some("bytes=x-1"), 0),
+        ] {
+            assert_eq!(first_offset(h), want, "{h:?}");
+        }
+    }
 }

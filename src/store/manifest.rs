@@ -82,6 +82,21 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Decodes a manifest at the start of `bytes`; returns it and the bytes it took.
+    pub fn decode_prefix(bytes: &[u8]) -> Result<(Self, usize), BadManifest> {
+        let count = bytes
+            .get(12..16)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or(BadManifest("bad header"))? as usize;
+        let len = count
+            .checked_mul(ENTRY)
+            .and_then(|n| n.checked_add(HEADER))
+            .filter(|n| *n <= bytes.len())
+            .ok_or(BadManifest("length does not match chunk count"))?;
+        Ok((Self::decode(&bytes[..len])?, len))
+    }
+
     /// Index of the chunk holding byte `offset` (`offset < size`).
     pub fn chunk_at(&self, offset: u64) -> usize {
         self.ends.partition_point(|&end| end <= offset)
@@ -137,6 +152,17 @@ mod tests {
         assert_eq!(m.size, 16);
         assert_eq!([0, 9, 10, 14, 15].map(|o| m.chunk_at(o)), [0, 0, 1, 1, 2]);
         assert_eq!([0, 1, 2].map(|i| m.start_of(i)), [0, 10, 15]);
+    }
+
+    #[test]
+    fn a_manifest_followed_by_other_bytes_decodes_from_the_prefix() {
+        let m = sample();
+        let mut bytes = m.encode();
+        let len = bytes.len();
+        bytes.extend_from_slice(b"chunk bytes");
+        assert_eq!(Manifest::decode_prefix(&bytes).unwrap(), (m, len));
+        assert!(Manifest::decode_prefix(&bytes[..len - 1]).is_err());
+        assert!(Manifest::decode_prefix(b"UEM1").is_err());
     }
 
     #[test]

@@ -69,9 +69,13 @@ pub fn new_partials() -> Partials {
 impl Upstream {
     /// A blob's manifest: the local one, or upstream's (with the
     /// fill state of a blob not complete here). Concurrent misses fetch the list once.
+    ///
+    /// `first`: the offset the caller will read first, if known; the chunk holding it
+    /// comes with upstream's manifest (one round trip for a cold range, not two).
     pub async fn manifest(
         self: &Arc<Self>,
         blob: Hash,
+        first: Option<u64>,
     ) -> Result<(Arc<Manifest>, Option<Arc<Partial>>), Arc<UpstreamError>> {
         match self.store.manifest(blob).await {
             Ok(m) => return Ok((m, None)),
@@ -81,7 +85,7 @@ impl Upstream {
         match self.partials.get_value_or_guard_async(&blob).await {
             Ok(p) => Ok((p.manifest.clone(), Some(p))),
             Err(guard) => {
-                let got = self.fetch_list(blob).await;
+                let got = self.fetch_list(blob, first).await;
                 self.note(&got);
                 let p = Arc::new(Partial::new(got.map_err(Arc::new)?));
                 let _ = guard.insert(p.clone());
@@ -93,16 +97,23 @@ impl Upstream {
     /// The blob's manifest from upstream in binary form (`/v1/blobs/{h}/manifest`),
     /// checked for consistency; chunks are verified as they arrive and the whole blob
     /// before it is promoted.
-    async fn fetch_list(&self, blob: Hash) -> Result<Manifest, UpstreamError> {
-        let resp = self
-            .get(&format!("v1/blobs/{blob}/manifest"), false)
-            .await?;
+    async fn fetch_list(&self, blob: Hash, first: Option<u64>) -> Result<Manifest, UpstreamError> {
+        let path = match first {
+            Some(at) => format!("v1/blobs/{blob}/manifest?with_chunk_at={at}"),
+            None => format!("v1/blobs/{blob}/manifest"),
+        };
+        let resp = self.get(&path, false).await?;
         let url = resp.url().to_string();
-        let bytes = self.body(resp, MAX_LIST_BYTES, |_| {}).await?;
-        let m = Manifest::decode(&bytes).map_err(|e| UpstreamError::Body {
+        let bytes = self
+            .body(resp, MAX_LIST_BYTES + MAX_CHUNK_BYTES, |_| {})
+            .await?;
+        let (m, used) = Manifest::decode_prefix(&bytes).map_err(|e| UpstreamError::Body {
             url: url.clone(),
             message: format!("manifest of {blob}: {e}"),
         })?;
+        if let Some(at) = first.filter(|at| *at < m.size && used < bytes.len()) {
+            self.take_first_chunk(&m, at, bytes.slice(used..));
+        }
         if m.chunks.iter().any(|c| c.len as usize > MAX_CHUNK_BYTES) {
             return Err(UpstreamError::Body {
                 url,
@@ -110,6 +121,25 @@ impl Upstream {
             });
         }
         Ok(m)
+    }
+
+    /// Keeps the chunk that came with a manifest if it is the one named at `at` (it is
+    /// verified like any fill; anything else is dropped and counted, and fetched anew).
+    fn take_first_chunk(&self, m: &Manifest, at: u64, bytes: Bytes) {
+        let want = m.chunks[m.chunk_at(at)];
+        if bytes.len() != want.len as usize || Hash::of(&bytes) != want.hash {
+            self.note::<()>(&Err(UpstreamError::Corrupt(want.hash)));
+            return;
+        }
+        self.metrics.upstream_fetches.inc();
+        self.metrics.upstream_bytes.inc_by(bytes.len() as u64);
+        self.store.cache_chunk(want.hash, bytes.clone());
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.put_chunk(want.hash, bytes) {
+                tracing::error!(chunk = %want.hash.short(), error = %e, "storing a filled chunk failed");
+            }
+        });
     }
 
     /// Streams bytes `start..end` of `blob` (`manifest` from [`Upstream::manifest`]):
@@ -221,7 +251,7 @@ impl crate::store::RemoteManifests for Upstream {
         blob: Hash,
     ) -> futures_util::future::BoxFuture<'static, Result<Arc<Manifest>, StoreError>> {
         Box::pin(async move {
-            self.manifest(blob)
+            self.manifest(blob, None)
                 .await
                 .map(|(m, _)| m)
                 .map_err(|e| match &*e {
