@@ -43,6 +43,10 @@ async fn nginx(dir: &std::path::Path, upstream: &str) -> Nginx {
         .local_addr()
         .unwrap()
         .port();
+    nginx_at(dir, upstream, port).await
+}
+
+async fn nginx_at(dir: &std::path::Path, upstream: &str, port: u16) -> Nginx {
     let run = dir.join("nginx-run");
     std::fs::create_dir_all(&run).unwrap();
     let template = std::fs::read_to_string(
@@ -132,5 +136,38 @@ async fn a_device_updates_through_nginx_proxy_cache_and_curl_resumes_through_it(
     assert_eq!(String::from_utf8(b3.stdout).unwrap().trim(), blob);
     drop(cache);
     tokio::time::sleep(Duration::from_millis(50)).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_download_through_nginx_resumes_after_the_cache_restarts() {
+    if !require_tools(&[nginx_bin()]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(test_config(&dir.path().join("data"))).await;
+    // Larger than the loopback socket buffers, so stopping nginx cuts the transfer.
+    let builds = gw_targeting_102(&node, 24 << 20).await;
+    let upstream = node.url.trim_start_matches("http://").to_string();
+    let cache = nginx(dir.path(), &upstream).await;
+    let port: u16 = cache.url.rsplit(':').next().unwrap().parse().unwrap();
+    let args = client::UpdateArgs {
+        server: cache.url.clone(),
+        max_rate: 4 << 20,
+        retry_for: Duration::from_secs(30),
+        ..node.device_args(dir.path(), "gw", "dev-1", "1.0.1", None)
+    };
+    let task = tokio::spawn(client::update(args.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(cache); // the cache goes away mid-download, for long enough to be noticed
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _cache = nginx_at(dir.path(), &upstream, port).await;
+    let r = task.await.unwrap().unwrap();
+    assert_eq!(r.version.as_deref(), Some("1.0.2"));
+    assert_eq!(std::fs::read(&args.out).unwrap(), builds[1]);
+    assert!(r.retries >= 1, "the download was interrupted: {r:?}");
+    // Verified pieces are kept: at most the piece in flight is fetched twice.
+    let size = builds[1].len() as u64;
+    assert!(r.bytes_downloaded <= size + (4 << 20), "{r:?}");
     node.stop().await;
 }
