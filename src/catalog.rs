@@ -55,6 +55,8 @@ pub struct Catalog {
     writes: Mutex<()>,
     /// Artifact kind of every build and delta blob, for per-kind download metrics.
     kinds: std::sync::RwLock<std::collections::HashMap<Hash, &'static str>>,
+    /// `chunks_blake3` of every build's blob (an edge checks upstream's manifests by it).
+    lists: std::sync::RwLock<std::collections::HashMap<Hash, Hash>>,
 }
 
 fn key2(a: &str, b: &[u8]) -> Vec<u8> {
@@ -84,6 +86,7 @@ impl Catalog {
             store,
             writes: Mutex::new(()),
             kinds: Default::default(),
+            lists: Default::default(),
         };
         c.reload()?;
         Ok(c)
@@ -95,9 +98,14 @@ impl Catalog {
         let builds: Vec<Build> = self.list(Cf::Builds, &[])?;
         let deltas = self.deltas()?;
         let mut kinds = std::collections::HashMap::with_capacity(builds.len() + deltas.len());
+        let mut lists = std::collections::HashMap::with_capacity(builds.len());
         for b in builds {
             kinds.insert(b.blob, b.kind.as_str());
+            if let Some(l) = b.chunks_blake3 {
+                lists.insert(b.blob, l);
+            }
         }
+        *self.lists.write().unwrap_or_else(|e| e.into_inner()) = lists;
         for d in deltas {
             if let Some(h) = d.delta {
                 kinds.insert(h, "delta");
@@ -105,6 +113,15 @@ impl Catalog {
         }
         *self.kinds.write().unwrap_or_else(|e| e.into_inner()) = kinds;
         Ok(())
+    }
+
+    /// The blake3 of the chunk list of a build's blob, as the build record names it.
+    pub fn chunk_list_of(&self, blob: &Hash) -> Option<Hash> {
+        self.lists
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(blob)
+            .copied()
     }
 
     /// `os`, `driver`, `app`, `delta`, or `other` for a blob.

@@ -132,7 +132,7 @@ impl Node {
             store,
             catalog,
         } = open_store(&config)?;
-        let upstream = Upstream::new(&config.edge, store.clone())?;
+        let upstream = Upstream::new(&config.edge, store.clone(), catalog.clone())?;
         if store.cursor(crate::upstream::follow::CURSOR_KEY)? == 0 {
             upstream.first_sync().await?;
             catalog.reload()?;

@@ -42,6 +42,8 @@ pub enum UpstreamError {
     Stalled { url: String, secs: u64 },
     #[error("chunk {0} from upstream failed verification")]
     Corrupt(Hash),
+    #[error("manifest of {0} from upstream is not the chunk list its build names")]
+    WrongManifest(Hash),
     #[error("upstream {url}: {message}")]
     Body { url: String, message: String },
     #[error(transparent)]
@@ -55,7 +57,7 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Status { .. } => "status",
             UpstreamError::Stalled { .. } => "stalled",
-            UpstreamError::Corrupt(_) => "corrupt",
+            UpstreamError::Corrupt(_) | UpstreamError::WrongManifest(_) => "corrupt",
             UpstreamError::Body { .. } | UpstreamError::Store(_) => "body",
         }
     }
@@ -90,6 +92,8 @@ pub struct Upstream {
     token: String,
     http: reqwest::Client,
     store: Arc<Store>,
+    /// The replicated catalog: a build's record names its chunk list's blake3.
+    catalog: Arc<crate::catalog::Catalog>,
     metrics: Arc<Metrics>,
     stall: Duration,
     readahead: usize,
@@ -100,7 +104,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &EdgeConfig, store: Arc<Store>) -> Result<Arc<Upstream>, UpstreamError> {
+    pub fn new(
+        config: &EdgeConfig,
+        store: Arc<Store>,
+        catalog: Arc<crate::catalog::Catalog>,
+    ) -> Result<Arc<Upstream>, UpstreamError> {
         let mut base = url::Url::parse(&config.upstream).map_err(|e| UpstreamError::Connect {
             url: config.upstream.clone(),
             message: e.to_string(),
@@ -131,6 +139,7 @@ impl Upstream {
             recency: evict::Recency::default(),
             contact: Mutex::new(Contact::default()),
             store,
+            catalog,
         }))
     }
 

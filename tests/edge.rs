@@ -611,3 +611,44 @@ async fn an_edge_holding_both_builds_computes_a_missing_delta_itself() {
     edge.stop().await;
     origin.stop().await;
 }
+
+#[tokio::test]
+async fn a_manifest_of_another_blob_is_refused_for_a_build_before_any_byte_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, _) = origin(dir.path()).await;
+    let (b1, b2) = (blob_of(&origin, "1.0.1"), blob_of(&origin, "1.0.2"));
+    // Upstream answers 1.0.2's manifest with 1.0.1's (every chunk of it genuine).
+    let (from, to, o) = (b2.clone(), b1.clone(), origin.url.clone());
+    let proxy = rewriting_proxy(
+        origin.url.clone(),
+        hook!(|req| {
+            let (from, to, o) = (from.clone(), to.clone(), o.clone());
+            async move {
+                if !req.path.contains(&format!("/v1/blobs/{from}/manifest")) {
+                    return None;
+                }
+                let mut swapped = req.clone();
+                swapped.path = req.path.replace(&from, &to);
+                Some(forward(&o, &swapped).await)
+            }
+        }),
+    )
+    .await;
+    let mut cfg = edge_config(&dir.path().join("edge"), &origin);
+    cfg.edge.upstream = proxy;
+    cfg.edge.prefetch_rate = update_edge::config::ByteSize(0);
+    let edge = TestNode::start(cfg).await;
+    let r = client().get(edge.blob_url(&b2)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(
+        edge.metric_labeled("update_edge_upstream_errors_total{reason=\"corrupt\"}")
+            .await
+            >= 1.0
+    );
+    assert!(!edge.node.store.contains_blob(&b2.parse().unwrap()).unwrap());
+    // The honest blob next to it is served.
+    let r = client().get(edge.blob_url(&b1)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    edge.stop().await;
+    origin.stop().await;
+}

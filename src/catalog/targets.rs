@@ -21,9 +21,13 @@ use crate::store::Store;
 
 /// blake3 of a stored blob's chunk list as `GET /v1/blobs/{hash}/chunks` serves it.
 pub fn chunk_list_hash(store: &Arc<Store>, blob: &Hash) -> Result<Hash, CatalogError> {
-    let m = store.manifest_blocking(blob)?;
-    let bytes = serde_json::to_vec(&ChunkList::from_manifest(*blob, &m)).unwrap_or_default();
-    Ok(Hash::of(&bytes))
+    Ok(list_hash(blob, &*store.manifest_blocking(blob)?))
+}
+
+/// The blake3 of the chunk list devices fetch for `blob` with manifest `m` (what build
+/// records and signed targets carry as `chunks_blake3`).
+pub fn list_hash(blob: &Hash, m: &crate::store::Manifest) -> Hash {
+    Hash::of(&serde_json::to_vec(&ChunkList::from_manifest(*blob, m)).unwrap_or_default())
 }
 
 /// SHA-256 of a stored blob, streamed chunk by chunk (verified reads).

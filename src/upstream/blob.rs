@@ -111,6 +111,14 @@ impl Upstream {
             url: url.clone(),
             message: format!("manifest of {blob}: {e}"),
         })?;
+        // A build's manifest must be the one its catalog record names, before any of its
+        // bytes are served (otherwise only the whole-blob hash at promotion catches a
+        // manifest of the wrong blob).
+        if let Some(expected) = self.catalog.chunk_list_of(&blob) {
+            if crate::catalog::targets::list_hash(&blob, &m) != expected {
+                return Err(UpstreamError::WrongManifest(blob));
+            }
+        }
         if let Some(at) = first.filter(|at| *at < m.size && used < bytes.len()) {
             self.take_first_chunk(&m, at, bytes.slice(used..));
         }
