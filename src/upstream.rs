@@ -90,7 +90,11 @@ pub struct Contact {
 pub struct Upstream {
     base: url::Url,
     token: String,
+    /// Content and one-shot requests.
     http: reqwest::Client,
+    /// Long-polls of the change feed, on their own connection so they never hold one a
+    /// fill could use.
+    feed_http: reqwest::Client,
     store: Arc<Store>,
     /// The replicated catalog: a build's record names its chunk list's blake3.
     catalog: Arc<crate::catalog::Catalog>,
@@ -117,20 +121,24 @@ impl Upstream {
             base.set_path(&format!("{}/", base.path()));
         }
         let stall = Duration::from_secs(config.stall_timeout.0);
-        let http = reqwest::Client::builder()
-            .connect_timeout(stall)
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(config.max_fills * 2)
-            .build()
-            .map_err(|e| UpstreamError::Connect {
-                url: base.to_string(),
-                message: e.to_string(),
-            })?;
+        let client = |idle: usize| {
+            reqwest::Client::builder()
+                .connect_timeout(stall)
+                .tcp_nodelay(true)
+                .pool_max_idle_per_host(idle)
+                .build()
+                .map_err(|e| UpstreamError::Connect {
+                    url: base.to_string(),
+                    message: e.to_string(),
+                })
+        };
+        let (http, feed_http) = (client(config.max_fills * 2)?, client(1)?);
         let metrics = store.metrics().clone();
         Ok(Arc::new(Upstream {
             base,
             token: config.token.clone(),
             http,
+            feed_http,
             metrics,
             stall,
             readahead: config.readahead,
@@ -216,7 +224,12 @@ impl Upstream {
         wait: Duration,
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = self.url(path);
-        let mut req = self.http.get(&url);
+        let client = if wait.is_zero() {
+            &self.http
+        } else {
+            &self.feed_http
+        };
+        let mut req = client.get(&url);
         if bearer && !self.token.is_empty() {
             req = req.bearer_auth(&self.token);
         }
