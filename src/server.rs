@@ -56,28 +56,15 @@ impl Node {
     /// repository (keys from `tuf.keys_dir`; metadata re-signed if the catalog or the keys
     /// changed), and starts the delta workers.
     pub fn open(config: Config) -> Result<Node, OpenError> {
-        let StoreParts {
-            metrics,
-            store,
-            catalog,
-        } = open_store(&config)?;
+        let parts = open_store(&config)?;
         let repo = Arc::new(Repo::open(
-            store.clone(),
+            parts.store.clone(),
             &config.tuf.keys_dir,
             &config.director_key_path(),
             ttls(&config),
-            crate::catalog::targets::entries(&catalog)?,
+            crate::catalog::targets::entries(&parts.catalog)?,
         )?);
-        Ok(Node::assemble(
-            config,
-            StoreParts {
-                metrics,
-                store,
-                catalog,
-            },
-            repo,
-            None,
-        ))
+        Ok(Node::assemble(config, parts, repo, None))
     }
 
     /// The check service and the node around the opened parts (`upstream` on an edge).
@@ -127,31 +114,18 @@ impl Node {
     /// first sync from upstream if nothing has been replicated yet) and this edge's own
     /// director key. No repository key is read.
     pub async fn open_edge(config: Config) -> Result<Node, OpenError> {
-        let StoreParts {
-            metrics,
-            store,
-            catalog,
-        } = open_store(&config)?;
-        let upstream = Upstream::new(&config.edge, store.clone(), catalog.clone())?;
-        if store.cursor(crate::upstream::follow::CURSOR_KEY)? == 0 {
+        let parts = open_store(&config)?;
+        let upstream = Upstream::new(&config.edge, parts.store.clone(), parts.catalog.clone())?;
+        if parts.store.cursor(crate::upstream::follow::CURSOR_KEY)? == 0 {
             upstream.first_sync().await?;
-            catalog.reload()?;
+            parts.catalog.reload()?;
         }
         let repo = Arc::new(Repo::open_replica(
-            store.clone(),
+            parts.store.clone(),
             &config.director_key_path(),
             ttls(&config),
         )?);
-        Ok(Node::assemble(
-            config,
-            StoreParts {
-                metrics,
-                store,
-                catalog,
-            },
-            repo,
-            Some(upstream),
-        ))
+        Ok(Node::assemble(config, parts, repo, Some(upstream)))
     }
 
     pub fn state(&self) -> AppState {
