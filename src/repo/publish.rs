@@ -240,16 +240,7 @@ impl Repo {
             }
         }
         let files = chain.iter().map(|(_, b)| Bytes::from(b.clone())).collect();
-        let m = self.store.metrics();
-        let role = crate::metrics::RoleLabel {
-            role: "root".into(),
-        };
-        m.tuf_expires
-            .get_or_create(&role)
-            .set(root.expires.as_second());
-        m.tuf_version
-            .get_or_create(&role)
-            .set(root.version.get() as i64);
+        self.gauge("root", root.expires.as_second(), root.version.get());
         tracing::info!(version = root.version.get(), "serving a new root version");
         *self.roots.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Roots { files, root });
         self.store_roots()
@@ -281,8 +272,15 @@ impl Repo {
         Ok(())
     }
 
-    fn install(&self, state: State, timestamp: Bytes, mut entries: Vec<TargetEntry>) {
+    /// Sets the expiry and version gauges of one role.
+    fn gauge(&self, role: &str, expires: i64, version: u64) {
         let m = self.store.metrics();
+        let role = crate::metrics::RoleLabel { role: role.into() };
+        m.tuf_expires.get_or_create(&role).set(expires);
+        m.tuf_version.get_or_create(&role).set(version as i64);
+    }
+
+    fn install(&self, state: State, timestamp: Bytes, mut entries: Vec<TargetEntry>) {
         let roots = self.roots();
         let root = (roots.root.expires.as_second(), roots.root.version.get());
         for (role, expires, version) in [
@@ -291,9 +289,7 @@ impl Repo {
             ("snapshot", state.snapshot_expires, state.snapshot),
             ("timestamp", state.timestamp_expires, state.timestamp),
         ] {
-            let role = crate::metrics::RoleLabel { role: role.into() };
-            m.tuf_expires.get_or_create(&role).set(expires);
-            m.tuf_version.get_or_create(&role).set(version as i64);
+            self.gauge(role, expires, version);
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let names = entries
