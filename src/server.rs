@@ -115,7 +115,12 @@ impl Node {
     /// director key. No repository key is read.
     pub async fn open_edge(config: Config) -> Result<Node, OpenError> {
         let parts = open_store(&config)?;
-        let upstream = Upstream::new(&config.edge, parts.store.clone(), parts.catalog.clone())?;
+        let upstream = Upstream::new(
+            &config.edge,
+            config.store.max_bytes.0 > 0,
+            parts.store.clone(),
+            parts.catalog.clone(),
+        )?;
         if parts.store.cursor(crate::upstream::follow::CURSOR_KEY)? == 0 {
             upstream.first_sync().await?;
             parts.catalog.reload()?;

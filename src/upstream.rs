@@ -108,8 +108,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// `budgeted`: a disk budget applies (`store.max_bytes`), so chunk recency is kept.
     pub fn new(
         config: &EdgeConfig,
+        budgeted: bool,
         store: Arc<Store>,
         catalog: Arc<crate::catalog::Catalog>,
     ) -> Result<Arc<Upstream>, UpstreamError> {
@@ -144,7 +146,7 @@ impl Upstream {
             readahead: config.readahead,
             fills: fill::Fills::new(config.max_fills),
             partials: blob::new_partials(),
-            recency: evict::Recency::default(),
+            recency: evict::Recency::new(budgeted),
             contact: Mutex::new(Contact::default()),
             store,
             catalog,

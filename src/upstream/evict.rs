@@ -28,15 +28,27 @@ const LOW_WATER_PERCENT: u64 = 90;
 /// How often the budget is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
-/// Last-use ticks of chunks read through this edge.
+/// Last-use ticks of chunks read through this edge; kept only under a disk budget (with
+/// none, nothing is evicted and the map would only grow).
 #[derive(Default)]
 pub struct Recency {
+    enabled: bool,
     clock: AtomicU64,
     ticks: Mutex<HashMap<Hash, u64>>,
 }
 
 impl Recency {
+    pub fn new(enabled: bool) -> Recency {
+        Recency {
+            enabled,
+            ..Recency::default()
+        }
+    }
+
     pub fn touch(&self, hash: Hash) {
+        if !self.enabled {
+            return;
+        }
         let t = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
         self.ticks
             .lock()
