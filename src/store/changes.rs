@@ -101,7 +101,7 @@ fn cf_by_name(name: &str) -> Option<Cf> {
 fn encode_entry(op: &Op) -> Vec<u8> {
     let (cf, key, value) = op;
     let idx = Cf::ALL.iter().position(|c| c == cf).unwrap_or(0) as u8;
-    let mut out = Vec::with_capacity(6 + key.len() + value.as_ref().map_or(0, Vec::len));
+    let mut out = Vec::with_capacity(6 + key.len() + value.as_ref().map_or(0, |v| v.len()));
     out.push(idx);
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key);
@@ -120,7 +120,7 @@ fn decode_entry(b: &[u8]) -> Option<Op> {
     let klen = u32::from_le_bytes(b.get(1..5)?.try_into().ok()?) as usize;
     let key = b.get(5..5 + klen)?.to_vec();
     let value = match b.get(5 + klen)? {
-        1 => Some(b[6 + klen..].to_vec()),
+        1 => Some(bytes::Bytes::copy_from_slice(&b[6 + klen..])),
         0 => None,
         _ => return None,
     };
@@ -213,12 +213,12 @@ impl Store {
                     bad = Some(seq);
                     return false;
                 };
-                bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+                bytes += key.len() + value.as_ref().map_or(0, |v| v.len());
                 changes.push(Change {
                     seq,
                     cf: cf.name().into(),
                     key,
-                    value,
+                    value: value.map(Vec::from),
                 });
                 changes.len() < PAGE_ENTRIES && bytes < PAGE_BYTES
             })?;
@@ -424,9 +424,13 @@ mod tests {
     #[test]
     fn entries_round_trip_their_binary_form() {
         for op in [
-            (Cf::Rings, b"k".to_vec(), Some(b"v".to_vec())),
+            (
+                Cf::Rings,
+                b"k".to_vec(),
+                Some(bytes::Bytes::from_static(b"v")),
+            ),
             (Cf::Meta, b"tuf/x".to_vec(), None),
-            (Cf::Builds, vec![], Some(vec![])),
+            (Cf::Builds, vec![], Some(bytes::Bytes::new())),
         ] {
             assert_eq!(decode_entry(&encode_entry(&op)), Some(op));
         }

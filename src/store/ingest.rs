@@ -106,7 +106,7 @@ impl<'a> BlobWriter<'a> {
             }
             next.chunks += 1;
             next.bytes += bytes.len() as u64;
-            batch.put(Cf::Chunks, hash.as_bytes().to_vec(), bytes.to_vec());
+            batch.put_bytes(Cf::Chunks, hash.as_bytes().to_vec(), bytes);
         }
         self.pending_bytes = 0;
         if batch.is_empty() {
@@ -180,7 +180,7 @@ impl Store {
             next.bytes += bytes.len() as u64;
             batch.put(Cf::Meta, STATS_KEY, next.encode());
         }
-        batch.put(Cf::Chunks, hash.as_bytes().to_vec(), bytes.to_vec());
+        batch.put_bytes(Cf::Chunks, hash.as_bytes().to_vec(), bytes.clone());
         self.kv.write_unlogged(batch)?;
         *stats = next;
         self.metrics.store_chunks.set(next.chunks);

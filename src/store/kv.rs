@@ -1,6 +1,8 @@
 //! The small key-value interface the store is written against, so store logic can be
 //! tested without RocksDB. Column families are named here; only `rocks.rs` names RocksDB.
 
+use bytes::Bytes;
+
 use super::StoreError;
 
 /// Column families (one per kind of record).
@@ -46,8 +48,9 @@ impl Cf {
     }
 }
 
-/// One write in a batch: `Some(value)` puts, `None` deletes.
-pub type Op = (Cf, Vec<u8>, Option<Vec<u8>>);
+/// One write in a batch: `Some(value)` puts, `None` deletes. Values are `Bytes` so a
+/// chunk already in memory is written without another copy.
+pub type Op = (Cf, Vec<u8>, Option<Bytes>);
 
 /// An ordered set of writes applied atomically.
 #[derive(Default, Debug)]
@@ -57,7 +60,13 @@ pub struct Batch {
 
 impl Batch {
     pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.ops.push((cf, key.into(), Some(value.into())));
+        self.ops
+            .push((cf, key.into(), Some(Bytes::from(value.into()))));
+    }
+
+    /// Puts a value held as `Bytes` (a chunk) without copying it.
+    pub fn put_bytes(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: Bytes) {
+        self.ops.push((cf, key.into(), Some(value)));
     }
 
     pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {

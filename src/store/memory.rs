@@ -42,7 +42,7 @@ impl KvStore for MemoryKv {
             let table = t.entry(cf).or_default();
             match value {
                 Some(v) => {
-                    table.insert(key, v);
+                    table.insert(key, v.to_vec());
                 }
                 None => {
                     table.remove(&key);
