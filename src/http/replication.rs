@@ -66,17 +66,25 @@ pub async fn get_manifest(
         None => s.store.manifest(hash).await?,
         Some(up) => up.manifest(hash, None).await?.0,
     };
-    let mut body = m.encode();
-    // The chunk an edge's first reader needs rides along: one round trip, not two.
-    if let Some(at) = q.with_chunk_at.filter(|at| *at < m.size) {
-        let c = m.chunks[m.chunk_at(at)].hash;
-        let bytes = match &s.upstream {
-            None => s.store.chunk(c).await?,
-            Some(up) => up.chunk(c, "other").await?,
-        };
-        s.metrics.bytes_served.inc_by(bytes.len() as u64);
-        body.extend_from_slice(&bytes);
-    }
+    let list = bytes::Bytes::from(m.encode());
+    // The chunk an edge's first reader needs rides along: one round trip, not two. It
+    // goes out as its own frame after the list, not copied behind it.
+    let chunk = match q.with_chunk_at.filter(|at| *at < m.size) {
+        None => None,
+        Some(at) => {
+            let c = m.chunks[m.chunk_at(at)].hash;
+            let bytes = match &s.upstream {
+                None => s.store.chunk(c).await?,
+                Some(up) => up.chunk(c, "other").await?,
+            };
+            s.metrics.bytes_served.inc_by(bytes.len() as u64);
+            Some(bytes)
+        }
+    };
+    let length = list.len() + chunk.as_ref().map_or(0, |c| c.len());
+    let frames = std::iter::once(list)
+        .chain(chunk)
+        .map(Ok::<_, std::io::Error>);
     Ok((
         [
             (
@@ -84,8 +92,9 @@ pub async fn get_manifest(
                 http::HeaderValue::from_static("application/octet-stream"),
             ),
             (header::CACHE_CONTROL, immutable_cache_control()),
+            (header::CONTENT_LENGTH, http::HeaderValue::from(length)),
         ],
-        body,
+        axum::body::Body::from_stream(futures_util::stream::iter(frames)),
     )
         .into_response())
 }

@@ -171,10 +171,10 @@ impl Upstream {
             });
         }
         let this = self.clone();
-        // (position, first chunk index not yet prefetched)
+        // (position, first chunk index not yet prefetched, whether a chunk was missed)
         Ok(futures_util::stream::try_unfold(
-            (start, 0usize),
-            move |(pos, ahead)| {
+            (start, 0usize, None::<bool>),
+            move |(pos, ahead, missed_before)| {
                 let this = this.clone();
                 let manifest = manifest.clone();
                 let partial = partial.clone();
@@ -184,19 +184,20 @@ impl Upstream {
                     }
                     let i = manifest.chunk_at(pos);
                     let last = manifest.chunk_at(end - 1);
-                    let want_ahead = (i + 1 + this.readahead).min(last + 1);
-                    let mut ahead = ahead.max(i + 1);
                     let missed = !this.store.is_cached(&manifest.chunks[i].hash);
-                    let chunk_start = manifest.start_of(i);
-                    let bytes = this.chunk(manifest.chunks[i].hash, kind).await?;
-                    // Read-ahead starts once this chunk is here, so the first chunk of a
-                    // cold range does not share upstream with its followers.
-                    if missed {
+                    // Read-ahead starts from the second chunk of a cold range on: the
+                    // first chunk's response goes out without sharing upstream, this
+                    // node's cores or the upstream's with its followers.
+                    let mut ahead = ahead.max(i + 1);
+                    if missed_before.is_some_and(|before| before || missed) {
+                        let want_ahead = (i + 1 + this.readahead).min(last + 1);
                         while ahead < want_ahead {
                             this.prefetch(manifest.chunks[ahead].hash, kind);
                             ahead += 1;
                         }
                     }
+                    let chunk_start = manifest.start_of(i);
+                    let bytes = this.chunk(manifest.chunks[i].hash, kind).await?;
                     if let Some(p) = &partial {
                         if p.mark(i) {
                             this.promote(blob, p.clone());
@@ -206,7 +207,7 @@ impl Upstream {
                     let to = ((end - chunk_start) as usize).min(bytes.len());
                     Ok(Some((
                         bytes.slice(from..to),
-                        (chunk_start + to as u64, ahead),
+                        (chunk_start + to as u64, ahead, Some(missed)),
                     )))
                 }
             },
