@@ -24,8 +24,11 @@ WARM=${WARM:-4}
 RANGES=${RANGES:-7}
 SIZE=$((256 << 20))
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
-cargo build --release --bin update-edge >&2
-BIN="$CARGO_TARGET_DIR/release/update-edge"
+# BIN=path benchmarks that binary instead (a before/after comparison in one go).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --bin update-edge >&2
+  BIN="$CARGO_TARGET_DIR/release/update-edge"
+fi
 WORK=$(mktemp -d)
 NS=ue-bench-origin
 cleanup() {
