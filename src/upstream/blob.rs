@@ -77,6 +77,11 @@ impl Upstream {
         blob: Hash,
         first: Option<u64>,
     ) -> Result<(Arc<Manifest>, Option<Arc<Partial>>), Arc<UpstreamError>> {
+        // A blob being filled is not local yet (promotion drops it from here only after
+        // its manifest is committed): no engine lookup for it on every request.
+        if let Some(p) = self.partials.get(&blob) {
+            return Ok((p.manifest.clone(), Some(p)));
+        }
         match self.store.manifest(blob).await {
             Ok(m) => return Ok((m, None)),
             Err(StoreError::BlobNotFound(_)) => {}
