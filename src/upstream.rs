@@ -255,12 +255,12 @@ impl Upstream {
     }
 
     /// Reads a whole response body of at most `cap` bytes, failing when no byte arrives
-    /// for the stall timeout.
+    /// for the stall timeout; `on_piece` sees every piece as it arrives.
     async fn body(
         &self,
         mut resp: reqwest::Response,
         cap: usize,
-        mut on_bytes: impl FnMut(usize),
+        mut on_piece: impl FnMut(&[u8]),
     ) -> Result<bytes::Bytes, UpstreamError> {
         let url = resp.url().to_string();
         let mut buf = bytes::BytesMut::with_capacity(
@@ -279,7 +279,7 @@ impl Upstream {
                 }
                 Ok(Ok(None)) => return Ok(buf.freeze()),
                 Ok(Ok(Some(piece))) => {
-                    on_bytes(piece.len());
+                    on_piece(&piece);
                     if buf.len() + piece.len() > cap {
                         return Err(UpstreamError::Body {
                             url,

@@ -110,7 +110,7 @@ impl Upstream {
         let resp = self.get(&path, false).await?;
         let url = resp.url().to_string();
         let bytes = self
-            .body(resp, MAX_LIST_BYTES + MAX_CHUNK_BYTES, |_| {})
+            .body(resp, MAX_LIST_BYTES + MAX_CHUNK_BYTES, |_: &[u8]| {})
             .await?;
         let (m, used) = Manifest::decode_prefix(&bytes).map_err(|e| UpstreamError::Body {
             url: url.clone(),

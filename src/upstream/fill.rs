@@ -174,12 +174,16 @@ impl Upstream {
     async fn fetch_once(&self, hash: Hash) -> Result<Bytes, UpstreamError> {
         let resp = self.get(&format!("v1/chunks/{hash}"), false).await?;
         let metrics = self.metrics.clone();
+        // Hashed piece by piece as it arrives (while the bytes are still in cache), so
+        // the check is done when the last byte is.
+        let mut hasher = blake3::Hasher::new();
         let bytes = self
-            .body(resp, MAX_CHUNK_BYTES, |n| {
-                metrics.upstream_bytes.inc_by(n as u64);
+            .body(resp, MAX_CHUNK_BYTES, |piece| {
+                metrics.upstream_bytes.inc_by(piece.len() as u64);
+                hasher.update(piece);
             })
             .await?;
-        if Hash::of(&bytes) != hash {
+        if Hash::from(hasher.finalize()) != hash {
             tracing::error!(chunk = %hash.short(), "chunk from upstream failed verification; discarded");
             return Err(UpstreamError::Corrupt(hash));
         }
