@@ -9,7 +9,7 @@ pub struct Hash(pub [u8; 32]);
 
 /// Why a string is not a content address.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("not a blake3 hash (want 64 hex digits): {0:?}")]
+#[error("not a blake3 hash (want 64 lowercase hex digits): {0:?}")]
 pub struct BadHash(pub String);
 
 impl Hash {
@@ -47,7 +47,9 @@ impl FromStr for Hash {
     type Err = BadHash;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 64 {
+        // Lowercase only: one spelling per address, so one URL per blob for every HTTP
+        // cache in front of a node.
+        if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(BadHash(s.chars().take(80).collect()));
         }
         let mut out = [0u8; 32];
@@ -96,6 +98,10 @@ mod tests {
     fn wrong_length_or_non_hex_is_rejected() {
         assert!("abc".parse::<Hash>().is_err());
         assert!("g".repeat(64).parse::<Hash>().is_err());
-        assert!("A".repeat(64).parse::<Hash>().is_ok());
+        assert!("a".repeat(64).parse::<Hash>().is_ok());
+        // Uppercase would give a second URL per blob (two cache entries for one object).
+        assert!("A".repeat(64).parse::<Hash>().is_err());
+        let upper = Hash::of(b"abc").to_hex().to_uppercase();
+        assert!(upper.parse::<Hash>().is_err());
     }
 }

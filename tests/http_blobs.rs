@@ -222,6 +222,19 @@ async fn unknown_hash_is_404_and_malformed_hash_is_400() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = c.get(node.blob_url("not-a-hash")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A stored blob's address in uppercase is not a second URL for it (caches would keep
+    // two copies): 400, naming the lowercase form wanted.
+    let data = noise(20_000, 3);
+    let hash = node.upload(data).await;
+    let r = c.get(node.blob_url(&hash)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = c
+        .get(node.blob_url(&hash.to_uppercase()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("lowercase"));
     node.stop().await;
 }
 
