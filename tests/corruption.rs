@@ -163,3 +163,34 @@ fn cli_put_get_round_trip_and_bad_input_fails_cleanly() {
     assert!(!put.status.success());
     assert!(String::from_utf8_lossy(&put.stderr).contains("/nonexistent/file"));
 }
+
+#[test]
+fn demo_refuses_a_non_loopback_address_without_an_operator_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_update-edge");
+    let mut child = Command::new(bin)
+        .args(["serve", "--demo", "--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path().join("data"))
+        .env_remove("UPDATE_EDGE_ADMIN_TOKEN")
+        .env("UPDATE_EDGE_TUF_KEYS_DIR", dir.path().join("keys"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A node that starts serving instead of refusing fails here, not by hanging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("serve --demo on 0.0.0.0 without a token kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("only on loopback"), "{stderr}");
+    // Nothing was created: no keys, no store.
+    assert!(!dir.path().join("keys").exists());
+    assert!(!dir.path().join("data").exists());
+}

@@ -6,6 +6,15 @@ use crate::config::Config;
 use crate::server::{self, Node};
 
 pub fn run(mut config: Config, demo: bool) -> anyhow::Result<u8> {
+    // The demo token is printed in the README: only ever on this machine's loopback.
+    let listen = config.server.listen;
+    if demo && config.server.admin_token.is_empty() && !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--demo uses the well-known operator token \"demo-token\", so it listens only on \
+             loopback; {listen} is not: set UPDATE_EDGE_ADMIN_TOKEN (or server.admin_token) \
+             to serve the demo there"
+        );
+    }
     if demo && config.server.admin_token.is_empty() {
         config.server.admin_token = "demo-token".into();
         eprintln!(
