@@ -42,6 +42,18 @@ impl Manifest {
         }
     }
 
+    /// `start..end` as a readable range of this blob, or the store's range error.
+    pub fn check_range(&self, start: u64, end: u64) -> Result<(), super::StoreError> {
+        if start > end || end > self.size {
+            return Err(super::StoreError::BadRange {
+                start,
+                end,
+                size: self.size,
+            });
+        }
+        Ok(())
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + ENTRY * self.chunks.len());
         out.extend_from_slice(MAGIC);
@@ -136,6 +148,18 @@ mod tests {
                 len: 1,
             },
         ])
+    }
+
+    #[test]
+    fn ranges_past_the_end_or_backwards_are_refused() {
+        let m = sample();
+        assert!(m.check_range(0, m.size).is_ok());
+        assert!(m.check_range(m.size, m.size).is_ok());
+        assert!(matches!(
+            m.check_range(0, m.size + 1),
+            Err(crate::store::StoreError::BadRange { end, size, .. }) if end == m.size + 1 && size == m.size
+        ));
+        assert!(m.check_range(2, 1).is_err());
     }
 
     #[test]

@@ -47,13 +47,7 @@ impl Store {
         start: u64,
         end: u64,
     ) -> Result<impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static, StoreError> {
-        if start > end || end > manifest.size {
-            return Err(StoreError::BadRange {
-                start,
-                end,
-                size: manifest.size,
-            });
-        }
+        manifest.check_range(start, end)?;
         let store = self.clone();
         Ok(futures_util::stream::try_unfold(start, move |pos| {
             let store = store.clone();

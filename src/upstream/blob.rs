@@ -168,13 +168,7 @@ impl Upstream {
         end: u64,
     ) -> Result<impl Stream<Item = Result<Bytes, Arc<UpstreamError>>> + Send + 'static, StoreError>
     {
-        if start > end || end > manifest.size {
-            return Err(StoreError::BadRange {
-                start,
-                end,
-                size: manifest.size,
-            });
-        }
+        manifest.check_range(start, end)?;
         let this = self.clone();
         // (position, first chunk index not yet prefetched, whether a chunk was missed)
         Ok(futures_util::stream::try_unfold(
