@@ -5,6 +5,7 @@
 //! own crate.
 
 pub mod answer;
+pub mod bao;
 pub mod chunklist;
 pub mod trust;
 pub mod version;

@@ -254,6 +254,20 @@ impl Upstream {
         Ok(resp)
     }
 
+    /// A verified-streaming reader of `resp`'s body (stall timeout per read; bytes
+    /// counted as upstream bytes from when `counting` is set).
+    fn reader(&self, resp: reqwest::Response) -> BodyReader {
+        BodyReader {
+            url: resp.url().to_string(),
+            resp,
+            buf: bytes::Bytes::new(),
+            stall: self.stall,
+            metrics: self.metrics.clone(),
+            counting: false,
+            failure: None,
+        }
+    }
+
     /// Reads a whole response body of at most `cap` bytes, failing when no byte arrives
     /// for the stall timeout; `on_piece` sees every piece as it arrives.
     async fn body(
@@ -290,5 +304,95 @@ impl Upstream {
                 }
             }
         }
+    }
+}
+
+/// An upstream response body read in the sizes a decoder asks for: pieces that hold a
+/// whole request are split off without copying. A read fails when no byte arrives for
+/// the stall timeout; the upstream-side cause is kept in `failure` (the decoder sees only
+/// an `io::Error`).
+pub struct BodyReader {
+    resp: reqwest::Response,
+    url: String,
+    buf: bytes::Bytes,
+    stall: Duration,
+    metrics: Arc<Metrics>,
+    /// Count bytes as `update_edge_upstream_bytes_total` (chunk bytes, not manifests).
+    counting: bool,
+    failure: Option<UpstreamError>,
+}
+
+impl BodyReader {
+    /// Starts counting received bytes (including those already buffered).
+    fn count_from_here(&mut self) {
+        self.counting = true;
+        self.metrics.upstream_bytes.inc_by(self.buf.len() as u64);
+    }
+
+    /// Why the last read failed, as an upstream error.
+    fn failure(&mut self, e: std::io::Error) -> UpstreamError {
+        self.failure.take().unwrap_or_else(|| UpstreamError::Body {
+            url: self.url.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The next piece of the body into `buf` (which is empty); false at its end.
+    async fn next_piece(&mut self) -> std::io::Result<bool> {
+        let failed = |this: &mut Self, e: UpstreamError| {
+            let io = std::io::Error::other(e.to_string());
+            this.failure = Some(e);
+            Err(io)
+        };
+        match tokio::time::timeout(self.stall, self.resp.chunk()).await {
+            Err(_) => failed(
+                self,
+                UpstreamError::Stalled {
+                    url: self.url.clone(),
+                    secs: self.stall.as_secs(),
+                },
+            ),
+            Ok(Err(e)) => failed(
+                self,
+                UpstreamError::Body {
+                    url: self.url.clone(),
+                    message: e.to_string(),
+                },
+            ),
+            Ok(Ok(None)) => Ok(false),
+            Ok(Ok(Some(piece))) => {
+                if self.counting {
+                    self.metrics.upstream_bytes.inc_by(piece.len() as u64);
+                }
+                self.buf = piece;
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl iroh_io::AsyncStreamReader for BodyReader {
+    async fn read_bytes(&mut self, len: usize) -> std::io::Result<bytes::Bytes> {
+        if self.buf.is_empty() && !self.next_piece().await? {
+            return Ok(bytes::Bytes::new());
+        }
+        if self.buf.len() >= len {
+            return Ok(self.buf.split_to(len));
+        }
+        let mut out = bytes::BytesMut::with_capacity(len.min(1 << 20));
+        loop {
+            let take = (len - out.len()).min(self.buf.len());
+            out.extend_from_slice(&self.buf.split_to(take));
+            if out.len() == len || !self.next_piece().await? {
+                return Ok(out.freeze());
+            }
+        }
+    }
+
+    async fn read<const L: usize>(&mut self) -> std::io::Result<[u8; L]> {
+        let b = self.read_bytes(L).await?;
+        b[..]
+            .try_into()
+            .map_err(|_| std::io::ErrorKind::UnexpectedEof.into())
     }
 }

@@ -137,6 +137,7 @@ async fn replacing_proxy(node: &TestNode, path: String, body: Vec<u8>) -> String
                 status: 200,
                 body,
                 headers: vec![],
+                hold: None,
             })
         }
     });

@@ -80,8 +80,8 @@ pub async fn serve_blob(
         ),
         Some(up) => {
             let first = first_offset(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
-            let (m, partial) = up.manifest(hash, Some(first)).await?;
             let kind = state.catalog.kind_of(&hash);
+            let (m, partial) = up.manifest(hash, Some((first, kind))).await?;
             (m, Source::Edge(up.clone(), hash, partial, kind))
         }
     };

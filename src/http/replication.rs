@@ -24,6 +24,7 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 pub async fn get_chunk(
     State(s): State<AppState>,
     Path(hash): Path<String>,
+    Query(q): Query<ChunkQuery>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
     let bytes = match &s.upstream {
@@ -36,6 +37,10 @@ pub async fn get_chunk(
         Some(up) => up.chunk(hash, "other").await?,
     };
     s.metrics.bytes_served.inc_by(bytes.len() as u64);
+    if q.format == Format::Bao {
+        let length = crate::protocol::bao::encoded_len(bytes.len() as u64);
+        return Ok(bao_response(length, crate::protocol::bao::encode(&bytes)));
+    }
     let tag = http::HeaderValue::from_str(&etag(&hash.to_hex()))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok((
@@ -67,8 +72,9 @@ pub async fn get_manifest(
         Some(up) => up.manifest(hash, None).await?.0,
     };
     let list = bytes::Bytes::from(m.encode());
+    let bao = q.format == Format::Bao;
     // The chunk an edge's first reader needs rides along: one round trip, not two. It
-    // goes out as its own frame after the list, not copied behind it.
+    // goes out as its own frames after the list, not copied behind it.
     let chunk = match q.with_chunk_at.filter(|at| *at < m.size) {
         None => None,
         Some(at) => {
@@ -81,28 +87,68 @@ pub async fn get_manifest(
             Some(bytes)
         }
     };
-    let length = list.len() + chunk.as_ref().map_or(0, |c| c.len());
-    let frames = std::iter::once(list)
-        .chain(chunk)
-        .map(Ok::<_, std::io::Error>);
-    Ok((
+    let (length, chunk_frames) = match chunk {
+        None => (0, Vec::new()),
+        Some(c) if bao => (
+            crate::protocol::bao::encoded_len(c.len() as u64),
+            crate::protocol::bao::encode(&c),
+        ),
+        Some(c) => (c.len() as u64, vec![c]),
+    };
+    let length = list.len() as u64 + length;
+    let frames = std::iter::once(list).chain(chunk_frames).collect();
+    let mut resp = bao_response(length, frames);
+    if !bao {
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    Ok(resp)
+}
+
+/// An immutable body of `length` bytes sent as `frames` (a chunk's groups are not copied
+/// into one buffer).
+fn bao_response(length: u64, frames: Vec<bytes::Bytes>) -> Response {
+    let frames = futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::io::Error>));
+    (
         [
             (
                 header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/octet-stream"),
+                http::HeaderValue::from_static(crate::protocol::bao::CONTENT_TYPE),
             ),
             (header::CACHE_CONTROL, immutable_cache_control()),
             (header::CONTENT_LENGTH, http::HeaderValue::from(length)),
         ],
-        axum::body::Body::from_stream(futures_util::stream::iter(frames)),
+        axum::body::Body::from_stream(frames),
     )
-        .into_response())
+        .into_response()
+}
+
+/// How a chunk is sent (`?format=`): `raw`, its bytes (the default), or `bao`,
+/// interleaved with its blake3 tree so the receiver verifies it 16 KiB at a time (see
+/// [`crate::protocol::bao`]). Anything else is a 400.
+#[derive(serde::Deserialize, Default, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Raw,
+    Bao,
+}
+
+#[derive(serde::Deserialize)]
+pub struct ChunkQuery {
+    #[serde(default)]
+    format: Format,
 }
 
 #[derive(serde::Deserialize)]
 pub struct ManifestQuery {
     /// Also send the chunk holding this byte offset, after the manifest.
     with_chunk_at: Option<u64>,
+    /// How that chunk is sent.
+    #[serde(default)]
+    format: Format,
 }
 
 /// A reader of the change feed: the operator token or the replication token.

@@ -28,6 +28,9 @@ pub struct Manifest {
 pub struct BadManifest(pub &'static str);
 
 impl Manifest {
+    /// Bytes of the encoding before the chunk entries (magic, size, chunk count).
+    pub const HEADER: usize = HEADER;
+
     pub fn new(chunks: Vec<ChunkRef>) -> Self {
         let mut ends = Vec::with_capacity(chunks.len());
         let mut off = 0u64;
@@ -94,19 +97,17 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Decodes a manifest at the start of `bytes`; returns it and the bytes it took.
-    pub fn decode_prefix(bytes: &[u8]) -> Result<(Self, usize), BadManifest> {
-        let count = bytes
-            .get(12..16)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-            .ok_or(BadManifest("bad header"))? as usize;
-        let len = count
+    /// Bytes in the encoding of a manifest whose first [`Manifest::HEADER`] bytes are
+    /// `header` (what a reader of a stream needs to know before reading the rest).
+    pub fn encoded_len(header: &[u8]) -> Result<usize, BadManifest> {
+        if header.len() < HEADER || &header[..4] != MAGIC {
+            return Err(BadManifest("bad header"));
+        }
+        let count = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as usize;
+        count
             .checked_mul(ENTRY)
             .and_then(|n| n.checked_add(HEADER))
-            .filter(|n| *n <= bytes.len())
-            .ok_or(BadManifest("length does not match chunk count"))?;
-        Ok((Self::decode(&bytes[..len])?, len))
+            .ok_or(BadManifest("chunk count"))
     }
 
     /// Index of the chunk holding byte `offset` (`offset < size`).
@@ -179,14 +180,19 @@ mod tests {
     }
 
     #[test]
-    fn a_manifest_followed_by_other_bytes_decodes_from_the_prefix() {
+    fn a_manifest_s_length_is_known_from_its_header() {
         let m = sample();
-        let mut bytes = m.encode();
-        let len = bytes.len();
-        bytes.extend_from_slice(b"chunk bytes");
-        assert_eq!(Manifest::decode_prefix(&bytes).unwrap(), (m, len));
-        assert!(Manifest::decode_prefix(&bytes[..len - 1]).is_err());
-        assert!(Manifest::decode_prefix(b"UEM1").is_err());
+        let bytes = m.encode();
+        assert_eq!(
+            Manifest::encoded_len(&bytes[..HEADER]).unwrap(),
+            bytes.len()
+        );
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        assert!(Manifest::encoded_len(&bytes[..HEADER - 1]).is_err());
+        assert!(Manifest::encoded_len(b"UEM1").is_err());
+        let mut other = bytes.clone();
+        other[0] ^= 1;
+        assert!(Manifest::encoded_len(&other[..HEADER]).is_err());
     }
 
     #[test]

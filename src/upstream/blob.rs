@@ -8,7 +8,9 @@ use bytes::Bytes;
 use futures_util::Stream;
 use quick_cache::sync::Cache;
 
-use super::{Upstream, UpstreamError};
+use iroh_io::AsyncStreamReader;
+
+use super::{BodyReader, Upstream, UpstreamError};
 use crate::hash::Hash;
 use crate::store::{Manifest, StoreError};
 
@@ -19,6 +21,28 @@ const PARTIALS_BYTES: u64 = 64 << 20;
 const MAX_LIST_BYTES: usize = 64 << 20;
 /// Largest chunk a manifest may name (the store's chunk size limit).
 const MAX_CHUNK_BYTES: usize = 64 << 20;
+
+/// Where a ranged read through an edge is.
+struct RangeState {
+    pos: u64,
+    /// First chunk index not yet prefetched.
+    ahead: usize,
+    /// Whether the previous chunk was missing here (None before the first).
+    missed_before: Option<bool>,
+    current: Option<Current>,
+}
+
+type Pieces =
+    std::pin::Pin<Box<dyn Stream<Item = Result<(Bytes, bool), Arc<UpstreamError>>> + Send>>;
+
+/// The chunk being read: its index, where the read of it ends (blob offset), whether it
+/// is held here as of the last piece, and its pieces.
+struct Current {
+    index: usize,
+    to: u64,
+    held: bool,
+    pieces: Pieces,
+}
 
 /// A blob known from upstream's chunk list, not (yet) complete here.
 pub struct Partial {
@@ -70,12 +94,13 @@ impl Upstream {
     /// A blob's manifest: the local one, or upstream's (with the
     /// fill state of a blob not complete here). Concurrent misses fetch the list once.
     ///
-    /// `first`: the offset the caller will read first, if known; the chunk holding it
-    /// comes with upstream's manifest (one round trip for a cold range, not two).
+    /// `first`: the offset the caller will read first, if known, and the artifact kind it
+    /// is read for; the chunk holding it comes with upstream's manifest (one round trip
+    /// for a cold range, not two).
     pub async fn manifest(
         self: &Arc<Self>,
         blob: Hash,
-        first: Option<u64>,
+        first: Option<(u64, &'static str)>,
     ) -> Result<(Arc<Manifest>, Option<Arc<Partial>>), Arc<UpstreamError>> {
         // A blob being filled is not local yet (promotion drops it from here only after
         // its manifest is committed): no engine lookup for it on every request.
@@ -101,21 +126,40 @@ impl Upstream {
 
     /// The blob's manifest from upstream in binary form (`/v1/blobs/{h}/manifest`),
     /// checked for consistency; chunks are verified as they arrive and the whole blob
-    /// before it is promoted.
-    async fn fetch_list(&self, blob: Hash, first: Option<u64>) -> Result<Manifest, UpstreamError> {
+    /// before it is promoted. With `first`, the chunk holding that offset comes in the
+    /// same response, verified streaming, and becomes that chunk's fill.
+    async fn fetch_list(
+        self: &Arc<Self>,
+        blob: Hash,
+        first: Option<(u64, &'static str)>,
+    ) -> Result<Manifest, UpstreamError> {
         let path = match first {
-            Some(at) => format!("v1/blobs/{blob}/manifest?with_chunk_at={at}"),
+            Some((at, _)) => format!("v1/blobs/{blob}/manifest?with_chunk_at={at}&format=bao"),
             None => format!("v1/blobs/{blob}/manifest"),
         };
         let resp = self.get(&path, false).await?;
-        let url = resp.url().to_string();
-        let bytes = self
-            .body(resp, MAX_LIST_BYTES + MAX_CHUNK_BYTES, |_: &[u8]| {})
-            .await?;
-        let (m, used) = Manifest::decode_prefix(&bytes).map_err(|e| UpstreamError::Body {
-            url: url.clone(),
-            message: format!("manifest of {blob}: {e}"),
-        })?;
+        let mut reader = self.reader(resp);
+        let bad = |reader: &BodyReader, message: String| UpstreamError::Body {
+            url: reader.url.clone(),
+            message: format!("manifest of {blob}: {message}"),
+        };
+        let head = match reader.read_bytes_exact(Manifest::HEADER).await {
+            Ok(h) => h,
+            Err(e) => return Err(reader.failure(e)),
+        };
+        let len = Manifest::encoded_len(&head).map_err(|e| bad(&reader, e.to_string()))?;
+        if len > MAX_LIST_BYTES {
+            return Err(bad(
+                &reader,
+                format!("{len} bytes is over {MAX_LIST_BYTES}"),
+            ));
+        }
+        let rest = match reader.read_bytes_exact(len - head.len()).await {
+            Ok(r) => r,
+            Err(e) => return Err(reader.failure(e)),
+        };
+        let m = Manifest::decode(&[&head[..], &rest[..]].concat())
+            .map_err(|e| bad(&reader, e.to_string()))?;
         // A build's manifest must be the one its catalog record names, before any of its
         // bytes are served (otherwise only the whole-blob hash at promotion catches a
         // manifest of the wrong blob).
@@ -124,39 +168,23 @@ impl Upstream {
                 return Err(UpstreamError::WrongManifest(blob));
             }
         }
-        if let Some(at) = first.filter(|at| *at < m.size && used < bytes.len()) {
-            self.take_first_chunk(&m, at, bytes.slice(used..));
-        }
         if m.chunks.iter().any(|c| c.len as usize > MAX_CHUNK_BYTES) {
-            return Err(UpstreamError::Body {
-                url,
-                message: format!("manifest of {blob} names a chunk over {MAX_CHUNK_BYTES} bytes"),
-            });
+            return Err(bad(
+                &reader,
+                format!("names a chunk over {MAX_CHUNK_BYTES} bytes"),
+            ));
+        }
+        if let Some((at, kind)) = first.filter(|(at, _)| *at < m.size) {
+            // The rest of this response is that chunk: its fill reads it from here
+            // (verified group by group like any fill, refetched if it fails).
+            reader.count_from_here();
+            let _ = self.join_or_start(m.chunks[m.chunk_at(at)].hash, kind, Some(reader));
         }
         Ok(m)
     }
 
-    /// Keeps the chunk that came with a manifest if it is the one named at `at` (it is
-    /// verified like any fill; anything else is dropped and counted, and fetched anew).
-    fn take_first_chunk(&self, m: &Manifest, at: u64, bytes: Bytes) {
-        let want = m.chunks[m.chunk_at(at)];
-        if bytes.len() != want.len as usize || Hash::of(&bytes) != want.hash {
-            self.note::<()>(&Err(UpstreamError::Corrupt(want.hash)));
-            return;
-        }
-        self.metrics.upstream_fetches.inc();
-        self.metrics.upstream_bytes.inc_by(bytes.len() as u64);
-        self.store.cache_chunk(want.hash, bytes.clone());
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.put_chunk(want.hash, bytes) {
-                tracing::error!(chunk = %want.hash.short(), error = %e, "storing a filled chunk failed");
-            }
-        });
-    }
-
     /// Streams bytes `start..end` of `blob` (`manifest` from [`Upstream::manifest`]):
-    /// each chunk from the store, or filled from upstream, with the next
+    /// each chunk from the store, or from a fill as its groups verify, with the next
     /// `edge.readahead` chunks of the range started in the background while one is sent.
     pub fn read_range(
         self: &Arc<Self>,
@@ -170,47 +198,104 @@ impl Upstream {
     {
         manifest.check_range(start, end)?;
         let this = self.clone();
-        // (position, first chunk index not yet prefetched, whether a chunk was missed)
-        Ok(futures_util::stream::try_unfold(
-            (start, 0usize, None::<bool>),
-            move |(pos, ahead, missed_before)| {
-                let this = this.clone();
-                let manifest = manifest.clone();
-                let partial = partial.clone();
-                async move {
-                    if pos >= end {
-                        return Ok(None);
+        let state = RangeState {
+            pos: start,
+            ahead: 0,
+            missed_before: None,
+            current: None,
+        };
+        Ok(futures_util::stream::try_unfold(state, move |mut st| {
+            let this = this.clone();
+            let manifest = manifest.clone();
+            let partial = partial.clone();
+            async move {
+                loop {
+                    if st.current.is_none() {
+                        if st.pos >= end {
+                            return Ok(None);
+                        }
+                        let i = manifest.chunk_at(st.pos);
+                        let last = manifest.chunk_at(end - 1);
+                        let hash = manifest.chunks[i].hash;
+                        let missed = !this.store.is_cached(&hash);
+                        // Read-ahead starts from the second chunk of a cold range on:
+                        // the first chunk's response goes out without sharing upstream,
+                        // this node's cores or the upstream's with its followers.
+                        st.ahead = st.ahead.max(i + 1);
+                        if st.missed_before.is_some_and(|before| before || missed) {
+                            let want_ahead = (i + 1 + this.readahead).min(last + 1);
+                            while st.ahead < want_ahead {
+                                this.prefetch(manifest.chunks[st.ahead].hash, kind);
+                                st.ahead += 1;
+                            }
+                        }
+                        st.missed_before = Some(missed);
+                        let chunk_start = manifest.start_of(i);
+                        let chunk_end = chunk_start + manifest.chunks[i].len as u64;
+                        let to = end.min(chunk_end);
+                        st.current = Some(Current {
+                            index: i,
+                            to,
+                            held: false,
+                            pieces: Box::pin(this.chunk_range(
+                                hash,
+                                kind,
+                                st.pos - chunk_start,
+                                to - chunk_start,
+                            )),
+                        });
                     }
-                    let i = manifest.chunk_at(pos);
-                    let last = manifest.chunk_at(end - 1);
-                    let missed = !this.store.is_cached(&manifest.chunks[i].hash);
-                    // Read-ahead starts from the second chunk of a cold range on: the
-                    // first chunk's response goes out without sharing upstream, this
-                    // node's cores or the upstream's with its followers.
-                    let mut ahead = ahead.max(i + 1);
-                    if missed_before.is_some_and(|before| before || missed) {
-                        let want_ahead = (i + 1 + this.readahead).min(last + 1);
-                        while ahead < want_ahead {
-                            this.prefetch(manifest.chunks[ahead].hash, kind);
-                            ahead += 1;
+                    let Some(cur) = st.current.as_mut() else {
+                        continue;
+                    };
+                    let next = futures_util::StreamExt::next(&mut cur.pieces).await;
+                    if let Some(Ok((bytes, held))) = &next {
+                        st.pos += bytes.len() as u64;
+                        cur.held = *held;
+                    }
+                    // The chunk's part of the range is done with its last byte (a reader
+                    // that got every byte it asked for may never poll again).
+                    if st.pos >= cur.to || next.is_none() {
+                        let done = st.current.take().expect("a chunk is being read");
+                        st.pos = st.pos.max(done.to);
+                        if let Some(p) = &partial {
+                            let hash = manifest.chunks[done.index].hash;
+                            this.mark_when_held(blob, p.clone(), done.index, hash, kind, done.held);
                         }
                     }
-                    let chunk_start = manifest.start_of(i);
-                    let bytes = this.chunk(manifest.chunks[i].hash, kind).await?;
-                    if let Some(p) = &partial {
-                        if p.mark(i) {
-                            this.promote(blob, p.clone());
-                        }
+                    match next {
+                        Some(Ok((bytes, _))) => return Ok(Some((bytes, st))),
+                        Some(Err(e)) => return Err(e),
+                        None => {}
                     }
-                    let from = (pos - chunk_start) as usize;
-                    let to = ((end - chunk_start) as usize).min(bytes.len());
-                    Ok(Some((
-                        bytes.slice(from..to),
-                        (chunk_start + to as u64, ahead, Some(missed)),
-                    )))
                 }
-            },
-        ))
+            }
+        }))
+    }
+
+    /// Chunk `index` of a partial blob has been read: counts it as held (now, or when
+    /// its fill completes), promoting the blob when that was its last chunk.
+    fn mark_when_held(
+        self: &Arc<Self>,
+        blob: Hash,
+        partial: Arc<Partial>,
+        index: usize,
+        hash: Hash,
+        kind: &'static str,
+        held: bool,
+    ) {
+        if held {
+            if partial.mark(index) {
+                self.promote(blob, partial);
+            }
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if this.chunk(hash, kind).await.is_ok() && partial.mark(index) {
+                this.promote(blob, partial);
+            }
+        });
     }
 
     /// Every chunk of a partial blob has been read: check the whole blob's blake3 and

@@ -1,30 +1,48 @@
-//! Chunk fills: one upstream fetch per missing chunk, however many readers want it.
+//! Chunk fills: one upstream fetch per missing chunk, however many readers want it, and
+//! every reader gets its bytes as they arrive.
 //!
 //! The first reader to miss starts a fill as its own task (so it completes for the
 //! others even if that reader disconnects) and registers it; later readers join it.
-//! A fill fails on lack of progress (no byte for `stall_timeout`), never on age, and a
-//! chunk whose bytes do not hash to its address is discarded, counted and fetched again.
-//! Every waiter gets the verified chunk at the moment it is stored. At most `max_fills`
-//! fetches run at once, so fill memory is bounded by that many chunks.
+//! Upstream sends the chunk interleaved with its blake3 tree ([`crate::protocol::bao`]),
+//! so each 16 KiB group is verified against the chunk's address on arrival and handed to
+//! every waiter at once: a reader's first byte waits for one group, not the whole chunk.
+//! A fill fails on lack of progress (no byte for `stall_timeout`), never on age; a
+//! group that does not verify fails the transfer, which is counted and fetched again
+//! (groups already verified are kept). The whole chunk is cached and stored once every
+//! group has verified. At most `max_fills` fetches run at once, so fill memory is
+//! bounded by that many chunks.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use futures_util::future::{BoxFuture, FutureExt, Shared};
-use tokio::sync::Semaphore;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::sync::{watch, Semaphore};
 
-use super::{Upstream, UpstreamError};
+use super::{BodyReader, Upstream, UpstreamError};
 use crate::hash::Hash;
+use crate::protocol::bao;
 use crate::store::StoreError;
 
 /// Fetches of one chunk before a fill gives up (corrupt or failed transfers).
 const FILL_ATTEMPTS: usize = 3;
 /// Largest chunk accepted from upstream (the store's chunk size limit).
-const MAX_CHUNK_BYTES: usize = 64 << 20;
+const MAX_CHUNK_BYTES: u64 = 64 << 20;
 
 type Outcome = Result<Bytes, Arc<UpstreamError>>;
-type Pending = Shared<BoxFuture<'static, Outcome>>;
+
+/// What a fill's waiters see.
+#[derive(Default)]
+pub struct Progress {
+    /// Verified groups in order, from the chunk's first byte.
+    groups: Vec<Bytes>,
+    /// Bytes in `groups`.
+    len: u64,
+    /// The whole chunk (cached and being stored), or why the fill failed.
+    end: Option<Outcome>,
+}
+
+type Pending = watch::Receiver<Progress>;
 
 pub struct Fills {
     inflight: Mutex<HashMap<Hash, Pending>>,
@@ -49,8 +67,39 @@ impl Fills {
     }
 }
 
+/// Where a reader of one chunk is: `pos` is the next byte of the chunk it wants.
+struct Reader {
+    hash: Hash,
+    kind: &'static str,
+    pos: u64,
+    to: u64,
+    attempts: usize,
+    fill: Option<Pending>,
+}
+
+impl Progress {
+    /// Bytes `pos..to` of the chunk as far as they are verified, in one piece: from the
+    /// whole chunk once the fill is done, else from the group holding `pos`.
+    fn piece_at(&self, pos: u64, to: u64) -> Option<Bytes> {
+        if let Some(Ok(whole)) = &self.end {
+            let to = to.min(whole.len() as u64);
+            return (pos < to).then(|| whole.slice(pos as usize..to as usize));
+        }
+        let mut at = 0u64;
+        for g in &self.groups {
+            let end = at + g.len() as u64;
+            if pos < end {
+                let to = to.min(end);
+                return Some(g.slice((pos - at) as usize..(to - at) as usize));
+            }
+            at = end;
+        }
+        None
+    }
+}
+
 impl Upstream {
-    /// One chunk, verified: held locally, or filled from upstream. A chunk that is
+    /// One whole chunk, verified: held locally, or filled from upstream. A chunk that is
     /// missing or fails verification locally is refilled.
     /// `kind` is the artifact kind the chunk is read for (upstream bytes are counted by
     /// it: the origin's egress per artifact).
@@ -69,13 +118,97 @@ impl Upstream {
         // A failed fill is retried by the next waiter (here: by this reader, up to the
         // attempt limit), never by everyone at once: the retry is itself coalesced.
         for _ in 0..FILL_ATTEMPTS {
-            match self.join_or_start(hash, kind).await {
+            let mut fill = self.join_or_start(hash, kind, None);
+            let end = match fill.wait_for(|p| p.end.is_some()).await {
+                Ok(p) => p.end.clone(),
+                Err(_) => None,
+            };
+            match end.unwrap_or_else(|| Err(ended_without_outcome())) {
                 Ok(b) => return Ok(b),
                 Err(e) if e.retryable() => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| Arc::new(UpstreamError::Corrupt(hash))))
+    }
+
+    /// Bytes `from..to` of chunk `hash`, verified, as they become available: from the
+    /// store in one piece, or group by group while a fill runs. Each item says whether,
+    /// with it, the whole chunk is held here (false for a read that ends before a fill
+    /// does).
+    pub fn chunk_range(
+        self: &Arc<Self>,
+        hash: Hash,
+        kind: &'static str,
+        from: u64,
+        to: u64,
+    ) -> impl Stream<Item = Result<(Bytes, bool), Arc<UpstreamError>>> + Send + 'static {
+        let reader = Reader {
+            hash,
+            kind,
+            pos: from,
+            to,
+            attempts: 0,
+            fill: None,
+        };
+        let this = self.clone();
+        futures_util::stream::try_unfold(reader, move |mut r| {
+            let this = this.clone();
+            async move { Ok(this.next_piece(&mut r).await?.map(|piece| (piece, r))) }
+        })
+    }
+
+    async fn next_piece(
+        self: &Arc<Self>,
+        r: &mut Reader,
+    ) -> Result<Option<(Bytes, bool)>, Arc<UpstreamError>> {
+        if r.pos >= r.to {
+            return Ok(None);
+        }
+        if r.attempts == 0 {
+            r.attempts = 1;
+            self.recency.touch(r.hash);
+            match self.store.chunk(r.hash).await {
+                Ok(b) => {
+                    let to = r.to.min(b.len() as u64);
+                    let piece = b.slice((r.pos as usize).min(to as usize)..to as usize);
+                    r.pos = r.to;
+                    return Ok(Some((piece, true)));
+                }
+                Err(StoreError::ChunkMissing(_) | StoreError::ChunkCorrupt(_)) => {}
+                Err(e) => return Err(Arc::new(e.into())),
+            }
+            r.fill = Some(self.join_or_start(r.hash, r.kind, None));
+        }
+        loop {
+            let Some(fill) = r.fill.as_mut() else {
+                r.attempts += 1;
+                r.fill = Some(self.join_or_start(r.hash, r.kind, None));
+                continue;
+            };
+            {
+                let p = fill.borrow_and_update();
+                if let Some(piece) = p.piece_at(r.pos, r.to) {
+                    r.pos += piece.len() as u64;
+                    let held = matches!(p.end, Some(Ok(_)));
+                    return Ok(Some((piece, held)));
+                }
+                match &p.end {
+                    // Past the chunk's end: the range asked for more than it holds.
+                    Some(Ok(_)) => return Ok(None),
+                    Some(Err(e)) if e.retryable() && r.attempts < FILL_ATTEMPTS => {
+                        drop(p);
+                        r.fill = None;
+                        continue;
+                    }
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => {}
+                }
+            }
+            if fill.changed().await.is_err() {
+                return Err(ended_without_outcome());
+            }
+        }
     }
 
     /// Starts filling a chunk in the background if it is neither cached nor being filled
@@ -90,68 +223,88 @@ impl Upstream {
         });
     }
 
-    fn join_or_start(self: &Arc<Self>, hash: Hash, kind: &'static str) -> Pending {
+    /// Joins the fill of `hash`, or starts one: from `source` (a response already
+    /// carrying the chunk's encoding) if given, else with a request of its own.
+    pub(super) fn join_or_start(
+        self: &Arc<Self>,
+        hash: Hash,
+        kind: &'static str,
+        source: Option<BodyReader>,
+    ) -> Pending {
         let mut inflight = self.fills.lock();
         if let Some(p) = inflight.get(&hash) {
             self.metrics.upstream_coalesced.inc();
             return p.clone();
         }
+        let (tx, rx) = watch::channel(Progress::default());
+        inflight.insert(hash, rx.clone());
+        drop(inflight);
         let this = self.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel::<Outcome>();
         tokio::spawn(async move {
             // A fill that just finished stored the chunk before deregistering: look
             // again before fetching, so a late reader does not fetch it twice.
             let result = match this.store.cached(&hash) {
                 Some(b) => Ok(b),
-                None => this.fetch_chunk(hash, kind).await,
+                None => this.fetch_chunk(hash, kind, &tx, source).await,
             };
             match result {
                 Ok(bytes) => {
                     // Readers first (cached, then answered), the disk write after; the
                     // fill stays registered until stored, so nobody fetches it again.
                     this.store.cache_chunk(hash, bytes.clone());
-                    let _ = tx.send(Ok(bytes.clone()));
+                    tx.send_modify(|p| {
+                        p.groups.clear();
+                        p.end = Some(Ok(bytes.clone()));
+                    });
                     let store = this.store.clone();
                     let stored = crate::store::blocking(move || store.put_chunk(hash, bytes)).await;
                     if let Err(e) = stored {
                         tracing::error!(chunk = %hash.short(), error = %e, "storing a filled chunk failed");
                     }
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(Arc::new(e)));
-                }
+                Err(e) => tx.send_modify(|p| p.end = Some(Err(Arc::new(e)))),
             }
             this.fills.lock().remove(&hash);
         });
-        let pending: Pending = async move {
-            rx.await.unwrap_or_else(|e| {
-                Err(Arc::new(UpstreamError::Store(StoreError::Task(
-                    e.to_string(),
-                ))))
-            })
-        }
-        .boxed()
-        .shared();
-        inflight.insert(hash, pending.clone());
-        pending
+        rx
     }
 
-    /// Fetches, verifies and stores one chunk; corrupt transfers are retried.
+    /// Fetches and verifies one chunk, publishing each group to the fill's waiters as it
+    /// verifies; failed or corrupt transfers are retried.
     async fn fetch_chunk(
         self: &Arc<Self>,
         hash: Hash,
         kind: &'static str,
+        tx: &watch::Sender<Progress>,
+        mut source: Option<BodyReader>,
     ) -> Result<Bytes, UpstreamError> {
-        let _permit = self
-            .fills
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| UpstreamError::Store(StoreError::Task(e.to_string())))?;
+        let mut permit = None;
         let mut last = UpstreamError::Corrupt(hash);
         for _ in 0..FILL_ATTEMPTS {
+            let reader = match source.take() {
+                // Already under way (it came with the blob's manifest): no permit.
+                Some(r) => Ok(r),
+                None => {
+                    if permit.is_none() {
+                        permit =
+                            Some(self.fills.permits.clone().acquire_owned().await.map_err(
+                                |e| UpstreamError::Store(StoreError::Task(e.to_string())),
+                            )?);
+                    }
+                    self.get(&format!("v1/chunks/{hash}?format=bao"), false)
+                        .await
+                        .map(|resp| {
+                            let mut r = self.reader(resp);
+                            r.count_from_here();
+                            r
+                        })
+                }
+            };
             self.metrics.upstream_fetches.inc();
-            let got = self.fetch_once(hash).await;
+            let got = match reader {
+                Ok(r) => self.receive(hash, r, tx).await,
+                Err(e) => Err(e),
+            };
             self.note(&got);
             match got {
                 Ok(bytes) => {
@@ -171,22 +324,58 @@ impl Upstream {
         Err(last)
     }
 
-    async fn fetch_once(&self, hash: Hash) -> Result<Bytes, UpstreamError> {
-        let resp = self.get(&format!("v1/chunks/{hash}"), false).await?;
-        let metrics = self.metrics.clone();
-        // Hashed piece by piece as it arrives (while the bytes are still in cache), so
-        // the check is done when the last byte is.
-        let mut hasher = blake3::Hasher::new();
-        let bytes = self
-            .body(resp, MAX_CHUNK_BYTES, |piece| {
-                metrics.upstream_bytes.inc_by(piece.len() as u64);
-                hasher.update(piece);
-            })
-            .await?;
-        if Hash::from(hasher.finalize()) != hash {
-            tracing::error!(chunk = %hash.short(), "chunk from upstream failed verification; discarded");
+    /// Reads one encoded chunk from `reader`, verifying it group by group; groups the
+    /// fill already has (from an earlier, failed transfer) are not added again.
+    async fn receive(
+        &self,
+        hash: Hash,
+        mut reader: BodyReader,
+        tx: &watch::Sender<Progress>,
+    ) -> Result<Bytes, UpstreamError> {
+        let decoded = bao::decode(hash, &mut reader, MAX_CHUNK_BYTES, |at, group| {
+            tx.send_if_modified(|p| {
+                if at != p.len {
+                    return false;
+                }
+                p.len += group.len() as u64;
+                p.groups.push(group);
+                true
+            });
+        })
+        .await;
+        let size = match decoded {
+            Ok(size) => size,
+            Err(bao::DecodeError::Corrupt) => {
+                tracing::error!(chunk = %hash.short(), "chunk from upstream failed verification; discarded");
+                return Err(UpstreamError::Corrupt(hash));
+            }
+            Err(bao::DecodeError::TooLarge(n)) => {
+                return Err(UpstreamError::Body {
+                    url: reader.url.clone(),
+                    message: format!("chunk {hash} of {n} bytes is over {MAX_CHUNK_BYTES}"),
+                })
+            }
+            Err(bao::DecodeError::Io(e)) => return Err(reader.failure(e)),
+        };
+        let p = tx.borrow();
+        if p.len != size {
             return Err(UpstreamError::Corrupt(hash));
         }
-        Ok(bytes)
+        Ok(match p.groups.as_slice() {
+            [one] => one.clone(),
+            groups => {
+                let mut whole = BytesMut::with_capacity(size as usize);
+                for g in groups {
+                    whole.extend_from_slice(g);
+                }
+                whole.freeze()
+            }
+        })
     }
+}
+
+fn ended_without_outcome() -> Arc<UpstreamError> {
+    Arc::new(UpstreamError::Store(StoreError::Task(
+        "a chunk fill ended without an outcome".into(),
+    )))
 }

@@ -131,7 +131,7 @@ async fn fill_queue(
         let started = Instant::now();
         let mut bytes = 0u64;
         let result = async {
-            let (m, partial) = up.manifest(blob, Some(0)).await?;
+            let (m, partial) = up.manifest(blob, Some((0, kind))).await?;
             let size = m.size;
             let mut s = Box::pin(
                 up.read_range(blob, kind, m, partial, 0, size)

@@ -391,6 +391,9 @@ pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
     pub headers: Vec<(String, String)>,
+    /// Send only the body's first N bytes until the gate is notified, then the rest
+    /// (a transfer that stalls mid-body).
+    pub hold: Option<(usize, std::sync::Arc<tokio::sync::Notify>)>,
 }
 
 impl Reply {
@@ -399,6 +402,7 @@ impl Reply {
             status: 200,
             body: serde_json::to_vec(v).unwrap(),
             headers: vec![("content-type".into(), "application/json".into())],
+            hold: None,
         }
     }
 }
@@ -436,6 +440,7 @@ pub async fn forward(upstream: &str, req: &Intercept) -> Reply {
         status,
         body,
         headers,
+        hold: None,
     }
 }
 
@@ -483,7 +488,24 @@ pub async fn rewriting_proxy(upstream: String, hook: Hook) -> String {
             for (k, v) in &reply.headers {
                 b = b.header(k.as_str(), v.as_str());
             }
-            b.body(Body::from(reply.body)).unwrap()
+            match reply.hold {
+                None => b.body(Body::from(reply.body)).unwrap(),
+                Some((n, gate)) => {
+                    use futures_util::StreamExt;
+                    let mut body = reply.body;
+                    let total = body.len();
+                    let rest = body.split_off(n.min(total));
+                    let frames = futures_util::stream::iter([Ok::<_, std::io::Error>(body)]).chain(
+                        futures_util::stream::once(async move {
+                            gate.notified().await;
+                            Ok(rest)
+                        }),
+                    );
+                    b.header("content-length", total.to_string())
+                        .body(Body::from_stream(frames))
+                        .unwrap()
+                }
+            }
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
