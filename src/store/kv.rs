@@ -86,6 +86,13 @@ pub trait KvStore: Send + Sync + 'static {
     /// Exact membership (may be cheaper than `get` for large values).
     fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, StoreError>;
 
+    /// False only if `key` is certainly absent, answered from memory (memtables and
+    /// cached filters), never from disk: cheap enough for an async thread. True means
+    /// "look it up".
+    fn may_contain(&self, _cf: Cf, _key: &[u8]) -> bool {
+        true
+    }
+
     /// Applies `batch` atomically; with `sync`, durable on return (and so is every
     /// earlier write).
     fn write(&self, batch: Batch, sync: bool) -> Result<(), StoreError>;

@@ -36,6 +36,18 @@ impl Store {
         self.cache.chunks.get(hash)
     }
 
+    /// False only if this store certainly does not hold the chunk (answered from memory,
+    /// no engine read: what an edge asks before filling a chunk it has never seen).
+    pub fn may_hold_chunk(&self, hash: &Hash) -> bool {
+        self.is_cached(hash) || self.kv.may_contain(super::Cf::Chunks, hash.as_bytes())
+    }
+
+    /// Like [`Store::may_hold_chunk`], for a blob's manifest.
+    pub fn may_hold_blob(&self, hash: &Hash) -> bool {
+        self.cache.manifests.get(hash).is_some()
+            || self.kv.may_contain(super::Cf::Blobs, hash.as_bytes())
+    }
+
     pub fn is_cached(&self, hash: &Hash) -> bool {
         self.cache.chunks.contains_key(hash)
     }

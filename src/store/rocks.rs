@@ -115,6 +115,17 @@ impl KvStore for RocksKv {
             .is_some())
     }
 
+    fn may_contain(&self, cf: Cf, key: &[u8]) -> bool {
+        let Ok(h) = self.cf(cf) else {
+            return true;
+        };
+        // Block-cache tier: a filter block not in memory answers "may exist" instead of
+        // being read from disk.
+        let mut o = ReadOptions::default();
+        o.set_read_tier(rocksdb::ReadTier::BlockCache);
+        self.db.key_may_exist_cf_opt(h, key, &o)
+    }
+
     fn write(&self, batch: Batch, sync: bool) -> Result<(), StoreError> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
@@ -168,5 +179,31 @@ impl KvStore for RocksKv {
             self.db.flush_cf(self.cf(cf)?).map_err(err)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn may_contain_never_denies_a_stored_key_and_denies_absent_ones_from_the_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = RocksKv::open(dir.path()).unwrap();
+        let keys: Vec<[u8; 32]> = (0u8..200).map(|i| [i; 32]).collect();
+        let mut batch = Batch::default();
+        for k in &keys {
+            batch.put(Cf::Chunks, k.to_vec(), vec![k[0]; 100]);
+        }
+        kv.write(batch, false).unwrap();
+        // In the memtable, then in a flushed table file.
+        assert!(keys.iter().all(|k| kv.may_contain(Cf::Chunks, k)));
+        kv.db.flush_cf(kv.cf(Cf::Chunks).unwrap()).unwrap();
+        assert!(keys.iter().all(|k| kv.may_contain(Cf::Chunks, k)));
+        let denied = (0u32..1000)
+            .map(|i| *crate::hash::Hash::of(&i.to_le_bytes()).as_bytes())
+            .filter(|k| !kv.may_contain(Cf::Chunks, k))
+            .count();
+        assert!(denied > 900, "only {denied} of 1000 absent keys denied");
     }
 }

@@ -107,10 +107,13 @@ impl Upstream {
         if let Some(p) = self.partials.get(&blob) {
             return Ok((p.manifest.clone(), Some(p)));
         }
-        match self.store.manifest(blob).await {
-            Ok(m) => return Ok((m, None)),
-            Err(StoreError::BlobNotFound(_)) => {}
-            Err(e) => return Err(Arc::new(e.into())),
+        // A blob the engine certainly lacks (from memory) costs no engine read.
+        if self.store.may_hold_blob(&blob) {
+            match self.store.manifest(blob).await {
+                Ok(m) => return Ok((m, None)),
+                Err(StoreError::BlobNotFound(_)) => {}
+                Err(e) => return Err(Arc::new(e.into())),
+            }
         }
         match self.partials.get_value_or_guard_async(&blob).await {
             Ok(p) => Ok((p.manifest.clone(), Some(p))),

@@ -109,10 +109,8 @@ impl Upstream {
         kind: &'static str,
     ) -> Result<Bytes, Arc<UpstreamError>> {
         self.recency.touch(hash);
-        match self.store.chunk(hash).await {
-            Ok(b) => return Ok(b),
-            Err(StoreError::ChunkMissing(_) | StoreError::ChunkCorrupt(_)) => {}
-            Err(e) => return Err(Arc::new(e.into())),
+        if let Some(b) = self.local_chunk(hash).await? {
+            return Ok(b);
         }
         let mut last = None;
         // A failed fill is retried by the next waiter (here: by this reader, up to the
@@ -130,6 +128,23 @@ impl Upstream {
             }
         }
         Err(last.unwrap_or_else(|| Arc::new(UpstreamError::Corrupt(hash))))
+    }
+
+    /// The chunk if this edge holds it intact. A chunk the engine certainly lacks (its
+    /// filters say so, from memory) costs no engine read: a cold chunk's fill starts at
+    /// once instead of after a blocking-pool round trip.
+    async fn local_chunk(
+        self: &Arc<Self>,
+        hash: Hash,
+    ) -> Result<Option<Bytes>, Arc<UpstreamError>> {
+        if !self.store.may_hold_chunk(&hash) {
+            return Ok(None);
+        }
+        match self.store.chunk(hash).await {
+            Ok(b) => Ok(Some(b)),
+            Err(StoreError::ChunkMissing(_) | StoreError::ChunkCorrupt(_)) => Ok(None),
+            Err(e) => Err(Arc::new(e.into())),
+        }
     }
 
     /// Bytes `from..to` of chunk `hash`, verified, as they become available: from the
@@ -168,15 +183,11 @@ impl Upstream {
         if r.attempts == 0 {
             r.attempts = 1;
             self.recency.touch(r.hash);
-            match self.store.chunk(r.hash).await {
-                Ok(b) => {
-                    let to = r.to.min(b.len() as u64);
-                    let piece = b.slice((r.pos as usize).min(to as usize)..to as usize);
-                    r.pos = r.to;
-                    return Ok(Some((piece, true)));
-                }
-                Err(StoreError::ChunkMissing(_) | StoreError::ChunkCorrupt(_)) => {}
-                Err(e) => return Err(Arc::new(e.into())),
+            if let Some(b) = self.local_chunk(r.hash).await? {
+                let to = r.to.min(b.len() as u64);
+                let piece = b.slice((r.pos as usize).min(to as usize)..to as usize);
+                r.pos = r.to;
+                return Ok(Some((piece, true)));
             }
             r.fill = Some(self.join_or_start(r.hash, r.kind, None));
         }
