@@ -50,6 +50,21 @@ pub struct ServerConfig {
     /// Bearer token edges present to read this node's change feed (an edge-scoped
     /// credential: it opens nothing else). Default empty = only the admin token reads it.
     pub replication_token: String,
+    /// Most connections served at once; a connection past it is answered `503` (with
+    /// `Retry-After: 1`) and closed. The open-files limit is raised to allow it (its hard
+    /// limit permitting). Default `16384`.
+    pub max_connections: usize,
+    /// A client must send a request's whole header within this time, and an idle HTTP/1
+    /// keep-alive connection is closed after it (slowloris protection). Default `20`.
+    pub header_read_timeout: Seconds,
+    /// TCP keepalive probes after this much silence (dead peers free their connection);
+    /// `0` = off. Default `60`.
+    pub tcp_keepalive: Seconds,
+    /// HTTP/2 ping interval; a connection whose ping is not answered within the same time
+    /// is closed. `0` = off. Default `30`.
+    pub h2_keepalive: Seconds,
+    /// Concurrent streams per HTTP/2 connection (nginx's default is 128). Default `128`.
+    pub h2_max_streams: u32,
 }
 
 /// `[store]`: chunking and the hot cache.
@@ -156,6 +171,11 @@ impl Default for Config {
                 data_dir: PathBuf::from("./data"),
                 admin_token: String::new(),
                 replication_token: String::new(),
+                max_connections: 16_384,
+                header_read_timeout: Seconds(20),
+                tcp_keepalive: Seconds(60),
+                h2_keepalive: Seconds(30),
+                h2_max_streams: 128,
             },
             store: StoreConfig {
                 cache_size: ByteSize(512 << 20),
@@ -356,6 +376,13 @@ impl Config {
                     .into(),
             ));
         }
+        let sv = &self.server;
+        if sv.max_connections == 0 || sv.header_read_timeout.0 == 0 || sv.h2_max_streams == 0 {
+            return Err(ConfigError::Invalid(
+                "server: max_connections, header_read_timeout and h2_max_streams must be at least 1"
+                    .into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.delta.worth_it_ratio) {
             return Err(ConfigError::Invalid(
                 "delta.worth_it_ratio must be in 0..=1".into(),
@@ -492,7 +519,20 @@ mod tests {
             (c.tuf.timestamp_ttl, c.tuf.snapshot_ttl, c.tuf.targets_ttl),
             (Seconds(86_400), Seconds(604_800), Seconds(7_776_000))
         );
+        assert_eq!(
+            (
+                c.server.max_connections,
+                c.server.header_read_timeout,
+                c.server.tcp_keepalive,
+                c.server.h2_keepalive,
+                c.server.h2_max_streams
+            ),
+            (16_384, Seconds(20), Seconds(60), Seconds(30), 128)
+        );
         assert_eq!(parse("").unwrap(), c);
+        // The shipped example states every default.
+        let example = std::fs::read_to_string(manifest_dir().join("config/edge.toml")).unwrap();
+        assert_eq!(parse(&example).unwrap(), c);
     }
 
     #[test]

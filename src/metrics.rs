@@ -115,6 +115,9 @@ pub struct Metrics {
     pub deltas_obtained: Family<SourceLabel, Counter>,
     /// Edge role: bytes filled from upstream by the artifact kind they were read for.
     pub upstream_artifact_bytes: Family<KindLabel, Counter>,
+    /// Client connections being served, and those refused at `server.max_connections`.
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -157,6 +160,8 @@ impl Metrics {
             store_evicted_bytes: Counter::default(),
             deltas_obtained: Family::default(),
             upstream_artifact_bytes: Family::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -239,6 +244,16 @@ impl Metrics {
             "update_edge_tuf_metadata_version",
             "Version of the served TUF metadata, by role",
             m.tuf_version.clone(),
+        );
+        registry.register(
+            "update_edge_connections_open",
+            "Client connections being served",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "update_edge_connections_refused",
+            "Connections answered 503 and closed because server.max_connections were open",
+            m.connections_refused.clone(),
         );
         registry.register(
             "update_edge_upstream_fetches",

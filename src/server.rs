@@ -241,13 +241,9 @@ impl RunningServer {
 
 /// Serves `node` on `listener` until stopped.
 pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServer> {
-    use axum::serve::ListenerExt;
     let addr = listener.local_addr()?;
     let app = router(node.state());
     let (tx, rx) = oneshot::channel::<()>();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let mut background = Vec::new();
     let resigner = match &node.upstream {
         None => tokio::spawn(resign_loop(node.repo.clone())),
@@ -274,13 +270,9 @@ pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServe
             }))
         }
     };
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let limits = Limits::from(&node.config.server);
+    let metrics = node.metrics.clone();
+    let task = tokio::spawn(serve(listener, app, limits, metrics, rx));
     Ok(RunningServer {
         addr,
         shutdown: tx,
@@ -288,6 +280,111 @@ pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServe
         resigner,
         background,
     })
+}
+
+/// Connection limits and timeouts (`[server]`).
+#[derive(Clone, Copy)]
+struct Limits {
+    max_connections: usize,
+    header_read_timeout: Duration,
+    tcp_keepalive: Option<Duration>,
+    h2_keepalive: Option<Duration>,
+    h2_max_streams: u32,
+}
+
+impl From<&crate::config::ServerConfig> for Limits {
+    fn from(c: &crate::config::ServerConfig) -> Self {
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        Limits {
+            max_connections: c.max_connections,
+            header_read_timeout: Duration::from_secs(c.header_read_timeout.0),
+            tcp_keepalive: secs(c.tcp_keepalive.0),
+            h2_keepalive: secs(c.h2_keepalive.0),
+            h2_max_streams: c.h2_max_streams,
+        }
+    }
+}
+
+/// What a connection past `server.max_connections` is told before it is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// The accept loop: HTTP/1.1 and cleartext HTTP/2 on one socket, hyper's timers on (a
+/// header must arrive within `header_read_timeout`, which also ends idle HTTP/1
+/// keep-alives; HTTP/2 pings), at most `max_connections` served at once. On `stop`,
+/// stops accepting and lets open connections finish their requests.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    mut stop: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_streams)
+        .keep_alive_interval(limits.h2_keepalive);
+    if let Some(every) = limits.h2_keepalive {
+        builder.http2().keep_alive_timeout(every);
+    }
+    let keepalive = limits.tcp_keepalive.map(|t| {
+        socket2::TcpKeepalive::new()
+            .with_time(t)
+            .with_interval(t / 4)
+    });
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors (or a connection reset before accept):
+                    // back off instead of spinning; serving connections continue.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        if let Some(k) = &keepalive {
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(k);
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.connections_refused.inc();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut tcp = tcp;
+                let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(BUSY)).await;
+            });
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let open = metrics.connections_open.clone();
+        open.inc();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            open.dec();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Re-signs online TUF metadata before it expires: checks every tenth of the timestamp

@@ -24,6 +24,17 @@ pub fn run(mut config: Config, demo: bool) -> anyhow::Result<u8> {
     if demo {
         demo_keys(&config.tuf.keys_dir)?;
     }
+    // Room for server.max_connections (plus RocksDB's files): raise the soft limit on
+    // open files to the hard one, as nginx's worker_rlimit_nofile does.
+    let want = config.server.max_connections as u64 + 1024;
+    match rlimit::increase_nofile_limit(want) {
+        Ok(got) if got < want => eprintln!(
+            "warning: open-files limit is {got}; server.max_connections = {} needs about {want} (raise LimitNOFILE / ulimit -n)",
+            config.server.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open-files limit: {e}"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -1,0 +1,109 @@
+//! Connection limits and timeouts (`[server]`), over real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use update_edge::config::Seconds;
+
+/// Reads until the peer closes; fails the test if it has not within `secs`.
+async fn read_until_closed(tcp: &mut TcpStream, secs: u64) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(secs), tcp.read_to_end(&mut got)).await;
+    match read {
+        Ok(Ok(_)) => got,
+        // A reset after the server gave up is a close too.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => got,
+        Ok(Err(e)) => panic!("reading: {e}"),
+        Err(_) => panic!("the node kept the connection open past {secs} s"),
+    }
+}
+
+#[tokio::test]
+async fn a_half_sent_header_and_an_idle_keep_alive_are_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.server.header_read_timeout = Seconds(1);
+    let node = TestNode::start(cfg).await;
+    let addr = node.url.trim_start_matches("http://").to_string();
+
+    // Slowloris: half a header, then nothing.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut slow, 10).await;
+    assert!(
+        !String::from_utf8_lossy(&got).contains("200 OK"),
+        "a half header was answered"
+    );
+
+    // Keep-alive: one request answered, then the idle connection is closed.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut idle, 10).await;
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // The node still serves.
+    let r = client()
+        .get(format!("{}/healthz", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_get_503_and_the_node_serves_again_when_one_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.server.max_connections = 3;
+    let node = TestNode::start(cfg).await;
+    let addr = node.url.trim_start_matches("http://").to_string();
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(&addr).await.unwrap();
+        // A request answered proves the connection holds a slot.
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(c);
+    }
+    let mut extra = TcpStream::connect(&addr).await.unwrap();
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = String::from_utf8_lossy(&read_until_closed(&mut extra, 10).await).to_lowercase();
+    assert!(got.starts_with("http/1.1 503"), "{got}");
+    assert!(got.contains("retry-after: 1"), "{got}");
+
+    let healthy = || async {
+        reqwest::Client::new()
+            .get(format!("{}/healthz", node.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+    };
+    drop(held.pop());
+    assert!(eventually(10, healthy).await, "a freed slot is used again");
+    drop(held);
+    assert!(eventually(10, healthy).await);
+    // At least the one above (a probe that raced a slot's release may add to it).
+    assert!(node.metric("update_edge_connections_refused_total").await >= 1.0);
+    node.stop().await;
+}
