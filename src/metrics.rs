@@ -118,6 +118,8 @@ pub struct Metrics {
     /// Client connections being served, and those refused at `server.max_connections`.
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    /// Checks answered whose device record could not be written.
+    pub device_record_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -162,6 +164,7 @@ impl Metrics {
             upstream_artifact_bytes: Family::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            device_record_errors: Counter::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -244,6 +247,11 @@ impl Metrics {
             "update_edge_tuf_metadata_version",
             "Version of the served TUF metadata, by role",
             m.tuf_version.clone(),
+        );
+        registry.register(
+            "update_edge_device_record_errors",
+            "Checks answered whose device record could not be written (the check still succeeds)",
+            m.device_record_errors.clone(),
         );
         registry.register(
             "update_edge_connections_open",

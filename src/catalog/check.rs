@@ -80,6 +80,12 @@ impl Checker {
             .map_err(|e: super::version::BadVersion| CatalogError::Invalid(e.to_string()))?;
         let product = self.catalog.product(&req.product)?;
         let ring_name = req.ring.clone().unwrap_or_else(|| DEFAULT_RING.to_string());
+        if !super::model::valid_name(&ring_name) {
+            return Err(CatalogError::Invalid(
+                "ring must be 1-64 bytes of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+                    .into(),
+            ));
+        }
         let (update, saved) = match self.target(
             &req.product,
             &req.device_id,
@@ -108,16 +114,30 @@ impl Checker {
             Outcome::Update
         };
         let now = now_secs();
-        self.catalog.record_device(
-            &req.product,
-            &req.device_id,
-            &DeviceRecord {
-                version: current.to_string(),
-                ring: ring_name,
-                last_seen: now,
-                result: if update.is_null() { "none" } else { "update" }.into(),
-            },
-        )?;
+        // The device record is telemetry: written off the async workers, and a failed
+        // write (a full disk, a stalled engine) is logged and counted, never the
+        // device's problem.
+        let record = DeviceRecord {
+            version: current.to_string(),
+            ring: ring_name,
+            last_seen: now,
+            result: if update.is_null() { "none" } else { "update" }.into(),
+        };
+        let (catalog, product_slug, device) = (
+            self.catalog.clone(),
+            req.product.clone(),
+            req.device_id.clone(),
+        );
+        let written = tokio::task::spawn_blocking(move || {
+            catalog.record_device(&product_slug, &device, &record)
+        })
+        .await
+        .map_err(|e| CatalogError::Invalid(e.to_string()))
+        .and_then(|r| r);
+        if let Err(e) = written {
+            self.catalog.store().metrics().device_record_errors.inc();
+            tracing::warn!(device = %req.device_id, error = %e, "recording a device's check failed");
+        }
         let answer = json!({
             "product": req.product,
             "device_id": req.device_id,
@@ -204,5 +224,69 @@ impl Checker {
             "chunks_url": format!("/v1/blobs/{}/chunks", target.blob), "chunks_blake3": list_hash,
         }));
         Ok((out, saved))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_util::memory_store;
+    use crate::store::Cf;
+
+    fn checker(dir: &std::path::Path) -> (Checker, Arc<crate::store::memory::MemoryKv>) {
+        let (store, kv) = memory_store();
+        let catalog = Arc::new(Catalog::new(store.clone()).unwrap());
+        catalog
+            .put_product("gw", "Gateway", Hardware::default())
+            .unwrap();
+        let key = crate::repo::keys::KeyPair::create(&dir.join("director.pk8")).unwrap();
+        let checker = Checker {
+            chunk_lists: ChunkLists::new(store, None),
+            catalog,
+            signer: Signer::new(Arc::new(key)),
+            scheduler: None,
+            edge: false,
+            answer_ttl_secs: 60,
+        };
+        (checker, kv)
+    }
+
+    fn request(ring: Option<&str>) -> CheckRequest {
+        serde_json::from_value(json!({
+            "product": "gw", "device_id": "d1", "version": "1.0.0", "ring": ring
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_device_record_is_counted_and_the_device_still_gets_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, kv) = checker(dir.path());
+        let errors = || c.catalog.store().metrics().device_record_errors.get();
+        c.check(&request(None)).await.unwrap();
+        assert_eq!(errors(), 0);
+        assert_eq!(c.catalog.device_stats("gw").unwrap().devices, 1);
+        kv.fail_writes_to(Some(Cf::Devices));
+        let (answer, outcome, _) = c.check(&request(None)).await.unwrap();
+        assert_eq!(outcome, Outcome::None);
+        assert_eq!(answer["device_id"], "d1");
+        assert_eq!(errors(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_ring_name_is_validated_like_every_other_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = checker(dir.path());
+        for bad in ["", "Preview", "a b", "../x", &"r".repeat(65)] {
+            assert!(
+                matches!(
+                    c.check(&request(Some(bad))).await,
+                    Err(CatalogError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        c.check(&request(Some("preview-1.a_b"))).await.unwrap();
+        assert_eq!(c.catalog.device_stats("gw").unwrap().devices, 1);
     }
 }

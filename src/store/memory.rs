@@ -11,11 +11,18 @@ type Table = BTreeMap<Vec<u8>, Vec<u8>>;
 #[derive(Default)]
 pub struct MemoryKv {
     tables: RwLock<BTreeMap<Cf, Table>>,
+    /// Writes touching this column family fail (a full disk, a stalled engine).
+    failing: RwLock<Option<Cf>>,
 }
 
 impl MemoryKv {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes every write that touches `cf` fail from now on (`None`: none fail).
+    pub fn fail_writes_to(&self, cf: Option<Cf>) {
+        *self.failing.write().unwrap_or_else(|e| e.into_inner()) = cf;
     }
 
     /// Overwrites a value in place, bypassing every check (to simulate disk corruption).
@@ -37,6 +44,13 @@ impl KvStore for MemoryKv {
     }
 
     fn write(&self, batch: Batch, _sync: bool) -> Result<(), StoreError> {
+        let failing = *self.failing.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(cf) = failing.filter(|cf| batch.ops.iter().any(|op| op.0 == *cf)) {
+            return Err(StoreError::Engine(format!(
+                "injected write failure on {}",
+                cf.name()
+            )));
+        }
         let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
         for (cf, key, value) in batch.ops {
             let table = t.entry(cf).or_default();
