@@ -120,6 +120,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Checks answered whose device record could not be written.
     pub device_record_errors: Counter,
+    /// Delta jobs that panicked (caught: the job fails, the worker lives on).
+    pub delta_job_panics: Counter,
 }
 
 impl Default for Metrics {
@@ -165,6 +167,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             device_record_errors: Counter::default(),
+            delta_job_panics: Counter::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -247,6 +250,11 @@ impl Metrics {
             "update_edge_tuf_metadata_version",
             "Version of the served TUF metadata, by role",
             m.tuf_version.clone(),
+        );
+        registry.register(
+            "update_edge_delta_job_panics",
+            "Delta jobs that panicked (caught and recorded as failed; the worker continues)",
+            m.delta_job_panics.clone(),
         );
         registry.register(
             "update_edge_device_record_errors",

@@ -203,8 +203,9 @@ impl Checker {
                             saved = target.size.saturating_sub(d.delta_size);
                         }
                     }
-                    Some(_) => {}
-                    None => {
+                    Some(d) if d.status != DeltaStatus::Failed => {}
+                    // Missing, or failed (queued again once its backoff has passed).
+                    _ => {
                         if let Some(s) = &self.scheduler {
                             let store = self.catalog.store();
                             if !self.edge

@@ -115,6 +115,21 @@ pub struct DeltaRecord {
     pub zstd_full_size: u64,
     pub compute_seconds: f64,
     pub created_at: u64,
+    /// Failed computations of this pair so far (a failed pair is retried with backoff).
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+impl DeltaRecord {
+    /// A failed pair may be computed again once its backoff has passed: 1 min after the
+    /// first failure, doubling per failure, at most a day.
+    pub fn retry_due(&self, now: u64) -> bool {
+        if self.status != DeltaStatus::Failed {
+            return false;
+        }
+        let backoff = 60u64 << self.attempts.saturating_sub(1).min(11);
+        now >= self.created_at.saturating_add(backoff.min(86_400))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,4 +156,37 @@ pub fn valid_name(s: &str) -> bool {
             b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
         })
         && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_delta_is_retried_after_a_doubling_backoff_capped_at_a_day() {
+        let h = crate::hash::Hash::of(b"x");
+        let rec = |status, attempts| DeltaRecord {
+            from: h,
+            to: h,
+            status,
+            delta: None,
+            delta_size: 0,
+            to_size: 0,
+            zstd_full_size: 0,
+            compute_seconds: 0.0,
+            created_at: 1000,
+            attempts,
+        };
+        let failed = |attempts| rec(DeltaStatus::Failed, attempts);
+        assert!(!failed(1).retry_due(1059));
+        assert!(failed(1).retry_due(1060));
+        assert!(!failed(3).retry_due(1239));
+        assert!(failed(3).retry_due(1240));
+        assert!(!failed(40).retry_due(1000 + 86_399));
+        assert!(failed(40).retry_due(1000 + 86_400));
+        // Records from before attempts were counted: the first backoff.
+        assert!(failed(0).retry_due(1060));
+        assert!(!rec(DeltaStatus::Ready, 1).retry_due(u64::MAX));
+        assert!(!rec(DeltaStatus::NotWorthIt, 1).retry_due(u64::MAX));
+    }
 }

@@ -66,9 +66,15 @@ impl DeltaScheduler {
     }
 
     /// Queues a pair unless it is queued, running, or already recorded. True if queued.
+    /// A pair that failed is queued again once its backoff has passed.
     pub fn enqueue(&self, from: Hash, to: Hash) -> bool {
-        if from == to || matches!(self.inner.catalog.delta(&from, &to), Ok(Some(_))) {
+        if from == to {
             return false;
+        }
+        match self.inner.catalog.delta(&from, &to) {
+            Ok(None) => {}
+            Ok(Some(r)) if r.retry_due(now_secs()) => {}
+            Ok(Some(_)) | Err(_) => return false,
         }
         let mut inflight = self
             .inner
@@ -116,13 +122,28 @@ fn worker(inner: std::sync::Weak<Inner>, rx: Arc<Mutex<Receiver<(Hash, Hash)>>>)
         m.delta_jobs.get_or_create(&JobState::queued()).dec();
         m.delta_jobs.get_or_create(&JobState::running()).inc();
         let started = Instant::now();
-        let result = compute(&inner, from, to);
+        // A panic in a job is this job's failure, not the worker's end.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compute(&inner, from, to)))
+                .unwrap_or_else(|panic| {
+                    m.delta_job_panics.inc();
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(format!("delta job panicked: {what}").into())
+                });
         m.delta_compute_seconds
             .observe(started.elapsed().as_secs_f64());
         m.delta_jobs.get_or_create(&JobState::running()).dec();
         let record = result.unwrap_or_else(|e| {
-            tracing::error!(from = %from.short(), to = %to.short(), error = %e, "delta computation failed");
-            DeltaRecord { from, to, status: DeltaStatus::Failed, delta: None, delta_size: 0, to_size: 0, zstd_full_size: 0, compute_seconds: started.elapsed().as_secs_f64(), created_at: now_secs() }
+            let attempts = match inner.catalog.delta(&from, &to) {
+                Ok(Some(r)) if r.status == DeltaStatus::Failed => r.attempts + 1,
+                _ => 1,
+            };
+            tracing::error!(from = %from.short(), to = %to.short(), attempts, error = %e, "delta computation failed; retried after a backoff");
+            DeltaRecord { from, to, status: DeltaStatus::Failed, delta: None, delta_size: 0, to_size: 0, zstd_full_size: 0, compute_seconds: started.elapsed().as_secs_f64(), created_at: now_secs(), attempts }
         });
         if let Err(e) = inner.catalog.put_delta(&record) {
             tracing::error!(error = %e, "recording delta failed");
@@ -140,6 +161,10 @@ fn compute(
     from: Hash,
     to: Hash,
 ) -> Result<DeltaRecord, Box<dyn std::error::Error + Send + Sync>> {
+    #[cfg(test)]
+    if tests::PANIC_NEXT.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        panic!("injected by a test");
+    }
     let store = inner.catalog.store();
     let old = BlobSource::open(store.clone(), from)?;
     let new = BlobSource::open(store.clone(), to)?;
@@ -171,6 +196,7 @@ fn compute(
         zstd_full_size: full,
         compute_seconds: report.seconds,
         created_at: now_secs(),
+        attempts: 0,
     };
     if worth {
         file.rewind()?;
@@ -247,5 +273,56 @@ impl ReadAt for BlobSource {
             pos += take as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_util::{memory_store, noise};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The next job panics (once).
+    pub static PANIC_NEXT: AtomicBool = AtomicBool::new(false);
+
+    fn wait_for(catalog: &Catalog, from: Hash, to: Hash) -> DeltaRecord {
+        for _ in 0..500 {
+            if let Ok(Some(r)) = catalog.delta(&from, &to) {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no record for the pair after 5 s");
+    }
+
+    #[test]
+    fn a_panicking_job_is_recorded_as_failed_and_the_worker_goes_on() {
+        let (store, _) = memory_store();
+        let catalog = Arc::new(Catalog::new(store.clone()).unwrap());
+        let metrics = store.metrics().clone();
+        let a = store
+            .put_reader(&noise(50_000, 1)[..], |_| {})
+            .unwrap()
+            .hash;
+        let b = store
+            .put_reader(&noise(50_000, 2)[..], |_| {})
+            .unwrap()
+            .hash;
+        let opts = SchedulerOptions {
+            workers: 1,
+            worth_it_ratio: 1.0,
+            memory_limit: 1 << 30,
+            zstd_level: 3,
+        };
+        let s = DeltaScheduler::start(catalog.clone(), metrics.clone(), opts);
+        PANIC_NEXT.store(true, Ordering::SeqCst);
+        assert!(s.enqueue(a, b));
+        let r = wait_for(&catalog, a, b);
+        assert_eq!((r.status, r.attempts), (DeltaStatus::Failed, 1));
+        assert_eq!(metrics.delta_job_panics.get(), 1);
+        // Not again before its backoff; the one worker still computes other pairs.
+        assert!(!s.enqueue(a, b));
+        assert!(s.enqueue(b, a));
+        assert_ne!(wait_for(&catalog, b, a).status, DeltaStatus::Failed);
     }
 }
