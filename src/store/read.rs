@@ -12,6 +12,21 @@ use futures_util::Stream;
 use super::{blocking, Manifest, Store, StoreError};
 use crate::hash::Hash;
 
+/// Largest piece of a chunk copied out of it rather than shared.
+const COPY_BELOW: usize = 64 << 10;
+
+/// Bytes `from..to` of a chunk, for a response. A large part shares the chunk (no copy);
+/// a small one is copied, so a client that asks for a few bytes and never reads them
+/// pins those bytes, not the whole chunk (up to 1 MiB) they came from.
+pub fn piece_of(chunk: &Bytes, from: usize, to: usize) -> Bytes {
+    let len = to.saturating_sub(from);
+    if len <= COPY_BELOW && len < chunk.len() / 2 {
+        Bytes::copy_from_slice(&chunk[from..to])
+    } else {
+        chunk.slice(from..to)
+    }
+}
+
 impl Store {
     /// One chunk, verified: from the cache, or read once from the engine however many
     /// requests miss on it at the same moment.
@@ -73,7 +88,7 @@ impl Store {
                 let bytes = store.chunk(manifest.chunks[i].hash).await?;
                 let from = (pos - chunk_start) as usize;
                 let to = ((end - chunk_start) as usize).min(bytes.len());
-                let piece = bytes.slice(from..to);
+                let piece = piece_of(&bytes, from, to);
                 let next = chunk_start + to as u64;
                 Ok(Some((piece, next)))
             }
@@ -96,6 +111,26 @@ mod tests {
     use super::super::test_util::{memory_store, noise};
     use super::*;
     use futures_util::TryStreamExt;
+
+    #[test]
+    fn a_small_piece_does_not_share_its_chunk_and_a_large_one_does() {
+        let chunk = Bytes::from(noise(1 << 20, 3));
+        let shares = |b: &Bytes| {
+            let (p, c) = (b.as_ptr() as usize, chunk.as_ptr() as usize);
+            p >= c && p < c + chunk.len()
+        };
+        let small = piece_of(&chunk, 1000, 1001);
+        assert_eq!(small.as_ref(), &chunk[1000..1001]);
+        assert!(!shares(&small), "a 1-byte piece pins its 1 MiB chunk");
+        assert!(!shares(&piece_of(&chunk, 0, 64 << 10)));
+        let large = piece_of(&chunk, 0, 600 << 10);
+        assert_eq!(large.as_ref(), &chunk[..600 << 10]);
+        assert!(shares(&large), "a large piece is copied");
+        // Most of a small chunk: shared (the copy would save nothing).
+        let small_chunk = chunk.slice(..1000);
+        let most = piece_of(&small_chunk, 10, 1000);
+        assert!(shares(&most));
+    }
 
     #[tokio::test]
     async fn every_range_reads_back_exactly() {

@@ -22,6 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use super::{BodyReader, Upstream, UpstreamError};
 use crate::hash::Hash;
 use crate::protocol::bao;
+use crate::store::read::piece_of;
 use crate::store::StoreError;
 
 /// Fetches of one chunk before a fill gives up (corrupt or failed transfers).
@@ -83,14 +84,14 @@ impl Progress {
     fn piece_at(&self, pos: u64, to: u64) -> Option<Bytes> {
         if let Some(Ok(whole)) = &self.end {
             let to = to.min(whole.len() as u64);
-            return (pos < to).then(|| whole.slice(pos as usize..to as usize));
+            return (pos < to).then(|| piece_of(whole, pos as usize, to as usize));
         }
         let mut at = 0u64;
         for g in &self.groups {
             let end = at + g.len() as u64;
             if pos < end {
                 let to = to.min(end);
-                return Some(g.slice((pos - at) as usize..(to - at) as usize));
+                return Some(piece_of(g, (pos - at) as usize, (to - at) as usize));
             }
             at = end;
         }
@@ -185,7 +186,7 @@ impl Upstream {
             self.recency.touch(r.hash);
             if let Some(b) = self.local_chunk(r.hash).await? {
                 let to = r.to.min(b.len() as u64);
-                let piece = b.slice((r.pos as usize).min(to as usize)..to as usize);
+                let piece = piece_of(&b, (r.pos as usize).min(to as usize), to as usize);
                 r.pos = r.to;
                 return Ok(Some((piece, true)));
             }
