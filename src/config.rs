@@ -65,6 +65,12 @@ pub struct ServerConfig {
     pub h2_keepalive: Seconds,
     /// Concurrent streams per HTTP/2 connection (nginx's default is 128). Default `128`.
     pub h2_max_streams: u32,
+    /// Largest upload (`POST /v1/blobs`, a build's payload); a larger one is refused
+    /// `413` and nothing of it is kept. Default `64GiB`.
+    pub max_upload_bytes: ByteSize,
+    /// An upload that sends no byte for this long is aborted `408` (nothing kept), so a
+    /// stalled client cannot hold up garbage collection. Default `60`.
+    pub upload_idle_timeout: Seconds,
 }
 
 /// `[store]`: chunking and the hot cache.
@@ -176,6 +182,8 @@ impl Default for Config {
                 tcp_keepalive: Seconds(60),
                 h2_keepalive: Seconds(30),
                 h2_max_streams: 128,
+                max_upload_bytes: ByteSize(64 << 30),
+                upload_idle_timeout: Seconds(60),
             },
             store: StoreConfig {
                 cache_size: ByteSize(512 << 20),
@@ -377,9 +385,14 @@ impl Config {
             ));
         }
         let sv = &self.server;
-        if sv.max_connections == 0 || sv.header_read_timeout.0 == 0 || sv.h2_max_streams == 0 {
+        if sv.max_connections == 0
+            || sv.header_read_timeout.0 == 0
+            || sv.h2_max_streams == 0
+            || sv.max_upload_bytes.0 == 0
+            || sv.upload_idle_timeout.0 == 0
+        {
             return Err(ConfigError::Invalid(
-                "server: max_connections, header_read_timeout and h2_max_streams must be at least 1"
+                "server: max_connections, header_read_timeout, h2_max_streams, max_upload_bytes and upload_idle_timeout must be at least 1"
                     .into(),
             ));
         }
@@ -528,6 +541,10 @@ mod tests {
                 c.server.h2_max_streams
             ),
             (16_384, Seconds(20), Seconds(60), Seconds(30), 128)
+        );
+        assert_eq!(
+            (c.server.max_upload_bytes, c.server.upload_idle_timeout),
+            (ByteSize(64 << 30), Seconds(60))
         );
         assert_eq!(parse("").unwrap(), c);
         // The shipped example states every default.

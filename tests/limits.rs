@@ -107,3 +107,77 @@ async fn connections_past_the_cap_get_503_and_the_node_serves_again_when_one_clo
     assert!(node.metric("update_edge_connections_refused_total").await >= 1.0);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn an_upload_over_the_cap_is_413_and_a_stalled_one_is_408_and_neither_keeps_anything_or_blocks_gc(
+) {
+    use update_edge::config::ByteSize;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.server.max_upload_bytes = ByteSize(100_000);
+    cfg.server.upload_idle_timeout = Seconds(1);
+    let node = TestNode::start(cfg).await;
+    let c = client();
+    let post = |data: Vec<u8>| {
+        c.post(format!("{}/v1/blobs", node.url))
+            .bearer_auth(TOKEN)
+            .body(data)
+            .send()
+    };
+    let big = noise(200_000, 5);
+    let r = post(big.clone()).await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.text().await.unwrap().contains("max_upload_bytes"));
+    let h = update_edge::hash::Hash::of(&big);
+    let r = c
+        .get(format!("{}/v1/blobs/{h}", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        reqwest::StatusCode::NOT_FOUND,
+        "nothing of it kept"
+    );
+
+    // Half an upload, then silence: aborted, and a GC queued behind it runs.
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /v1/blobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 50000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    slow.write_all(&[7u8; 1000]).await.unwrap();
+    let gc = tokio::time::timeout(
+        Duration::from_secs(15),
+        c.post(format!("{}/v1/gc", node.url))
+            .bearer_auth(TOKEN)
+            .send(),
+    )
+    .await
+    .expect("a stalled upload blocked garbage collection")
+    .unwrap();
+    assert_eq!(gc.status(), reqwest::StatusCode::OK);
+    let got = String::from_utf8_lossy(&read_until_closed(&mut slow, 10).await).to_string();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+
+    // Within the cap: stored.
+    let small = noise(50_000, 6);
+    let r = post(small.clone()).await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let r = c
+        .get(format!(
+            "{}/v1/blobs/{}",
+            node.url,
+            update_edge::hash::Hash::of(&small)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), small.as_slice());
+    node.stop().await;
+}

@@ -251,13 +251,30 @@ pub async fn post_blob(
     body: Body,
 ) -> Result<Response, ApiError> {
     let _guard = state.store.gc_guard().await;
-    let outcome = ingest_body(&state.store, body).await?;
+    let outcome = ingest_body(&state.store, body, UploadLimits::from(&*state.config)).await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok((status, Json(outcome)).into_response())
+}
+
+/// How much and how slowly a client may upload (`server.max_upload_bytes`,
+/// `server.upload_idle_timeout`).
+#[derive(Clone, Copy)]
+pub struct UploadLimits {
+    pub max_bytes: u64,
+    pub idle: std::time::Duration,
+}
+
+impl From<&crate::config::Config> for UploadLimits {
+    fn from(c: &crate::config::Config) -> Self {
+        UploadLimits {
+            max_bytes: c.server.max_upload_bytes.0,
+            idle: std::time::Duration::from_secs(c.server.upload_idle_timeout.0),
+        }
+    }
 }
 
 enum Frame {
@@ -268,7 +285,11 @@ enum Frame {
 /// Streams a request body into the store on a blocking thread, with a bounded queue in
 /// between (backpressure to the client). The blob is committed only if the body ended
 /// cleanly: a dropped upload commits nothing.
-pub async fn ingest_body(store: &Arc<Store>, body: Body) -> Result<PutOutcome, ApiError> {
+pub async fn ingest_body(
+    store: &Arc<Store>,
+    body: Body,
+    limits: UploadLimits,
+) -> Result<PutOutcome, ApiError> {
     let (tx, mut rx) = mpsc::channel::<Frame>(UPLOAD_QUEUE_FRAMES);
     let st = store.clone();
     let worker = tokio::task::spawn_blocking(move || -> Result<Option<PutOutcome>, StoreError> {
@@ -283,15 +304,37 @@ pub async fn ingest_body(store: &Arc<Store>, body: Body) -> Result<PutOutcome, A
     });
     let mut frames = body.into_data_stream();
     let mut body_error = None;
-    while let Some(frame) = frames.next().await {
+    let mut received = 0u64;
+    loop {
+        let frame = match tokio::time::timeout(limits.idle, frames.next()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                body_error = Some(ApiError::Timeout(format!(
+                    "upload stalled: no byte for {} s; nothing was kept",
+                    limits.idle.as_secs()
+                )));
+                break;
+            }
+        };
         match frame {
             Ok(b) => {
+                received += b.len() as u64;
+                if received > limits.max_bytes {
+                    body_error = Some(ApiError::TooLarge(format!(
+                        "upload over server.max_upload_bytes ({} bytes); nothing was kept",
+                        limits.max_bytes
+                    )));
+                    break;
+                }
                 if tx.send(Frame::Data(b)).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
             }
             Err(e) => {
-                body_error = Some(e);
+                body_error = Some(ApiError::BadRequest(format!(
+                    "upload body interrupted: {e}"
+                )));
                 break;
             }
         }
@@ -304,9 +347,7 @@ pub async fn ingest_body(store: &Arc<Store>, body: Body) -> Result<PutOutcome, A
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Some(e) = body_error {
-        return Err(ApiError::BadRequest(format!(
-            "upload body interrupted: {e}"
-        )));
+        return Err(e);
     }
     result?.ok_or_else(|| ApiError::Internal("ingest ended without a result".into()))
 }

@@ -119,7 +119,7 @@ pub async fn put_build(
     }
     // Held until the build references the blob, so GC cannot sweep it in between.
     let guard = s.store.gc_guard().await;
-    let put = ingest_body(&s.store, body).await?;
+    let put = ingest_body(&s.store, body, super::blobs::UploadLimits::from(&*s.config)).await?;
     let (c, p, vv, notes) = (
         s.catalog.clone(),
         product.clone(),

@@ -29,6 +29,12 @@ pub enum ApiError {
     /// Temporarily unable to answer; the client should retry after the given seconds.
     #[error("{0}")]
     Unavailable(String, u64),
+    /// A request body over its limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// A client too slow to send its request (408).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl From<std::sync::Arc<crate::upstream::UpstreamError>> for ApiError {
@@ -83,6 +89,8 @@ impl ApiError {
             }
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
