@@ -407,14 +407,15 @@ impl Catalog {
 
     /// Remembers a device's last check (not synced: losing the last few on a crash only
     /// affects statistics).
-    pub fn record_device(
+    /// Writes device records (product, device id, record) in one batch.
+    pub fn record_devices(
         &self,
-        slug: &str,
-        device_id: &str,
-        rec: &DeviceRecord,
+        records: &[(String, String, DeviceRecord)],
     ) -> Result<(), CatalogError> {
         let mut batch = Batch::default();
-        batch.put(Cf::Devices, key2(slug, device_id.as_bytes()), encode(rec));
+        for (slug, device_id, rec) in records {
+            batch.put(Cf::Devices, key2(slug, device_id.as_bytes()), encode(rec));
+        }
         self.store.kv().write(batch, false)?;
         Ok(())
     }

@@ -89,6 +89,7 @@ impl Node {
             scheduler: Some(delta_scheduler(&config, &catalog, &metrics)),
             edge: upstream.is_some(),
             answer_ttl_secs: config.catalog.answer_ttl_secs,
+            devices: crate::catalog::check::DeviceLog::start(&catalog),
         });
         Node {
             config: Arc::new(config),

@@ -409,16 +409,19 @@ async fn stats_keys_and_gc_work() {
     )
     .await;
     let c = client();
-    let st: serde_json::Value = c
-        .get(format!("{}/v1/products/gw/stats", node.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(st["devices"], 2);
+    let stats = || async {
+        let r = c
+            .get(format!("{}/v1/products/gw/stats", node.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    // Device records are written behind the answers, in batches.
+    assert!(eventually(10, || async { stats().await["devices"] == 2 }).await);
+    let st = stats().await;
     assert_eq!(st["versions"]["1.0.1"], 1);
     assert_eq!(st["rings"]["general"], 2);
     let keys: serde_json::Value = c

@@ -49,6 +49,65 @@ pub struct Checker {
     /// here whole; otherwise the origin's, replicated, is awaited.
     pub edge: bool,
     pub answer_ttl_secs: u64,
+    pub devices: DeviceLog,
+}
+
+/// Device records waiting for the writer, at most (more are dropped and counted).
+const DEVICE_LOG_QUEUE: usize = 65_536;
+/// Records written in one engine batch, at most.
+const DEVICE_LOG_BATCH: usize = 1024;
+
+type Pending = (String, String, DeviceRecord);
+
+/// Writes checks' device records on a thread of its own, in batches: a check never
+/// waits for the engine (a write stall or a full disk does not slow answers), and a
+/// flood of checks costs one write per batch. A full queue or a failed write drops
+/// records and counts them (`update_edge_device_record_errors_total`).
+pub struct DeviceLog {
+    tx: std::sync::mpsc::SyncSender<Pending>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl DeviceLog {
+    /// Starts the writer; it holds the catalog only while writing, and ends with the
+    /// last `DeviceLog` handle.
+    pub fn start(catalog: &Arc<Catalog>) -> DeviceLog {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(DEVICE_LOG_QUEUE);
+        let metrics = catalog.store().metrics().clone();
+        let (weak, m) = (Arc::downgrade(catalog), metrics.clone());
+        let _ = std::thread::Builder::new()
+            .name("device-log".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < DEVICE_LOG_BATCH {
+                        match rx.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    let Some(catalog) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = catalog.record_devices(&batch) {
+                        m.device_record_errors.inc_by(batch.len() as u64);
+                        tracing::warn!(records = batch.len(), error = %e, "writing device records failed");
+                    }
+                }
+            });
+        DeviceLog { tx, metrics }
+    }
+
+    /// Queues one device's record (never waits).
+    pub fn record(&self, product: &str, device: &str, rec: DeviceRecord) {
+        if self
+            .tx
+            .try_send((product.to_string(), device.to_string(), rec))
+            .is_err()
+        {
+            self.metrics.device_record_errors.inc();
+        }
+    }
 }
 
 /// Result label for metrics.
@@ -114,30 +173,19 @@ impl Checker {
             Outcome::Update
         };
         let now = now_secs();
-        // The device record is telemetry: written off the async workers, and a failed
-        // write (a full disk, a stalled engine) is logged and counted, never the
+        // The device record is telemetry: queued to a writer thread (batched, never on
+        // the async workers); a record that cannot be written is counted, never the
         // device's problem.
-        let record = DeviceRecord {
-            version: current.to_string(),
-            ring: ring_name,
-            last_seen: now,
-            result: if update.is_null() { "none" } else { "update" }.into(),
-        };
-        let (catalog, product_slug, device) = (
-            self.catalog.clone(),
-            req.product.clone(),
-            req.device_id.clone(),
+        self.devices.record(
+            &req.product,
+            &req.device_id,
+            DeviceRecord {
+                version: current.to_string(),
+                ring: ring_name,
+                last_seen: now,
+                result: if update.is_null() { "none" } else { "update" }.into(),
+            },
         );
-        let written = tokio::task::spawn_blocking(move || {
-            catalog.record_device(&product_slug, &device, &record)
-        })
-        .await
-        .map_err(|e| CatalogError::Invalid(e.to_string()))
-        .and_then(|r| r);
-        if let Err(e) = written {
-            self.catalog.store().metrics().device_record_errors.inc();
-            tracing::warn!(device = %req.device_id, error = %e, "recording a device's check failed");
-        }
         let answer = json!({
             "product": req.product,
             "device_id": req.device_id,
@@ -243,6 +291,7 @@ mod tests {
         let key = crate::repo::keys::KeyPair::create(&dir.join("director.pk8")).unwrap();
         let checker = Checker {
             chunk_lists: ChunkLists::new(store, None),
+            devices: DeviceLog::start(&catalog),
             catalog,
             signer: Signer::new(Arc::new(key)),
             scheduler: None,
@@ -250,6 +299,17 @@ mod tests {
             answer_ttl_secs: 60,
         };
         (checker, kv)
+    }
+
+    /// Polls `cond` for up to 5 s.
+    async fn eventually(cond: impl Fn() -> bool) -> bool {
+        for _ in 0..500 {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
     }
 
     fn request(ring: Option<&str>) -> CheckRequest {
@@ -264,14 +324,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (c, kv) = checker(dir.path());
         let errors = || c.catalog.store().metrics().device_record_errors.get();
+        let devices = || c.catalog.device_stats("gw").unwrap().devices;
         c.check(&request(None)).await.unwrap();
+        assert!(eventually(|| devices() == 1).await, "the record is written");
         assert_eq!(errors(), 0);
-        assert_eq!(c.catalog.device_stats("gw").unwrap().devices, 1);
         kv.fail_writes_to(Some(Cf::Devices));
         let (answer, outcome, _) = c.check(&request(None)).await.unwrap();
         assert_eq!(outcome, Outcome::None);
         assert_eq!(answer["device_id"], "d1");
-        assert_eq!(errors(), 1);
+        assert!(
+            eventually(|| errors() == 1).await,
+            "the failed write is counted"
+        );
     }
 
     #[tokio::test]
@@ -288,6 +352,6 @@ mod tests {
             );
         }
         c.check(&request(Some("preview-1.a_b"))).await.unwrap();
-        assert_eq!(c.catalog.device_stats("gw").unwrap().devices, 1);
+        assert!(eventually(|| c.catalog.device_stats("gw").unwrap().devices == 1).await);
     }
 }
