@@ -117,14 +117,7 @@ async fn a_thousand_cold_requests_fetch_each_chunk_once_and_bytes_flow_before_th
     let origin = TestNode::start(origin_config(&dir.path().join("origin"))).await;
     let data = noise(256 << 10, 77);
     let hash = origin.upload(data.clone()).await;
-    let chunks = origin
-        .node
-        .store
-        .manifest(hash.parse().unwrap())
-        .await
-        .unwrap()
-        .chunks
-        .len();
+    let chunks = manifest_of(&origin, &hash).await.chunks.len();
     let edge = edge(&dir.path().join("edge"), &origin).await;
 
     let url = edge.blob_url(&hash);
@@ -176,12 +169,7 @@ async fn a_thousand_cold_requests_fetch_each_chunk_once_and_bytes_flow_before_th
     // its first bytes (a fill that made clients wait for the whole object would not).
     let data2 = noise(128 << 10, 78);
     let hash2 = origin.upload(data2.clone()).await;
-    let m = origin
-        .node
-        .store
-        .manifest(hash2.parse().unwrap())
-        .await
-        .unwrap();
+    let m = manifest_of(&origin, &hash2).await;
     let last = m.chunks.last().unwrap().hash.to_string();
     let gate = Arc::new(tokio::sync::Notify::new());
     let g = gate.clone();
@@ -220,6 +208,15 @@ async fn a_thousand_cold_requests_fetch_each_chunk_once_and_bytes_flow_before_th
     origin.stop().await;
 }
 
+/// The manifest of a blob stored at `node`.
+async fn manifest_of(node: &TestNode, hash: &str) -> std::sync::Arc<update_edge::store::Manifest> {
+    node.node
+        .store
+        .manifest(hash.parse().unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_chunk_goes_to_edges_with_its_blake3_tree_and_a_bad_format_is_400() {
     use update_edge::protocol::bao;
@@ -227,12 +224,7 @@ async fn a_chunk_goes_to_edges_with_its_blake3_tree_and_a_bad_format_is_400() {
     let origin = TestNode::start(origin_config(&dir.path().join("origin"))).await;
     let data = noise(300 << 10, 81);
     let hash = origin.upload(data.clone()).await;
-    let m = origin
-        .node
-        .store
-        .manifest(hash.parse().unwrap())
-        .await
-        .unwrap();
+    let m = manifest_of(&origin, &hash).await;
     let c = client();
     let mut whole = Vec::new();
     for ch in &m.chunks {
@@ -289,12 +281,7 @@ async fn a_cold_chunk_reaches_readers_group_by_group_before_upstream_has_sent_al
     let origin = TestNode::start(oc).await;
     let data = noise(2 << 20, 80);
     let hash = origin.upload(data.clone()).await;
-    let m = origin
-        .node
-        .store
-        .manifest(hash.parse().unwrap())
-        .await
-        .unwrap();
+    let m = manifest_of(&origin, &hash).await;
     assert!(
         m.chunks.len() >= 3,
         "chunk 1 is a whole chunk (64 KiB at least)"
@@ -375,12 +362,7 @@ async fn a_chunk_corrupted_upstream_is_caught_and_refetched_never_served() {
     let origin = TestNode::start(origin_config(&dir.path().join("origin"))).await;
     let data = noise(64 << 10, 79);
     let hash = origin.upload(data.clone()).await;
-    let m = origin
-        .node
-        .store
-        .manifest(hash.parse().unwrap())
-        .await
-        .unwrap();
+    let m = manifest_of(&origin, &hash).await;
     let victim = m.chunks[2].hash.to_string();
     let flips = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(AtomicUsize::new(0));
@@ -682,14 +664,7 @@ async fn under_a_small_disk_budget_an_edge_keeps_pinned_builds_and_refills_the_r
     let once: usize = {
         let mut n = 0;
         for h in &hashes {
-            n += origin
-                .node
-                .store
-                .manifest(h.parse().unwrap())
-                .await
-                .unwrap()
-                .chunks
-                .len();
+            n += manifest_of(&origin, h).await.chunks.len();
         }
         n
     };
