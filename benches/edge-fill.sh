@@ -36,7 +36,7 @@ cleanup() {
   if [ -n "${LINK:-}" ]; then ip netns del $NS 2>/dev/null || true; ip link del ue-bench0 2>/dev/null || true; fi
 }
 trap cleanup EXIT
-O_PORT=18281; E_PORT=18282; TOKEN=bench-repl
+O_PORT=18281; E_PORT=18282; TOKEN=bench-replication-token
 O_HOST=127.0.0.1; IN_NS=()
 if [ -n "${LINK:-}" ]; then
   [ "$(id -u)" = 0 ] || { echo "LINK needs root (network namespace and tc)" >&2; exit 1; }

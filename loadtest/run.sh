@@ -38,7 +38,7 @@ BIN="$CARGO_TARGET_DIR/release"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 WORK=$(mktemp -d)
-PORT=${PORT:-18380}; NG_PORT=$((PORT + 1)); TOKEN=loadtest-token
+PORT=${PORT:-18380}; NG_PORT=$((PORT + 1)); TOKEN=loadtest-operator-token
 EDGE_PIDS=(); EDGE_URLS=()
 cleanup() {
   for p in "${EDGE_PIDS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done

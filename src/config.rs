@@ -385,6 +385,16 @@ impl Config {
             ));
         }
         let sv = &self.server;
+        for (key, token) in [
+            ("server.admin_token", &sv.admin_token),
+            ("server.replication_token", &sv.replication_token),
+        ] {
+            if !token.is_empty() && token.len() < MIN_TOKEN_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be at least {MIN_TOKEN_BYTES} bytes (a random value, for example `openssl rand -hex 16`), or empty"
+                )));
+            }
+        }
         if sv.max_connections == 0
             || sv.header_read_timeout.0 == 0
             || sv.h2_max_streams == 0
@@ -404,6 +414,10 @@ impl Config {
         Ok(())
     }
 }
+
+/// Shortest operator or replication token accepted: a guessable token on a public
+/// address is an open door.
+pub const MIN_TOKEN_BYTES: usize = 16;
 
 /// A size in bytes, written in config as an integer or a string like `"256MiB"`, `"1GB"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -565,6 +579,16 @@ mod tests {
     }
 
     #[test]
+    fn a_short_token_is_refused_naming_the_key() {
+        for key in ["admin_token", "replication_token"] {
+            let e = parse(&format!("[server]\n{key} = \"short-token\"\n")).unwrap_err();
+            assert!(e.to_string().contains(&format!("server.{key}")), "{e}");
+            let ok = parse(&format!("[server]\n{key} = \"{}\"\n", "x".repeat(16)));
+            assert!(ok.is_ok(), "{key}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_rejected_by_name() {
         let err = parse("[store]\ncache_sise = \"1MiB\"\n")
             .unwrap_err()
@@ -575,12 +599,19 @@ mod tests {
     #[test]
     fn env_overrides_file() {
         let env = [
-            ("UPDATE_EDGE_ADMIN_TOKEN", "s3cret".to_string()),
+            (
+                "UPDATE_EDGE_ADMIN_TOKEN",
+                "s3cret-from-the-environment".to_string(),
+            ),
             ("UPDATE_EDGE_CACHE_SIZE", "1GiB".to_string()),
         ];
-        let c =
-            Config::from_parts("[server]\nadmin_token = \"file\"\n", Path::new("x"), &env).unwrap();
-        assert_eq!(c.server.admin_token, "s3cret");
+        let c = Config::from_parts(
+            "[server]\nadmin_token = \"token-from-the-file\"\n",
+            Path::new("x"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.server.admin_token, "s3cret-from-the-environment");
         assert_eq!(c.store.cache_size, ByteSize(1 << 30));
     }
 

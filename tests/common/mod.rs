@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use update_edge::config::{ByteSize, Config};
 use update_edge::server::{self, Node, RunningServer};
 
-pub const TOKEN: &str = "test-token";
+pub const TOKEN: &str = "test-operator-token";
 pub const CHUNK_MIN: usize = 1024;
 pub const CHUNK_AVG: usize = 4096;
 pub const CHUNK_MAX: usize = 16384;
