@@ -269,38 +269,29 @@ impl Upstream {
     }
 
     /// Reads a whole response body of at most `cap` bytes, failing when no byte arrives
-    /// for the stall timeout; `on_piece` sees every piece as it arrives.
+    /// for the stall timeout.
     async fn body(
         &self,
-        mut resp: reqwest::Response,
+        resp: reqwest::Response,
         cap: usize,
-        mut on_piece: impl FnMut(&[u8]),
     ) -> Result<bytes::Bytes, UpstreamError> {
-        let url = resp.url().to_string();
         let mut buf = bytes::BytesMut::with_capacity(
             resp.content_length()
                 .map_or(0, |n| n.min(cap as u64) as usize),
         );
+        let mut r = self.reader(resp);
         loop {
-            let next = tokio::time::timeout(self.stall, resp.chunk()).await;
-            match next {
-                Err(_) => return Err(self.stalled(url)),
-                Ok(Err(e)) => {
-                    return Err(UpstreamError::Body {
-                        url,
-                        message: e.to_string(),
-                    })
-                }
-                Ok(Ok(None)) => return Ok(buf.freeze()),
-                Ok(Ok(Some(piece))) => {
-                    on_piece(&piece);
-                    if buf.len() + piece.len() > cap {
+            match r.next_piece().await {
+                Err(e) => return Err(r.failure(e)),
+                Ok(false) => return Ok(buf.freeze()),
+                Ok(true) => {
+                    if buf.len() + r.buf.len() > cap {
                         return Err(UpstreamError::Body {
-                            url,
+                            url: r.url,
                             message: format!("body over {cap} bytes"),
                         });
                     }
-                    buf.extend_from_slice(&piece);
+                    buf.extend_from_slice(&std::mem::take(&mut r.buf));
                 }
             }
         }

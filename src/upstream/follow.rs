@@ -35,7 +35,7 @@ impl Upstream {
         let path = format!("v1/catalog/changes?after={after}&wait={}", wait.as_secs());
         let resp = self.get_waiting(&path, wait).await?;
         let url = resp.url().to_string();
-        let bytes = self.body(resp, MAX_PAGE_BYTES, |_: &[u8]| {}).await?;
+        let bytes = self.body(resp, MAX_PAGE_BYTES).await?;
         let page: ChangePage = serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Body {
             url,
             message: format!("change feed page: {e}"),
