@@ -39,7 +39,11 @@ pub async fn get_chunk(
     s.metrics.bytes_served.inc_by(bytes.len() as u64);
     if q.format == Format::Bao {
         let length = crate::protocol::bao::encoded_len(bytes.len() as u64);
-        return Ok(bao_response(length, crate::protocol::bao::encode(&bytes)));
+        return Ok(framed_response(
+            crate::protocol::bao::CONTENT_TYPE,
+            length,
+            crate::protocol::bao::encode(&bytes),
+        ));
     }
     let tag = http::HeaderValue::from_str(&etag(&hash.to_hex()))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -97,25 +101,23 @@ pub async fn get_manifest(
     };
     let length = list.len() as u64 + length;
     let frames = std::iter::once(list).chain(chunk_frames).collect();
-    let mut resp = bao_response(length, frames);
-    if !bao {
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/octet-stream"),
-        );
-    }
-    Ok(resp)
+    let content_type = if bao {
+        crate::protocol::bao::CONTENT_TYPE
+    } else {
+        "application/octet-stream"
+    };
+    Ok(framed_response(content_type, length, frames))
 }
 
 /// An immutable body of `length` bytes sent as `frames` (a chunk's groups are not copied
 /// into one buffer).
-fn bao_response(length: u64, frames: Vec<bytes::Bytes>) -> Response {
+fn framed_response(content_type: &'static str, length: u64, frames: Vec<bytes::Bytes>) -> Response {
     let frames = futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::io::Error>));
     (
         [
             (
                 header::CONTENT_TYPE,
-                http::HeaderValue::from_static(crate::protocol::bao::CONTENT_TYPE),
+                http::HeaderValue::from_static(content_type),
             ),
             (header::CACHE_CONTROL, immutable_cache_control()),
             (header::CONTENT_LENGTH, http::HeaderValue::from(length)),
