@@ -293,6 +293,52 @@ impl Catalog {
         self.get(Cf::Builds, &key2(slug, &version.key()))
     }
 
+    /// Whether the publish policy computes a delta from `from` to `to`: same product and
+    /// kind, `from` older, and at most `from_previous - 1` builds of that kind between
+    /// them (a publish schedules deltas from the `from_previous` newest older builds).
+    /// Visits only the builds between the two, and stops at the limit.
+    pub fn delta_in_policy(
+        &self,
+        from: &Build,
+        to: &Build,
+        from_previous: usize,
+    ) -> Result<bool, CatalogError> {
+        let (Ok(fv), Ok(tv)) = (
+            from.version.parse::<Version>(),
+            to.version.parse::<Version>(),
+        ) else {
+            return Ok(false);
+        };
+        if from.product != to.product || from.kind != to.kind || fv >= tv || from_previous == 0 {
+            return Ok(false);
+        }
+        let (start, end) = (key2(&from.product, &fv.key()), key2(&to.product, &tv.key()));
+        let (mut between, mut bad) = (0usize, None);
+        self.store.kv().scan_from(Cf::Builds, &start, &mut |k, v| {
+            if k >= end.as_slice() {
+                return false;
+            }
+            if k == start.as_slice() {
+                return true;
+            }
+            match decode::<Build>(v) {
+                Ok(b) if b.kind == to.kind => {
+                    between += 1;
+                    between < from_previous
+                }
+                Ok(_) => true,
+                Err(e) => {
+                    bad = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        Ok(between < from_previous)
+    }
+
     /// Removes a build unless a ring targets it; its payload goes at the next GC.
     pub fn delete_build(&self, slug: &str, version: &Version) -> Result<(), CatalogError> {
         let _w = self.lock();
@@ -456,5 +502,46 @@ impl Catalog {
             self.store.commit(batch, true)?;
         }
         Ok(roots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_util::{memory_store, noise};
+
+    #[test]
+    fn the_delta_policy_covers_the_newest_older_builds_of_the_same_kind_only() {
+        let (store, _) = memory_store();
+        let c = Catalog::new(store.clone()).unwrap();
+        c.put_product("gw", "Gateway", Hardware::default()).unwrap();
+        let publish = |v: &str, kind: Kind, seed: u64| {
+            let put = store.put_reader(&noise(3000, seed)[..], |_| {}).unwrap();
+            c.publish_build("gw", &v.parse().unwrap(), kind, "", &put)
+                .unwrap()
+                .0
+        };
+        // Versions sort numerically (1.10 after 1.9), not as text.
+        let b: Vec<Build> = ["1.1", "1.2", "1.9", "1.10"]
+            .iter()
+            .zip(1..)
+            .map(|(v, seed)| publish(v, Kind::Os, seed))
+            .collect();
+        let app = publish("1.5", Kind::App, 9);
+        let app2 = publish("1.6", Kind::App, 10);
+        let ok = |f: &Build, t: &Build, k| c.delta_in_policy(f, t, k).unwrap();
+        assert!(
+            ok(&b[2], &b[3], 1),
+            "the previous build (app builds between don't count)"
+        );
+        assert!(!ok(&b[1], &b[3], 1));
+        assert!(ok(&b[1], &b[3], 2));
+        assert!(!ok(&b[0], &b[3], 2));
+        assert!(ok(&b[0], &b[3], 3));
+        assert!(!ok(&b[3], &b[2], 3), "never backwards");
+        assert!(!ok(&b[3], &b[3], 3), "never to itself");
+        assert!(!ok(&b[2], &b[3], 0), "from_previous = 0: none");
+        assert!(!ok(&b[1], &app, 3), "never across kinds");
+        assert!(ok(&app, &app2, 1));
     }
 }

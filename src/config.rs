@@ -100,7 +100,8 @@ pub struct DeltaConfig {
     pub worth_it_ratio: f64,
     /// Memory budget for one delta computation. Default `2GiB`.
     pub memory_limit: ByteSize,
-    /// On publish, deltas are computed to the new build from this many previous builds.
+    /// On publish, deltas are computed to the new build from this many previous builds
+    /// of its kind. A check queues a missing delta only for such a pair (the policy).
     /// Default `3`.
     pub from_previous: usize,
     /// Delta computations running at once (each uses every core). Default `1`.

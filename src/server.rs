@@ -88,6 +88,7 @@ impl Node {
             signer: Signer::new(repo.director()),
             scheduler: Some(delta_scheduler(&config, &catalog, &metrics)),
             edge: upstream.is_some(),
+            delta_from_previous: config.delta.from_previous,
             answer_ttl_secs: config.catalog.answer_ttl_secs,
             devices: crate::catalog::check::DeviceLog::start(&catalog),
         });

@@ -35,9 +35,12 @@ fn client_args(
 async fn device_on_v1_gets_v3_as_full_then_as_delta_computed_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(&dir.path().join("data"));
-    config.delta.from_previous = 0; // nothing precomputed: the first check must schedule it
     config.delta.zstd_level = 3;
-    let node = TestNode::start(config).await;
+    // Published with no deltas precomputed, then reopened with the policy covering
+    // 1.0.1 → 1.0.3 (an operator raising `from_previous`; or a queue lost to a
+    // restart): the first check must schedule it.
+    config.delta.from_previous = 0;
+    let node = TestNode::start(config.clone()).await;
     let builds = seed_product(&node, "gw", 3, SIZE).await;
     assert_eq!(
         set_ring(
@@ -49,6 +52,21 @@ async fn device_on_v1_gets_v3_as_full_then_as_delta_computed_once() {
         .await,
         StatusCode::OK
     );
+    // Outside the policy, a check queues nothing (made-up old versions cost no work).
+    let (status, a) = check(
+        &node,
+        json!({"product": "gw", "device_id": "d0", "version": "1.0.1"}),
+    )
+    .await;
+    assert_eq!(
+        (status, a["update"]["version"].as_str()),
+        (StatusCode::OK, Some("1.0.3"))
+    );
+    let pending = |n: &TestNode| n.node.checker.scheduler.as_ref().unwrap().pending();
+    assert_eq!(pending(&node), 0);
+    node.stop().await;
+    config.delta.from_previous = 2;
+    let node = TestNode::start(config).await;
     let v1 = dir.path().join("v1.img");
     std::fs::write(&v1, &builds[0]).unwrap();
 
@@ -62,6 +80,7 @@ async fn device_on_v1_gets_v3_as_full_then_as_delta_computed_once() {
         )
     }))
     .await;
+    assert!(pending(&node) <= 1, "one job for the pair");
     for (status, a) in &answers {
         assert_eq!(*status, StatusCode::OK);
         assert_eq!(a["update"]["version"], "1.0.3");

@@ -48,6 +48,10 @@ pub struct Checker {
     /// On an edge, a missing delta is computed here only when both builds are held
     /// here whole; otherwise the origin's, replicated, is awaited.
     pub edge: bool,
+    /// The publish policy (`delta.from_previous`): a check queues a missing delta only
+    /// for a pair a publish would have queued, so made-up "current versions" cannot
+    /// make the node compute deltas from every old build.
+    pub delta_from_previous: usize,
     pub answer_ttl_secs: u64,
     pub devices: DeviceLog,
 }
@@ -256,9 +260,13 @@ impl Checker {
                     _ => {
                         if let Some(s) = &self.scheduler {
                             let store = self.catalog.store();
-                            if !self.edge
+                            if self.catalog.delta_in_policy(
+                                &from,
+                                target,
+                                self.delta_from_previous,
+                            )? && (!self.edge
                                 || (store.contains_blob(&from.blob)?
-                                    && store.contains_blob(&target.blob)?)
+                                    && store.contains_blob(&target.blob)?))
                             {
                                 s.enqueue(from.blob, target.blob);
                             }
@@ -296,6 +304,7 @@ mod tests {
             signer: Signer::new(Arc::new(key)),
             scheduler: None,
             edge: false,
+            delta_from_previous: 3,
             answer_ttl_secs: 60,
         };
         (checker, kv)
