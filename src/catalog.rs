@@ -67,6 +67,17 @@ fn key2(a: &str, b: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Where the device-record count is kept (`Cf::Meta`; not replicated).
+const DEVICE_COUNT_KEY: &[u8] = b"devices.count";
+
+/// A device record's key in the by-age index: last seen (big-endian) + its key.
+fn seen_key(last_seen: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&last_seen.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
 fn prefix(a: &str) -> Vec<u8> {
     key2(a, &[])
 }
@@ -451,19 +462,132 @@ impl Catalog {
         self.list(Cf::Deltas, &[])
     }
 
-    /// Remembers a device's last check (not synced: losing the last few on a crash only
-    /// affects statistics).
-    /// Writes device records (product, device id, record) in one batch.
+    /// Device records held (kept in the same batches as the records).
+    pub fn device_count(&self) -> Result<Option<u64>, CatalogError> {
+        Ok(self
+            .store
+            .kv()
+            .get(Cf::Meta, DEVICE_COUNT_KEY)?
+            .and_then(|v| Some(u64::from_le_bytes(v.as_slice().try_into().ok()?))))
+    }
+
+    /// Builds the by-age index and the count over device records written before they
+    /// existed (once, on the device writer's thread, in batches). A no-op once the
+    /// count is stored.
+    pub fn index_devices(&self) -> Result<u64, CatalogError> {
+        if let Some(n) = self.device_count()? {
+            return Ok(n);
+        }
+        let kv = self.store.kv();
+        let (mut count, mut batch, mut bad) = (0u64, Batch::default(), None);
+        kv.scan_from(
+            Cf::Devices,
+            &[],
+            &mut |k, v| match decode::<DeviceRecord>(v) {
+                Ok(rec) => {
+                    batch.put(Cf::DeviceSeen, seen_key(rec.last_seen, k), Vec::new());
+                    count += 1;
+                    if batch.ops.len() >= 4096 {
+                        if let Err(e) = kv.write(std::mem::take(&mut batch), false) {
+                            bad = Some(e.into());
+                            return false;
+                        }
+                    }
+                    true
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    false
+                }
+            },
+        )?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        batch.put(Cf::Meta, DEVICE_COUNT_KEY, count.to_le_bytes());
+        kv.write(batch, false)?;
+        Ok(count)
+    }
+
+    /// Writes device records (product, device id, record) in one batch (not synced:
+    /// losing the last few on a crash only affects statistics), keeping the by-age
+    /// index and the count with them. A device named twice keeps its last record.
+    /// Returns the count after the batch.
     pub fn record_devices(
         &self,
         records: &[(String, String, DeviceRecord)],
-    ) -> Result<(), CatalogError> {
-        let mut batch = Batch::default();
+    ) -> Result<u64, CatalogError> {
+        let kv = self.store.kv();
+        let mut count = self.index_devices()?;
+        let mut latest = std::collections::HashMap::with_capacity(records.len());
         for (slug, device_id, rec) in records {
-            batch.put(Cf::Devices, key2(slug, device_id.as_bytes()), encode(rec));
+            latest.insert(key2(slug, device_id.as_bytes()), rec);
         }
-        self.store.kv().write(batch, false)?;
-        Ok(())
+        let mut batch = Batch::default();
+        for (key, rec) in latest {
+            match kv.get(Cf::Devices, &key)? {
+                Some(old) => {
+                    if let Ok(old) = decode::<DeviceRecord>(&old) {
+                        batch.delete(Cf::DeviceSeen, seen_key(old.last_seen, &key));
+                    }
+                }
+                None => count += 1,
+            }
+            batch.put(Cf::DeviceSeen, seen_key(rec.last_seen, &key), Vec::new());
+            batch.put(Cf::Devices, key, encode(rec));
+        }
+        batch.put(Cf::Meta, DEVICE_COUNT_KEY, count.to_le_bytes());
+        kv.write(batch, false)?;
+        Ok(count)
+    }
+
+    /// Removes device records oldest first while there are more than `max` or the
+    /// oldest was last seen `ttl` seconds or more before `now` (`ttl` 0: no age
+    /// limit), at most `limit` of them. `from` is where the by-age walk starts (the
+    /// last removed key; skips the tombstones of earlier removals) and is advanced.
+    /// Returns how many were removed and the count left.
+    pub fn expire_devices(
+        &self,
+        ttl: u64,
+        max: u64,
+        now: u64,
+        limit: usize,
+        from: &mut Vec<u8>,
+    ) -> Result<(u64, u64), CatalogError> {
+        let kv = self.store.kv();
+        let mut count = self.index_devices()?;
+        let mut removed = 0u64;
+        while (removed as usize) < limit {
+            let mut batch = Batch::default();
+            let mut n = 0u64;
+            let mut last = None;
+            kv.scan_from(Cf::DeviceSeen, from, &mut |k, _| {
+                let Some(seen) = k.get(..8).and_then(|b| b.try_into().ok()) else {
+                    return true;
+                };
+                let seen = u64::from_be_bytes(seen);
+                let old = ttl > 0 && seen.saturating_add(ttl) <= now;
+                if !(old || count.saturating_sub(n) > max) {
+                    return false;
+                }
+                batch.delete(Cf::DeviceSeen, k.to_vec());
+                batch.delete(Cf::Devices, k[8..].to_vec());
+                last = Some(k.to_vec());
+                n += 1;
+                ((removed + n) as usize) < limit && n < 1024
+            })?;
+            if n == 0 {
+                break;
+            }
+            count = count.saturating_sub(n);
+            removed += n;
+            batch.put(Cf::Meta, DEVICE_COUNT_KEY, count.to_le_bytes());
+            kv.write(batch, false)?;
+            if let Some(k) = last {
+                *from = k;
+            }
+        }
+        Ok((removed, count))
     }
 
     /// Version histogram and per-ring counts of the devices seen (a scan: operator use).
@@ -543,5 +667,105 @@ mod tests {
         assert!(!ok(&b[2], &b[3], 0), "from_previous = 0: none");
         assert!(!ok(&b[1], &app, 3), "never across kinds");
         assert!(ok(&app, &app2, 1));
+    }
+
+    fn rec(seen: u64) -> DeviceRecord {
+        DeviceRecord {
+            version: "1.0".into(),
+            ring: "general".into(),
+            last_seen: seen,
+            result: "none".into(),
+        }
+    }
+
+    fn held(c: &Catalog) -> Vec<String> {
+        let mut ids = Vec::new();
+        c.store
+            .kv()
+            .scan(Cf::Devices, b"gw\0", &mut |k, _| {
+                ids.push(String::from_utf8_lossy(&k[3..]).into_owned());
+                true
+            })
+            .unwrap();
+        ids.sort();
+        ids
+    }
+
+    fn gw_catalog() -> Catalog {
+        let (store, _) = memory_store();
+        let c = Catalog::new(store).unwrap();
+        c.put_product("gw", "Gateway", Hardware::default()).unwrap();
+        c
+    }
+
+    #[test]
+    fn device_records_past_the_cap_go_least_recently_seen_first() {
+        let c = gw_catalog();
+        let batch: Vec<_> = (1..=10)
+            .map(|i| ("gw".to_string(), format!("d{i:02}"), rec(i)))
+            .collect();
+        assert_eq!(c.record_devices(&batch).unwrap(), 10);
+        // d01 checks again (and twice in one batch: one record).
+        let again = [
+            ("gw".into(), "d01".into(), rec(20)),
+            ("gw".into(), "d01".into(), rec(21)),
+        ];
+        assert_eq!(c.record_devices(&again).unwrap(), 10);
+        let mut from = Vec::new();
+        assert_eq!(
+            c.expire_devices(0, 6, 1000, 100, &mut from).unwrap(),
+            (4, 6)
+        );
+        assert_eq!(held(&c), ["d01", "d06", "d07", "d08", "d09", "d10"]);
+        assert_eq!(c.device_count().unwrap(), Some(6));
+        assert_eq!(c.device_stats("gw").unwrap().devices, 6);
+        // At most `limit` per call; the walk resumes where it stopped.
+        assert_eq!(c.expire_devices(0, 2, 1000, 3, &mut from).unwrap(), (3, 3));
+        assert_eq!(c.expire_devices(0, 2, 1000, 3, &mut from).unwrap(), (1, 2));
+        assert_eq!(held(&c), ["d01", "d10"]);
+        assert_eq!(c.expire_devices(0, 2, 1000, 3, &mut from).unwrap(), (0, 2));
+    }
+
+    #[test]
+    fn device_records_expire_after_their_ttl() {
+        let c = gw_catalog();
+        let batch: Vec<_> = (1..=5)
+            .map(|i| ("gw".to_string(), format!("d{i}"), rec(i * 10)))
+            .collect();
+        c.record_devices(&batch).unwrap();
+        // now 100, ttl 70: seen at 30 or before goes (30 + 70 <= 100).
+        let mut from = Vec::new();
+        assert_eq!(
+            c.expire_devices(70, u64::MAX, 100, 100, &mut from).unwrap(),
+            (3, 2)
+        );
+        assert_eq!(held(&c), ["d4", "d5"]);
+        assert_eq!(
+            c.expire_devices(0, u64::MAX, 100, 100, &mut Vec::new())
+                .unwrap(),
+            (0, 2)
+        );
+    }
+
+    #[test]
+    fn records_written_before_the_index_existed_are_indexed_once() {
+        let c = gw_catalog();
+        let mut batch = Batch::default();
+        for i in 1..=4u64 {
+            batch.put(
+                Cf::Devices,
+                key2("gw", format!("d{i}").as_bytes()),
+                encode(&rec(i)),
+            );
+        }
+        c.store.kv().write(batch, false).unwrap();
+        assert_eq!(c.device_count().unwrap(), None);
+        assert_eq!(c.index_devices().unwrap(), 4);
+        assert_eq!(c.device_count().unwrap(), Some(4));
+        assert_eq!(
+            c.expire_devices(0, 1, 1000, 100, &mut Vec::new()).unwrap(),
+            (3, 1)
+        );
+        assert_eq!(held(&c), ["d4"]);
     }
 }

@@ -116,6 +116,12 @@ pub struct DeltaConfig {
 pub struct CatalogConfig {
     /// Seconds a signed check answer stays valid. Default `3600`.
     pub answer_ttl_secs: u64,
+    /// A device record (last check: version, ring) is removed this long after the
+    /// device was last seen. `0` = kept until `max_devices` pushes it out. Default `180d`.
+    pub device_ttl: Seconds,
+    /// Device records held at most; past it the least recently seen go first.
+    /// Default `10000000`.
+    pub max_devices: u64,
 }
 
 /// `[tuf]`: the image repository's keys and metadata lifetimes.
@@ -202,6 +208,8 @@ impl Default for Config {
             },
             catalog: CatalogConfig {
                 answer_ttl_secs: 3600,
+                device_ttl: Seconds(180 * 86_400),
+                max_devices: 10_000_000,
             },
             tuf: TufConfig {
                 keys_dir: PathBuf::from("./keys"),

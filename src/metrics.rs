@@ -120,6 +120,9 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Checks answered whose device record could not be written.
     pub device_record_errors: Counter,
+    /// Device records held, and those removed by `catalog.device_ttl` / `max_devices`.
+    pub device_records: Gauge,
+    pub device_records_expired: Counter,
     /// Delta jobs that panicked (caught: the job fails, the worker lives on).
     pub delta_job_panics: Counter,
 }
@@ -167,6 +170,8 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             device_record_errors: Counter::default(),
+            device_records: Gauge::default(),
+            device_records_expired: Counter::default(),
             delta_job_panics: Counter::default(),
             registry: Registry::default(),
         };
@@ -260,6 +265,16 @@ impl Metrics {
             "update_edge_device_record_errors",
             "Checks answered whose device record could not be written (the check still succeeds)",
             m.device_record_errors.clone(),
+        );
+        registry.register(
+            "update_edge_device_records",
+            "Device records held (one per device seen, within catalog.device_ttl and catalog.max_devices)",
+            m.device_records.clone(),
+        );
+        registry.register(
+            "update_edge_device_records_expired",
+            "Device records removed, oldest first, for age (catalog.device_ttl) or count (catalog.max_devices)",
+            m.device_records_expired.clone(),
         );
         registry.register(
             "update_edge_connections_open",

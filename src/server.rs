@@ -90,7 +90,13 @@ impl Node {
             edge: upstream.is_some(),
             delta_from_previous: config.delta.from_previous,
             answer_ttl_secs: config.catalog.answer_ttl_secs,
-            devices: crate::catalog::check::DeviceLog::start(&catalog),
+            devices: crate::catalog::check::DeviceLog::start(
+                &catalog,
+                crate::catalog::check::DeviceRetention {
+                    ttl: config.catalog.device_ttl.0,
+                    max: config.catalog.max_devices,
+                },
+            ),
         });
         Node {
             config: Arc::new(config),

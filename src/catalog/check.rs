@@ -60,13 +60,27 @@ pub struct Checker {
 const DEVICE_LOG_QUEUE: usize = 65_536;
 /// Records written in one engine batch, at most.
 const DEVICE_LOG_BATCH: usize = 1024;
+/// Records expired after one batch, at most (the rest after the next).
+const DEVICE_EXPIRE_STEP: usize = 4 * DEVICE_LOG_BATCH;
+/// With no checks arriving, records are expired this often.
+const DEVICE_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 type Pending = (String, String, DeviceRecord);
+
+/// How long and how many device records are kept (`[catalog]`).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceRetention {
+    /// Seconds after the last check; 0 = no age limit.
+    pub ttl: u64,
+    pub max: u64,
+}
 
 /// Writes checks' device records on a thread of its own, in batches: a check never
 /// waits for the engine (a write stall or a full disk does not slow answers), and a
 /// flood of checks costs one write per batch. A full queue or a failed write drops
-/// records and counts them (`update_edge_device_record_errors_total`).
+/// records and counts them (`update_edge_device_record_errors_total`). After each
+/// batch, and every minute, records past their retention are removed oldest first, so
+/// made-up device ids cannot grow the store without bound.
 pub struct DeviceLog {
     tx: std::sync::mpsc::SyncSender<Pending>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -75,27 +89,56 @@ pub struct DeviceLog {
 impl DeviceLog {
     /// Starts the writer; it holds the catalog only while writing, and ends with the
     /// last `DeviceLog` handle.
-    pub fn start(catalog: &Arc<Catalog>) -> DeviceLog {
+    pub fn start(catalog: &Arc<Catalog>, keep: DeviceRetention) -> DeviceLog {
+        use std::sync::mpsc::RecvTimeoutError;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(DEVICE_LOG_QUEUE);
         let metrics = catalog.store().metrics().clone();
         let (weak, m) = (Arc::downgrade(catalog), metrics.clone());
         let _ = std::thread::Builder::new()
             .name("device-log".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < DEVICE_LOG_BATCH {
-                        match rx.try_recv() {
-                            Ok(p) => batch.push(p),
-                            Err(_) => break,
+                // Where the by-age walk resumes (past earlier removals' tombstones);
+                // restarted from the beginning on each idle sweep.
+                let mut from = Vec::new();
+                loop {
+                    let batch = match rx.recv_timeout(DEVICE_SWEEP_EVERY) {
+                        Ok(first) => {
+                            let mut batch = vec![first];
+                            while batch.len() < DEVICE_LOG_BATCH {
+                                match rx.try_recv() {
+                                    Ok(p) => batch.push(p),
+                                    Err(_) => break,
+                                }
+                            }
+                            batch
                         }
-                    }
+                        Err(RecvTimeoutError::Timeout) => {
+                            from.clear();
+                            Vec::new()
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    };
                     let Some(catalog) = weak.upgrade() else {
                         return;
                     };
-                    if let Err(e) = catalog.record_devices(&batch) {
-                        m.device_record_errors.inc_by(batch.len() as u64);
-                        tracing::warn!(records = batch.len(), error = %e, "writing device records failed");
+                    if !batch.is_empty() {
+                        if let Err(e) = catalog.record_devices(&batch) {
+                            m.device_record_errors.inc_by(batch.len() as u64);
+                            tracing::warn!(records = batch.len(), error = %e, "writing device records failed");
+                        }
+                    }
+                    match catalog.expire_devices(
+                        keep.ttl,
+                        keep.max,
+                        super::model::now_secs(),
+                        DEVICE_EXPIRE_STEP,
+                        &mut from,
+                    ) {
+                        Ok((removed, left)) => {
+                            m.device_records_expired.inc_by(removed);
+                            m.device_records.set(left as i64);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "expiring device records failed"),
                     }
                 }
             });
@@ -291,6 +334,19 @@ mod tests {
     use crate::store::Cf;
 
     fn checker(dir: &std::path::Path) -> (Checker, Arc<crate::store::memory::MemoryKv>) {
+        checker_keeping(
+            dir,
+            DeviceRetention {
+                ttl: 0,
+                max: u64::MAX,
+            },
+        )
+    }
+
+    fn checker_keeping(
+        dir: &std::path::Path,
+        keep: DeviceRetention,
+    ) -> (Checker, Arc<crate::store::memory::MemoryKv>) {
         let (store, kv) = memory_store();
         let catalog = Arc::new(Catalog::new(store.clone()).unwrap());
         catalog
@@ -299,7 +355,7 @@ mod tests {
         let key = crate::repo::keys::KeyPair::create(&dir.join("director.pk8")).unwrap();
         let checker = Checker {
             chunk_lists: ChunkLists::new(store, None),
-            devices: DeviceLog::start(&catalog),
+            devices: DeviceLog::start(&catalog, keep),
             catalog,
             signer: Signer::new(Arc::new(key)),
             scheduler: None,
@@ -362,5 +418,24 @@ mod tests {
         }
         c.check(&request(Some("preview-1.a_b"))).await.unwrap();
         assert!(eventually(|| c.catalog.device_stats("gw").unwrap().devices == 1).await);
+    }
+
+    #[tokio::test]
+    async fn made_up_devices_cannot_grow_the_records_past_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = checker_keeping(dir.path(), DeviceRetention { ttl: 0, max: 3 });
+        for i in 0..10 {
+            let mut r = request(None);
+            r.device_id = format!("made-up-{i}");
+            c.check(&r).await.unwrap();
+        }
+        let m = c.catalog.store().metrics().clone();
+        assert!(
+            eventually(|| m.device_records_expired.get() == 7).await,
+            "expired {}",
+            m.device_records_expired.get()
+        );
+        assert_eq!(m.device_records.get(), 3);
+        assert_eq!(c.catalog.device_stats("gw").unwrap().devices, 3);
     }
 }

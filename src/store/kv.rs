@@ -20,10 +20,14 @@ pub enum Cf {
     Rings,
     Deltas,
     Devices,
+    /// device records by age: last-seen seconds (8 bytes big-endian) + the record's key
+    /// → empty. Expiry and the count cap walk it oldest first.
+    DeviceSeen,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 8] = [
+    /// Every family. Append only: the change feed encodes a family as its index here.
+    pub const ALL: [Cf; 9] = [
         Cf::Chunks,
         Cf::Blobs,
         Cf::Meta,
@@ -32,6 +36,7 @@ impl Cf {
         Cf::Rings,
         Cf::Deltas,
         Cf::Devices,
+        Cf::DeviceSeen,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +49,7 @@ impl Cf {
             Cf::Rings => "rings",
             Cf::Deltas => "deltas",
             Cf::Devices => "devices",
+            Cf::DeviceSeen => "device_seen",
         }
     }
 }
