@@ -58,9 +58,11 @@ head -c $((PAYLOAD_MIB << 20)) /dev/urandom > "$WORK/payload/v100"
 for i in $(seq "$EDGES"); do
   "$BIN/update-edge" keys add-edge "edge-$i" --out "$WORK/edge-$i.pk8" --keys "$WORK/keys" --root-keys "$WORK/root-keys" >/dev/null
 done
+# The whole simulated fleet comes from 127.0.0.1: no per-address check limit.
+printf '[catalog]\ncheck_rate_per_ip = 0\n' > "$WORK/origin.toml"
 UPDATE_EDGE_TUF_KEYS_DIR="$WORK/keys" UPDATE_EDGE_ADMIN_TOKEN=$TOKEN UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn \
   UPDATE_EDGE_REPLICATION_TOKEN=$TOKEN \
-  "$BIN/update-edge" serve --data "$WORK/data" --listen "127.0.0.1:$PORT" >"$OUT/node.log" 2>&1 &
+  "$BIN/update-edge" serve --config "$WORK/origin.toml" --data "$WORK/data" --listen "127.0.0.1:$PORT" >"$OUT/node.log" 2>&1 &
 NODE_PID=$!
 for _ in $(seq 100); do curl -sf "$URL/readyz" >/dev/null && break; sleep 0.1; done
 op() { curl -sf -H "Authorization: Bearer $TOKEN" "$@"; }
@@ -88,7 +90,7 @@ done
 # the origin on demand).
 for i in $(seq "$EDGES"); do
   port=$((PORT + 10 + i))
-  printf '[tuf]\ndirector_key = "%s"\n[edge]\nprefetch_rate = 0\n' "$WORK/edge-$i.pk8" > "$WORK/edge-$i.toml"
+  printf '[tuf]\ndirector_key = "%s"\n[edge]\nprefetch_rate = 0\n[catalog]\ncheck_rate_per_ip = 0\n' "$WORK/edge-$i.pk8" > "$WORK/edge-$i.toml"
   UPDATE_EDGE_UPSTREAM=$URL UPDATE_EDGE_UPSTREAM_TOKEN=$TOKEN UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn \
     UPDATE_EDGE_TUF_KEYS_DIR="$WORK/no-keys" UPDATE_EDGE_ADMIN_TOKEN=$TOKEN \
     "$BIN/update-edge" serve --config "$WORK/edge-$i.toml" --data "$WORK/edge-$i" --listen "127.0.0.1:$port" >"$OUT/edge-$i.log" 2>&1 &

@@ -122,6 +122,12 @@ pub struct CatalogConfig {
     /// Device records held at most; past it the least recently seen go first.
     /// Default `10000000`.
     pub max_devices: u64,
+    /// Checks per second one client address may make, sustained (IPv6: per /64); more
+    /// are answered `429` with `Retry-After`. `0` = no limit. Default `20` (a site of
+    /// 50,000 devices behind one NAT address checking hourly uses 14).
+    pub check_rate_per_ip: u32,
+    /// Checks one address may make at once before the rate applies. Default `200`.
+    pub check_burst_per_ip: u32,
 }
 
 /// `[tuf]`: the image repository's keys and metadata lifetimes.
@@ -210,6 +216,8 @@ impl Default for Config {
                 answer_ttl_secs: 3600,
                 device_ttl: Seconds(180 * 86_400),
                 max_devices: 10_000_000,
+                check_rate_per_ip: 20,
+                check_burst_per_ip: 200,
             },
             tuf: TufConfig {
                 keys_dir: PathBuf::from("./keys"),

@@ -8,13 +8,14 @@ pub mod check;
 pub mod error;
 pub mod ops;
 pub mod range;
+pub mod ratelimit;
 pub mod replication;
 pub mod tuf;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post, put};
@@ -23,6 +24,9 @@ use axum::Router;
 use crate::config::Config;
 use crate::metrics::{status_class, Metrics, RouteLabels, RouteOnly};
 use crate::store::Store;
+
+/// Largest JSON body an operator route buffers (products, rings).
+pub const MAX_JSON_BYTES: usize = 64 << 10;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -35,6 +39,8 @@ pub struct AppState {
     pub repo: Arc<crate::repo::Repo>,
     /// Set on an edge: where missing content and catalog changes come from.
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// Per-address limit on checks (`catalog.check_rate_per_ip`); None = no limit.
+    pub check_limit: Option<Arc<ratelimit::IpLimiter>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -71,6 +77,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        // Buffered (JSON) bodies; uploads stream and have their own limit.
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             track,

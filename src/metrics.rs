@@ -238,7 +238,7 @@ impl Metrics {
         );
         registry.register(
             "update_edge_checks",
-            "Update checks by result (update, none, error)",
+            "Update checks by result (update, none, error, limited)",
             m.checks.clone(),
         );
         registry.register(

@@ -36,6 +36,8 @@ pub struct Node {
     pub repo: Arc<Repo>,
     /// Set on an edge.
     pub upstream: Option<Arc<Upstream>>,
+    /// Per-address check limit (one table for the node's lifetime).
+    pub check_limit: Option<Arc<crate::http::ratelimit::IpLimiter>>,
 }
 
 /// Why a node could not be opened.
@@ -98,7 +100,13 @@ impl Node {
                 },
             ),
         });
+        let check_limit = crate::http::ratelimit::IpLimiter::new(
+            config.catalog.check_rate_per_ip,
+            config.catalog.check_burst_per_ip,
+        )
+        .map(Arc::new);
         Node {
+            check_limit,
             config: Arc::new(config),
             metrics,
             store,
@@ -150,6 +158,7 @@ impl Node {
             checker: self.checker.clone(),
             repo: self.repo.clone(),
             upstream: self.upstream.clone(),
+            check_limit: self.check_limit.clone(),
         }
     }
 }
@@ -329,6 +338,7 @@ async fn serve(
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
+    use tower::ServiceExt;
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -351,7 +361,7 @@ async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -377,7 +387,14 @@ async fn serve(
             });
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // Handlers see the peer address (per-address limits) as axum's `ConnectInfo`.
+        let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), service)
             .into_owned();

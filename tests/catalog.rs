@@ -177,7 +177,9 @@ async fn publish_schedules_deltas_from_previous_builds() {
 #[tokio::test]
 async fn rollout_percentages_are_accurate_monotone_and_pausable() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(test_config(&dir.path().join("data"))).await;
+    let mut config = test_config(&dir.path().join("data"));
+    config.catalog.check_rate_per_ip = 0; // a fleet of 10,000 from one address
+    let node = TestNode::start(config).await;
     seed_product(&node, "gw", 2, 20_000).await;
     let offered = |percent: &'static str, paused: bool| {
         let node = &node;
@@ -198,15 +200,14 @@ async fn rollout_percentages_are_accurate_monotone_and_pausable() {
                     let (c, url) = (c.clone(), url.clone());
                     async move {
                         let id = format!("device-{i}");
-                        let a: serde_json::Value = c
+                        let r = c
                             .post(&url)
                             .json(&json!({"product": "gw", "device_id": id, "version": "1.0.1"}))
                             .send()
                             .await
-                            .unwrap()
-                            .json()
-                            .await
                             .unwrap();
+                        assert_eq!(r.status(), StatusCode::OK, "check of {id}");
+                        let a: serde_json::Value = r.json().await.unwrap();
                         (id, !a["update"].is_null())
                     }
                 })

@@ -181,3 +181,84 @@ async fn an_upload_over_the_cap_is_413_and_a_stalled_one_is_408_and_neither_keep
     assert_eq!(r.bytes().await.unwrap().as_ref(), small.as_slice());
     node.stop().await;
 }
+
+#[tokio::test]
+async fn checks_past_an_addresses_rate_get_429_with_retry_after_and_other_addresses_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.catalog.check_rate_per_ip = 1;
+    cfg.catalog.check_burst_per_ip = 3;
+    let node = TestNode::start(cfg).await;
+    seed_product(&node, "gw", 1, 10_000).await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let check_from = |c: reqwest::Client, device: &str| {
+        let body = serde_json::json!({"product": "gw", "device_id": device, "version": "1.0.0"});
+        let url = format!("{}/v1/check", node.url);
+        async move { c.post(url).json(&body).send().await.unwrap() }
+    };
+    let flood = from("127.0.0.1");
+    for i in 0..3 {
+        let r = check_from(flood.clone(), &format!("made-up-{i}")).await;
+        assert_eq!(r.status(), reqwest::StatusCode::OK, "burst check {i}");
+    }
+    let r = check_from(flood.clone(), "made-up-3").await;
+    assert_eq!(r.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "retry-after {wait}");
+    assert!(r.text().await.unwrap().contains("too many checks"));
+    // Another address has its own bucket.
+    let r = check_from(from("127.0.0.2"), "legit").await;
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        node.metric_labeled(r#"update_edge_checks_total{result="limited"}"#)
+            .await,
+        1.0
+    );
+    // After the wait, the flooding address may check again.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let r = check_from(flood, "made-up-4").await;
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_check_body_over_16_kib_is_413_without_reading_it_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(test_config(dir.path())).await;
+    // Declared too large: refused on the header, before the body is sent.
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut head))
+        .await
+        .expect("no answer to a declared 1 GB check")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    // Streamed (no length) past the limit: refused too.
+    let big = format!(r#"{{"product":"{}"}}"#, "x".repeat(20_000));
+    let r = client()
+        .post(format!("{}/v1/check", node.url))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter([
+            Ok::<_, std::io::Error>(big.into_bytes()),
+        ])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.text().await.unwrap().contains("16384 bytes"));
+    node.stop().await;
+}

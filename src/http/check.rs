@@ -1,8 +1,11 @@
 //! Device plane: `POST /v1/check` (the director's signed, request-bound update decision)
 //! and `GET /v1/keys` (a convenience listing, never a root of trust).
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde_json::json;
 
@@ -11,25 +14,58 @@ use super::AppState;
 use crate::catalog::check::{CheckRequest, Outcome};
 use crate::metrics::ResultLabel;
 
-/// Largest check request body accepted.
-const MAX_CHECK_BYTES: usize = 16 << 10;
+/// Largest check request body accepted: enforced while the body is read (a declared
+/// or streamed larger body is `413` without buffering more).
+pub const MAX_CHECK_BYTES: usize = 16 << 10;
 
 pub async fn post_check(
     State(s): State<AppState>,
-    body: axum::body::Bytes,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    // Before anything else is done for it: a flood from one address costs a table
+    // lookup each.
+    if let (Some(limit), Some(Extension(ConnectInfo(peer)))) = (&s.check_limit, &peer) {
+        if let Err(wait) = limit.check(peer.ip()) {
+            s.metrics
+                .checks
+                .get_or_create(&ResultLabel {
+                    result: "limited".into(),
+                })
+                .inc();
+            return Err(ApiError::TooMany(
+                "too many checks from this address; retry later".into(),
+                wait.as_secs_f64().ceil().max(1.0) as u64,
+            ));
+        }
+    }
     let result = async {
         if s.repo.is_replica() {
             replica_fresh(&s)?;
         }
-        if body.len() > MAX_CHECK_BYTES {
-            return Err(ApiError::BadRequest(format!(
-                "check request over {MAX_CHECK_BYTES} bytes"
-            )));
+        let too_large =
+            || ApiError::TooLarge(format!("check request over {MAX_CHECK_BYTES} bytes"));
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_CHECK_BYTES as u64) {
+            return Err(too_large());
         }
+        let body = axum::body::to_bytes(body, MAX_CHECK_BYTES)
+            .await
+            .map_err(|e| {
+                if std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                {
+                    too_large()
+                } else {
+                    ApiError::BadRequest(format!("reading the check request: {e}"))
+                }
+            })?;
         let req: CheckRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid check request: {e}")))?;
-        Ok(s.checker.check(&req).await?)
+        Ok::<_, ApiError>(s.checker.check(&req).await?)
     }
     .await;
     let label = match &result {

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// A client too slow to send its request (408).
     #[error("{0}")]
     Timeout(String),
+    /// A client over its rate limit (429); it may retry after the given seconds.
+    #[error("{0}")]
+    TooMany(String, u64),
 }
 
 impl From<std::sync::Arc<crate::upstream::UpstreamError>> for ApiError {
@@ -91,6 +94,7 @@ impl ApiError {
             ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooMany(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,7 +104,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let retry_after = match &self {
-            ApiError::Unavailable(_, secs) => Some(*secs),
+            ApiError::Unavailable(_, secs) | ApiError::TooMany(_, secs) => Some(*secs),
             _ => None,
         };
         let message = if let ApiError::Unavailable(m, _) = &self {
