@@ -6,6 +6,7 @@ pub mod blobs;
 pub mod catalog;
 pub mod check;
 pub mod error;
+pub mod linger;
 pub mod ops;
 pub mod range;
 pub mod ratelimit;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         // Buffered (JSON) bodies; uploads stream and have their own limit.
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
+        .layer(axum::middleware::from_fn(linger::layer))
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             track,

@@ -380,10 +380,26 @@ async fn serve(
         }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.connections_refused.inc();
+            // The answer, then a lingering close (within the same one second): what the
+            // client already sent is read and dropped, so closing does not reset the
+            // connection under the 503 before the client has read it.
             tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut tcp = tcp;
-                let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(BUSY)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    tcp.write_all(BUSY).await?;
+                    tcp.shutdown().await?;
+                    let mut sink = [0u8; 4096];
+                    let mut left = 64usize << 10;
+                    while left > 0 {
+                        match tcp.read(&mut sink).await? {
+                            0 => break,
+                            n => left = left.saturating_sub(n),
+                        }
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
             });
             continue;
         };

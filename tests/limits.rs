@@ -262,3 +262,57 @@ async fn a_check_body_over_16_kib_is_413_without_reading_it_all() {
     assert!(r.text().await.unwrap().contains("16384 bytes"));
     node.stop().await;
 }
+
+/// Sends a request with a `len`-byte body whole, then reads the status line: what a
+/// simple client does. Fails on a broken pipe.
+async fn send_whole_then_read(addr: &str, head: &str, len: usize) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("{head}Content-Length: {len}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        if let Err(e) = tcp.write_all(&chunk[..n]).await {
+            panic!("the node closed under the body after {sent} bytes: {e}");
+        }
+        sent += n;
+    }
+    let mut status = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut status))
+        .await
+        .expect("no answer")
+        .unwrap();
+    String::from_utf8_lossy(&status).into_owned()
+}
+
+#[tokio::test]
+async fn a_refused_upload_is_drained_so_a_client_writing_its_whole_body_sees_the_status() {
+    use update_edge::config::ByteSize;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.server.max_upload_bytes = ByteSize(100_000);
+    let node = TestNode::start(cfg).await;
+    let addr = node.url.trim_start_matches("http://").to_string();
+    // 6 MiB: far past what socket buffers absorb, within the 8 MiB drained.
+    let len = 6 << 20;
+    let no_token = "POST /v1/blobs HTTP/1.1\r\nHost: x\r\n";
+    assert_eq!(
+        send_whole_then_read(&addr, no_token, len).await,
+        "HTTP/1.1 401"
+    );
+    let too_big =
+        format!("POST /v1/blobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n");
+    assert_eq!(
+        send_whole_then_read(&addr, &too_big, len).await,
+        "HTTP/1.1 413"
+    );
+    let r = client()
+        .get(format!("{}/healthz", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    node.stop().await;
+}

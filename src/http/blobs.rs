@@ -290,6 +290,14 @@ pub async fn ingest_body(
     body: Body,
     limits: UploadLimits,
 ) -> Result<PutOutcome, ApiError> {
+    // A declared length over the cap is refused before a byte is stored (the unread
+    // rest is drained, bounded, by the lingering close).
+    if http_body::Body::size_hint(&body).lower() > limits.max_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "upload over server.max_upload_bytes ({} bytes); nothing was kept",
+            limits.max_bytes
+        )));
+    }
     let (tx, mut rx) = mpsc::channel::<Frame>(UPLOAD_QUEUE_FRAMES);
     let st = store.clone();
     let worker = tokio::task::spawn_blocking(move || -> Result<Option<PutOutcome>, StoreError> {
