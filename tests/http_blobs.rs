@@ -147,6 +147,49 @@ async fn multiple_ranges_come_back_as_multipart_with_overlaps_coalesced() {
 }
 
 #[tokio::test]
+async fn many_small_ranges_over_many_chunks_are_answered_whole_not_read_chunk_by_chunk() {
+    use update_edge::config::ByteSize;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    (
+        cfg.store.chunk_min,
+        cfg.store.chunk_avg,
+        cfg.store.chunk_max,
+    ) = (ByteSize(512 << 10), ByteSize(1 << 20), ByteSize(2 << 20));
+    let node = TestNode::start(cfg).await;
+    let size = 24usize << 20;
+    let data = noise(size, 11);
+    let hash = node.upload(data.clone()).await;
+    let get = |range: String| {
+        client()
+            .get(node.blob_url(&hash))
+            .header("Range", range)
+            .send()
+    };
+    // One byte every 2 MiB: 12 bytes asked, ≥ 12 chunks (≥ 8 MiB) to read: whole.
+    let spread: Vec<String> = (0..12).map(|i| format!("{0}-{0}", i * (2 << 20))).collect();
+    let r = get(format!("bytes={}", spread.join(","))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[CONTENT_LENGTH], size.to_string().as_str());
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+    // Two such bytes (at most 4 MiB of chunks): multipart as asked.
+    let r = get(format!("bytes={},{}", spread[0], spread[11]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(r.headers()[CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("multipart/byteranges"));
+    // Large ranges reading about what they send: multipart too, however many chunks.
+    let r = get(format!("bytes=0-{},{}-", 10 << 20, 14 << 20))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn validators_give_304_and_if_range_picks_partial_or_whole() {
     let (_dir, node, data, hash) = node_with_payload().await;
     let c = client();

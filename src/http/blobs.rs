@@ -106,7 +106,15 @@ pub async fn serve_blob(
         }
     }
     let head = method == Method::HEAD;
-    let (status, length, body) = match decide(range, size) {
+    let mut decision = decide(range, size);
+    if let RangeDecision::Partial(ranges) = &decision {
+        if ranges.len() > 1 && multirange_too_costly(&manifest, ranges) {
+            // As nginx past `max_ranges`: served as if no Range had been asked for (work
+            // in proportion to the bytes sent).
+            decision = RangeDecision::Full;
+        }
+    }
+    let (status, length, body) = match decision {
         RangeDecision::Unsatisfiable => {
             resp = resp.header(header::CONTENT_RANGE, format!("bytes */{size}"));
             (StatusCode::RANGE_NOT_SATISFIABLE, 0, None)
@@ -147,6 +155,22 @@ pub async fn serve_blob(
         }
     };
     resp.body(body).map_err(internal)
+}
+
+/// Chunk bytes a multi-range request may make the node read and verify at most before
+/// it is answered whole instead (when also over [`MULTIRANGE_AMPLIFICATION`] × asked).
+pub const MULTIRANGE_WORK_BYTES: u64 = 8 << 20;
+/// Chunk bytes read per byte asked for, past which a costly multi-range request is
+/// answered whole.
+pub const MULTIRANGE_AMPLIFICATION: u64 = 4;
+
+/// Whether serving `ranges` would read far more than it sends: 64 one-byte ranges on
+/// 64 cold 1 MiB chunks read and hash 64 MiB for a 7 KB answer.
+fn multirange_too_costly(manifest: &Manifest, ranges: &[crate::http::range::ByteRange]) -> bool {
+    let spans: Vec<(u64, u64)> = ranges.iter().map(|r| (r.start, r.end)).collect();
+    let touched = manifest.chunk_bytes_under(&spans);
+    let asked: u64 = ranges.iter().map(|r| r.len()).sum();
+    touched > MULTIRANGE_WORK_BYTES && touched > asked.saturating_mul(MULTIRANGE_AMPLIFICATION)
 }
 
 /// Where a request will start reading, from its Range header before the size is known

@@ -124,6 +124,25 @@ impl Manifest {
         }
     }
 
+    /// Bytes of the distinct chunks that `ranges` (sorted, disjoint, within the blob,
+    /// non-empty) touch: what reading them costs when no chunk is cached.
+    pub fn chunk_bytes_under(&self, ranges: &[(u64, u64)]) -> u64 {
+        let mut total = 0;
+        let mut next = 0usize; // first chunk not yet counted
+        for &(start, end) in ranges {
+            if start >= end || end > self.size {
+                continue;
+            }
+            let first = self.chunk_at(start).max(next);
+            let last = self.chunk_at(end - 1);
+            if first <= last {
+                total += self.ends[last] - self.start_of(first);
+                next = last + 1;
+            }
+        }
+        total
+    }
+
     /// Memory this manifest takes when cached.
     pub fn weight(&self) -> u64 {
         (self.chunks.len() * (ENTRY + 8) + 64) as u64
@@ -169,6 +188,25 @@ mod tests {
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
         let empty = Manifest::new(vec![]);
         assert_eq!(Manifest::decode(&empty.encode()).unwrap().size, 0);
+    }
+
+    #[test]
+    fn chunk_bytes_under_ranges_count_each_chunk_once() {
+        let m = sample(); // chunks 0..10, 10..15, 15..16
+        assert_eq!(m.chunk_bytes_under(&[(0, 1)]), 10);
+        assert_eq!(
+            m.chunk_bytes_under(&[(0, 1), (5, 6)]),
+            10,
+            "same chunk once"
+        );
+        assert_eq!(m.chunk_bytes_under(&[(9, 11)]), 15);
+        assert_eq!(m.chunk_bytes_under(&[(0, 1), (9, 11), (15, 16)]), 16);
+        assert_eq!(m.chunk_bytes_under(&[(12, 13), (15, 16)]), 6);
+        assert_eq!(
+            m.chunk_bytes_under(&[(3, 3), (0, 99)]),
+            0,
+            "empty or out of bounds"
+        );
     }
 
     #[test]
