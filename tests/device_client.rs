@@ -12,16 +12,24 @@ use update_edge::client::{self, ClientError, UpdateArgs};
 
 const SIZE: usize = 6 << 20;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port no one listens on, held (bound, never listening) for as long as the
+/// returned socket lives: connections to it are refused, and nothing else can take it.
+fn refused_port() -> (socket2::Socket, u16) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    (s, port)
 }
 
 struct Proc {
     child: Child,
+    addr: std::net::SocketAddr,
 }
 
 impl Drop for Proc {
@@ -31,18 +39,49 @@ impl Drop for Proc {
     }
 }
 
-async fn spawn_node(data: &std::path::Path, config: &std::path::Path, port: u16) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_update-edge"))
+/// Starts `update-edge serve` on an ephemeral port and waits until it is ready; its
+/// address is read from its "serving" log line (no port picked beforehand, no race).
+async fn spawn_node(data: &std::path::Path, config: &std::path::Path) -> Proc {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_update-edge"))
         .args(["serve", "--config"])
         .arg(config)
         .arg("--data")
         .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.1:0"])
         .env("UPDATE_EDGE_ADMIN_TOKEN", TOKEN)
-        .env("UPDATE_EDGE_LOG", "warn")
+        .env("UPDATE_EDGE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}/readyz");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("serving") {
+                let _ = tx.send(line.clone());
+            }
+            eprintln!("node: {line}");
+        }
+    });
+    let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the node never logged its address");
+    let at = line
+        .find("127.0.0.1:")
+        .expect("an address in the serving line");
+    let addr: std::net::SocketAddr = line[at..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let url = format!("http://{addr}/readyz");
     assert!(
         eventually(30, || async {
             client()
@@ -53,7 +92,104 @@ async fn spawn_node(data: &std::path::Path, config: &std::path::Path, port: u16)
         })
         .await
     );
-    Proc { child }
+    Proc { child, addr }
+}
+
+/// A TCP front the device talks to, bound once for the whole test: it relays each
+/// connection to the node currently running (none: closed at once) and counts the bytes
+/// relayed to the device, the test's view of download progress.
+struct Front {
+    url: String,
+    backend: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    relayed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Front {
+    async fn start() -> Front {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let backend = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let relayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (b, r, c) = (backend.clone(), relayed.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((device, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let to: Option<std::net::SocketAddr> = *b.lock().unwrap();
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let Some(to) = to else { return };
+                    let Ok(node) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let (mut dr, mut dw) = device.into_split();
+                    let (mut nr, mut nw) = node.into_split();
+                    let up = async move {
+                        let _ = tokio::io::copy(&mut dr, &mut nw).await;
+                        let _ = nw.shutdown().await;
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 64 << 10];
+                        while let Ok(n) = nr.read(&mut buf).await {
+                            if n == 0 || dw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            r.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                    };
+                    // Whichever side ends (the node killed, the device done) ends both.
+                    tokio::select! { _ = up => {}, _ = down => {} }
+                });
+            }
+        });
+        Front {
+            url,
+            backend,
+            relayed,
+            connections,
+        }
+    }
+
+    fn route_to(&self, node: Option<&Proc>) {
+        *self.backend.lock().unwrap() = node.map(|n| n.addr);
+    }
+
+    /// Waits until `n` more bytes have been relayed to the device than `from`.
+    async fn relayed_past(&self, from: u64, n: u64) {
+        let r = self.relayed.clone();
+        assert!(
+            eventually(60, || {
+                let r = r.clone();
+                async move { r.load(std::sync::atomic::Ordering::SeqCst) >= from + n }
+            })
+            .await,
+            "the download made no progress"
+        );
+    }
+
+    /// Waits until the device has opened a connection since `from` connections.
+    async fn connection_after(&self, from: u64) {
+        let c = self.connections.clone();
+        assert!(
+            eventually(60, || {
+                let c = c.clone();
+                async move { c.load(std::sync::atomic::Ordering::SeqCst) > from }
+            })
+            .await,
+            "the device never tried again"
+        );
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.relayed.load(Ordering::SeqCst),
+            self.connections.load(Ordering::SeqCst),
+        )
+    }
 }
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
@@ -126,23 +262,29 @@ fn args(url: &str, out: std::path::PathBuf, max_rate: u64, retry: u64) -> Update
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_resumes_across_a_killed_and_restarted_node_without_refetching_verified_pieces() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let data = dir.path().join("data");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut node = spawn_node(&data, &config, port).await;
+    let front = Front::start().await;
+    let url = front.url.clone();
+    let mut node = spawn_node(&data, &config).await;
+    front.route_to(Some(&node));
     let v2 = seed(&url).await;
 
-    // Phase 1: the client keeps going while the node is killed and restarted.
+    // Phase 1: the client keeps going while the node is killed (once 1 MiB of the
+    // payload has come through) and restarted (once the client has tried it down).
     let out = dir.path().join("a.img");
+    let (relayed, _) = front.counts();
     let task = tokio::spawn(client::update(args(&url, out.clone(), 3 << 20, 60)));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    front.relayed_past(relayed, 1 << 20).await;
+    front.route_to(None);
+    let (_, tried) = front.counts();
     drop(node); // SIGKILL mid-transfer
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    node = spawn_node(&data, &config, port).await;
+    front.connection_after(tried).await;
+    node = spawn_node(&data, &config).await;
+    front.route_to(Some(&node));
     let r = task.await.unwrap().unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), v2);
     assert!(r.retries >= 1, "{r:?}");
@@ -153,13 +295,16 @@ async fn client_resumes_across_a_killed_and_restarted_node_without_refetching_ve
     // Phase 2: the client itself gives up while the node is down, then a new run resumes
     // from the verified pieces on disk.
     let out = dir.path().join("b.img");
+    let (relayed, _) = front.counts();
     let task = tokio::spawn(client::update(args(&url, out.clone(), 3 << 20, 1)));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    front.relayed_past(relayed, 1 << 20).await;
+    front.route_to(None);
     drop(node);
     let err = task.await.unwrap().unwrap_err();
     assert!(matches!(err, ClientError::GaveUp(..)), "{err}");
     assert!(!out.exists());
-    let _node = spawn_node(&data, &config, port).await;
+    let node = spawn_node(&data, &config).await;
+    front.route_to(Some(&node));
     let r = client::update(args(&url, out.clone(), 0, 30))
         .await
         .unwrap();
@@ -256,12 +401,13 @@ fn cli_device_update_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.img");
     init_keys(&dir.path().join("keys"), &dir.path().join("root-keys"));
+    let (_held, port) = refused_port();
     let st = Command::new(env!("CARGO_BIN_EXE_update-edge"))
         .args([
             "device",
             "update",
             "--server",
-            &format!("http://127.0.0.1:{}", free_port()),
+            &format!("http://127.0.0.1:{port}"),
         ])
         .arg("--root")
         .arg(dir.path().join("keys/root/1.root.json"))
