@@ -203,23 +203,54 @@ async fn metrics_are_exported_with_their_types() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(test_config(&dir.path().join("data"))).await;
     let text = node.metrics_text().await;
-    for (name, kind) in [
+    // Every family the node registers, with its type: a new metric must be added here.
+    let families = [
         ("update_edge_http_requests", "counter"),
         ("update_edge_http_request_duration_seconds", "histogram"),
         ("update_edge_bytes_served", "counter"),
+        ("update_edge_artifact_bytes_served", "counter"),
+        ("update_edge_cache_hits", "counter"),
+        ("update_edge_cache_misses", "counter"),
         ("update_edge_store_bytes", "gauge"),
+        ("update_edge_store_chunks", "gauge"),
+        ("update_edge_store_evicted_bytes", "counter"),
+        ("update_edge_store_corrupt_chunks", "counter"),
+        ("update_edge_ingest_bytes", "counter"),
         ("update_edge_delta_jobs", "gauge"),
         ("update_edge_delta_compute_seconds", "histogram"),
+        ("update_edge_delta_bytes_saved", "counter"),
+        ("update_edge_delta_job_panics", "counter"),
+        ("update_edge_deltas_obtained", "counter"),
         ("update_edge_checks", "counter"),
+        ("update_edge_device_record_errors", "counter"),
+        ("update_edge_device_records", "gauge"),
+        ("update_edge_device_records_expired", "counter"),
+        ("update_edge_connections_open", "gauge"),
+        ("update_edge_connections_refused", "counter"),
         (
             "update_edge_tuf_metadata_expires_timestamp_seconds",
             "gauge",
         ),
         ("update_edge_tuf_metadata_version", "gauge"),
-    ] {
+        ("update_edge_upstream_fetches", "counter"),
+        ("update_edge_upstream_bytes", "counter"),
+        ("update_edge_upstream_coalesced", "counter"),
+        ("update_edge_upstream_errors", "counter"),
+        ("update_edge_upstream_artifact_bytes", "counter"),
+        ("update_edge_upstream_last_sync_timestamp_seconds", "gauge"),
+        ("update_edge_upstream_replicated_sequence", "gauge"),
+        ("update_edge_upstream_prefetched_blobs", "counter"),
+    ];
+    for (name, kind) in families {
         let line = format!("# TYPE {name} {kind}");
         assert!(text.lines().any(|l| l == line), "missing {line:?}");
     }
+    let exported = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+    assert_eq!(
+        exported,
+        families.len(),
+        "a family without a pinned type:\n{text}"
+    );
     // The repository's gauges carry real values from the start.
     let ts = node
         .metric_labeled("update_edge_tuf_metadata_version{role=\"timestamp\"}")
