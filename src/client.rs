@@ -228,7 +228,7 @@ impl Session {
     /// any verification step is final.
     async fn load_repository(&mut self) -> Result<tough::Repository, ClientError> {
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0u32;
         loop {
             match trust::load_repository(&self.http, &self.base, &self.args.root, &self.args.state)
                 .await
@@ -236,12 +236,13 @@ impl Session {
                 Ok(r) => return Ok(r),
                 Err(trust::LoadError::Refused(e)) => return Err(e),
                 Err(trust::LoadError::Transport(e)) => {
-                    if started.elapsed() > self.args.retry_for {
+                    let wait = pause(attempt, None);
+                    if started.elapsed() + wait > self.args.retry_for {
                         return Err(ClientError::GaveUp(self.args.retry_for, e));
                     }
                     self.retries += 1;
-                    tokio::time::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -285,8 +286,9 @@ impl Session {
         Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
     {
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0u32;
         loop {
+            let mut asked_wait = None;
             let err = match send(self).await {
                 Ok(r) if r.status().is_success() => match read_capped(r, max).await {
                     Ok(b) => return Ok(b),
@@ -297,21 +299,30 @@ impl Session {
                     }
                     Err(Capped::Net(e)) => e,
                 },
+                // Rate-limited: not final; retried no sooner than the node asked.
+                Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                    asked_wait = retry_after(&r);
+                    format!("status {}", r.status())
+                }
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status();
                     let text = read_capped(r, 4096).await.unwrap_or_default();
                     let text = String::from_utf8_lossy(&text);
                     return Err(ClientError::Server(format!("{status}: {text}")));
                 }
-                Ok(r) => format!("status {}", r.status()),
+                Ok(r) => {
+                    asked_wait = retry_after(&r);
+                    format!("status {}", r.status())
+                }
                 Err(e) => e.to_string(),
             };
-            if started.elapsed() > self.args.retry_for {
+            let wait = pause(attempt, asked_wait);
+            if started.elapsed() + wait > self.args.retry_for {
                 return Err(ClientError::GaveUp(self.args.retry_for, err));
             }
             self.retries += 1;
-            tokio::time::sleep(jitter(delay)).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            attempt += 1;
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -416,6 +427,9 @@ impl Session {
         }
         file.sync_all()?;
         if hash_file(&partial)? != hash {
+            // Every chunk matched its list, yet the whole does not: the partial file is
+            // not worth resuming from.
+            let _ = std::fs::remove_file(&partial);
             return Err(ClientError::Verification(
                 "downloaded artifact does not match its blake3".into(),
             ));
@@ -431,40 +445,47 @@ impl Session {
         len: u64,
     ) -> Result<Vec<u8>, ClientError> {
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0u32;
         loop {
             match self.try_range(url, range, len).await {
                 Ok(b) => return Ok(b),
-                Err(e) => {
-                    if started.elapsed() > self.args.retry_for {
+                Err((e, asked_wait)) => {
+                    let wait = pause(attempt, asked_wait);
+                    if started.elapsed() + wait > self.args.retry_for {
                         return Err(ClientError::GaveUp(self.args.retry_for, e));
                     }
                     self.retries += 1;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
     }
 
-    async fn try_range(&mut self, url: &str, range: &str, len: u64) -> Result<Vec<u8>, String> {
+    /// One range request; on failure, why and how long the node asked to wait.
+    async fn try_range(
+        &mut self,
+        url: &str,
+        range: &str,
+        len: u64,
+    ) -> Result<Vec<u8>, (String, Option<Duration>)> {
         let mut resp = self
             .http
             .get(url)
             .header("Range", range)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (e.to_string(), None))?;
         if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
-            return Err(format!("status {}", resp.status()));
+            return Err((format!("status {}", resp.status()), retry_after(&resp)));
         }
         let mut out = Vec::with_capacity(len as usize);
         let t0 = Instant::now();
-        while let Some(piece) = resp.chunk().await.map_err(|e| e.to_string())? {
+        while let Some(piece) = resp.chunk().await.map_err(|e| (e.to_string(), None))? {
             out.extend_from_slice(&piece);
             self.downloaded += piece.len() as u64;
             if out.len() as u64 > len {
-                return Err("more bytes than requested".into());
+                return Err(("more bytes than requested".into(), None));
             }
             if self.args.max_rate > 0 {
                 let due = Duration::from_secs_f64(out.len() as f64 / self.args.max_rate as f64);
@@ -474,7 +495,7 @@ impl Session {
             }
         }
         if out.len() as u64 != len {
-            return Err(format!("short body: {} of {len} bytes", out.len()));
+            return Err((format!("short body: {} of {len} bytes", out.len()), None));
         }
         Ok(out)
     }
@@ -495,9 +516,48 @@ pub fn hash_file(path: &Path) -> std::io::Result<Hash> {
     Ok(h.finalize().into())
 }
 
-/// Spreads retries of a fleet over time: `d` scaled by a random factor in [0.5, 1.5).
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.5 + rand::random::<f64>())
+/// First retry's backoff ceiling, doubled per attempt up to [`BACKOFF_CAP`].
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Longest `Retry-After` honoured (a longer one is capped: the device retries then).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// How long to wait before retry number `attempt` (0-based): "full jitter" — uniform in
+/// [0, min(cap, base × 2^attempt)) — so a fleet cut off at once (a node restart) comes
+/// back spread out, not in lockstep; never sooner than the node's `Retry-After`, and
+/// spread over half of it beyond that.
+fn pause(attempt: u32, asked: Option<Duration>) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let jittered = ceiling.mul_f64(rand::random::<f64>());
+    match asked {
+        Some(after) => after + (after / 2).mul_f64(rand::random::<f64>()).max(jittered),
+        None => jittered,
+    }
+}
+
+/// A response's `Retry-After` in seconds (the HTTP-date form is not used by nodes),
+/// capped at [`MAX_RETRY_AFTER`].
+fn retry_after(r: &reqwest::Response) -> Option<Duration> {
+    let secs: u64 = r
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// Makes a rename in `file`'s directory durable (the new name survives a power cut).
+fn sync_parent(file: &Path) -> std::io::Result<()> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Checks a finished file against the repository's signed length, sha256 and blake3, in
@@ -535,6 +595,7 @@ fn finish_full(partial: &Path, out: &Path, want: &Approved) -> Result<Hash, Clie
     }
     let hash = r?;
     std::fs::rename(partial, out)?;
+    sync_parent(out)?;
     Ok(hash)
 }
 
@@ -546,11 +607,12 @@ fn apply_delta(
 ) -> Result<Hash, ClientError> {
     let old = crate::delta::FileAt::open(current)?;
     let tmp = out.with_file_name(format!(
-        ".{}.{}.applying",
+        ".{}.{}.{:08x}.applying",
         out.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        std::process::id()
+        std::process::id(),
+        rand::random::<u32>()
     ));
     let result = (|| {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
@@ -560,10 +622,38 @@ fn apply_delta(
         f.sync_all()?;
         let got = verify_target(&tmp, want)?;
         std::fs::rename(&tmp, out)?;
+        sync_parent(out)?;
         Ok(got)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_wait_full_jitter_under_a_doubling_cap_and_never_less_than_retry_after() {
+        for attempt in 0..20 {
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << attempt.min(16))
+                .min(BACKOFF_CAP);
+            let waits: Vec<Duration> = (0..200).map(|_| pause(attempt, None)).collect();
+            assert!(waits.iter().all(|w| *w < ceiling), "attempt {attempt}");
+            // Spread over the whole interval, not bunched around its middle.
+            assert!(waits.iter().any(|w| *w < ceiling / 4), "attempt {attempt}");
+            assert!(
+                waits.iter().any(|w| *w > ceiling * 3 / 4),
+                "attempt {attempt}"
+            );
+        }
+        let asked = Duration::from_secs(10);
+        for attempt in [0, 3, 30] {
+            let w = pause(attempt, Some(asked));
+            assert!(w >= asked && w <= asked * 3 / 2 + BACKOFF_CAP, "{w:?}");
+        }
+    }
 }

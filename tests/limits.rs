@@ -316,3 +316,41 @@ async fn a_refused_upload_is_drained_so_a_client_writing_its_whole_body_sees_the
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn the_device_client_waits_out_a_429_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&dir.path().join("data"));
+    cfg.catalog.check_rate_per_ip = 1;
+    cfg.catalog.check_burst_per_ip = 1;
+    let node = TestNode::start(cfg).await;
+    let builds = gw_targeting_102(&node, 30_000).await;
+    // This address's one check is spent: the client's check is answered 429 first.
+    let (status, _) = check(
+        &node,
+        serde_json::json!({"product": "gw", "device_id": "other", "version": "1.0.1"}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let started = std::time::Instant::now();
+    let r = update_edge::client::update(node.device_args(dir.path(), "gw", "d1", "1.0.1", None))
+        .await
+        .unwrap();
+    assert_eq!(r.version.as_deref(), Some("1.0.2"));
+    assert!(r.retries >= 1, "{r:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "retried before Retry-After: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("out.img")).unwrap(),
+        builds[1]
+    );
+    assert!(
+        node.metric_labeled(r#"update_edge_checks_total{result="limited"}"#)
+            .await
+            >= 1.0
+    );
+    node.stop().await;
+}

@@ -229,13 +229,14 @@ async fn run(args: Args, sc: Scenario, statics: Option<Vec<Artifact>>) -> anyhow
                 Ok(Err(e)) => Some(e),
                 Err(_) => Some("timeout (run ended)".to_string()),
             };
+            // Every session of every kind ends by itself before the run does (a slow
+            // download stops at the window's end): one still running at `stop_at` is
+            // stuck, and counts as an error like any other.
             if let Some(e) = err {
-                if !(ctx2.sc.kind == Kind::Slow && e.starts_with("timeout")) {
-                    ctx2.rec
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .error(at, &e);
-                }
+                ctx2.rec
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .error(at, &e);
             }
             inflight2.fetch_sub(1, Ordering::Relaxed);
         });
@@ -470,12 +471,22 @@ async fn download_resumed(ctx: &Ctx, url: &str, artifact: &Artifact) -> Result<(
     finish(ctx, artifact, Some(hasher))
 }
 
+/// A throttled download with no byte for this long is stuck (an error).
+const SLOW_STALL: Duration = Duration::from_secs(20);
+
 async fn download_slow(ctx: &Ctx, url: &str) -> Result<(), String> {
     let rate = ctx.sc.per_connection_bytes_per_sec.max(1) as f64;
-    let mut resp = get_whole(ctx, url).await?;
+    let stalled = || format!("stalled: no byte for {} s", SLOW_STALL.as_secs());
+    let mut resp = tokio::time::timeout(SLOW_STALL, get_whole(ctx, url))
+        .await
+        .map_err(|_| stalled())??;
     let t0 = Instant::now();
     let mut got = 0u64;
-    while let Some(b) = resp.chunk().await.map_err(|e| format!("body: {e}"))? {
+    while let Some(b) = tokio::time::timeout(SLOW_STALL, resp.chunk())
+        .await
+        .map_err(|_| stalled())?
+        .map_err(|e| format!("body: {e}"))?
+    {
         got += b.len() as u64;
         ctx.rec
             .lock()

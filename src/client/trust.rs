@@ -271,10 +271,21 @@ pub fn record_installed(state: &Path, version: &Version, name: &str) -> Result<(
         return Ok(());
     }
     let path = installed_path(state);
-    let tmp = state.join(".installed.json.tmp");
+    // A name of its own: two runs on one state directory never write the same file.
+    let tmp = state.join(format!(
+        ".installed.json.{}.{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let body = serde_json::json!({ "highest_version": version.to_string(), "target": name });
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&body).unwrap_or_default())?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
+    let written = (|| {
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&body).unwrap_or_default())?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(written?)
 }
