@@ -2,7 +2,7 @@
 # One entry point for a fresh Debian/Ubuntu machine with only Rust installed.
 #   ./dev.sh demo   install what is missing, build, start a node with demo content
 #   ./dev.sh test   install what is missing, run the whole test suite
-#   ./dev.sh setup  only install what is missing
+#   ./dev.sh setup  only install what is missing (also the fuzzing tools: fuzz/run.sh)
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
@@ -40,6 +40,12 @@ setup_python() {
   export UPDATE_EDGE_PYTHON="$VENV/bin/python3"
 }
 
+# cargo-fuzz on the nightly toolchain, for fuzz/run.sh (CI runs every target briefly).
+setup_fuzz() {
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+}
+
 run_tests() {
   # setup installed the stock clients: a test that needs one fails if it is missing.
   export UPDATE_EDGE_REQUIRE_TOOLS=1
@@ -57,7 +63,7 @@ run_tests() {
 }
 
 case "${1:-}" in
-  setup) setup; setup_python ;;
+  setup) setup; setup_python; setup_fuzz ;;
   test) setup; setup_python; run_tests ;;
   demo)
     setup

@@ -22,6 +22,7 @@ pub mod kv;
 pub mod manifest;
 pub mod memory;
 pub mod read;
+#[cfg(feature = "rocksdb")]
 pub mod rocks;
 pub mod verify;
 
@@ -126,8 +127,19 @@ impl Store {
         cache_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Store>, StoreError> {
-        let kv = rocks::RocksKv::open(dir)?;
-        Store::with_kv(Arc::new(kv), params, cache_bytes, metrics)
+        #[cfg(feature = "rocksdb")]
+        {
+            let kv = rocks::RocksKv::open(dir)?;
+            Store::with_kv(Arc::new(kv), params, cache_bytes, metrics)
+        }
+        #[cfg(not(feature = "rocksdb"))]
+        {
+            let _ = (params, cache_bytes, metrics);
+            Err(StoreError::Engine(format!(
+                "cannot open {}: built without the rocksdb feature",
+                dir.display()
+            )))
+        }
     }
 
     /// Builds a store over any engine (memory in tests); checks the schema version.
