@@ -89,6 +89,11 @@ pub struct StoreConfig {
     /// pinned by a ring target are evicted (and refilled on demand). Default `0` = no
     /// limit. An origin holds the only copy, so it refuses a budget.
     pub max_bytes: ByteSize,
+    /// Free space kept on the data dir's filesystem: an upload that would leave less
+    /// (twice its declared length: the engine writes it to its log and its files) is
+    /// refused `507` before a byte is stored, and one that gets there while streaming
+    /// is aborted `507`, so the engine itself never runs out. Default `1GiB`.
+    pub min_free_bytes: ByteSize,
 }
 
 /// `[delta]`: when a delta is worth offering.
@@ -204,6 +209,7 @@ impl Default for Config {
                 chunk_avg: ByteSize(256 << 10),
                 chunk_max: ByteSize(1 << 20),
                 max_bytes: ByteSize(0),
+                min_free_bytes: ByteSize(1 << 30),
             },
             delta: DeltaConfig {
                 worth_it_ratio: 0.8,

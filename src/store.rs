@@ -67,6 +67,16 @@ pub enum StoreError {
     Task(String),
     #[error("upstream: {0}")]
     Upstream(String),
+    /// The engine could not write: the data dir's filesystem is full.
+    #[error("storage full: {0}")]
+    NoSpace(String),
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir` (None if
+/// it cannot be asked).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 /// Where manifests of blobs this node does not hold come from (an edge's upstream), for

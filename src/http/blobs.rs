@@ -286,10 +286,14 @@ pub async fn post_blob(
 
 /// How much and how slowly a client may upload (`server.max_upload_bytes`,
 /// `server.upload_idle_timeout`).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct UploadLimits {
     pub max_bytes: u64,
     pub idle: std::time::Duration,
+    /// The data dir, whose free space is watched, and the space to keep free there
+    /// (`store.min_free_bytes`).
+    pub data_dir: std::path::PathBuf,
+    pub min_free: u64,
 }
 
 impl From<&crate::config::Config> for UploadLimits {
@@ -297,8 +301,29 @@ impl From<&crate::config::Config> for UploadLimits {
         UploadLimits {
             max_bytes: c.server.max_upload_bytes.0,
             idle: std::time::Duration::from_secs(c.server.upload_idle_timeout.0),
+            data_dir: c.server.data_dir.clone(),
+            min_free: c.store.min_free_bytes.0,
         }
     }
+}
+
+/// Free space is looked at again after this many more bytes of an upload.
+const SPACE_CHECK_EVERY: u64 = 8 << 20;
+
+/// `507` unless the data dir has `need` bytes free beyond `store.min_free_bytes`.
+fn ensure_space(limits: &UploadLimits, need: u64) -> Result<(), ApiError> {
+    let Some(free) = crate::store::free_bytes(&limits.data_dir) else {
+        return Ok(());
+    };
+    let want = need.saturating_add(limits.min_free);
+    if free < want {
+        return Err(ApiError::NoSpace(format!(
+            "not enough free space on the node's data dir: {free} bytes free, {want} needed \
+             ({need} for this upload, store.min_free_bytes {} kept free); nothing was kept",
+            limits.min_free
+        )));
+    }
+    Ok(())
 }
 
 enum Frame {
@@ -322,6 +347,12 @@ pub async fn ingest_body(
             limits.max_bytes
         )));
     }
+    // The engine writes what it is given twice (its log, then its files) before a
+    // flush frees the log: that much room, beyond the reserve, or nothing is started.
+    ensure_space(
+        &limits,
+        http_body::Body::size_hint(&body).lower().saturating_mul(2),
+    )?;
     let (tx, mut rx) = mpsc::channel::<Frame>(UPLOAD_QUEUE_FRAMES);
     let st = store.clone();
     let worker = tokio::task::spawn_blocking(move || -> Result<Option<PutOutcome>, StoreError> {
@@ -351,7 +382,14 @@ pub async fn ingest_body(
         };
         match frame {
             Ok(b) => {
+                let before = received;
                 received += b.len() as u64;
+                if received / SPACE_CHECK_EVERY != before / SPACE_CHECK_EVERY {
+                    if let Err(e) = ensure_space(&limits, 0) {
+                        body_error = Some(e);
+                        break;
+                    }
+                }
                 if received > limits.max_bytes {
                     body_error = Some(ApiError::TooLarge(format!(
                         "upload over server.max_upload_bytes ({} bytes); nothing was kept",

@@ -38,6 +38,9 @@ pub enum ApiError {
     /// A client over its rate limit (429); it may retry after the given seconds.
     #[error("{0}")]
     TooMany(String, u64),
+    /// Not enough room in the store for this (507); the message says what was needed.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 impl From<std::sync::Arc<crate::upstream::UpstreamError>> for ApiError {
@@ -95,6 +98,9 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooMany(..) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NoSpace(_) | ApiError::Store(StoreError::NoSpace(_)) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,8 +113,11 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_, secs) | ApiError::TooMany(_, secs) => Some(*secs),
             _ => None,
         };
-        let message = if let ApiError::Unavailable(m, _) = &self {
+        let message = if let ApiError::Unavailable(m, _) | ApiError::NoSpace(m) = &self {
             m.clone()
+        } else if let ApiError::Store(StoreError::NoSpace(_)) = &self {
+            tracing::error!(error = %self, "storage full");
+            "the node's storage is full; nothing of this request was kept".to_string()
         } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
             "internal error".to_string()

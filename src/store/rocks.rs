@@ -29,7 +29,12 @@ pub struct RocksKv {
 }
 
 fn err(e: rocksdb::Error) -> StoreError {
-    StoreError::Engine(e.into_string())
+    let text = e.into_string();
+    if text.contains("No space left on device") {
+        StoreError::NoSpace(text)
+    } else {
+        StoreError::Engine(text)
+    }
 }
 
 impl RocksKv {
