@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -25,74 +25,6 @@ fn refused_port() -> (socket2::Socket, u16) {
     .unwrap();
     let port = s.local_addr().unwrap().as_socket().unwrap().port();
     (s, port)
-}
-
-struct Proc {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `update-edge serve` on an ephemeral port and waits until it is ready; its
-/// address is read from its "serving" log line (no port picked beforehand, no race).
-async fn spawn_node(data: &std::path::Path, config: &std::path::Path) -> Proc {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_update-edge"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("UPDATE_EDGE_ADMIN_TOKEN", TOKEN)
-        .env("UPDATE_EDGE_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("serving") {
-                let _ = tx.send(line.clone());
-            }
-            eprintln!("node: {line}");
-        }
-    });
-    let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
-        .await
-        .unwrap()
-        .expect("the node never logged its address");
-    let at = line
-        .find("127.0.0.1:")
-        .expect("an address in the serving line");
-    let addr: std::net::SocketAddr = line[at..]
-        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let url = format!("http://{addr}/readyz");
-    assert!(
-        eventually(30, || async {
-            client()
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await
-    );
-    Proc { child, addr }
 }
 
 /// A TCP front the device talks to, bound once for the whole test: it relays each
@@ -153,7 +85,7 @@ impl Front {
         }
     }
 
-    fn route_to(&self, node: Option<&Proc>) {
+    fn route_to(&self, node: Option<&Served>) {
         *self.backend.lock().unwrap() = node.map(|n| n.addr);
     }
 
@@ -269,7 +201,7 @@ async fn client_resumes_across_a_killed_and_restarted_node_without_refetching_ve
     let data = dir.path().join("data");
     let front = Front::start().await;
     let url = front.url.clone();
-    let mut node = spawn_node(&data, &config).await;
+    let mut node = spawn_serve(&config, &data).await;
     front.route_to(Some(&node));
     let v2 = seed(&url).await;
 
@@ -283,7 +215,7 @@ async fn client_resumes_across_a_killed_and_restarted_node_without_refetching_ve
     let (_, tried) = front.counts();
     drop(node); // SIGKILL mid-transfer
     front.connection_after(tried).await;
-    node = spawn_node(&data, &config).await;
+    node = spawn_serve(&config, &data).await;
     front.route_to(Some(&node));
     let r = task.await.unwrap().unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), v2);
@@ -303,7 +235,7 @@ async fn client_resumes_across_a_killed_and_restarted_node_without_refetching_ve
     let err = task.await.unwrap().unwrap_err();
     assert!(matches!(err, ClientError::GaveUp(..)), "{err}");
     assert!(!out.exists());
-    let node = spawn_node(&data, &config).await;
+    let node = spawn_serve(&config, &data).await;
     front.route_to(Some(&node));
     let r = client::update(args(&url, out.clone(), 0, 30))
         .await

@@ -91,12 +91,27 @@ pub fn verify(config: Config) -> anyhow::Result<u8> {
     for b in &report.corrupt_blobs {
         println!("corrupt blob {b}");
     }
+    if !report.counters_match() {
+        println!(
+            "counters drifted: recorded {} chunks / {} bytes, counted {} / {}",
+            report.recorded.chunks,
+            report.recorded.bytes,
+            report.counted.chunks,
+            report.counted.bytes
+        );
+    }
     println!(
-        "checked {} chunks, {} blobs: {} corrupt chunks, {} corrupt blobs",
+        "checked {} chunks ({} bytes), {} blobs: {} corrupt chunks, {} corrupt blobs, counters {}",
         report.chunks_checked,
+        report.counted.bytes,
         report.blobs_checked,
         report.corrupt_chunks.len(),
-        report.corrupt_blobs.len()
+        report.corrupt_blobs.len(),
+        if report.counters_match() {
+            "match"
+        } else {
+            "DRIFTED"
+        }
     );
     Ok(if report.is_clean() {
         EXIT_OK

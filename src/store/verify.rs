@@ -15,11 +15,19 @@ pub struct VerifyReport {
     /// Blobs that reference a missing or corrupt chunk, or whose bytes do not hash to
     /// their key, or whose manifest is unreadable.
     pub corrupt_blobs: Vec<Hash>,
+    /// Chunks and bytes counted by the walk, and as the store's counters record them
+    /// (`update_edge_store_chunks` / `_bytes`): equal unless the counters drifted.
+    pub counted: super::Stats,
+    pub recorded: super::Stats,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.corrupt_chunks.is_empty() && self.corrupt_blobs.is_empty()
+        self.corrupt_chunks.is_empty() && self.corrupt_blobs.is_empty() && self.counters_match()
+    }
+
+    pub fn counters_match(&self) -> bool {
+        self.counted == self.recorded
     }
 }
 
@@ -27,10 +35,15 @@ impl Store {
     /// Walks the whole store (blocking). Reads every chunk once for the chunk pass and
     /// again per blob for the blob pass.
     pub fn verify(&self, mut progress: impl FnMut(u64)) -> Result<VerifyReport, StoreError> {
-        let mut report = VerifyReport::default();
+        let mut report = VerifyReport {
+            recorded: self.stats(),
+            ..VerifyReport::default()
+        };
         let mut bad = std::collections::HashSet::new();
         self.kv.scan(Cf::Chunks, &[], &mut |k, v| {
             report.chunks_checked += 1;
+            report.counted.chunks += 1;
+            report.counted.bytes += v.len() as u64;
             progress(v.len() as u64);
             let key = Hash::from_slice(k).unwrap_or(Hash([0; 32]));
             if Hash::of(v) != key || k.len() != 32 {
@@ -95,6 +108,8 @@ mod tests {
         let r = store.verify(|_| {}).unwrap();
         assert!(r.is_clean());
         assert_eq!(r.blobs_checked, 2);
+        assert_eq!(r.counted, store.stats());
+        assert!(r.counted.bytes >= 60_000 && r.counted.chunks == r.chunks_checked);
         let m = store.manifest_blocking(&a.hash).unwrap();
         let victim = m.chunks[0].hash;
         kv.corrupt(

@@ -525,3 +525,73 @@ macro_rules! hook {
         }) as Hook
     };
 }
+
+/// `update-edge serve` as a child process, killed (SIGKILL) when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `update-edge serve` on an ephemeral port and waits until it is ready; its
+/// address is read from its "serving" log line (no port picked beforehand, no race).
+pub async fn spawn_serve(config: &std::path::Path, data: &std::path::Path) -> Served {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_update-edge"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("UPDATE_EDGE_ADMIN_TOKEN", TOKEN)
+        .env("UPDATE_EDGE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("serving") {
+                let _ = tx.send(line.clone());
+            }
+            eprintln!("node: {line}");
+        }
+    });
+    let line =
+        tokio::task::spawn_blocking(move || rx.recv_timeout(std::time::Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .expect("the node never logged its address");
+    let at = line
+        .find("127.0.0.1:")
+        .expect("an address in the serving line");
+    let addr: std::net::SocketAddr = line[at..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let url = format!("http://{addr}/readyz");
+    assert!(
+        eventually(30, || async {
+            client()
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await
+    );
+    Served { child, addr }
+}
