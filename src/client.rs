@@ -89,6 +89,9 @@ pub struct UpdateArgs {
     pub max_rate: u64,
     /// How long to keep retrying a failing piece before giving up.
     pub retry_for: Duration,
+    /// A PEM CA certificate (bundle) trusted for an https server, beside the system's
+    /// roots.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
@@ -115,18 +118,39 @@ struct Session {
     retries: u64,
 }
 
+/// The device's HTTP client: http or https (rustls, the system's roots plus `ca`),
+/// HTTP/2 when the server offers it by ALPN.
+fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, ClientError> {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(30));
+    if let Some(path) = ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| ClientError::Usage(format!("--ca {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ClientError::Usage(format!("--ca {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(ClientError::Usage(format!(
+                "--ca {}: no PEM certificate in it",
+                path.display()
+            )));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(|e| ClientError::Server(e.to_string()))
+}
+
 pub async fn update(args: UpdateArgs) -> Result<UpdateResult, ClientError> {
     let running: Version = args
         .version
         .parse()
         .map_err(|e| ClientError::Usage(format!("--version {:?}: {e}", args.version)))?;
     std::fs::create_dir_all(&args.state)?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(5))
-        .read_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| ClientError::Server(e.to_string()))?;
+    let http = http_client(args.ca.as_deref())?;
     let base = args.server.trim_end_matches('/').to_string();
     let mut s = Session {
         http,

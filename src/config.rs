@@ -71,6 +71,25 @@ pub struct ServerConfig {
     /// An upload that sends no byte for this long is aborted `408` (nothing kept), so a
     /// stalled client cannot hold up garbage collection. Default `60`.
     pub upload_idle_timeout: Seconds,
+    /// A second listener speaking TLS (HTTPS; HTTP/2 and HTTP/1.1 by ALPN), with the
+    /// same routes and limits. Default empty = none.
+    pub tls_listen: String,
+    /// PEM certificate chain and private key for `tls_listen`; reloaded on SIGHUP and
+    /// when either file changes, without dropping connections.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+}
+
+impl ServerConfig {
+    /// `tls_listen` as an address, if set.
+    pub fn tls_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.tls_listen.is_empty() {
+            return Ok(None);
+        }
+        self.tls_listen.parse().map(Some).map_err(|e| {
+            ConfigError::Invalid(format!("server.tls_listen {:?}: {e}", self.tls_listen))
+        })
+    }
 }
 
 /// `[store]`: chunking and the hot cache.
@@ -202,6 +221,9 @@ impl Default for Config {
                 h2_max_streams: 128,
                 max_upload_bytes: ByteSize(64 << 30),
                 upload_idle_timeout: Seconds(60),
+                tls_listen: String::new(),
+                tls_cert: PathBuf::new(),
+                tls_key: PathBuf::new(),
             },
             store: StoreConfig {
                 cache_size: ByteSize(512 << 20),
@@ -373,6 +395,14 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "delta.zstd_level must be 1..=22 and delta.workers 1..=64".into(),
+            ));
+        }
+        if self.server.tls_addr()?.is_some()
+            && (self.server.tls_cert.as_os_str().is_empty()
+                || self.server.tls_key.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "server.tls_listen needs server.tls_cert and server.tls_key (PEM files)".into(),
             ));
         }
         let t = &self.tuf;

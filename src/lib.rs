@@ -17,4 +17,5 @@ pub mod protocol;
 pub mod repo;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod upstream;

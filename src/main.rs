@@ -203,6 +203,10 @@ enum DeviceCommand {
         /// Keep retrying a failing request for this many seconds.
         #[arg(long, default_value_t = 300)]
         retry_secs: u64,
+        /// Trust this PEM CA certificate (bundle) for an https server, beside the
+        /// system's roots.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -328,6 +332,7 @@ fn main() -> ExitCode {
                 state,
                 max_rate,
                 retry_secs,
+                ca,
                 json,
             } => cli::device::update(
                 update_edge::client::UpdateArgs {
@@ -342,6 +347,7 @@ fn main() -> ExitCode {
                     state,
                     max_rate,
                     retry_for: std::time::Duration::from_secs(retry_secs),
+                    ca,
                 },
                 json,
             ),

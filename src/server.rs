@@ -226,6 +226,8 @@ pub struct StoreParts {
 /// A server running in the background; [`RunningServer::stop`] ends it.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The TLS listener's address, when there is one.
+    pub tls_addr: Option<SocketAddr>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
     /// Holds the repository (and so the store) until it is stopped and awaited.
@@ -258,7 +260,25 @@ impl RunningServer {
 
 /// Serves `node` on `listener` until stopped.
 pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServer> {
+    start_with_tls(node, listener, None)
+}
+
+/// A listener for TLS connections and what completes their handshakes.
+pub struct TlsListener {
+    pub listener: TcpListener,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Reloaded on SIGHUP and file changes while the server runs.
+    pub certs: Arc<crate::tls::Certificates>,
+}
+
+/// [`start`], with a second listener speaking TLS.
+pub fn start_with_tls(
+    node: &Node,
+    listener: TcpListener,
+    tls: Option<TlsListener>,
+) -> std::io::Result<RunningServer> {
     let addr = listener.local_addr()?;
+    let tls_addr = tls.as_ref().map(|t| t.listener.local_addr()).transpose()?;
     let app = router(node.state());
     let (tx, rx) = oneshot::channel::<()>();
     let mut background = Vec::new();
@@ -289,9 +309,14 @@ pub fn start(node: &Node, listener: TcpListener) -> std::io::Result<RunningServe
     };
     let limits = Limits::from(&node.config.server);
     let metrics = node.metrics.clone();
-    let task = tokio::spawn(serve(listener, app, limits, metrics, rx));
+    let tls = tls.map(|t| {
+        background.push(tokio::spawn(t.certs.clone().watch()));
+        (t.listener, t.acceptor)
+    });
+    let task = tokio::spawn(serve(listener, tls, app, limits, metrics, rx));
     Ok(RunningServer {
         addr,
+        tls_addr,
         shutdown: tx,
         task,
         resigner,
@@ -331,6 +356,7 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncont
 /// stops accepting and lets open connections finish their requests.
 async fn serve(
     listener: TcpListener,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     app: axum::Router,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -361,18 +387,26 @@ async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (tcp, peer) = tokio::select! {
+        let tls_accept = async {
+            match &tls {
+                Some((l, acceptor)) => (l.accept().await, Some(acceptor.clone())),
+                None => std::future::pending().await,
+            }
+        };
+        let (accepted, secure) = tokio::select! {
             _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors (or a connection reset before accept):
-                    // back off instead of spinning; serving connections continue.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => (accepted, None),
+            accepted = tls_accept => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors (or a connection reset before accept): back
+                // off instead of spinning; serving connections continue.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         if let Some(k) = &keepalive {
@@ -411,19 +445,42 @@ async fn serve(
                 req
             },
         ));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
         let open = metrics.connections_open.clone();
         open.inc();
-        tokio::spawn(async move {
-            let _ = conn.await;
-            open.dec();
-            drop(slot);
-        });
+        match secure {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    open.dec();
+                    drop(slot);
+                });
+            }
+            Some(acceptor) => {
+                // The handshake, within the header timeout (a stalled one is dropped),
+                // then the same HTTP serving as in the clear.
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let handshake_timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
+                    {
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        let _ = watcher.watch(conn).await;
+                    }
+                    open.dec();
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
+    drop(tls);
     graceful.shutdown().await;
     Ok(())
 }

@@ -191,6 +191,7 @@ fn args(url: &str, out: std::path::PathBuf, max_rate: u64, retry: u64) -> Update
         out,
         max_rate,
         retry_for: Duration::from_secs(retry),
+        ca: None,
     }
 }
 

@@ -155,6 +155,7 @@ async fn a_device_download_through_nginx_resumes_after_the_cache_restarts() {
         server: cache.url.clone(),
         max_rate: 4 << 20,
         retry_for: Duration::from_secs(30),
+        ca: None,
         ..node.device_args(dir.path(), "gw", "dev-1", "1.0.1", None)
     };
     let task = tokio::spawn(client::update(args.clone()));

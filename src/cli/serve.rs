@@ -41,9 +41,24 @@ pub fn run(mut config: Config, demo: bool) -> anyhow::Result<u8> {
     rt.block_on(async move {
         let node = super::open_node(config).await?;
         let listener = tokio::net::TcpListener::bind(node.config.server.listen).await?;
-        let running = server::start(&node, listener)?;
+        let tls = match node.config.server.tls_addr()? {
+            None => None,
+            Some(at) => {
+                let c = &node.config.server;
+                let certs = crate::tls::Certificates::open(&c.tls_cert, &c.tls_key)?;
+                Some(server::TlsListener {
+                    listener: tokio::net::TcpListener::bind(at).await?,
+                    acceptor: crate::tls::acceptor(certs.clone())?,
+                    certs,
+                })
+            }
+        };
+        let running = server::start_with_tls(&node, listener, tls)?;
         let base = format!("http://{}", running.addr);
         tracing::info!(addr = %running.addr, data = %node.config.server.data_dir.display(), "serving");
+        if let Some(at) = running.tls_addr {
+            tracing::info!(addr = %at, "serving TLS");
+        }
         if demo {
             print_demo(&node, &base).await?;
         }

@@ -125,6 +125,7 @@ impl TestNode {
             state: dir.join(format!("state-{device}")),
             max_rate: 0,
             retry_for: std::time::Duration::from_secs(20),
+            ca: None,
         }
     }
 
