@@ -523,18 +523,20 @@ impl Catalog {
         for (slug, device_id, rec) in records {
             latest.insert(key2(slug, device_id.as_bytes()), rec);
         }
+        let keys: Vec<&[u8]> = latest.keys().map(|k| k.as_slice()).collect();
+        let olds = kv.multi_get(Cf::Devices, &keys)?;
         let mut batch = Batch::default();
-        for (key, rec) in latest {
-            match kv.get(Cf::Devices, &key)? {
+        for ((key, rec), old) in latest.iter().zip(olds) {
+            match old {
                 Some(old) => {
                     if let Ok(old) = decode::<DeviceRecord>(&old) {
-                        batch.delete(Cf::DeviceSeen, seen_key(old.last_seen, &key));
+                        batch.delete(Cf::DeviceSeen, seen_key(old.last_seen, key));
                     }
                 }
                 None => count += 1,
             }
-            batch.put(Cf::DeviceSeen, seen_key(rec.last_seen, &key), Vec::new());
-            batch.put(Cf::Devices, key, encode(rec));
+            batch.put(Cf::DeviceSeen, seen_key(rec.last_seen, key), Vec::new());
+            batch.put(Cf::Devices, key.clone(), encode(*rec));
         }
         batch.put(Cf::Meta, DEVICE_COUNT_KEY, count.to_le_bytes());
         kv.write(batch, false)?;

@@ -80,7 +80,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         // Buffered (JSON) bodies; uploads stream and have their own limit.
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
-        .layer(axum::middleware::from_fn(linger::layer))
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             track,

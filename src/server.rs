@@ -442,7 +442,8 @@ async fn serve(
             move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
-                req
+                // A body refused unread is drained (bounded) before the close.
+                crate::http::linger::wrap(req)
             },
         ));
         let open = metrics.connections_open.clone();

@@ -10,9 +10,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -22,16 +19,22 @@ pub const LINGER_BYTES: u64 = 8 << 20;
 /// How long discarding may take at most.
 pub const LINGER_TIME: Duration = Duration::from_secs(5);
 
-/// Wraps every request body so an unread rest is drained (bounded) when dropped.
-pub async fn layer(req: Request, next: Next) -> Response {
-    let req = req.map(|b| {
+/// Wraps a request's body so an unread rest is drained (bounded) when it is dropped.
+/// The accept loop applies it to every request (no extra middleware layer).
+pub fn wrap<B>(req: http::Request<B>) -> http::Request<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    req.map(|b| {
         if b.is_end_stream() {
-            b
+            Body::new(b)
         } else {
-            Body::new(Lingering { inner: Some(b) })
+            Body::new(Lingering {
+                inner: Some(Body::new(b)),
+            })
         }
-    });
-    next.run(req).await
+    })
 }
 
 /// A request body that, dropped before its end, hands the rest to a task that discards

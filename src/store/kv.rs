@@ -89,6 +89,11 @@ impl Batch {
 pub trait KvStore: Send + Sync + 'static {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Values of many keys of one family at once (the engine batches the lookups).
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(cf, k)).collect()
+    }
+
     /// Exact membership (may be cheaper than `get` for large values).
     fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, StoreError>;
 

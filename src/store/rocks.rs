@@ -106,6 +106,15 @@ impl KvStore for RocksKv {
         Ok(v.map(|v| v.to_vec()))
     }
 
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let h = self.cf(cf)?;
+        self.db
+            .batched_multi_get_cf_opt(h, keys.iter().copied(), false, &Self::read_opts(cf))
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(err))
+            .collect()
+    }
+
     fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, StoreError> {
         let h = self.cf(cf)?;
         // The bloom filter answers "definitely absent" (the common case for new chunks)
