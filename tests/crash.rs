@@ -91,14 +91,7 @@ struct World {
 /// Everything a client can see must be whole and right.
 async fn check_world(url: &str, w: &World) {
     let c = client();
-    let r = c
-        .get(format!("{url}/v1/products/gw/builds"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let builds: serde_json::Value = r.json().await.unwrap();
+    let builds = list_builds(url, "gw").await;
     let mut listed = BTreeMap::new();
     for b in builds["builds"].as_array().unwrap() {
         let v = b["version"].as_str().unwrap().to_string();
@@ -157,16 +150,7 @@ async fn check_world(url: &str, w: &World) {
 }
 
 async fn listed_versions(url: &str) -> Vec<u64> {
-    let b: serde_json::Value = client()
-        .get(format!("{url}/v1/products/gw/builds"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    b["builds"]
+    list_builds(url, "gw").await["builds"]
         .as_array()
         .unwrap()
         .iter()

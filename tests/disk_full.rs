@@ -98,15 +98,7 @@ async fn a_publish_that_does_not_fit_is_507_keeps_nothing_and_works_again_when_s
     assert!(text.contains("nothing was kept"), "{text}");
 
     // Nothing of it is visible; what was there still serves, byte-exact.
-    let builds = client()
-        .get(format!("{}/v1/products/gw/builds", node.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let builds = list_builds(&node.url, "gw").await.to_string();
     assert!(
         builds.contains("1.0.1") && !builds.contains("1.0.2"),
         "{builds}"

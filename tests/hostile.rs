@@ -247,12 +247,7 @@ async fn every_hostile_input_gets_its_status_and_the_node_stays_healthy_and_unch
     h2_floods(&addr, &blob).await;
 
     // Afterwards: healthy, unchanged, memory near where it was.
-    let r = client()
-        .get(format!("{}/healthz", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert_healthy(&node.url).await;
     let after = stored_state(&node, &hash).await;
     assert!(before == after, "something stored changed");
     let grown = rss_bytes().saturating_sub(rss_before);

@@ -54,12 +54,7 @@ async fn a_half_sent_header_and_an_idle_keep_alive_are_closed_after_the_header_t
     );
 
     // The node still serves.
-    let r = client()
-        .get(format!("{}/healthz", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert_healthy(&node.url).await;
     node.stop().await;
 }
 
@@ -308,12 +303,7 @@ async fn a_refused_upload_is_drained_so_a_client_writing_its_whole_body_sees_the
         send_whole_then_read(&addr, &too_big, len).await,
         "HTTP/1.1 413"
     );
-    let r = client()
-        .get(format!("{}/healthz", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert_healthy(&node.url).await;
     node.stop().await;
 }
 

@@ -596,3 +596,25 @@ pub async fn spawn_serve(config: &std::path::Path, data: &std::path::Path) -> Se
     );
     Served { child, addr }
 }
+
+/// Fails unless the node at `url` answers `/healthz` with 200.
+pub async fn assert_healthy(url: &str) {
+    let r = client()
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .expect("healthz: no answer");
+    assert_eq!(r.status(), reqwest::StatusCode::OK, "healthz");
+}
+
+/// The operator's listing of `product`'s builds (`{"builds": [...]}`); fails on a non-200.
+pub async fn list_builds(url: &str, product: &str) -> serde_json::Value {
+    let r = client()
+        .get(format!("{url}/v1/products/{product}/builds"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK, "listing builds");
+    r.json().await.unwrap()
+}
