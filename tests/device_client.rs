@@ -27,103 +27,6 @@ fn refused_port() -> (socket2::Socket, u16) {
     (s, port)
 }
 
-/// A TCP front the device talks to, bound once for the whole test: it relays each
-/// connection to the node currently running (none: closed at once) and counts the bytes
-/// relayed to the device, the test's view of download progress.
-struct Front {
-    url: String,
-    backend: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
-    relayed: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Front {
-    async fn start() -> Front {
-        use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let backend = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let relayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (b, r, c) = (backend.clone(), relayed.clone(), connections.clone());
-        tokio::spawn(async move {
-            while let Ok((device, _)) = listener.accept().await {
-                c.fetch_add(1, Ordering::SeqCst);
-                let to: Option<std::net::SocketAddr> = *b.lock().unwrap();
-                let r = r.clone();
-                tokio::spawn(async move {
-                    let Some(to) = to else { return };
-                    let Ok(node) = tokio::net::TcpStream::connect(to).await else {
-                        return;
-                    };
-                    let (mut dr, mut dw) = device.into_split();
-                    let (mut nr, mut nw) = node.into_split();
-                    let up = async move {
-                        let _ = tokio::io::copy(&mut dr, &mut nw).await;
-                        let _ = nw.shutdown().await;
-                    };
-                    let down = async move {
-                        let mut buf = vec![0u8; 64 << 10];
-                        while let Ok(n) = nr.read(&mut buf).await {
-                            if n == 0 || dw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                            r.fetch_add(n as u64, Ordering::SeqCst);
-                        }
-                    };
-                    // Whichever side ends (the node killed, the device done) ends both.
-                    tokio::select! { _ = up => {}, _ = down => {} }
-                });
-            }
-        });
-        Front {
-            url,
-            backend,
-            relayed,
-            connections,
-        }
-    }
-
-    fn route_to(&self, node: Option<&Served>) {
-        *self.backend.lock().unwrap() = node.map(|n| n.addr);
-    }
-
-    /// Waits until `n` more bytes have been relayed to the device than `from`.
-    async fn relayed_past(&self, from: u64, n: u64) {
-        let r = self.relayed.clone();
-        assert!(
-            eventually(60, || {
-                let r = r.clone();
-                async move { r.load(std::sync::atomic::Ordering::SeqCst) >= from + n }
-            })
-            .await,
-            "the download made no progress"
-        );
-    }
-
-    /// Waits until the device has opened a connection since `from` connections.
-    async fn connection_after(&self, from: u64) {
-        let c = self.connections.clone();
-        assert!(
-            eventually(60, || {
-                let c = c.clone();
-                async move { c.load(std::sync::atomic::Ordering::SeqCst) > from }
-            })
-            .await,
-            "the device never tried again"
-        );
-    }
-
-    fn counts(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering;
-        (
-            self.relayed.load(Ordering::SeqCst),
-            self.connections.load(Ordering::SeqCst),
-        )
-    }
-}
-
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("edge.toml");
     init_keys(&dir.join("keys"), &dir.join("root-keys"));
@@ -203,7 +106,7 @@ async fn client_resumes_across_a_killed_and_restarted_node_without_refetching_ve
     let front = Front::start().await;
     let url = front.url.clone();
     let mut node = spawn_serve(&config, &data).await;
-    front.route_to(Some(&node));
+    front.route_to(Some(Backend::Tcp(node.addr)));
     let v2 = seed(&url).await;
 
     // Phase 1: the client keeps going while the node is killed (once 1 MiB of the
@@ -217,7 +120,7 @@ async fn client_resumes_across_a_killed_and_restarted_node_without_refetching_ve
     drop(node); // SIGKILL mid-transfer
     front.connection_after(tried).await;
     node = spawn_serve(&config, &data).await;
-    front.route_to(Some(&node));
+    front.route_to(Some(Backend::Tcp(node.addr)));
     let r = task.await.unwrap().unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), v2);
     assert!(r.retries >= 1, "{r:?}");
@@ -237,7 +140,7 @@ async fn client_resumes_across_a_killed_and_restarted_node_without_refetching_ve
     assert!(matches!(err, ClientError::GaveUp(..)), "{err}");
     assert!(!out.exists());
     let node = spawn_serve(&config, &data).await;
-    front.route_to(Some(&node));
+    front.route_to(Some(Backend::Tcp(node.addr)));
     let r = client::update(args(&url, out.clone(), 0, 30))
         .await
         .unwrap();

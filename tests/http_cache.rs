@@ -19,10 +19,10 @@ fn nginx_bin() -> &'static str {
     }
 }
 
-/// Runs nginx with the shipped config, in front of `upstream` (host:port).
+/// Runs nginx with the shipped config, in front of `upstream` (host:port), listening on
+/// a unix socket (no port to pick, so no race), reached through a [`Front`].
 struct Nginx {
     child: Child,
-    url: String,
 }
 
 impl Drop for Nginx {
@@ -37,18 +37,19 @@ impl Drop for Nginx {
     }
 }
 
-async fn nginx(dir: &std::path::Path, upstream: &str) -> Nginx {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    nginx_at(dir, upstream, port).await
+/// nginx in front of `upstream`, and a front that reaches it: its URL is `front.url`.
+async fn nginx(dir: &std::path::Path, upstream: &str) -> (Nginx, Front) {
+    let front = Front::start().await;
+    let cache = nginx_at(dir, upstream, &front).await;
+    (cache, front)
 }
 
-async fn nginx_at(dir: &std::path::Path, upstream: &str, port: u16) -> Nginx {
+/// Starts nginx and routes `front` to it once it answers.
+async fn nginx_at(dir: &std::path::Path, upstream: &str, front: &Front) -> Nginx {
     let run = dir.join("nginx-run");
     std::fs::create_dir_all(&run).unwrap();
+    let sock = dir.join("nginx.sock");
+    let _ = std::fs::remove_file(&sock);
     let template = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nginx-cache.conf"),
     )
@@ -57,7 +58,7 @@ async fn nginx_at(dir: &std::path::Path, upstream: &str, port: u16) -> Nginx {
         .replace("@RUN_DIR@", run.to_str().unwrap())
         .replace("@CACHE_DIR@", dir.join("nginx-cache").to_str().unwrap())
         .replace("@UPSTREAM@", upstream)
-        .replace("@LISTEN@", &format!("127.0.0.1:{port}"));
+        .replace("@LISTEN@", &format!("unix:{}", sock.display()));
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
     let child = Command::new(nginx_bin())
@@ -70,16 +71,15 @@ async fn nginx_at(dir: &std::path::Path, upstream: &str, port: u16) -> Nginx {
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx");
-    let url = format!("http://127.0.0.1:{port}");
-    let up = eventually(10, || async {
-        client().get(format!("{url}/healthz")).send().await.is_ok()
-    })
-    .await;
+    front.route_to(Some(Backend::Unix(sock.clone())));
+    let url = format!("{}/healthz", front.url);
+    let up = eventually(10, || async { client().get(&url).send().await.is_ok() }).await;
     assert!(up, "nginx did not start");
-    Nginx { child, url }
+    Nginx { child }
 }
 
-#[tokio::test]
+// Multi-threaded: curl runs as a blocking child while the front relays on another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_updates_through_nginx_proxy_cache_and_curl_resumes_through_it() {
     if !require_tools(&[nginx_bin(), "curl", "b3sum"]) {
         return;
@@ -87,13 +87,13 @@ async fn a_device_updates_through_nginx_proxy_cache_and_curl_resumes_through_it(
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(test_config(&dir.path().join("data"))).await;
     let builds = gw_targeting_102(&node, 300_000).await;
-    let cache = nginx(dir.path(), node.url.trim_start_matches("http://")).await;
+    let (cache, front) = nginx(dir.path(), node.url.trim_start_matches("http://")).await;
 
     for device in ["dev-1", "dev-2"] {
         let d = dir.path().join(device);
         std::fs::create_dir_all(&d).unwrap();
         let args = client::UpdateArgs {
-            server: cache.url.clone(),
+            server: front.url.clone(),
             ..node.device_args(&d, "gw", device, "1.0.1", None)
         };
         let r = client::update(args.clone()).await.unwrap();
@@ -109,7 +109,7 @@ async fn a_device_updates_through_nginx_proxy_cache_and_curl_resumes_through_it(
         .unwrap()
         .blob
         .to_string();
-    let url = format!("{}/v1/blobs/{blob}", cache.url);
+    let url = format!("{}/v1/blobs/{blob}", front.url);
     let r = client().head(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["x-cache-status"], "HIT");
@@ -135,11 +135,10 @@ async fn a_device_updates_through_nginx_proxy_cache_and_curl_resumes_through_it(
         .unwrap();
     assert_eq!(String::from_utf8(b3.stdout).unwrap().trim(), blob);
     drop(cache);
-    tokio::time::sleep(Duration::from_millis(50)).await;
     node.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_download_through_nginx_resumes_after_the_cache_restarts() {
     if !require_tools(&[nginx_bin()]) {
         return;
@@ -149,20 +148,24 @@ async fn a_device_download_through_nginx_resumes_after_the_cache_restarts() {
     // Larger than the loopback socket buffers, so stopping nginx cuts the transfer.
     let builds = gw_targeting_102(&node, 24 << 20).await;
     let upstream = node.url.trim_start_matches("http://").to_string();
-    let cache = nginx(dir.path(), &upstream).await;
-    let port: u16 = cache.url.rsplit(':').next().unwrap().parse().unwrap();
+    let (cache, front) = nginx(dir.path(), &upstream).await;
     let args = client::UpdateArgs {
-        server: cache.url.clone(),
+        server: front.url.clone(),
         max_rate: 4 << 20,
         retry_for: Duration::from_secs(30),
         ca: None,
         ..node.device_args(dir.path(), "gw", "dev-1", "1.0.1", None)
     };
+    let (relayed, _) = front.counts();
     let task = tokio::spawn(client::update(args.clone()));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    drop(cache); // the cache goes away mid-download, for long enough to be noticed
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _cache = nginx_at(dir.path(), &upstream, port).await;
+    // The cache goes away once 2 MiB of the download have come through it, and comes
+    // back once the device has tried it while it was gone.
+    front.relayed_past(relayed, 2 << 20).await;
+    front.route_to(None);
+    let (_, tried) = front.counts();
+    drop(cache);
+    front.connection_after(tried).await;
+    let _cache = nginx_at(dir.path(), &upstream, &front).await;
     let r = task.await.unwrap().unwrap();
     assert_eq!(r.version.as_deref(), Some("1.0.2"));
     assert_eq!(std::fs::read(&args.out).unwrap(), builds[1]);

@@ -618,3 +618,123 @@ pub async fn list_builds(url: &str, product: &str) -> serde_json::Value {
     assert_eq!(r.status(), reqwest::StatusCode::OK, "listing builds");
     r.json().await.unwrap()
 }
+
+/// Where a [`Front`] relays to.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+/// A TCP front a client talks to, bound once for the whole test: it relays each
+/// connection to the server currently running (none: closed at once) and counts the
+/// bytes relayed to the client, the test's view of download progress. Servers behind it
+/// can come and go on new ports or sockets without a port race.
+pub struct Front {
+    pub url: String,
+    backend: std::sync::Arc<std::sync::Mutex<Option<Backend>>>,
+    relayed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Front {
+    pub async fn start() -> Front {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let backend = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let relayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (b, r, c) = (backend.clone(), relayed.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((device, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let to: Option<Backend> = b.lock().unwrap().clone();
+                let r = r.clone();
+                tokio::spawn(async move {
+                    type Half = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+                    type WHalf = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+                    let (mut nr, mut nw): (Half, WHalf) = match to {
+                        None => return,
+                        Some(Backend::Tcp(a)) => match tokio::net::TcpStream::connect(a).await {
+                            Ok(s) => {
+                                let (r, w) = s.into_split();
+                                (Box::new(r), Box::new(w))
+                            }
+                            Err(_) => return,
+                        },
+                        Some(Backend::Unix(p)) => match tokio::net::UnixStream::connect(p).await {
+                            Ok(s) => {
+                                let (r, w) = s.into_split();
+                                (Box::new(r), Box::new(w))
+                            }
+                            Err(_) => return,
+                        },
+                    };
+                    let (mut dr, mut dw) = device.into_split();
+                    let up = async move {
+                        let _ = tokio::io::copy(&mut dr, &mut nw).await;
+                        let _ = nw.shutdown().await;
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 64 << 10];
+                        while let Ok(n) = nr.read(&mut buf).await {
+                            if n == 0 || dw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            r.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                    };
+                    // Whichever side ends (the node killed, the device done) ends both.
+                    tokio::select! { _ = up => {}, _ = down => {} }
+                });
+            }
+        });
+        Front {
+            url,
+            backend,
+            relayed,
+            connections,
+        }
+    }
+
+    /// Relays new connections to `to` from now on (None: refuses them).
+    pub fn route_to(&self, to: Option<Backend>) {
+        *self.backend.lock().unwrap() = to;
+    }
+
+    /// Waits until `n` more bytes have been relayed to the device than `from`.
+    pub async fn relayed_past(&self, from: u64, n: u64) {
+        let r = self.relayed.clone();
+        assert!(
+            eventually(60, || {
+                let r = r.clone();
+                async move { r.load(std::sync::atomic::Ordering::SeqCst) >= from + n }
+            })
+            .await,
+            "no progress through the front"
+        );
+    }
+
+    /// Waits until the device has opened a connection since `from` connections.
+    pub async fn connection_after(&self, from: u64) {
+        let c = self.connections.clone();
+        assert!(
+            eventually(60, || {
+                let c = c.clone();
+                async move { c.load(std::sync::atomic::Ordering::SeqCst) > from }
+            })
+            .await,
+            "the client never tried again"
+        );
+    }
+
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.relayed.load(Ordering::SeqCst),
+            self.connections.load(Ordering::SeqCst),
+        )
+    }
+}
