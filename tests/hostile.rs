@@ -290,17 +290,21 @@ async fn h2_floods(addr: &str, path: &str) {
         let (resp, _) = c.send_request(request, true).unwrap();
         answers.push(resp);
     }
-    let mut ok = 0;
+    // Streams opened before the node's SETTINGS reached the client may be refused
+    // (REFUSED_STREAM: never processed, safe to retry); every other one is answered.
+    let (mut ok, mut refused) = (0, 0);
     for a in answers {
-        if let Ok(r) = a.await {
-            assert_eq!(r.status(), 200);
-            ok += 1;
+        match a.await {
+            Ok(r) => {
+                assert_eq!(r.status(), 200);
+                ok += 1;
+            }
+            Err(e) if e.reason() == Some(h2::Reason::REFUSED_STREAM) => refused += 1,
+            Err(e) => panic!("stream failed: {e}"),
         }
     }
-    assert_eq!(
-        ok, 500,
-        "the client waits for stream slots: every stream is answered"
-    );
+    assert_eq!(ok + refused, 500);
+    assert!(ok >= 500 - 128, "{ok} answered, {refused} refused");
 
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
