@@ -201,6 +201,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn multi_get_answers_each_key_in_order_from_memtable_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = RocksKv::open(dir.path()).unwrap();
+        let mut batch = Batch::default();
+        batch.put(Cf::Devices, b"a".to_vec(), b"1".to_vec());
+        batch.put(Cf::Devices, b"c".to_vec(), b"3".to_vec());
+        kv.write(batch, false).unwrap();
+        let want = vec![Some(b"3".to_vec()), None, Some(b"1".to_vec())];
+        let keys: [&[u8]; 3] = [b"c", b"b", b"a"];
+        assert_eq!(kv.multi_get(Cf::Devices, &keys).unwrap(), want);
+        kv.db.flush_cf(kv.cf(Cf::Devices).unwrap()).unwrap();
+        assert_eq!(kv.multi_get(Cf::Devices, &keys).unwrap(), want);
+    }
+
+    #[test]
     fn may_contain_never_denies_a_stored_key_and_denies_absent_ones_from_the_filters() {
         let dir = tempfile::tempdir().unwrap();
         let kv = RocksKv::open(dir.path()).unwrap();
