@@ -319,12 +319,16 @@ pub(crate) mod test_util {
 
     /// A memory-backed store with small chunks so tests cross chunk boundaries cheaply.
     pub fn memory_store() -> (Arc<Store>, Arc<memory::MemoryKv>) {
-        let kv = Arc::new(memory::MemoryKv::new());
-        let params = ChunkParams {
+        memory_store_with(ChunkParams {
             min: 1024,
             avg: 4096,
             max: 16384,
-        };
+        })
+    }
+
+    /// An in-memory store cutting chunks as `params` say.
+    pub fn memory_store_with(params: ChunkParams) -> (Arc<Store>, Arc<memory::MemoryKv>) {
+        let kv = Arc::new(memory::MemoryKv::new());
         let store = Store::with_kv(kv.clone(), params, 1 << 20, Arc::new(Metrics::new())).unwrap();
         (store, kv)
     }

@@ -219,12 +219,18 @@ async fn manifest_of(node: &TestNode, hash: &str) -> std::sync::Arc<update_edge:
 
 #[tokio::test]
 async fn a_chunk_goes_to_edges_with_its_blake3_tree_and_a_bad_format_is_400() {
+    use update_edge::config::ByteSize;
     use update_edge::protocol::bao;
     let dir = tempfile::tempdir().unwrap();
-    let origin = TestNode::start(origin_config(&dir.path().join("origin"))).await;
-    let data = noise(300 << 10, 81);
+    // Chunks of several 16 KiB groups, so each has a tree (an outboard) to keep.
+    let mut oc = origin_config(&dir.path().join("origin"));
+    (oc.store.chunk_min, oc.store.chunk_avg, oc.store.chunk_max) =
+        (ByteSize(32 << 10), ByteSize(64 << 10), ByteSize(128 << 10));
+    let origin = TestNode::start(oc).await;
+    let data = noise(600 << 10, 81);
     let hash = origin.upload(data.clone()).await;
     let m = manifest_of(&origin, &hash).await;
+    assert!(m.chunks.len() >= 4 && m.chunks[0].len > 16 << 10);
     let c = client();
     let mut whole = Vec::new();
     for ch in &m.chunks {
@@ -238,13 +244,15 @@ async fn a_chunk_goes_to_edges_with_its_blake3_tree_and_a_bad_format_is_400() {
         assert_eq!(r.headers()["content-type"], bao::CONTENT_TYPE);
         let body = r.bytes().await.unwrap();
         assert_eq!(body.len() as u64, bao::encoded_len(ch.len as u64));
-        let size = bao::decode(ch.hash, body, 1 << 30, |at, group| {
+        let (size, tree) = bao::decode(ch.hash, body, 1 << 30, |at, group| {
             assert_eq!(base + at, whole.len() as u64, "groups in order");
             whole.extend_from_slice(&group);
         })
         .await
         .unwrap();
         assert_eq!(size, ch.len as u64);
+        let at = base as usize;
+        assert_eq!(tree, bao::outboard(&data[at..at + ch.len as usize]).1);
     }
     assert_eq!(whole, data, "the groups make up the blob");
     let first = m.chunks[0].hash;
@@ -266,7 +274,46 @@ async fn a_chunk_goes_to_edges_with_its_blake3_tree_and_a_bad_format_is_400() {
         raw.bytes().await.unwrap().as_ref(),
         &data[..m.chunks[0].len as usize]
     );
+    // An edge that fills the blob keeps each chunk's tree as it arrived, so it can send
+    // it on (to edges below it) without hashing: its store verifies with every tree
+    // present and right.
+    let edge = edge(&dir.path().join("edge"), &origin).await;
+    let r = c.get(edge.blob_url(&hash)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), data);
+    let r = c
+        .get(format!(
+            "{}/v1/chunks/{}?format=bao",
+            edge.url, m.chunks[1].hash
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (size, _) = bao::decode(
+        m.chunks[1].hash,
+        r.bytes().await.unwrap(),
+        1 << 30,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(size, m.chunks[1].len as u64);
+    let edge_data = edge.node.config.server.data_dir.clone();
+    edge.stop().await;
     origin.stop().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_update-edge"))
+        .args(["blob", "verify", "--data"])
+        .arg(&edge_data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("checked {} chunks", m.chunks.len()))
+            && text.contains("0 corrupt outboards (0 chunks without one)"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

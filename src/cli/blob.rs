@@ -91,6 +91,9 @@ pub fn verify(config: Config) -> anyhow::Result<u8> {
     for b in &report.corrupt_blobs {
         println!("corrupt blob {b}");
     }
+    for c in &report.corrupt_outboards {
+        println!("corrupt outboard of chunk {c}");
+    }
     if !report.counters_match() {
         println!(
             "counters drifted: recorded {} chunks / {} bytes, counted {} / {}",
@@ -101,12 +104,14 @@ pub fn verify(config: Config) -> anyhow::Result<u8> {
         );
     }
     println!(
-        "checked {} chunks ({} bytes), {} blobs: {} corrupt chunks, {} corrupt blobs, counters {}",
+        "checked {} chunks ({} bytes), {} blobs: {} corrupt chunks, {} corrupt blobs, {} corrupt outboards ({} chunks without one), counters {}",
         report.chunks_checked,
         report.counted.bytes,
         report.blobs_checked,
         report.corrupt_chunks.len(),
         report.corrupt_blobs.len(),
+        report.corrupt_outboards.len(),
+        report.outboards_missing,
         if report.counters_match() {
             "match"
         } else {

@@ -39,10 +39,11 @@ pub async fn get_chunk(
     s.metrics.bytes_served.inc_by(bytes.len() as u64);
     if q.format == Format::Bao {
         let length = crate::protocol::bao::encoded_len(bytes.len() as u64);
+        let outboard = s.store.outboard(hash, bytes.len() as u64).await;
         return Ok(framed_response(
             crate::protocol::bao::CONTENT_TYPE,
             length,
-            crate::protocol::bao::encode(&bytes),
+            crate::protocol::bao::encode_with(&bytes, outboard.as_deref()),
         ));
     }
     let tag = http::HeaderValue::from_str(&etag(&hash.to_hex()))
@@ -88,16 +89,20 @@ pub async fn get_manifest(
                 Some(up) => up.chunk(c, "other").await?,
             };
             s.metrics.bytes_served.inc_by(bytes.len() as u64);
-            Some(bytes)
+            let outboard = match bao {
+                true => s.store.outboard(c, bytes.len() as u64).await,
+                false => None,
+            };
+            Some((bytes, outboard))
         }
     };
     let (length, chunk_frames) = match chunk {
         None => (0, Vec::new()),
-        Some(c) if bao => (
+        Some((c, outboard)) if bao => (
             crate::protocol::bao::encoded_len(c.len() as u64),
-            crate::protocol::bao::encode(&c),
+            crate::protocol::bao::encode_with(&c, outboard.as_deref()),
         ),
-        Some(c) => (c.len() as u64, vec![c]),
+        Some((c, _)) => (c.len() as u64, vec![c]),
     };
     let length = list.len() as u64 + length;
     let frames = std::iter::once(list).chain(chunk_frames).collect();

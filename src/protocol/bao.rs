@@ -10,6 +10,11 @@
 //!
 //! Body: the chunk's size (u64, little-endian), then parent pairs (64 bytes) and groups in
 //! pre-order. Overhead: 64 bytes per 16 KiB (0.4 %).
+//!
+//! The parent pairs alone, in pre-order, are the chunk's *outboard*. Stores keep it beside
+//! the chunk (computed at ingest in the same pass as the chunk's address, or received with
+//! a fill), so a sender encodes a chunk without hashing it again: the first group leaves
+//! as soon as the chunk is read, not after its whole tree has been computed.
 
 use bao_tree::io::fsm::{ResponseDecoder, ResponseDecoderNext};
 use bao_tree::io::outboard::PreOrderMemOutboard;
@@ -33,10 +38,40 @@ pub fn encoded_len(size: u64) -> u64 {
     8 + BaoTree::new(size, BLOCK).outboard_size() + size
 }
 
+/// Bytes of the outboard of a chunk of `size` bytes (0 up to one group).
+pub fn outboard_len(size: u64) -> usize {
+    BaoTree::new(size, BLOCK).outboard_size() as usize
+}
+
+/// The chunk's address and its outboard (parent pairs in pre-order; empty for a chunk of
+/// one group), from one pass over its bytes.
+pub fn outboard(chunk: &[u8]) -> (Hash, Vec<u8>) {
+    if chunk.len() <= BLOCK.bytes() {
+        return (Hash::of(chunk), Vec::new());
+    }
+    let o = PreOrderMemOutboard::create(chunk, BLOCK);
+    (Hash::from(o.root), o.data)
+}
+
 /// The encoding of `chunk` as frames: parent pairs gathered into small buffers, the
 /// groups as slices of `chunk` (not copied). Hashes the chunk once, to build its tree.
 pub fn encode(chunk: &Bytes) -> Vec<Bytes> {
-    let outboard = PreOrderMemOutboard::create(chunk, BLOCK);
+    encode_with(chunk, None)
+}
+
+/// [`encode`] with the chunk's stored outboard: no hashing. An outboard of the wrong
+/// length for the chunk is ignored (the tree is computed instead); one whose pairs are
+/// wrong makes an encoding the receiver refuses, never one it accepts.
+pub fn encode_with(chunk: &Bytes, stored: Option<&[u8]>) -> Vec<Bytes> {
+    let outboard = match stored {
+        Some(data) if data.len() == outboard_len(chunk.len() as u64) => PreOrderMemOutboard {
+            // Unused by `load`; the receiver checks against the address it asked for.
+            root: blake3::Hash::from_bytes([0; 32]),
+            tree: BaoTree::new(chunk.len() as u64, BLOCK),
+            data: data.to_vec(),
+        },
+        _ => PreOrderMemOutboard::create(chunk, BLOCK),
+    };
     let tree = outboard.tree;
     let mut frames = Vec::with_capacity(chunk.len() / BLOCK.bytes() + 2);
     let mut parents = BytesMut::with_capacity(8 + 64 * 12);
@@ -82,7 +117,8 @@ pub enum DecodeError {
 }
 
 /// Reads the encoding of chunk `hash` from `reader`, handing each group to `on_group`
-/// (its offset in the chunk, its bytes) as soon as it verifies; returns the chunk's size.
+/// (its offset in the chunk, its bytes) as soon as it verifies; returns the chunk's size
+/// and its outboard (the verified parent pairs, to store beside the chunk).
 /// Nothing unverified reaches `on_group`; a stream that ends early or carries a byte
 /// that does not belong to `hash` fails.
 pub async fn decode<R: AsyncStreamReader>(
@@ -90,21 +126,26 @@ pub async fn decode<R: AsyncStreamReader>(
     mut reader: R,
     max: u64,
     mut on_group: impl FnMut(u64, Bytes),
-) -> Result<u64, DecodeError> {
+) -> Result<(u64, Vec<u8>), DecodeError> {
     let size = u64::from_le_bytes(reader.read_exact::<8>().await?);
     if size > max {
         return Err(DecodeError::TooLarge(size));
     }
     let tree = BaoTree::new(size, BLOCK);
     let root = blake3::Hash::from_bytes(*hash.as_bytes());
+    let mut outboard = Vec::with_capacity(tree.outboard_size() as usize);
     let mut decoder = ResponseDecoder::new(root, ChunkRanges::all(), tree, reader);
     loop {
         match decoder.next().await {
-            ResponseDecoderNext::Done(_) => return Ok(size),
+            ResponseDecoderNext::Done(_) => return Ok((size, outboard)),
             ResponseDecoderNext::More((next, item)) => {
                 match item {
                     Ok(BaoContentItem::Leaf(leaf)) => on_group(leaf.offset, leaf.data),
-                    Ok(BaoContentItem::Parent(_)) => {}
+                    // Verified against the pair above it; pre-order, as stored.
+                    Ok(BaoContentItem::Parent(p)) => {
+                        outboard.extend_from_slice(p.pair.0.as_bytes());
+                        outboard.extend_from_slice(p.pair.1.as_bytes());
+                    }
                     Err(bao_tree::io::DecodeError::Io(e)) => return Err(DecodeError::Io(e)),
                     Err(
                         bao_tree::io::DecodeError::ParentNotFound(_)
@@ -159,9 +200,15 @@ mod tests {
     }
 
     fn decode_all(hash: Hash, enc: Bytes) -> Result<(u64, Vec<u8>, usize), DecodeError> {
+        decode_with_outboard(hash, enc).map(|(size, out, groups, _)| (size, out, groups))
+    }
+
+    type Decoded = (u64, Vec<u8>, usize, Vec<u8>);
+
+    fn decode_with_outboard(hash: Hash, enc: Bytes) -> Result<Decoded, DecodeError> {
         let mut out = Vec::new();
         let mut groups = 0;
-        let size = futures_util::FutureExt::now_or_never(decode(
+        let (size, outboard) = futures_util::FutureExt::now_or_never(decode(
             hash,
             Pieces {
                 data: enc,
@@ -175,7 +222,7 @@ mod tests {
             },
         ))
         .expect("in-memory decode does not wait")?;
-        Ok((size, out, groups))
+        Ok((size, out, groups, outboard))
     }
 
     #[test]
@@ -193,11 +240,34 @@ mod tests {
             let chunk = data(n);
             let enc = joined(&encode(&chunk));
             assert_eq!(enc.len() as u64, encoded_len(n as u64), "size {n}");
-            let (size, out, groups) = decode_all(Hash::of(&chunk), enc).unwrap();
+            let (size, out, groups, received) =
+                decode_with_outboard(Hash::of(&chunk), enc.clone()).unwrap();
             assert_eq!(size, n as u64);
             assert_eq!(out, chunk, "size {n}");
             assert_eq!(groups, n.div_ceil(16 * 1024).max(1), "size {n}");
+            // The outboard a receiver keeps is the one a sender computes, and encoding
+            // from it needs no hashing and gives the same stream.
+            let (address, stored) = outboard(&chunk);
+            assert_eq!(address, Hash::of(&chunk), "size {n}");
+            assert_eq!(received, stored, "size {n}");
+            assert_eq!(stored.len(), outboard_len(n as u64), "size {n}");
+            assert_eq!(joined(&encode_with(&chunk, Some(&stored))), enc, "size {n}");
         }
+    }
+
+    #[test]
+    fn a_stored_outboard_of_the_wrong_length_is_recomputed_a_wrong_one_is_refused() {
+        let chunk = data(200_000);
+        let hash = Hash::of(&chunk);
+        let (_, stored) = outboard(&chunk);
+        let good = joined(&encode(&chunk));
+        assert_eq!(joined(&encode_with(&chunk, Some(&stored[64..]))), good);
+        let mut wrong = stored.clone();
+        wrong[100] ^= 1;
+        assert!(matches!(
+            decode_all(hash, joined(&encode_with(&chunk, Some(&wrong)))),
+            Err(DecodeError::Corrupt)
+        ));
     }
 
     #[test]

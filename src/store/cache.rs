@@ -34,8 +34,15 @@ impl Weighter<Hash, Arc<Manifest>> for ManifestWeight {
     }
 }
 
+/// Outboard bytes per chunk byte kept in memory: outboards are 1/256 of their chunks,
+/// so this leaves room for twice the cached chunks' trees.
+const OUTBOARD_SHARE: u64 = 128;
+
 pub struct Caches {
     pub chunks: Cache<Hash, Bytes, ChunkWeight>,
+    /// Outboards of chunks read from the engine (read with them): a chunk in memory has
+    /// its tree in memory, so encoding it for an edge hashes nothing.
+    pub outboards: Cache<Hash, Bytes, ChunkWeight>,
     pub manifests: Cache<Hash, Arc<Manifest>, ManifestWeight>,
 }
 
@@ -47,6 +54,11 @@ impl Caches {
         let chunk_items = (chunk_bytes / (256 << 10)).clamp(64, 1 << 20) as usize;
         Caches {
             chunks: Cache::with_weighter(chunk_items, chunk_bytes, ChunkWeight),
+            outboards: Cache::with_weighter(
+                chunk_items,
+                (chunk_bytes / OUTBOARD_SHARE).max(1 << 20),
+                ChunkWeight,
+            ),
             manifests: Cache::with_weighter(1024, manifest_bytes, ManifestWeight),
         }
     }

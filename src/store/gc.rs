@@ -77,8 +77,10 @@ impl Store {
                 }
                 if let Some(h) = Hash::from_slice(k) {
                     self.cache.chunks.remove(&h);
+                    self.cache.outboards.remove(&h);
                 }
                 b.delete(Cf::Chunks, k.clone());
+                b.delete(Cf::Outboards, k.clone());
             }
             stats.chunks = stats.chunks.saturating_sub(keys.len() as u64);
             stats.bytes = stats.bytes.saturating_sub(freed);

@@ -36,7 +36,8 @@ pub struct BlobWriter<'a> {
     whole: blake3::Hasher,
     sha256: aws_lc_rs::digest::Context,
     chunks: Vec<ChunkRef>,
-    pending: Vec<(Hash, Bytes)>,
+    /// Chunks not written yet, with their outboards.
+    pending: Vec<(Hash, Bytes, Vec<u8>)>,
     pending_bytes: usize,
 }
 
@@ -74,13 +75,14 @@ impl<'a> BlobWriter<'a> {
     fn cut_one(&mut self) -> Result<(), StoreError> {
         let n = self.chunker.cut(&self.window);
         let chunk = self.window.split_to(n).freeze();
-        let hash = Hash::of(&chunk);
+        // The address and the outboard in one pass over the chunk.
+        let (hash, outboard) = crate::protocol::bao::outboard(&chunk);
         self.chunks.push(ChunkRef {
             hash,
             len: n as u32,
         });
         self.pending_bytes += chunk.len();
-        self.pending.push((hash, chunk));
+        self.pending.push((hash, chunk, outboard));
         if self.pending_bytes >= BATCH_BYTES {
             self.flush()?;
         }
@@ -100,13 +102,13 @@ impl<'a> BlobWriter<'a> {
         let mut next = *stats;
         let mut batch = Batch::default();
         let mut seen = std::collections::HashSet::new();
-        for (hash, bytes) in self.pending.drain(..) {
+        for (hash, bytes, outboard) in self.pending.drain(..) {
             if !seen.insert(hash) || self.store.kv.contains(Cf::Chunks, hash.as_bytes())? {
                 continue;
             }
             next.chunks += 1;
             next.bytes += bytes.len() as u64;
-            batch.put_bytes(Cf::Chunks, hash.as_bytes().to_vec(), bytes);
+            put_chunk_ops(&mut batch, hash, bytes, outboard);
         }
         self.pending_bytes = 0;
         if batch.is_empty() {
@@ -159,6 +161,16 @@ impl<'a> BlobWriter<'a> {
     }
 }
 
+/// A chunk and its outboard, in one batch (a chunk is never stored without it; a chunk of
+/// one group has none).
+fn put_chunk_ops(batch: &mut Batch, hash: Hash, bytes: Bytes, outboard: impl Into<Bytes>) {
+    batch.put_bytes(Cf::Chunks, hash.as_bytes().to_vec(), bytes);
+    let outboard = outboard.into();
+    if !outboard.is_empty() {
+        batch.put_bytes(Cf::Outboards, hash.as_bytes().to_vec(), outboard);
+    }
+}
+
 impl Store {
     /// Puts a verified chunk in the hot cache (an edge hands a fill to readers at once
     /// and stores it after).
@@ -167,11 +179,15 @@ impl Store {
     }
 
     /// Stores one chunk whose bytes the caller has verified against `hash` (an edge's
-    /// fill), replacing a damaged copy, and caches it. Written without the write-ahead
+    /// fill), with its outboard (the verified tree it arrived with), replacing a damaged
+    /// copy, and caches it. Written without the write-ahead
     /// log: an edge's chunks are a cache of upstream, so a crash may lose the last ones
     /// (even under a blob manifest committed later); a missing chunk is refilled on use.
-    pub fn put_chunk(&self, hash: Hash, bytes: Bytes) -> Result<(), StoreError> {
-        debug_assert_eq!(Hash::of(&bytes), hash);
+    pub fn put_chunk(&self, hash: Hash, bytes: Bytes, outboard: Vec<u8>) -> Result<(), StoreError> {
+        debug_assert_eq!(
+            crate::protocol::bao::outboard(&bytes),
+            (hash, outboard.clone())
+        );
         let mut stats = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = *stats;
         let mut batch = Batch::default();
@@ -180,13 +196,17 @@ impl Store {
             next.bytes += bytes.len() as u64;
             batch.put(Cf::Meta, STATS_KEY, next.encode());
         }
-        batch.put_bytes(Cf::Chunks, hash.as_bytes().to_vec(), bytes.clone());
+        let tree = Bytes::from(outboard);
+        put_chunk_ops(&mut batch, hash, bytes.clone(), tree.clone());
         self.kv.write_unlogged(batch)?;
         *stats = next;
         self.metrics.store_chunks.set(next.chunks);
         self.metrics.store_bytes.set(next.bytes);
         drop(stats);
         self.cache.chunks.insert(hash, bytes);
+        if !tree.is_empty() {
+            self.cache.outboards.insert(hash, tree);
+        }
         Ok(())
     }
 
@@ -209,6 +229,7 @@ impl Store {
                 next.chunks = next.chunks.saturating_sub(1);
                 next.bytes = next.bytes.saturating_sub(v.len() as u64);
                 batch.delete(Cf::Chunks, h.as_bytes().to_vec());
+                batch.delete(Cf::Outboards, h.as_bytes().to_vec());
             }
         }
         if batch.is_empty() {
@@ -223,6 +244,7 @@ impl Store {
         drop(stats);
         for h in hashes {
             self.cache.chunks.remove(h);
+            self.cache.outboards.remove(h);
         }
         Ok(freed)
     }

@@ -23,11 +23,16 @@ pub enum Cf {
     /// device records by age: last-seen seconds (8 bytes big-endian) + the record's key
     /// → empty. Expiry and the count cap walk it oldest first.
     DeviceSeen,
+    /// chunk blake3 → the chunk's bao outboard (its blake3 tree's parent pairs in
+    /// pre-order, 64 bytes per 16 KiB group), for chunks of more than one group. Written
+    /// in the same batch as the chunk, deleted with it; absent for chunks stored before
+    /// outboards were kept (computed when needed).
+    Outboards,
 }
 
 impl Cf {
     /// Every family. Append only: the change feed encodes a family as its index here.
-    pub const ALL: [Cf; 9] = [
+    pub const ALL: [Cf; 10] = [
         Cf::Chunks,
         Cf::Blobs,
         Cf::Meta,
@@ -37,6 +42,7 @@ impl Cf {
         Cf::Deltas,
         Cf::Devices,
         Cf::DeviceSeen,
+        Cf::Outboards,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +56,7 @@ impl Cf {
             Cf::Deltas => "deltas",
             Cf::Devices => "devices",
             Cf::DeviceSeen => "device_seen",
+            Cf::Outboards => "outboards",
         }
     }
 }
@@ -92,6 +99,12 @@ pub trait KvStore: Send + Sync + 'static {
     /// Values of many keys of one family at once (the engine batches the lookups).
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         keys.iter().map(|k| self.get(cf, k)).collect()
+    }
+
+    /// `get` answered from memory only (memtables and cached blocks): `None` when the
+    /// answer needs a disk read. Cheap enough for an async thread; small values only.
+    fn get_from_memory(&self, cf: Cf, key: &[u8]) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        self.get(cf, key).map(Some)
     }
 
     /// Exact membership (may be cheaper than `get` for large values).

@@ -72,12 +72,18 @@ impl KvStore for MemoryKv {
         start: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = t.get(&cf) {
-            for (k, v) in m.range(start.to_vec()..) {
-                if !visit(k, v) {
-                    break;
-                }
+        // A copy, so `visit` may read the store (as RocksDB's iterators allow).
+        let records: Vec<(Vec<u8>, Vec<u8>)> = {
+            let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+            t.get(&cf).map_or_else(Vec::new, |m| {
+                m.range(start.to_vec()..)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+        };
+        for (k, v) in &records {
+            if !visit(k, v) {
+                break;
             }
         }
         Ok(())

@@ -39,9 +39,65 @@ impl Store {
             Err(guard) => {
                 self.metrics.cache_misses.inc();
                 let this = self.clone();
-                let bytes = blocking(move || this.read_chunk_uncached(&hash)).await?;
+                let bytes = blocking(move || {
+                    let bytes = this.read_chunk_uncached(&hash)?;
+                    this.load_outboard(hash, bytes.len() as u64);
+                    Ok(bytes)
+                })
+                .await?;
                 let _ = guard.insert(bytes.clone());
                 Ok(bytes)
+            }
+        }
+    }
+
+    /// A stored chunk's outboard ([`crate::protocol::bao`]), `len` its size: from memory
+    /// (read with the chunk, or held by the engine there), else read off the async
+    /// runtime. `None` when none is stored (a chunk kept before outboards were, or one
+    /// being filled): the sender then computes it from the chunk.
+    pub async fn outboard(self: &Arc<Self>, hash: Hash, len: u64) -> Option<Bytes> {
+        if crate::protocol::bao::outboard_len(len) == 0 {
+            return Some(Bytes::new());
+        }
+        if let Some(o) = self.cache.outboards.get(&hash) {
+            return Some(o);
+        }
+        let found = match self
+            .kv
+            .get_from_memory(super::Cf::Outboards, hash.as_bytes())
+        {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => {
+                let this = self.clone();
+                blocking(move || this.kv.get(super::Cf::Outboards, hash.as_bytes())).await
+            }
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(v) => v.map(|v| {
+                let v = Bytes::from(v);
+                self.cache.outboards.insert(hash, v.clone());
+                v
+            }),
+            Err(e) => {
+                // Derived data: the chunk is intact and its tree can be computed again.
+                tracing::warn!(chunk = %hash.short(), error = %e, "reading an outboard failed; computing it");
+                None
+            }
+        }
+    }
+
+    /// Reads a chunk's outboard into memory along with the chunk (blocking).
+    pub(super) fn load_outboard(&self, hash: Hash, len: u64) {
+        if crate::protocol::bao::outboard_len(len) == 0 || self.cache.outboards.contains_key(&hash)
+        {
+            return;
+        }
+        match self.kv.get(super::Cf::Outboards, hash.as_bytes()) {
+            Ok(Some(v)) => self.cache.outboards.insert(hash, Bytes::from(v)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(chunk = %hash.short(), error = %e, "reading an outboard failed")
             }
         }
     }

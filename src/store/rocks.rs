@@ -54,7 +54,10 @@ impl RocksKv {
             table.set_bloom_filter(10.0, false);
             table.set_cache_index_and_filter_blocks(true);
             o.set_block_based_table_factory(&table);
-            if *cf == Cf::Chunks {
+            if *cf == Cf::Outboards {
+                // Hashes: nothing to compress.
+                o.set_compression_type(DBCompressionType::None);
+            } else if *cf == Cf::Chunks {
                 o.set_enable_blob_files(true);
                 o.set_min_blob_size(MIN_BLOB_SIZE);
                 o.set_blob_file_size(BLOB_FILE_SIZE);
@@ -113,6 +116,17 @@ impl KvStore for RocksKv {
             .into_iter()
             .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(err))
             .collect()
+    }
+
+    fn get_from_memory(&self, cf: Cf, key: &[u8]) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        let h = self.cf(cf)?;
+        let mut o = Self::read_opts(cf);
+        o.set_read_tier(rocksdb::ReadTier::BlockCache);
+        match self.db.get_pinned_cf_opt(h, key, &o) {
+            Ok(v) => Ok(Some(v.map(|v| v.to_vec()))),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
+            Err(e) => Err(err(e)),
+        }
     }
 
     fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, StoreError> {

@@ -15,6 +15,12 @@ pub struct VerifyReport {
     /// Blobs that reference a missing or corrupt chunk, or whose bytes do not hash to
     /// their key, or whose manifest is unreadable.
     pub corrupt_blobs: Vec<Hash>,
+    /// Intact chunks whose stored outboard is not their tree (an edge would refuse
+    /// what this node sends for them).
+    pub corrupt_outboards: Vec<Hash>,
+    /// Chunks of more than one group stored without an outboard (kept before outboards
+    /// were; their trees are computed when needed). Not damage.
+    pub outboards_missing: u64,
     /// Chunks and bytes counted by the walk, and as the store's counters record them
     /// (`update_edge_store_chunks` / `_bytes`): equal unless the counters drifted.
     pub counted: super::Stats,
@@ -23,7 +29,10 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.corrupt_chunks.is_empty() && self.corrupt_blobs.is_empty() && self.counters_match()
+        self.corrupt_chunks.is_empty()
+            && self.corrupt_blobs.is_empty()
+            && self.corrupt_outboards.is_empty()
+            && self.counters_match()
     }
 
     pub fn counters_match(&self) -> bool {
@@ -40,18 +49,37 @@ impl Store {
             ..VerifyReport::default()
         };
         let mut bad = std::collections::HashSet::new();
+        let mut failed = None;
         self.kv.scan(Cf::Chunks, &[], &mut |k, v| {
             report.chunks_checked += 1;
             report.counted.chunks += 1;
             report.counted.bytes += v.len() as u64;
             progress(v.len() as u64);
             let key = Hash::from_slice(k).unwrap_or(Hash([0; 32]));
-            if Hash::of(v) != key || k.len() != 32 {
+            // The address and the tree in one pass.
+            let (address, tree) = crate::protocol::bao::outboard(v);
+            if address != key || k.len() != 32 {
                 bad.insert(key);
                 report.corrupt_chunks.push(key);
+                return true;
+            }
+            if tree.is_empty() {
+                return true;
+            }
+            match self.kv.get(Cf::Outboards, k) {
+                Ok(Some(stored)) if stored != tree => report.corrupt_outboards.push(key),
+                Ok(Some(_)) => {}
+                Ok(None) => report.outboards_missing += 1,
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
             }
             true
         })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         let mut blobs = Vec::new();
         self.kv.scan(Cf::Blobs, &[], &mut |k, v| {
             blobs.push((
@@ -121,5 +149,37 @@ mod tests {
         assert_eq!(r.corrupt_chunks, vec![victim]);
         assert_eq!(r.corrupt_blobs, vec![a.hash]);
         assert!(!r.corrupt_blobs.contains(&b.hash));
+        assert!(r.corrupt_outboards.is_empty());
+    }
+
+    #[test]
+    fn every_chunk_is_stored_with_its_tree_and_a_damaged_tree_is_named() {
+        use super::super::kv::KvStore;
+        // Chunks of several 16 KiB groups (the default test store's are of one).
+        let (store, kv) = super::super::test_util::memory_store_with(super::super::ChunkParams {
+            min: 20 << 10,
+            avg: 40 << 10,
+            max: 80 << 10,
+        });
+        let data = noise(300_000, 4);
+        let put = store.put_reader(&data[..], |_| {}).unwrap();
+        let m = store.manifest_blocking(&put.hash).unwrap();
+        let big: Vec<_> = m.chunks.iter().filter(|c| c.len > 16 << 10).collect();
+        assert!(!big.is_empty());
+        for c in &big {
+            let chunk = store.chunk_blocking(&c.hash).unwrap();
+            let stored = kv.get(Cf::Outboards, c.hash.as_bytes()).unwrap();
+            assert_eq!(stored, Some(crate::protocol::bao::outboard(&chunk).1));
+        }
+        let r = store.verify(|_| {}).unwrap();
+        assert!(r.is_clean() && r.outboards_missing == 0, "{r:?}");
+        let victim = big[0].hash;
+        let mut tree = kv.get(Cf::Outboards, victim.as_bytes()).unwrap().unwrap();
+        tree[5] ^= 1;
+        kv.corrupt(Cf::Outboards, victim.as_bytes(), tree);
+        let r = store.verify(|_| {}).unwrap();
+        assert_eq!(r.corrupt_outboards, vec![victim]);
+        assert!(r.corrupt_chunks.is_empty() && r.corrupt_blobs.is_empty());
+        assert!(!r.is_clean());
     }
 }

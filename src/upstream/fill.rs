@@ -32,6 +32,12 @@ const MAX_CHUNK_BYTES: u64 = 64 << 20;
 
 type Outcome = Result<Bytes, Arc<UpstreamError>>;
 
+/// A verified chunk and its outboard (its tree's parent pairs, stored beside it).
+struct Filled {
+    bytes: Bytes,
+    outboard: Vec<u8>,
+}
+
 /// What a fill's waiters see.
 #[derive(Default)]
 pub struct Progress {
@@ -254,13 +260,18 @@ impl Upstream {
         let this = self.clone();
         tokio::spawn(async move {
             // A fill that just finished stored the chunk before deregistering: look
-            // again before fetching, so a late reader does not fetch it twice.
+            // again before fetching, so a late reader does not fetch it twice. A cached
+            // chunk is held here already (fills are cached and stored before they
+            // deregister; local reads are cached from the store).
             let result = match this.store.cached(&hash) {
-                Some(b) => Ok(b),
-                None => this.fetch_chunk(hash, kind, &tx, source).await,
+                Some(bytes) => Ok((bytes, None)),
+                None => this
+                    .fetch_chunk(hash, kind, &tx, source)
+                    .await
+                    .map(|f| (f.bytes, Some(f.outboard))),
             };
             match result {
-                Ok(bytes) => {
+                Ok((bytes, fetched)) => {
                     // Readers first (cached, then answered), the disk write after; the
                     // fill stays registered until stored, so nobody fetches it again.
                     this.store.cache_chunk(hash, bytes.clone());
@@ -268,10 +279,14 @@ impl Upstream {
                         p.groups.clear();
                         p.end = Some(Ok(bytes.clone()));
                     });
-                    let store = this.store.clone();
-                    let stored = crate::store::blocking(move || store.put_chunk(hash, bytes)).await;
-                    if let Err(e) = stored {
-                        tracing::error!(chunk = %hash.short(), error = %e, "storing a filled chunk failed");
+                    if let Some(outboard) = fetched {
+                        let store = this.store.clone();
+                        let stored =
+                            crate::store::blocking(move || store.put_chunk(hash, bytes, outboard))
+                                .await;
+                        if let Err(e) = stored {
+                            tracing::error!(chunk = %hash.short(), error = %e, "storing a filled chunk failed");
+                        }
                     }
                 }
                 Err(e) => tx.send_modify(|p| p.end = Some(Err(Arc::new(e)))),
@@ -289,7 +304,7 @@ impl Upstream {
         kind: &'static str,
         tx: &watch::Sender<Progress>,
         mut source: Option<BodyReader>,
-    ) -> Result<Bytes, UpstreamError> {
+    ) -> Result<Filled, UpstreamError> {
         let mut permit = None;
         let mut last = UpstreamError::Corrupt(hash);
         for _ in 0..FILL_ATTEMPTS {
@@ -319,12 +334,12 @@ impl Upstream {
             };
             self.note(&got);
             match got {
-                Ok(bytes) => {
+                Ok(filled) => {
                     self.metrics
                         .upstream_artifact_bytes
                         .get_or_create(&crate::metrics::KindLabel { kind: kind.into() })
-                        .inc_by(bytes.len() as u64);
-                    return Ok(bytes);
+                        .inc_by(filled.bytes.len() as u64);
+                    return Ok(filled);
                 }
                 Err(e) if e.retryable() => {
                     tracing::warn!(chunk = %hash.short(), error = %e, "chunk fill failed; retrying");
@@ -343,7 +358,7 @@ impl Upstream {
         hash: Hash,
         mut reader: BodyReader,
         tx: &watch::Sender<Progress>,
-    ) -> Result<Bytes, UpstreamError> {
+    ) -> Result<Filled, UpstreamError> {
         let decoded = bao::decode(hash, &mut reader, MAX_CHUNK_BYTES, |at, group| {
             tx.send_if_modified(|p| {
                 if at != p.len {
@@ -355,8 +370,8 @@ impl Upstream {
             });
         })
         .await;
-        let size = match decoded {
-            Ok(size) => size,
+        let (size, outboard) = match decoded {
+            Ok(d) => d,
             Err(bao::DecodeError::Corrupt) => {
                 tracing::error!(chunk = %hash.short(), "chunk from upstream failed verification; discarded");
                 return Err(UpstreamError::Corrupt(hash));
@@ -373,7 +388,7 @@ impl Upstream {
         if p.len != size {
             return Err(UpstreamError::Corrupt(hash));
         }
-        Ok(match p.groups.as_slice() {
+        let bytes = match p.groups.as_slice() {
             [one] => one.clone(),
             groups => {
                 let mut whole = BytesMut::with_capacity(size as usize);
@@ -382,7 +397,8 @@ impl Upstream {
                 }
                 whole.freeze()
             }
-        })
+        };
+        Ok(Filled { bytes, outboard })
     }
 }
 
