@@ -35,6 +35,49 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub tuf: TufConfig,
     pub edge: EdgeConfig,
+    pub log: LogConfig,
+}
+
+/// `[log]`: log format, the access log, and whose `X-Forwarded-For` to believe.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human-readable lines) or `json` (one object per line, every field a key).
+    /// Default `text`. The level comes from `UPDATE_EDGE_LOG` (`info` by default).
+    pub format: LogFormat,
+    /// One line per request (target `update_edge::access`). Default `true`. The audit
+    /// log of operator actions (`update_edge::audit`) is always on.
+    pub access: bool,
+    /// Addresses or networks of proxies and load balancers in front of this node
+    /// (`"10.0.0.0/8"`, `"::1"`): for a request from one, the client is the nearest
+    /// address in `X-Forwarded-For` that is not one (logged, and what per-address
+    /// limits count). Default empty = the socket peer, the header ignored.
+    pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogConfig {
+    /// The trusted proxies as networks (validated at load).
+    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|s| parse_net(s).ok())
+            .collect()
+    }
+}
+
+/// A network (`10.0.0.0/8`) or one address (`192.0.2.1`, `::1`).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an address nor a network (a.b.c.d/n)"))
 }
 
 /// `[server]`: sockets, data directory, operator credentials.
@@ -263,6 +306,11 @@ impl Default for Config {
                 poll_wait: Seconds(30),
                 prefetch_rate: ByteSize(50 << 20),
             },
+            log: LogConfig {
+                format: LogFormat::Text,
+                access: true,
+                trusted_proxies: Vec::new(),
+            },
         }
     }
 }
@@ -297,6 +345,11 @@ impl Default for DeltaConfig {
         Config::default().delta
     }
 }
+impl Default for LogConfig {
+    fn default() -> Self {
+        Config::default().log
+    }
+}
 
 /// Environment variables that override file values, with the key they set.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -309,6 +362,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("UPDATE_EDGE_REPLICATION_TOKEN", "server.replication_token"),
     ("UPDATE_EDGE_UPSTREAM", "edge.upstream"),
     ("UPDATE_EDGE_UPSTREAM_TOKEN", "edge.token"),
+    ("UPDATE_EDGE_LOG_FORMAT", "log.format"),
+    ("UPDATE_EDGE_LOG_ACCESS", "log.access"),
+    ("UPDATE_EDGE_LOG_TRUSTED_PROXIES", "log.trusted_proxies"),
 ];
 
 impl Config {
@@ -367,6 +423,28 @@ impl Config {
             "UPDATE_EDGE_UPSTREAM" => self.edge.upstream = value.to_string(),
             "UPDATE_EDGE_UPSTREAM_TOKEN" => self.edge.token = value.to_string(),
             "UPDATE_EDGE_CACHE_SIZE" => self.store.cache_size = value.parse().map_err(bad)?,
+            "UPDATE_EDGE_LOG_FORMAT" => {
+                self.log.format = match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(bad(format!("{value:?} is not text or json"))),
+                }
+            }
+            "UPDATE_EDGE_LOG_ACCESS" => {
+                self.log.access = match value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad(format!("{value:?} is not true or false"))),
+                }
+            }
+            "UPDATE_EDGE_LOG_TRUSTED_PROXIES" => {
+                self.log.trusted_proxies = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
             "UPDATE_EDGE_DELTA_WORTH_IT_RATIO" => {
                 self.delta.worth_it_ratio = value.parse().map_err(|e| bad(format!("{e}")))?
             }
@@ -377,6 +455,9 @@ impl Config {
 
     /// Checks values that parse but make no sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for p in &self.log.trusted_proxies {
+            parse_net(p).map_err(|e| ConfigError::Invalid(format!("log.trusted_proxies: {e}")))?;
+        }
         let s = &self.store;
         let (min, avg, max) = (s.chunk_min.0, s.chunk_avg.0, s.chunk_max.0);
         if !avg.is_power_of_two() {

@@ -1,6 +1,7 @@
 //! HTTP surface: the router, shared state, and request metrics. One file per endpoint
 //! group below; only this layer turns domain values into responses.
 
+pub mod access;
 pub mod auth;
 pub mod blobs;
 pub mod catalog;
@@ -14,16 +15,13 @@ pub mod replication;
 pub mod tuf;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::config::Config;
-use crate::metrics::{status_class, Metrics, RouteLabels, RouteOnly};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Largest JSON body an operator route buffers (products, rings).
@@ -45,6 +43,14 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let c = &state.config;
+    let access = Arc::new(access::Access {
+        metrics: state.metrics.clone(),
+        log: c.log.access,
+        trusted: c.log.trusted_proxies(),
+        admin_token: c.server.admin_token.clone(),
+        replication_token: c.server.replication_token.clone(),
+    });
     Router::new()
         .route("/v1/blobs", post(blobs::post_blob))
         .route("/v1/blobs/{hash}", get(blobs::get_blob))
@@ -80,34 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         // Buffered (JSON) bodies; uploads stream and have their own limit.
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
-            track,
-        ))
+        // Around every route and the fallback (unmatched requests are counted and logged).
+        .layer(axum::middleware::from_fn_with_state(access, access::layer))
         .with_state(state)
-}
-
-/// Counts requests by route template and status class and times them to the head.
-async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    metrics
-        .http_duration
-        .get_or_create(&RouteOnly {
-            route: route.clone(),
-        })
-        .observe(start.elapsed().as_secs_f64());
-    metrics
-        .http_requests
-        .get_or_create(&RouteLabels {
-            route,
-            status: status_class(resp.status().as_u16()).into(),
-        })
-        .inc();
-    resp
 }

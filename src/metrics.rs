@@ -18,10 +18,24 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
     4.096, 8.192, 16.384,
 ];
 
+/// Whole-response buckets: 1 ms .. ~70 min, ×4 (a 4 GiB image over a slow link takes
+/// minutes).
+pub const TRANSFER_BUCKETS: [f64; 12] = [
+    0.001, 0.004, 0.016, 0.064, 0.256, 1.024, 4.096, 16.384, 65.536, 262.144, 1048.576, 4194.304,
+];
+
+/// Route template, status class (`2xx`) and exact code (`206`): classes for ratios, codes
+/// to tell `206`/`304`/`416` apart. Each code has one class, so the pair adds no series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub struct CodeLabels {
     pub route: String,
     pub status: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,8 +97,12 @@ pub const DELTA_SECONDS_BUCKETS: [f64; 15] = [
 /// Handles to every metric the node exports.
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: Family<RouteLabels, Counter>,
+    pub http_requests: Family<CodeLabels, Counter>,
     pub http_duration: Family<RouteOnly, Histogram>,
+    /// Time to a response's last byte (or to its abandonment).
+    pub http_full_duration: Family<RouteOnly, Histogram>,
+    /// Requests whose response has not finished.
+    pub http_in_flight: Gauge,
     pub bytes_served: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
@@ -136,13 +154,17 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let http_requests = Family::<RouteLabels, Counter>::default();
+        let http_requests = Family::<CodeLabels, Counter>::default();
         let http_duration = Family::<RouteOnly, Histogram>::new_with_constructor(|| {
             Histogram::new(LATENCY_BUCKETS)
         });
         let m = Metrics {
             http_requests,
             http_duration,
+            http_full_duration: Family::<RouteOnly, Histogram>::new_with_constructor(|| {
+                Histogram::new(TRANSFER_BUCKETS)
+            }),
+            http_in_flight: Gauge::default(),
             bytes_served: Counter::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
@@ -178,13 +200,34 @@ impl Metrics {
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "update_edge_http_requests",
-            "HTTP requests by route template and status class",
+            "HTTP requests by route template (unmatched ones as \"unmatched\"), status class and exact code",
             m.http_requests.clone(),
         );
         registry.register(
             "update_edge_http_request_duration_seconds",
             "Time to response head by route template",
             m.http_duration.clone(),
+        );
+        registry.register(
+            "update_edge_http_response_duration_seconds",
+            "Time to a response's last byte (or to the client abandoning it) by route template",
+            m.http_full_duration.clone(),
+        );
+        registry.register(
+            "update_edge_http_requests_in_flight",
+            "Requests whose response has not finished",
+            m.http_in_flight.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register(
+            "update_edge_build_info",
+            "Always 1; the version label names the running build",
+            build_info,
         );
         registry.register(
             "update_edge_bytes_served",
@@ -391,9 +434,10 @@ mod tests {
         let m = Metrics::new();
         m.bytes_served.inc_by(5);
         m.http_requests
-            .get_or_create(&RouteLabels {
+            .get_or_create(&CodeLabels {
                 route: "/v1/blobs/{hash}".into(),
                 status: "2xx".into(),
+                code: "206".into(),
             })
             .inc();
         m.http_duration
@@ -403,8 +447,10 @@ mod tests {
             .observe(0.001);
         let text = m.encode();
         for name in [
-            "update_edge_http_requests_total",
+            "update_edge_http_requests_total{route=\"/v1/blobs/{hash}\",status=\"2xx\",code=\"206\"} 1",
             "update_edge_http_request_duration_seconds_bucket",
+            "update_edge_http_requests_in_flight 0",
+            "update_edge_build_info{version=",
             "update_edge_bytes_served_total 5",
             "update_edge_cache_hits_total",
             "update_edge_cache_misses_total",

@@ -138,7 +138,7 @@ async fn a_thousand_cold_requests_fetch_each_chunk_once_and_bytes_flow_before_th
     }
     let per_chunk = origin
         .metric_labeled(
-            "update_edge_http_requests_total{route=\"/v1/chunks/{hash}\",status=\"2xx\"}",
+            "update_edge_http_requests_total{route=\"/v1/chunks/{hash}\",status=\"2xx\",code=\"200\"}",
         )
         .await;
     // The first chunk comes with the manifest, every other one by itself, once.
@@ -149,7 +149,7 @@ async fn a_thousand_cold_requests_fetch_each_chunk_once_and_bytes_flow_before_th
     );
     let lists = origin
         .metric_labeled(
-            "update_edge_http_requests_total{route=\"/v1/blobs/{hash}/manifest\",status=\"2xx\"}",
+            "update_edge_http_requests_total{route=\"/v1/blobs/{hash}/manifest\",status=\"2xx\",code=\"200\"}",
         )
         .await;
     assert_eq!(lists, 1.0, "the manifest is fetched once");
@@ -705,7 +705,7 @@ async fn under_a_small_disk_budget_an_edge_keeps_pinned_builds_and_refills_the_r
     // Refills happened: more chunks fetched than the payloads hold once.
     let per_chunk = origin
         .metric_labeled(
-            "update_edge_http_requests_total{route=\"/v1/chunks/{hash}\",status=\"2xx\"}",
+            "update_edge_http_requests_total{route=\"/v1/chunks/{hash}\",status=\"2xx\",code=\"200\"}",
         )
         .await;
     let once: usize = {

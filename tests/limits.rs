@@ -226,6 +226,59 @@ async fn checks_past_an_addresses_rate_get_429_with_retry_after_and_other_addres
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_the_limit_counts_the_forwarded_client_and_nobody_else_may_claim_one(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.catalog.check_rate_per_ip = 1;
+    cfg.catalog.check_burst_per_ip = 2;
+    // 127.0.0.1 is the load balancer; 127.0.0.2 is a device talking to the node directly.
+    cfg.log.trusted_proxies = vec!["127.0.0.1".into()];
+    let node = TestNode::start(cfg).await;
+    seed_product(&node, "gw", 1, 10_000).await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let check = |c: reqwest::Client, forwarded: &'static str, device: String| {
+        let body = serde_json::json!({"product": "gw", "device_id": device, "version": "1.0.0"});
+        let url = format!("{}/v1/check", node.url);
+        async move {
+            c.post(url)
+                .header("x-forwarded-for", forwarded)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let proxy = from("127.0.0.1");
+    for i in 0..2 {
+        let s = check(proxy.clone(), "198.51.100.7", format!("a-{i}")).await;
+        assert_eq!(s, reqwest::StatusCode::OK, "burst check {i}");
+    }
+    // The same device again: limited, although the proxy's own address is fine.
+    let s = check(proxy.clone(), "198.51.100.7", "a-2".into()).await;
+    assert_eq!(s, reqwest::StatusCode::TOO_MANY_REQUESTS);
+    // Another device behind the same proxy has its own bucket (a spoofed entry it put
+    // in front of the proxy's is not believed either).
+    let s = check(proxy.clone(), "198.51.100.7, 198.51.100.8", "b-0".into()).await;
+    assert_eq!(s, reqwest::StatusCode::OK);
+    // A direct client cannot escape its own limit by naming others: not a trusted peer.
+    let direct = from("127.0.0.2");
+    for (i, claimed) in ["192.0.2.1", "192.0.2.2"].into_iter().enumerate() {
+        let s = check(direct.clone(), claimed, format!("c-{i}")).await;
+        assert_eq!(s, reqwest::StatusCode::OK, "direct check {i}");
+    }
+    let s = check(direct, "192.0.2.3", "c-2".into()).await;
+    assert_eq!(s, reqwest::StatusCode::TOO_MANY_REQUESTS);
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn a_check_body_over_16_kib_is_413_without_reading_it_all() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(test_config(dir.path())).await;

@@ -97,7 +97,7 @@ async fn aria2c_segmented_download_matches_the_hash() {
     // aria2c really split the download into ranged requests.
     let gets = node
         .metric_labeled(
-            "update_edge_http_requests_total{route=\"/v1/blobs/{hash}\",status=\"2xx\"}",
+            "update_edge_http_requests_total{route=\"/v1/blobs/{hash}\",status=\"2xx\",code=\"206\"}",
         )
         .await;
     assert!(gets >= 2.0, "aria2c made {gets} download requests");

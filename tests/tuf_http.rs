@@ -207,6 +207,9 @@ async fn metrics_are_exported_with_their_types() {
     let families = [
         ("update_edge_http_requests", "counter"),
         ("update_edge_http_request_duration_seconds", "histogram"),
+        ("update_edge_http_response_duration_seconds", "histogram"),
+        ("update_edge_http_requests_in_flight", "gauge"),
+        ("update_edge_build_info", "gauge"),
         ("update_edge_bytes_served", "counter"),
         ("update_edge_artifact_bytes_served", "counter"),
         ("update_edge_cache_hits", "counter"),

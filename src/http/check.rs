@@ -1,9 +1,7 @@
 //! Device plane: `POST /v1/check` (the director's signed, request-bound update decision)
 //! and `GET /v1/keys` (a convenience listing, never a root of trust).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
@@ -20,14 +18,15 @@ pub const MAX_CHECK_BYTES: usize = 16 << 10;
 
 pub async fn post_check(
     State(s): State<AppState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    client: Option<Extension<super::access::ClientAddr>>,
     headers: http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     // Before anything else is done for it: a flood from one address costs a table
     // lookup each.
-    if let (Some(limit), Some(Extension(ConnectInfo(peer)))) = (&s.check_limit, &peer) {
-        if let Err(wait) = limit.check(peer.ip()) {
+    // The client as the access layer attributes it (past trusted proxies).
+    if let (Some(limit), Some(Extension(client))) = (&s.check_limit, &client) {
+        if let Err(wait) = limit.check(client.0) {
             s.metrics
                 .checks
                 .get_or_create(&ResultLabel {

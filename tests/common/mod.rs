@@ -531,6 +531,14 @@ macro_rules! hook {
 pub struct Served {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
+    /// Every line it has written to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Served {
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Served {
@@ -543,6 +551,15 @@ impl Drop for Served {
 /// Starts `update-edge serve` on an ephemeral port and waits until it is ready; its
 /// address is read from its "serving" log line (no port picked beforehand, no race).
 pub async fn spawn_serve(config: &std::path::Path, data: &std::path::Path) -> Served {
+    spawn_serve_env(config, data, &[]).await
+}
+
+/// [`spawn_serve`] with extra environment variables.
+pub async fn spawn_serve_env(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Served {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_update-edge"))
         .args(["serve", "--config"])
@@ -553,11 +570,14 @@ pub async fn spawn_serve(config: &std::path::Path, data: &std::path::Path) -> Se
         .env("UPDATE_EDGE_ADMIN_TOKEN", TOKEN)
         .env("UPDATE_EDGE_LOG", "info")
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
             .lines()
@@ -567,6 +587,7 @@ pub async fn spawn_serve(config: &std::path::Path, data: &std::path::Path) -> Se
                 let _ = tx.send(line.clone());
             }
             eprintln!("node: {line}");
+            lines.lock().unwrap().push(line);
         }
     });
     let line =
@@ -594,7 +615,7 @@ pub async fn spawn_serve(config: &std::path::Path, data: &std::path::Path) -> Se
         })
         .await
     );
-    Served { child, addr }
+    Served { child, addr, log }
 }
 
 /// Fails unless the node at `url` answers `/healthz` with 200.
