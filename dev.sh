@@ -9,8 +9,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
 
 # Debian packages: C++ toolchain and libclang for RocksDB's build; the stock clients
 # the tests drive (curl, aria2c, b3sum, bspatch, nginx as a cache in front of a node);
-# python3-venv for python-tuf.
-PACKAGES=(build-essential libclang-dev curl aria2 b3sum bsdiff zstd python3-venv nginx-light)
+# python3-venv for python-tuf; prometheus for promtool (the metrics linter).
+PACKAGES=(build-essential libclang-dev curl aria2 b3sum bsdiff zstd python3-venv nginx-light prometheus)
 # python-tuf (TUF's reference client) for the compatibility test, in a venv outside the
 # clone so runs reuse it.
 VENV="${UPDATE_EDGE_VENV:-$HOME/.cache/update-edge-venv}"

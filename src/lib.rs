@@ -12,6 +12,7 @@ pub mod config;
 pub mod delta;
 pub mod hash;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod repo;

@@ -258,36 +258,12 @@ enum DeltaCommand {
     Info { patch: PathBuf },
 }
 
-/// Logs to stderr, level from `UPDATE_EDGE_LOG` (`info`), through a writer thread so a
-/// slow stderr never stalls a request; lines are not dropped (a full queue waits). The
-/// guard flushes what is queued when dropped.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("UPDATE_EDGE_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => fmt.init(),
-        LogFormat::Json => fmt
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init(),
-    }
-    guard
-}
-
 fn main() -> ExitCode {
     let args = Cli::parse();
     // `serve` logs as its configuration says, once it is loaded; everything else in text.
     let mut _log = match args.command {
         Command::Serve { .. } => None,
-        _ => Some(init_logging(LogFormat::Text)),
+        _ => Some(update_edge::logging::init(LogFormat::Text)),
     };
     let result = match args.command {
         Command::Serve {
@@ -301,7 +277,7 @@ fn main() -> ExitCode {
                 c.edge.upstream = u;
                 c.validate()?;
             }
-            _log = Some(init_logging(c.log.format));
+            _log = Some(update_edge::logging::init(c.log.format));
             cli::serve::run(c, demo)
         }),
         Command::Delta { command } => match command {

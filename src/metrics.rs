@@ -3,7 +3,12 @@
 //! Built once at startup and passed in (never global). Labels stay low-cardinality:
 //! route templates, status classes and artifact kinds, never hashes or device ids.
 
+mod process;
+
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+
+pub use process::{EngineSource, EngineStat, ProcessStats};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -97,6 +102,8 @@ pub const DELTA_SECONDS_BUCKETS: [f64; 15] = [
 /// Handles to every metric the node exports.
 pub struct Metrics {
     registry: Registry,
+    /// The storage engine's figures, read at scrape time once the store is open.
+    engine: Arc<OnceLock<EngineSource>>,
     pub http_requests: Family<CodeLabels, Counter>,
     pub http_duration: Family<RouteOnly, Histogram>,
     /// Time to a response's last byte (or to its abandonment).
@@ -196,6 +203,7 @@ impl Metrics {
             device_records_expired: Counter::default(),
             delta_job_panics: Counter::default(),
             registry: Registry::default(),
+            engine: Arc::new(OnceLock::new()),
         };
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -397,7 +405,16 @@ impl Metrics {
                 result: result.into(),
             });
         }
+        let collector = process::ScrapeCollector {
+            engine: m.engine.clone(),
+        };
+        registry.register_collector(Box::new(collector));
         Metrics { registry, ..m }
+    }
+
+    /// Where the storage engine's figures come from (set once, when the store opens).
+    pub fn set_engine(&self, source: EngineSource) {
+        let _ = self.engine.set(source);
     }
 
     /// Adds further metrics (delta, catalog) to the same registry.
@@ -405,13 +422,55 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// Prometheus text exposition of everything registered.
+    /// The classic Prometheus text format (0.0.4) of everything registered, for scrapers
+    /// and tools that do not ask for OpenMetrics (`promtool check metrics`, curl): a
+    /// counter family is named with its `_total` suffix, and OpenMetrics' `# UNIT` and
+    /// `# EOF` lines are left out.
+    pub fn encode_text(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+
+    /// OpenMetrics text exposition of everything registered.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// OpenMetrics text → Prometheus text format 0.0.4 (see [`Metrics::encode_text`]).
+pub fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find(|p| line.starts_with(p));
+        match meta {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// `2xx`, `4xx`, ... for a status code.
@@ -428,6 +487,15 @@ pub fn status_class(code: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prometheus_text_format_names_counters_with_their_suffix() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total 3\n# HELP g A gauge.\n# TYPE g gauge\n# UNIT g bytes\ng 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
 
     #[test]
     fn exported_names_match_the_contract() {

@@ -243,9 +243,33 @@ async fn metrics_are_exported_with_their_types() {
         ("update_edge_upstream_last_sync_timestamp_seconds", "gauge"),
         ("update_edge_upstream_replicated_sequence", "gauge"),
         ("update_edge_upstream_prefetched_blobs", "counter"),
+        // Read at scrape time: the process (the names every client library uses) and
+        // RocksDB.
+        ("process_cpu_seconds", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+        ("update_edge_rocksdb_live_sst_bytes", "gauge"),
+        ("update_edge_rocksdb_blob_file_bytes", "gauge"),
+        ("update_edge_rocksdb_blob_garbage_bytes", "gauge"),
+        ("update_edge_rocksdb_memtable_bytes", "gauge"),
+        ("update_edge_rocksdb_pending_compaction_bytes", "gauge"),
+        ("update_edge_rocksdb_running_compactions", "gauge"),
+        ("update_edge_rocksdb_write_stopped", "gauge"),
+        ("update_edge_rocksdb_delayed_write_rate", "gauge"),
+        ("update_edge_rocksdb_stall_seconds", "counter"),
+        ("update_edge_rocksdb_block_cache_hits", "counter"),
+        ("update_edge_rocksdb_block_cache_misses", "counter"),
     ];
     for (name, kind) in families {
-        let line = format!("# TYPE {name} {kind}");
+        // The classic text format names a counter family with its `_total`.
+        let family = match kind {
+            "counter" => format!("{name}_total"),
+            _ => name.to_string(),
+        };
+        let line = format!("# TYPE {family} {kind}");
         assert!(text.lines().any(|l| l == line), "missing {line:?}");
     }
     let exported = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
@@ -254,6 +278,47 @@ async fn metrics_are_exported_with_their_types() {
         families.len(),
         "a family without a pinned type:\n{text}"
     );
+    // Prometheus asks for OpenMetrics and gets it: families named without `_total`.
+    let om = client()
+        .get(format!("{}/metrics", node.url))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(om.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let om = om.text().await.unwrap();
+    assert!(om.ends_with("# EOF\n") && om.contains("# TYPE update_edge_checks counter"));
+    // `promtool check metrics` (Prometheus' own linter) passes a live scrape.
+    if require_tools(&["promtool"]) {
+        use std::io::Write;
+        let mut p = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Scrape-time figures are real: this process's memory and files, RocksDB's memtable
+    // holding what the node wrote at start (schema, TUF metadata).
+    assert!(node.metric("process_resident_memory_bytes").await > 1e6);
+    assert!(node.metric("process_open_fds").await >= 3.0);
+    assert!(node.metric("process_cpu_seconds_total").await > 0.0);
+    assert!(node.metric("update_edge_rocksdb_memtable_bytes").await > 0.0);
     // The repository's gauges carry real values from the start.
     let ts = node
         .metric_labeled("update_edge_tuf_metadata_version{role=\"timestamp\"}")

@@ -194,7 +194,6 @@ pub async fn layer(State(a): State<Arc<Access>>, mut req: Request, next: Next) -
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
-    let client_text = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
     if let Some((who, path)) = audit {
         tracing::info!(
             target: "update_edge::audit",
@@ -203,7 +202,7 @@ pub async fn layer(State(a): State<Arc<Access>>, mut req: Request, next: Next) -
             method = %method,
             path = %path,
             status,
-            client = %client_text,
+            client = %Client(client),
             "operator action"
         );
     }
@@ -213,7 +212,7 @@ pub async fn layer(State(a): State<Arc<Access>>, mut req: Request, next: Next) -
         method,
         route,
         status,
-        client: client_text,
+        client,
         id,
         bytes: 0,
     };
@@ -239,9 +238,21 @@ struct Done {
     method: Method,
     route: String,
     status: u16,
-    client: String,
+    client: Option<IpAddr>,
     id: Arc<str>,
     bytes: u64,
+}
+
+/// The client as logged (`-` when the connection's peer is unknown).
+struct Client(Option<IpAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 impl Done {
@@ -259,7 +270,7 @@ impl Done {
             tracing::info!(
                 target: "update_edge::access",
                 request_id = %self.id,
-                client = %self.client,
+                client = %Client(self.client),
                 method = %self.method,
                 route = %self.route,
                 status = self.status,

@@ -9,15 +9,33 @@ use http::{header, StatusCode};
 use super::AppState;
 use crate::store::Cf;
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+pub async fn metrics(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    // OpenMetrics for scrapers that ask for it (Prometheus does); the classic text
+    // format for everything else (promtool, curl, older scrapers).
+    let open_metrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if open_metrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            state.metrics.encode(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            state.metrics.encode_text(),
+        )
+            .into_response()
+    }
 }
 
 pub async fn healthz() -> &'static str {

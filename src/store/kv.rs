@@ -107,6 +107,11 @@ pub trait KvStore: Send + Sync + 'static {
         self.get(cf, key).map(Some)
     }
 
+    /// The engine's own figures for `/metrics` (sizes, compaction debt, stalls, cache).
+    fn engine_stats(&self) -> Vec<crate::metrics::EngineStat> {
+        Vec::new()
+    }
+
     /// Exact membership (may be cheaper than `get` for large values).
     fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, StoreError>;
 

@@ -26,6 +26,8 @@ const BLOB_FILE_SIZE: u64 = 256 << 20;
 
 pub struct RocksKv {
     db: DB,
+    /// The options the database was opened with: they hold its statistics (tickers).
+    opts: Options,
 }
 
 fn err(e: rocksdb::Error) -> StoreError {
@@ -47,6 +49,9 @@ impl RocksKv {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
+        // Tickers only (cache hits, stall time): no histograms, no timers.
+        db_opts.enable_statistics();
+        db_opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = Options::default();
             let mut table = BlockBasedOptions::default();
@@ -69,7 +74,7 @@ impl RocksKv {
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(err)?;
-        Ok(RocksKv { db })
+        Ok(RocksKv { db, opts: db_opts })
     }
 
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -127,6 +132,47 @@ impl KvStore for RocksKv {
             Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
             Err(e) => Err(err(e)),
         }
+    }
+
+    fn engine_stats(&self) -> Vec<crate::metrics::EngineStat> {
+        use crate::metrics::EngineStat;
+        use rocksdb::statistics::Ticker;
+        // A property summed over the families (absent ones count 0).
+        let sum = |name: &str| -> f64 {
+            Cf::ALL
+                .iter()
+                .filter_map(|cf| self.cf(*cf).ok())
+                .filter_map(|h| self.db.property_int_value_cf(h, name).ok().flatten())
+                .sum::<u64>() as f64
+        };
+        let db = |name: &str| -> f64 {
+            self.db.property_int_value(name).ok().flatten().unwrap_or(0) as f64
+        };
+        let gauge = |name, help, value| EngineStat {
+            name,
+            help,
+            counter: false,
+            value,
+        };
+        let counter = |name, help, value| EngineStat {
+            name,
+            help,
+            counter: true,
+            value,
+        };
+        vec![
+            gauge("update_edge_rocksdb_live_sst_bytes", "Bytes of live SST files (index entries, manifests, catalog)", sum("rocksdb.live-sst-files-size")),
+            gauge("update_edge_rocksdb_blob_file_bytes", "Bytes of blob files (chunk bytes), garbage included", sum("rocksdb.total-blob-file-size")),
+            gauge("update_edge_rocksdb_blob_garbage_bytes", "Bytes in blob files no longer referenced, reclaimed by blob GC during compaction", sum("rocksdb.live-blob-file-garbage-size")),
+            gauge("update_edge_rocksdb_memtable_bytes", "Bytes in memtables", sum("rocksdb.cur-size-all-mem-tables")),
+            gauge("update_edge_rocksdb_pending_compaction_bytes", "Estimated bytes compaction must rewrite to settle the LSM", sum("rocksdb.estimate-pending-compaction-bytes")),
+            gauge("update_edge_rocksdb_running_compactions", "Compactions running", db("rocksdb.num-running-compactions")),
+            gauge("update_edge_rocksdb_write_stopped", "1 while RocksDB stops writes (too many L0 files or memtables, or too much compaction debt)", db("rocksdb.is-write-stopped")),
+            gauge("update_edge_rocksdb_delayed_write_rate", "Bytes per second RocksDB slows writes to (0: not slowed)", db("rocksdb.actual-delayed-write-rate")),
+            counter("update_edge_rocksdb_stall_seconds", "Time writes spent stalled by RocksDB", self.opts.get_ticker_count(Ticker::StallMicros) as f64 / 1e6),
+            counter("update_edge_rocksdb_block_cache_hits", "RocksDB block cache hits (index, filter and data blocks; chunk bytes are cached above it)", self.opts.get_ticker_count(Ticker::BlockCacheHit) as f64),
+            counter("update_edge_rocksdb_block_cache_misses", "RocksDB block cache misses", self.opts.get_ticker_count(Ticker::BlockCacheMiss) as f64),
+        ]
     }
 
     fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, StoreError> {
