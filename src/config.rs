@@ -97,6 +97,10 @@ pub struct ServerConfig {
     /// `Retry-After: 1`) and closed. The open-files limit is raised to allow it (its hard
     /// limit permitting). Default `16384`.
     pub max_connections: usize,
+    /// On SIGTERM the node stops accepting and lets requests in flight finish for at
+    /// most this long (a download cut then resumes elsewhere with a Range request).
+    /// Default `10s`.
+    pub drain_timeout: Seconds,
     /// A client must send a request's whole header within this time, and an idle HTTP/1
     /// keep-alive connection is closed after it (slowloris protection). Default `20`.
     pub header_read_timeout: Seconds,
@@ -259,6 +263,7 @@ impl Default for Config {
                 replication_token: String::new(),
                 max_connections: 16_384,
                 header_read_timeout: Seconds(20),
+                drain_timeout: Seconds(10),
                 tcp_keepalive: Seconds(60),
                 h2_keepalive: Seconds(30),
                 h2_max_streams: 128,

@@ -36,6 +36,18 @@ enum Command {
         #[arg(long, value_name = "URL")]
         upstream: Option<String>,
     },
+    /// Exit 0 if the node answers `/readyz` with 200 (container and service health
+    /// checks); the address is the config's `server.listen` unless `--url` is given.
+    Health {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Base URL of the node (default: http://127.0.0.1:PORT from `server.listen`).
+        #[arg(long)]
+        url: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Binary deltas between builds.
     Delta {
         #[command(subcommand)]
@@ -352,6 +364,12 @@ fn main() -> ExitCode {
                 json,
             ),
         },
+        Command::Health {
+            config,
+            url,
+            timeout,
+        } => cli::load_config(config.as_deref(), None, None)
+            .and_then(|c| cli::health(&c, url.as_deref(), timeout)),
         Command::Gc { data, config } => {
             cli::load_config(config.as_deref(), data.as_deref(), None).and_then(cli::blob::gc)
         }

@@ -22,9 +22,6 @@ use crate::store::{ChunkParams, Store, StoreError};
 use crate::upstream::preseed::Preseeder;
 use crate::upstream::Upstream;
 
-/// How long in-flight downloads may finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Everything a running node shares.
 #[derive(Clone)]
 pub struct Node {
@@ -234,6 +231,8 @@ pub struct RunningServer {
     resigner: JoinHandle<()>,
     /// Further node tasks (an edge's eviction), stopped with the server.
     background: Vec<JoinHandle<()>>,
+    /// How long in-flight requests may finish after a stop (`server.drain_timeout`).
+    drain: Duration,
 }
 
 impl RunningServer {
@@ -241,7 +240,7 @@ impl RunningServer {
     pub async fn stop(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(());
         let mut task = self.task;
-        let served = match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+        let served = match tokio::time::timeout(self.drain, &mut task).await {
             Ok(r) => r.map_err(std::io::Error::other).and_then(|r| r),
             Err(_) => {
                 task.abort();
@@ -321,6 +320,7 @@ pub fn start_with_tls(
         task,
         resigner,
         background,
+        drain: Duration::from_secs(node.config.server.drain_timeout.0),
     })
 }
 

@@ -62,8 +62,17 @@ pub fn run(mut config: Config, demo: bool) -> anyhow::Result<u8> {
         if demo {
             print_demo(&node, &base).await?;
         }
+        // systemd (`Type=notify`): ready once listening with the store open (an edge has
+        // replicated the catalog by now). Without NOTIFY_SOCKET this does nothing.
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "telling systemd the node is ready failed");
+        }
         server::shutdown_signal().await;
-        tracing::info!("shutting down");
+        tracing::info!(
+            drain_secs = node.config.server.drain_timeout.0,
+            "shutting down: draining requests in flight"
+        );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         running.stop().await?;
         node.store.flush()?;
         anyhow::Ok(())
