@@ -6,7 +6,7 @@
 mod process;
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 pub use process::{EngineSource, EngineStat, ProcessStats};
 
@@ -102,8 +102,8 @@ pub const DELTA_SECONDS_BUCKETS: [f64; 15] = [
 /// Handles to every metric the node exports.
 pub struct Metrics {
     registry: Registry,
-    /// The storage engine's figures, read at scrape time once the store is open.
-    engine: Arc<OnceLock<EngineSource>>,
+    /// Figures read at scrape time (the storage engine's, the data directory's).
+    sources: Arc<Mutex<Vec<EngineSource>>>,
     pub http_requests: Family<CodeLabels, Counter>,
     pub http_duration: Family<RouteOnly, Histogram>,
     /// Time to a response's last byte (or to its abandonment).
@@ -203,7 +203,7 @@ impl Metrics {
             device_records_expired: Counter::default(),
             delta_job_panics: Counter::default(),
             registry: Registry::default(),
-            engine: Arc::new(OnceLock::new()),
+            sources: Arc::new(Mutex::new(Vec::new())),
         };
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -406,15 +406,18 @@ impl Metrics {
             });
         }
         let collector = process::ScrapeCollector {
-            engine: m.engine.clone(),
+            sources: m.sources.clone(),
         };
         registry.register_collector(Box::new(collector));
         Metrics { registry, ..m }
     }
 
-    /// Where the storage engine's figures come from (set once, when the store opens).
-    pub fn set_engine(&self, source: EngineSource) {
-        let _ = self.engine.set(source);
+    /// Adds figures read at each scrape (the store's engine, the data directory).
+    pub fn add_source(&self, source: EngineSource) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(source);
     }
 
     /// Adds further metrics (delta, catalog) to the same registry.

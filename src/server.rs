@@ -206,6 +206,38 @@ pub fn open_store(config: &Config) -> Result<StoreParts, OpenError> {
         metrics.clone(),
     )?;
     let catalog = Arc::new(Catalog::new(store.clone())?);
+    let (dir, budget, reserve) = (
+        config.server.data_dir.clone(),
+        s.max_bytes.0,
+        s.min_free_bytes.0,
+    );
+    metrics.add_source(Arc::new(move || {
+        use crate::metrics::EngineStat;
+        let mut v = vec![
+            EngineStat {
+                name: "update_edge_store_budget_bytes",
+                help:
+                    "store.max_bytes: the chunk bytes an edge keeps before evicting (0: no budget)",
+                counter: false,
+                value: budget as f64,
+            },
+            EngineStat {
+                name: "update_edge_store_min_free_bytes",
+                help: "store.min_free_bytes: free space uploads are refused below (507)",
+                counter: false,
+                value: reserve as f64,
+            },
+        ];
+        if let Some(free) = crate::store::free_bytes(&dir) {
+            v.push(EngineStat {
+                name: "update_edge_data_dir_free_bytes",
+                help: "Free bytes on the data directory's filesystem (for this user)",
+                counter: false,
+                value: free as f64,
+            });
+        }
+        v
+    }));
     Ok(StoreParts {
         metrics,
         store,

@@ -179,7 +179,7 @@ impl Store {
         metrics.store_chunks.set(stats.chunks);
         metrics.store_bytes.set(stats.bytes);
         let engine = kv.clone();
-        metrics.set_engine(Arc::new(move || engine.engine_stats()));
+        metrics.add_source(Arc::new(move || engine.engine_stats()));
         let feed = changes::Feed::load(kv.as_ref())?;
         Ok(Arc::new(Store {
             feed,

@@ -262,6 +262,9 @@ async fn metrics_are_exported_with_their_types() {
         ("update_edge_rocksdb_stall_seconds", "counter"),
         ("update_edge_rocksdb_block_cache_hits", "counter"),
         ("update_edge_rocksdb_block_cache_misses", "counter"),
+        ("update_edge_store_budget_bytes", "gauge"),
+        ("update_edge_store_min_free_bytes", "gauge"),
+        ("update_edge_data_dir_free_bytes", "gauge"),
     ];
     for (name, kind) in families {
         // The classic text format names a counter family with its `_total`.
@@ -319,6 +322,7 @@ async fn metrics_are_exported_with_their_types() {
     assert!(node.metric("process_open_fds").await >= 3.0);
     assert!(node.metric("process_cpu_seconds_total").await > 0.0);
     assert!(node.metric("update_edge_rocksdb_memtable_bytes").await > 0.0);
+    assert!(node.metric("update_edge_data_dir_free_bytes").await > 0.0);
     // The repository's gauges carry real values from the start.
     let ts = node
         .metric_labeled("update_edge_tuf_metadata_version{role=\"timestamp\"}")

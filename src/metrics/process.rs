@@ -7,7 +7,7 @@
 //! `/proc/stat`'s boot time: a few small reads, parsed here (five fields; a crate for
 //! the whole of procfs would be more code than this). Elsewhere they are simply absent.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -83,16 +83,17 @@ impl ProcessStats {
     }
 }
 
-/// Encodes the process and engine figures at each scrape.
+/// Encodes the process figures and those of every added source at each scrape.
 #[derive(Default)]
 pub struct ScrapeCollector {
-    pub engine: Arc<OnceLock<EngineSource>>,
+    pub sources: Arc<Mutex<Vec<EngineSource>>>,
 }
 
 impl std::fmt::Debug for ScrapeCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.sources.lock().map(|s| s.len()).unwrap_or(0);
         f.debug_struct("ScrapeCollector")
-            .field("engine", &self.engine.get().is_some())
+            .field("sources", &n)
             .finish()
     }
 }
@@ -138,7 +139,12 @@ impl Collector for ScrapeCollector {
                 p.start_time_seconds,
             )?;
         }
-        if let Some(source) = self.engine.get() {
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for source in sources {
             for s in source() {
                 if s.counter {
                     counter(&mut encoder, s.name, s.help, s.value)?;
