@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -20,13 +20,13 @@ pub enum ConfigError {
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
-    Env { var: &'static str, message: String },
+    Env { var: String, message: String },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
 
 /// The whole node configuration.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -39,7 +39,7 @@ pub struct Config {
 }
 
 /// `[log]`: log format, the access log, and whose `X-Forwarded-For` to believe.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` (human-readable lines) or `json` (one object per line, every field a key).
@@ -55,7 +55,7 @@ pub struct LogConfig {
     pub trusted_proxies: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -81,7 +81,7 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 /// `[server]`: sockets, data directory, operator credentials.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on (HTTP/1.1 and cleartext HTTP/2). Default `127.0.0.1:8080`.
@@ -140,7 +140,7 @@ impl ServerConfig {
 }
 
 /// `[store]`: chunking and the hot cache.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Bytes of chunk data kept in memory in front of RocksDB. Default `512MiB`.
@@ -163,7 +163,7 @@ pub struct StoreConfig {
 }
 
 /// `[delta]`: when a delta is worth offering.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeltaConfig {
     /// A delta is offered only if it is at most this fraction of the zstd-compressed
@@ -182,7 +182,7 @@ pub struct DeltaConfig {
 }
 
 /// `[catalog]`: update checks.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CatalogConfig {
     /// Seconds a signed check answer stays valid. Default `3600`.
@@ -202,7 +202,7 @@ pub struct CatalogConfig {
 }
 
 /// `[tuf]`: the image repository's keys and metadata lifetimes.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TufConfig {
     /// Directory of the online keys (`targets.pk8`, `snapshot.pk8`, `timestamp.pk8`,
@@ -222,7 +222,7 @@ pub struct TufConfig {
 
 /// `[edge]`: the edge role. With `upstream` set the node holds no repository keys,
 /// replicates the catalog and TUF metadata from upstream, and fills content on demand.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
     /// Base URL of the upstream node (`http://origin:8080`). Default empty = origin role.
@@ -356,21 +356,104 @@ impl Default for LogConfig {
     }
 }
 
-/// Environment variables that override file values, with the key they set.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+/// The sections of the file; `UPDATE_EDGE_<SECTION>_<KEY>` sets `<section>.<key>`.
+pub const SECTIONS: [&str; 7] = ["server", "store", "delta", "catalog", "tuf", "edge", "log"];
+
+/// Shorter names that set a key too (they came first and stay).
+pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("UPDATE_EDGE_LISTEN", "server.listen"),
     ("UPDATE_EDGE_DATA_DIR", "server.data_dir"),
     ("UPDATE_EDGE_ADMIN_TOKEN", "server.admin_token"),
-    ("UPDATE_EDGE_CACHE_SIZE", "store.cache_size"),
-    ("UPDATE_EDGE_DELTA_WORTH_IT_RATIO", "delta.worth_it_ratio"),
-    ("UPDATE_EDGE_TUF_KEYS_DIR", "tuf.keys_dir"),
     ("UPDATE_EDGE_REPLICATION_TOKEN", "server.replication_token"),
+    ("UPDATE_EDGE_CACHE_SIZE", "store.cache_size"),
     ("UPDATE_EDGE_UPSTREAM", "edge.upstream"),
     ("UPDATE_EDGE_UPSTREAM_TOKEN", "edge.token"),
-    ("UPDATE_EDGE_LOG_FORMAT", "log.format"),
-    ("UPDATE_EDGE_LOG_ACCESS", "log.access"),
-    ("UPDATE_EDGE_LOG_TRUSTED_PROXIES", "log.trusted_proxies"),
 ];
+
+/// What `config show` prints for a secret that is set.
+pub const MASK: &str = "(set; not shown)";
+
+/// Keys whose values are secrets: masked by `config show`, never logged.
+pub const SECRET_KEYS: [&str; 3] = [
+    "server.admin_token",
+    "server.replication_token",
+    "edge.token",
+];
+
+/// What an environment variable sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvKey {
+    pub section: String,
+    pub key: String,
+    /// `…_FILE`: the value is the path of a file holding it (secrets).
+    pub from_file: bool,
+}
+
+/// Every key there is, by section (from the defaults).
+fn known_keys() -> toml::Table {
+    toml::Table::try_from(Config::default()).unwrap_or_default()
+}
+
+/// The key `var` sets, `None` for a variable that is not configuration
+/// (`UPDATE_EDGE_LOG`, the level filter; tools' variables). A variable naming a section
+/// but no key of it is an error, so a typo is never silently ignored.
+pub fn env_key(var: &str) -> Result<Option<EnvKey>, ConfigError> {
+    let known = known_keys();
+    let has = |sec: &str, key: &str| {
+        known
+            .get(sec)
+            .and_then(|t| t.as_table())
+            .is_some_and(|t| t.contains_key(key))
+    };
+    let (name, from_file) = match var.strip_suffix("_FILE") {
+        Some(n) => (n, true),
+        None => (var, false),
+    };
+    if let Some((_, target)) = ENV_ALIASES.iter().find(|(alias, _)| *alias == name) {
+        let (section, key) = target.split_once('.').unwrap_or((target, ""));
+        return Ok(Some(EnvKey {
+            section: section.into(),
+            key: key.into(),
+            from_file,
+        }));
+    }
+    let Some(rest) = var.strip_prefix("UPDATE_EDGE_") else {
+        return Ok(None);
+    };
+    for section in SECTIONS {
+        let Some(key) = rest
+            .strip_prefix(&section.to_ascii_uppercase())
+            .and_then(|k| k.strip_prefix('_'))
+        else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        if has(section, &key) {
+            return Ok(Some(EnvKey {
+                section: section.into(),
+                key,
+                from_file: false,
+            }));
+        }
+        if let Some(k) = key.strip_suffix("_file").filter(|k| has(section, k)) {
+            return Ok(Some(EnvKey {
+                section: section.into(),
+                key: k.into(),
+                from_file: true,
+            }));
+        }
+        let keys: Vec<&String> = known
+            .get(section)
+            .and_then(|t| t.as_table())
+            .map(|t| t.keys().collect())
+            .unwrap_or_default();
+        return Err(ConfigError::Env {
+            var: var.to_string(),
+            message: format!("[{section}] has no key {key:?} (keys: {keys:?})"),
+        });
+    }
+    Ok(None)
+}
 
 impl Config {
     /// Loads defaults, then `file` if given, then the environment.
@@ -382,10 +465,11 @@ impl Config {
             })?,
             None => String::new(),
         };
-        let env: Vec<(&'static str, String)> = ENV_OVERRIDES
-            .iter()
-            .filter_map(|(var, _)| std::env::var(var).ok().map(|v| (*var, v)))
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("UPDATE_EDGE_"))
             .collect();
+        // Aliases first, so the full name wins when both are set.
+        env.sort_by_key(|(k, _)| !ENV_ALIASES.iter().any(|(a, _)| k.starts_with(a)));
         Self::from_parts(&text, file.unwrap_or(Path::new("<none>")), &env)
     }
 
@@ -398,64 +482,83 @@ impl Config {
         }
     }
 
-    /// Pure core of [`Config::load`]: `text` is the TOML file, `env` the overrides present.
+    /// Pure core of [`Config::load`]: `text` is the TOML file, `env` the process's
+    /// `UPDATE_EDGE_*` variables (those that are not configuration are ignored).
     pub fn from_parts(
         text: &str,
         path: &Path,
-        env: &[(&'static str, String)],
+        env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.message().to_string(),
-        })?;
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        // The file alone first, so its errors name the file.
+        let mut config: Config = table.clone().try_into().map_err(parse_err)?;
         for (var, value) in env {
-            config.apply_env(var, value)?;
+            let Some(k) = env_key(var)? else {
+                continue;
+            };
+            let bad = |message: String| ConfigError::Env {
+                var: var.clone(),
+                message,
+            };
+            let candidates = if k.from_file {
+                let text = std::fs::read_to_string(value)
+                    .map_err(|e| bad(format!("reading {value}: {e}")))?;
+                vec![toml::Value::String(
+                    text.trim_end_matches(['\n', '\r']).to_string(),
+                )]
+            } else {
+                // As TOML when it is a TOML value (`100`, `true`, `["10.0.0.0/8"]`), else
+                // as text (`0.0.0.0:8080`, `1GiB`, a token).
+                let typed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"));
+                typed
+                    .into_iter()
+                    .chain([toml::Value::String(value.clone())])
+                    .collect()
+            };
+            let mut last = String::new();
+            let mut applied = false;
+            for candidate in candidates {
+                let mut next = table.clone();
+                let section = next
+                    .entry(k.section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let Some(t) = section.as_table_mut() {
+                    t.insert(k.key.clone(), candidate);
+                }
+                match next.clone().try_into::<Config>() {
+                    Ok(c) => {
+                        (table, config, applied) = (next, c, true);
+                        break;
+                    }
+                    Err(e) => last = e.message().to_string(),
+                }
+            }
+            if !applied {
+                return Err(bad(format!("{}.{}: {last}", k.section, k.key)));
+            }
         }
         config.validate()?;
         Ok(config)
     }
 
-    fn apply_env(&mut self, var: &'static str, value: &str) -> Result<(), ConfigError> {
-        let bad = |message: String| ConfigError::Env { var, message };
-        match var {
-            "UPDATE_EDGE_LISTEN" => {
-                self.server.listen = value.parse().map_err(|e| bad(format!("{e}")))?
-            }
-            "UPDATE_EDGE_DATA_DIR" => self.server.data_dir = PathBuf::from(value),
-            "UPDATE_EDGE_TUF_KEYS_DIR" => self.tuf.keys_dir = PathBuf::from(value),
-            "UPDATE_EDGE_ADMIN_TOKEN" => self.server.admin_token = value.to_string(),
-            "UPDATE_EDGE_REPLICATION_TOKEN" => self.server.replication_token = value.to_string(),
-            "UPDATE_EDGE_UPSTREAM" => self.edge.upstream = value.to_string(),
-            "UPDATE_EDGE_UPSTREAM_TOKEN" => self.edge.token = value.to_string(),
-            "UPDATE_EDGE_CACHE_SIZE" => self.store.cache_size = value.parse().map_err(bad)?,
-            "UPDATE_EDGE_LOG_FORMAT" => {
-                self.log.format = match value {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    _ => return Err(bad(format!("{value:?} is not text or json"))),
+    /// The configuration as TOML, secrets replaced by [`MASK`] (`update-edge config show`).
+    pub fn to_masked_toml(&self) -> String {
+        let mut t = toml::Table::try_from(self).unwrap_or_default();
+        for key in SECRET_KEYS {
+            let (section, name) = key.split_once('.').unwrap_or((key, ""));
+            if let Some(v) = t.get_mut(section).and_then(|s| s.get_mut(name)) {
+                if v.as_str().is_some_and(|s| !s.is_empty()) {
+                    *v = toml::Value::String(MASK.into());
                 }
             }
-            "UPDATE_EDGE_LOG_ACCESS" => {
-                self.log.access = match value {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => return Err(bad(format!("{value:?} is not true or false"))),
-                }
-            }
-            "UPDATE_EDGE_LOG_TRUSTED_PROXIES" => {
-                self.log.trusted_proxies = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            }
-            "UPDATE_EDGE_DELTA_WORTH_IT_RATIO" => {
-                self.delta.worth_it_ratio = value.parse().map_err(|e| bad(format!("{e}")))?
-            }
-            _ => {}
         }
-        Ok(())
+        toml::to_string_pretty(&t).unwrap_or_default()
     }
 
     /// Checks values that parse but make no sense together.
@@ -586,6 +689,12 @@ impl std::str::FromStr for ByteSize {
     }
 }
 
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         int_or_text(d, ByteSize)
@@ -642,6 +751,12 @@ impl std::str::FromStr for Seconds {
         n.checked_mul(mult)
             .map(Seconds)
             .ok_or_else(|| format!("duration {s:?} overflows"))
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
     }
 }
 
@@ -706,6 +821,42 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_and_the_readme_table_name_every_key() {
+        let example: toml::Table = toml::from_str(
+            &std::fs::read_to_string(manifest_dir().join("config/edge.toml")).unwrap(),
+        )
+        .unwrap();
+        let readme = std::fs::read_to_string(manifest_dir().join("README.md")).unwrap();
+        let mut missing = Vec::new();
+        for (section, keys) in known_keys() {
+            let keys = keys.as_table().unwrap();
+            let listed = example[&section].as_table().unwrap();
+            let mut want: Vec<&String> = keys.keys().collect();
+            let mut have: Vec<&String> = listed.keys().collect();
+            want.sort();
+            have.sort();
+            assert_eq!(
+                have, want,
+                "config/edge.toml [{section}] must list exactly the keys"
+            );
+            for key in keys.keys() {
+                let full = format!("`{section}.{key}`");
+                let in_row = readme
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("| `{section}.")))
+                    .any(|l| l.contains(&format!("`{key}`")));
+                if !(readme.contains(&full) || in_row) {
+                    missing.push(full);
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "README's configuration table lacks {missing:?}"
+        );
+    }
+
+    #[test]
     fn every_shipped_config_file_parses() {
         for entry in std::fs::read_dir(manifest_dir().join("config")).unwrap() {
             let path = entry.unwrap().path();
@@ -735,15 +886,136 @@ mod tests {
         assert!(err.contains("cache_sise"), "{err}");
     }
 
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_key_can_be_set_from_the_environment_and_a_typo_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "token-from-a-secret-file-0123\n").unwrap();
+        let c = Config::from_parts(
+            "[server]\nmax_connections = 5\n",
+            Path::new("x"),
+            &env(&[
+                ("UPDATE_EDGE_SERVER_MAX_CONNECTIONS", "100"),
+                ("UPDATE_EDGE_SERVER_LISTEN", "0.0.0.0:9000"),
+                ("UPDATE_EDGE_STORE_MIN_FREE_BYTES", "10GiB"),
+                ("UPDATE_EDGE_TUF_TIMESTAMP_TTL", "2h"),
+                ("UPDATE_EDGE_DELTA_WORTH_IT_RATIO", "0.5"),
+                ("UPDATE_EDGE_LOG_ACCESS", "false"),
+                (
+                    "UPDATE_EDGE_LOG_TRUSTED_PROXIES",
+                    "[\"10.0.0.0/8\", \"::1\"]",
+                ),
+                (
+                    "UPDATE_EDGE_SERVER_ADMIN_TOKEN_FILE",
+                    secret.to_str().unwrap(),
+                ),
+                // A token of digits stays text.
+                (
+                    "UPDATE_EDGE_SERVER_REPLICATION_TOKEN",
+                    "12345678901234567890",
+                ),
+                // Not configuration: ignored.
+                ("UPDATE_EDGE_LOG", "debug"),
+                ("UPDATE_EDGE_REQUIRE_TOOLS", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.max_connections, 100);
+        assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(c.store.min_free_bytes, ByteSize(10 << 30));
+        assert_eq!(c.tuf.timestamp_ttl, Seconds(7200));
+        assert_eq!(c.delta.worth_it_ratio, 0.5);
+        assert!(!c.log.access);
+        assert_eq!(c.log.trusted_proxies, ["10.0.0.0/8", "::1"]);
+        assert_eq!(c.server.admin_token, "token-from-a-secret-file-0123");
+        assert_eq!(c.server.replication_token, "12345678901234567890");
+        // Every key the defaults have maps from its variable.
+        for (section, keys) in known_keys() {
+            for key in keys.as_table().unwrap().keys() {
+                let var = format!(
+                    "UPDATE_EDGE_{}_{}",
+                    section.to_uppercase(),
+                    key.to_uppercase()
+                );
+                let k = env_key(&var).unwrap().unwrap_or_else(|| panic!("{var}"));
+                assert_eq!(
+                    (k.section.as_str(), k.key.as_str(), k.from_file),
+                    (section.as_str(), key.as_str(), false)
+                );
+            }
+        }
+        let typo = Config::from_parts(
+            "",
+            Path::new("x"),
+            &env(&[("UPDATE_EDGE_SERVER_LISTN", "0.0.0.0:1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            typo.contains("UPDATE_EDGE_SERVER_LISTN") && typo.contains("listn"),
+            "{typo}"
+        );
+        let wrong = Config::from_parts(
+            "",
+            Path::new("x"),
+            &env(&[("UPDATE_EDGE_SERVER_MAX_CONNECTIONS", "many")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            wrong.contains("UPDATE_EDGE_SERVER_MAX_CONNECTIONS"),
+            "{wrong}"
+        );
+        let missing = Config::from_parts(
+            "",
+            Path::new("x"),
+            &env(&[("UPDATE_EDGE_EDGE_TOKEN_FILE", "/nonexistent/token")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("/nonexistent/token"), "{missing}");
+    }
+
+    #[test]
+    fn the_shown_config_masks_secrets_and_reads_back_as_the_same_config() {
+        let c = Config::from_parts(
+            "",
+            Path::new("x"),
+            &env(&[("UPDATE_EDGE_ADMIN_TOKEN", "s3cret-admin-token-000")]),
+        )
+        .unwrap();
+        let shown = c.to_masked_toml();
+        assert!(
+            !shown.contains("s3cret") && shown.contains(&format!("admin_token = \"{MASK}\"")),
+            "{shown}"
+        );
+        let back = Config::from_parts(&shown, Path::new("shown"), &[]).unwrap();
+        assert_eq!(back.server.admin_token, MASK);
+        assert_eq!(
+            Config {
+                server: ServerConfig {
+                    admin_token: String::new(),
+                    ..back.server
+                },
+                ..back
+            },
+            Config::default()
+        );
+    }
+
     #[test]
     fn env_overrides_file() {
-        let env = [
-            (
-                "UPDATE_EDGE_ADMIN_TOKEN",
-                "s3cret-from-the-environment".to_string(),
-            ),
-            ("UPDATE_EDGE_CACHE_SIZE", "1GiB".to_string()),
-        ];
+        let env = env(&[
+            ("UPDATE_EDGE_ADMIN_TOKEN", "s3cret-from-the-environment"),
+            ("UPDATE_EDGE_CACHE_SIZE", "1GiB"),
+        ]);
         let c = Config::from_parts(
             "[server]\nadmin_token = \"token-from-the-file\"\n",
             Path::new("x"),

@@ -48,6 +48,12 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    /// The configuration: `show` the effective one (file, then environment; secrets
+    /// masked), `check` a file (exit 0 when valid, 2 with the reason).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Binary deltas between builds.
     Delta {
         #[command(subcommand)]
@@ -232,6 +238,17 @@ enum Format {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the configuration a node would run with, as TOML.
+    Show {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file (with the environment applied, as `serve` would).
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum DeltaCommand {
     /// Compute a patch from OLD to NEW.
     Diff {
@@ -370,6 +387,18 @@ fn main() -> ExitCode {
             timeout,
         } => cli::load_config(config.as_deref(), None, None)
             .and_then(|c| cli::health(&c, url.as_deref(), timeout)),
+        Command::Config { command } => match command {
+            ConfigCommand::Show { config } => {
+                cli::load_config(config.as_deref(), None, None).map(|c| {
+                    print!("{}", c.to_masked_toml());
+                    cli::EXIT_OK
+                })
+            }
+            ConfigCommand::Check { file } => cli::load_config(Some(&file), None, None).map(|_| {
+                println!("{}: ok", file.display());
+                cli::EXIT_OK
+            }),
+        },
         Command::Gc { data, config } => {
             cli::load_config(config.as_deref(), data.as_deref(), None).and_then(cli::blob::gc)
         }

@@ -156,3 +156,57 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         );
     }
 }
+
+#[test]
+fn config_show_prints_the_effective_config_masked_and_config_check_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("admin");
+    std::fs::write(&secret, "admin-token-from-a-file-42\n").unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "[server]\nmax_connections = 7\n").unwrap();
+    let bin = env!("CARGO_BIN_EXE_update-edge");
+    let show = Command::new(bin)
+        .args(["config", "show", "--config"])
+        .arg(&file)
+        .env("UPDATE_EDGE_SERVER_ADMIN_TOKEN_FILE", &secret)
+        .env("UPDATE_EDGE_STORE_CACHE_SIZE", "1GiB")
+        .output()
+        .unwrap();
+    assert_eq!(show.status.code(), Some(0), "{show:?}");
+    let text = String::from_utf8_lossy(&show.stdout);
+    // File, then environment; the secret set but not shown.
+    assert!(text.contains("max_connections = 7"), "{text}");
+    assert!(
+        text.contains(&format!("cache_size = {}", 1u64 << 30)),
+        "{text}"
+    );
+    assert!(
+        text.contains("admin_token = \"(set; not shown)\""),
+        "{text}"
+    );
+    assert!(!text.contains("admin-token-from-a-file"), "{text}");
+
+    let ok = Command::new(bin)
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    std::fs::write(&file, "[server]\nmax_conections = 7\n").unwrap();
+    let typo = Command::new(bin)
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(typo.status.code(), Some(2), "{typo:?}");
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("max_conections"));
+    std::fs::write(&file, "").unwrap();
+    let env_typo = Command::new(bin)
+        .args(["config", "check"])
+        .arg(&file)
+        .env("UPDATE_EDGE_SERVER_LISTN", "0.0.0.0:80")
+        .output()
+        .unwrap();
+    assert_eq!(env_typo.status.code(), Some(2), "{env_typo:?}");
+    assert!(String::from_utf8_lossy(&env_typo.stderr).contains("UPDATE_EDGE_SERVER_LISTN"));
+}
