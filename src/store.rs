@@ -178,8 +178,15 @@ impl Store {
             .unwrap_or_default();
         metrics.store_chunks.set(stats.chunks);
         metrics.store_bytes.set(stats.bytes);
-        let engine = kv.clone();
-        metrics.add_source(Arc::new(move || engine.engine_stats()));
+        // Weak: the metrics must not keep the engine open after the store is dropped (a
+        // reopen of the directory, or RocksDB still running at process exit).
+        let engine = Arc::downgrade(&kv);
+        metrics.add_source(Arc::new(move || {
+            engine
+                .upgrade()
+                .map(|e| e.engine_stats())
+                .unwrap_or_default()
+        }));
         let feed = changes::Feed::load(kv.as_ref())?;
         Ok(Arc::new(Store {
             feed,
@@ -345,5 +352,26 @@ pub(crate) mod test_util {
                 x as u8
             })
             .collect()
+    }
+}
+
+#[cfg(all(test, feature = "rocksdb"))]
+mod open_tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_do_not_keep_a_dropped_store_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let open = || Store::open(dir.path(), ChunkParams::default(), 1 << 20, metrics.clone());
+        let store = open().unwrap();
+        assert!(metrics
+            .encode()
+            .contains("update_edge_rocksdb_memtable_bytes"));
+        drop(store);
+        // The registry (still alive) no longer holds the engine: the directory's lock is
+        // free again, and the dropped engine's figures are simply gone.
+        let again = open().expect("reopening after the store was dropped");
+        drop(again);
     }
 }

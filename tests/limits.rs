@@ -185,18 +185,12 @@ async fn checks_past_an_addresses_rate_get_429_with_retry_after_and_other_addres
     cfg.catalog.check_burst_per_ip = 3;
     let node = TestNode::start(cfg).await;
     seed_product(&node, "gw", 1, 10_000).await;
-    let from = |ip: &str| {
-        reqwest::Client::builder()
-            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
-            .build()
-            .unwrap()
-    };
     let check_from = |c: reqwest::Client, device: &str| {
         let body = serde_json::json!({"product": "gw", "device_id": device, "version": "1.0.0"});
         let url = format!("{}/v1/check", node.url);
         async move { c.post(url).json(&body).send().await.unwrap() }
     };
-    let flood = from("127.0.0.1");
+    let flood = client_from("127.0.0.1");
     for i in 0..3 {
         let r = check_from(flood.clone(), &format!("made-up-{i}")).await;
         assert_eq!(r.status(), reqwest::StatusCode::OK, "burst check {i}");
@@ -211,7 +205,7 @@ async fn checks_past_an_addresses_rate_get_429_with_retry_after_and_other_addres
     assert!((1..=2).contains(&wait), "retry-after {wait}");
     assert!(r.text().await.unwrap().contains("too many checks"));
     // Another address has its own bucket.
-    let r = check_from(from("127.0.0.2"), "legit").await;
+    let r = check_from(client_from("127.0.0.2"), "legit").await;
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     assert_eq!(
         node.metric_labeled(r#"update_edge_checks_total{result="limited"}"#)
@@ -236,12 +230,6 @@ async fn behind_a_trusted_proxy_the_limit_counts_the_forwarded_client_and_nobody
     cfg.log.trusted_proxies = vec!["127.0.0.1".into()];
     let node = TestNode::start(cfg).await;
     seed_product(&node, "gw", 1, 10_000).await;
-    let from = |ip: &str| {
-        reqwest::Client::builder()
-            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
-            .build()
-            .unwrap()
-    };
     let check = |c: reqwest::Client, forwarded: &'static str, device: String| {
         let body = serde_json::json!({"product": "gw", "device_id": device, "version": "1.0.0"});
         let url = format!("{}/v1/check", node.url);
@@ -255,7 +243,7 @@ async fn behind_a_trusted_proxy_the_limit_counts_the_forwarded_client_and_nobody
                 .status()
         }
     };
-    let proxy = from("127.0.0.1");
+    let proxy = client_from("127.0.0.1");
     for i in 0..2 {
         let s = check(proxy.clone(), "198.51.100.7", format!("a-{i}")).await;
         assert_eq!(s, reqwest::StatusCode::OK, "burst check {i}");
@@ -268,7 +256,7 @@ async fn behind_a_trusted_proxy_the_limit_counts_the_forwarded_client_and_nobody
     let s = check(proxy.clone(), "198.51.100.7, 198.51.100.8", "b-0".into()).await;
     assert_eq!(s, reqwest::StatusCode::OK);
     // A direct client cannot escape its own limit by naming others: not a trusted peer.
-    let direct = from("127.0.0.2");
+    let direct = client_from("127.0.0.2");
     for (i, claimed) in ["192.0.2.1", "192.0.2.2"].into_iter().enumerate() {
         let s = check(direct.clone(), claimed, format!("c-{i}")).await;
         assert_eq!(s, reqwest::StatusCode::OK, "direct check {i}");

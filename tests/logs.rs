@@ -37,16 +37,7 @@ async fn access_line(node: &Served, id: &str) -> Value {
 #[tokio::test]
 async fn every_request_is_logged_once_as_json_with_its_client_id_status_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    init_keys(&dir.path().join("keys"), &dir.path().join("root-keys"));
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[log]\ntrusted_proxies = [\"127.0.0.1\"]\n[store]\nmin_free_bytes = \"0\"\n[tuf]\nkeys_dir = {:?}\n",
-            dir.path().join("keys")
-        ),
-    )
-    .unwrap();
+    let config = write_node_config(dir.path(), "[log]\ntrusted_proxies = [\"127.0.0.1\"]");
     let node = spawn_serve_env(
         &config,
         &dir.path().join("data"),
@@ -204,16 +195,7 @@ async fn every_request_is_logged_once_as_json_with_its_client_id_status_and_byte
 #[tokio::test]
 async fn the_access_log_can_be_turned_off_and_text_lines_carry_the_same_fields() {
     let dir = tempfile::tempdir().unwrap();
-    init_keys(&dir.path().join("keys"), &dir.path().join("root-keys"));
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\nmin_free_bytes = \"0\"\n[tuf]\nkeys_dir = {:?}\n",
-            dir.path().join("keys")
-        ),
-    )
-    .unwrap();
+    let config = write_node_config(dir.path(), "");
     let text = spawn_serve(&config, &dir.path().join("text")).await;
     let url = format!("http://{}", text.addr);
     let r = client()

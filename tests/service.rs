@@ -10,20 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn node_config(dir: &std::path::Path) -> std::path::PathBuf {
-    init_keys(&dir.join("keys"), &dir.join("root-keys"));
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ndrain_timeout = \"3s\"\n[store]\nmin_free_bytes = \"0\"\n[tuf]\nkeys_dir = {:?}\n",
-            dir.join("keys")
-        ),
-    )
-    .unwrap();
-    config
-}
-
 fn health(url: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_update-edge"))
         .args(["health", "--timeout", "5", "--url", url])
@@ -43,7 +29,7 @@ fn next_notification(sock: &UnixDatagram) -> String {
 #[tokio::test]
 async fn health_says_ready_or_not_and_systemd_hears_ready_then_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let config = node_config(dir.path());
+    let config = write_node_config(dir.path(), "[server]\ndrain_timeout = \"3s\"");
     let socket_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&socket_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30)))

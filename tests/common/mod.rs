@@ -527,6 +527,31 @@ macro_rules! hook {
     };
 }
 
+/// Online and root keys under `dir` and a config file for a `serve` process using them
+/// (no free-space reserve, so tmp filesystems do), with `extra` TOML prepended.
+pub fn write_node_config(dir: &std::path::Path, extra: &str) -> PathBuf {
+    init_keys(&dir.join("keys"), &dir.join("root-keys"));
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{extra}\n[store]\nmin_free_bytes = \"0\"\n[tuf]\nkeys_dir = {:?}\n",
+            dir.join("keys")
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// A client whose connections come from `ip` (a loopback address: 127.0.0.2 is not
+/// 127.0.0.1 to a per-address limit).
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
 /// `update-edge serve` as a child process, killed (SIGKILL) when dropped.
 pub struct Served {
     pub child: std::process::Child,
