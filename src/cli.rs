@@ -120,6 +120,37 @@ pub struct Offline {
 }
 
 /// Opens the store for an offline command, with a clear message when a server holds it.
+/// `update-edge backup`: a checkpoint of a stopped node's data directory in `out`.
+pub fn backup(config: crate::config::Config, out: &std::path::Path) -> anyhow::Result<u8> {
+    let node = open_offline(config)?;
+    let b = node.store.checkpoint(out)?;
+    println!(
+        "backup {}: {} bytes in {:.2} s",
+        b.path.display(),
+        b.bytes,
+        b.seconds
+    );
+    Ok(EXIT_OK)
+}
+
+/// `update-edge restore`: a data directory from a checkpoint, then opened once to check
+/// it (counters and manifests readable).
+pub fn restore(config: crate::config::Config, backup: &std::path::Path) -> anyhow::Result<u8> {
+    let data = config.server.data_dir.clone();
+    let bytes = crate::store::restore(backup, &data)?;
+    let node = open_offline(config)?;
+    let stats = node.store.stats();
+    let builds = node.catalog.products()?.len();
+    println!(
+        "restored {} into {}: {bytes} bytes copied; {} chunks, {} chunk bytes, {builds} products",
+        backup.display(),
+        data.display(),
+        stats.chunks,
+        stats.bytes
+    );
+    Ok(EXIT_OK)
+}
+
 pub fn open_offline(config: crate::config::Config) -> anyhow::Result<Offline> {
     let parts =
         crate::server::open_store(&config).map_err(|e| lock_hint(&config.server.data_dir, e))?;

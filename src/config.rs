@@ -101,6 +101,10 @@ pub struct ServerConfig {
     /// most this long (a download cut then resumes elsewhere with a Range request).
     /// Default `10s`.
     pub drain_timeout: Seconds,
+    /// Where `POST /v1/admin/backup` writes checkpoints (one new directory each, named
+    /// by time). On the data directory's filesystem they are hard links, so nearly free.
+    /// Default empty = online backups refused (the offline `update-edge backup` works).
+    pub backup_dir: PathBuf,
     /// A client must send a request's whole header within this time, and an idle HTTP/1
     /// keep-alive connection is closed after it (slowloris protection). Default `20`.
     pub header_read_timeout: Seconds,
@@ -264,6 +268,7 @@ impl Default for Config {
                 max_connections: 16_384,
                 header_read_timeout: Seconds(20),
                 drain_timeout: Seconds(10),
+                backup_dir: PathBuf::new(),
                 tcp_keepalive: Seconds(60),
                 h2_keepalive: Seconds(30),
                 h2_max_streams: 128,

@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/products/{product}/stats", get(catalog::stats))
         .route("/v1/gc", post(catalog::gc))
+        .route("/v1/admin/backup", post(catalog::backup))
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -54,6 +54,25 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// A consistent checkpoint of a stopped node's data directory (a running node:
+    /// `POST /v1/admin/backup`).
+    Backup {
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where to write it (must not exist).
+        out: PathBuf,
+    },
+    /// Make a data directory (absent or empty) from a checkpoint.
+    Restore {
+        /// The checkpoint (from `backup` or `POST /v1/admin/backup`).
+        backup: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Binary deltas between builds.
     Delta {
         #[command(subcommand)]
@@ -399,6 +418,16 @@ fn main() -> ExitCode {
                 cli::EXIT_OK
             }),
         },
+        Command::Backup { data, config, out } => {
+            cli::load_config(config.as_deref(), data.as_deref(), None)
+                .and_then(|c| cli::backup(c, &out))
+        }
+        Command::Restore {
+            backup,
+            data,
+            config,
+        } => cli::load_config(config.as_deref(), data.as_deref(), None)
+            .and_then(|c| cli::restore(c, &backup)),
         Command::Gc { data, config } => {
             cli::load_config(config.as_deref(), data.as_deref(), None).and_then(cli::blob::gc)
         }

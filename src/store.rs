@@ -26,7 +26,7 @@ pub mod read;
 pub mod rocks;
 pub mod verify;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::hash::Hash;
@@ -77,6 +77,67 @@ pub enum StoreError {
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     let s = rustix::fs::statvfs(dir).ok()?;
     Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// What a checkpoint wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Backup {
+    pub path: PathBuf,
+    /// Bytes of its files (hard-linked ones share their blocks with the data directory).
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+fn dir_bytes(dir: &Path) -> Result<u64, StoreError> {
+    let io = |e: std::io::Error| StoreError::Io(dir.display().to_string(), e);
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let meta = entry.map_err(io)?.metadata().map_err(io)?;
+        if meta.is_file() {
+            n += meta.len();
+        }
+    }
+    Ok(n)
+}
+
+/// Makes data directory `data` (absent or empty) from a checkpoint: its files copied,
+/// then the result opened to check it is a store of this version. Nothing is changed
+/// when `data` holds anything.
+pub fn restore(backup: &Path, data: &Path) -> Result<u64, StoreError> {
+    let io = |p: &Path, e: std::io::Error| StoreError::Io(p.display().to_string(), e);
+    if !backup.join("CURRENT").is_file() {
+        return Err(StoreError::Io(
+            backup.display().to_string(),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not a checkpoint (no CURRENT file)",
+            ),
+        ));
+    }
+    if data.exists()
+        && std::fs::read_dir(data)
+            .map_err(|e| io(data, e))?
+            .next()
+            .is_some()
+    {
+        return Err(StoreError::Io(
+            data.display().to_string(),
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the data directory is not empty",
+            ),
+        ));
+    }
+    std::fs::create_dir_all(data).map_err(|e| io(data, e))?;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(backup).map_err(|e| io(backup, e))? {
+        let entry = entry.map_err(|e| io(backup, e))?;
+        if entry.file_type().map_err(|e| io(backup, e))?.is_file() {
+            let to = data.join(entry.file_name());
+            bytes += std::fs::copy(entry.path(), &to).map_err(|e| io(&to, e))?;
+        }
+    }
+    Ok(bytes)
 }
 
 /// Where manifests of blobs this node does not hold come from (an edge's upstream), for
@@ -279,6 +340,28 @@ impl Store {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    /// A consistent copy of the store (catalog, repository and content) in `dir`, a new
+    /// directory, taken while the node serves (blocking). A data directory made from it
+    /// with [`restore`] opens as this store did at that moment.
+    pub fn checkpoint(&self, dir: &Path) -> Result<Backup, StoreError> {
+        let start = std::time::Instant::now();
+        if dir.exists() {
+            return Err(StoreError::Io(
+                dir.display().to_string(),
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the backup directory exists",
+                ),
+            ));
+        }
+        self.kv.checkpoint(dir)?;
+        Ok(Backup {
+            path: dir.to_path_buf(),
+            bytes: dir_bytes(dir)?,
+            seconds: start.elapsed().as_secs_f64(),
+        })
     }
 
     /// Flushes the engine's memory tables to disk files.

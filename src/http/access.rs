@@ -130,7 +130,10 @@ fn new_id() -> String {
 fn is_operator_action(method: &Method, route: &str) -> bool {
     *method != Method::GET
         && *method != Method::HEAD
-        && (route.starts_with("/v1/products") || route == "/v1/blobs" || route == "/v1/gc")
+        && (route.starts_with("/v1/products")
+            || route.starts_with("/v1/admin")
+            || route == "/v1/blobs"
+            || route == "/v1/gc")
 }
 
 pub async fn layer(State(a): State<Arc<Access>>, mut req: Request, next: Next) -> Response {

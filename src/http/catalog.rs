@@ -264,6 +264,33 @@ pub async fn gc(_: Operator, State(s): State<AppState>) -> Result<Response, ApiE
     Ok(Json(report).into_response())
 }
 
+/// `POST /v1/admin/backup`: a consistent checkpoint of the whole store in a new
+/// directory under `server.backup_dir`, taken while the node serves → `201` with its
+/// path, bytes and seconds; `409` when no backup directory is configured.
+pub async fn backup(_: Operator, State(s): State<AppState>) -> Result<Response, ApiError> {
+    let root = s.config.server.backup_dir.clone();
+    if root.as_os_str().is_empty() {
+        return Err(ApiError::Conflict(
+            "no server.backup_dir configured: set it, or stop the node and run `update-edge backup`".into(),
+        ));
+    }
+    let name = format!(
+        "update-edge-{}-{:04x}",
+        crate::protocol::unix_now(),
+        rand::random::<u16>()
+    );
+    let dir = root.join(name);
+    let store = s.store.clone();
+    let backup = crate::store::blocking(move || {
+        std::fs::create_dir_all(&root)
+            .map_err(|e| crate::store::StoreError::Io(root.display().to_string(), e))?;
+        store.checkpoint(&dir)
+    })
+    .await?;
+    tracing::info!(path = %backup.path.display(), bytes = backup.bytes, seconds = backup.seconds, "backup written");
+    Ok((http::StatusCode::CREATED, Json(backup)).into_response())
+}
+
 /// Mark from the catalog's roots, sweep the rest.
 pub async fn run_gc(
     catalog: &std::sync::Arc<crate::catalog::Catalog>,

@@ -107,6 +107,16 @@ pub trait KvStore: Send + Sync + 'static {
         self.get(cf, key).map(Some)
     }
 
+    /// A consistent copy of the whole database in `dir` (which must not exist), taken
+    /// while writes go on: files hard-linked where the filesystem allows, copied where
+    /// not, memtables flushed first.
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StoreError> {
+        Err(StoreError::Engine(format!(
+            "this engine cannot take a checkpoint (asked for {})",
+            dir.display()
+        )))
+    }
+
     /// The engine's own figures for `/metrics` (sizes, compaction debt, stalls, cache).
     fn engine_stats(&self) -> Vec<crate::metrics::EngineStat> {
         Vec::new()

@@ -134,6 +134,12 @@ impl KvStore for RocksKv {
         }
     }
 
+    fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(err)
+    }
+
     fn engine_stats(&self) -> Vec<crate::metrics::EngineStat> {
         use crate::metrics::EngineStat;
         use rocksdb::statistics::Ticker;
