@@ -28,37 +28,22 @@ async fn a_backup_taken_under_load_restores_into_a_node_serving_every_build_byte
     // Load: every build downloaded over and over, and a fourth build published, while
     // the checkpoint is taken.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listed = list_builds(&node.url, "gw").await;
     let mut load = Vec::new();
     for (i, want) in builds.iter().cloned().enumerate() {
-        let (stop, url) = (
-            stop.clone(),
-            format!("{}/v1/products/gw/builds/1.0.{}", node.url, i + 1),
-        );
-        let c = c.clone();
+        let blob = listed["builds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["version"] == format!("1.0.{}", i + 1))
+            .and_then(|b| b["blob"].as_str())
+            .unwrap()
+            .to_string();
+        let (stop, url, c) = (stop.clone(), node.blob_url(&blob), c.clone());
         load.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let v: Value = c
-                    .get(&url)
-                    .bearer_auth(TOKEN)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let blob = v["blob"].as_str().unwrap().to_string();
-                let got = c
-                    .get(format!(
-                        "{}/v1/blobs/{blob}",
-                        url.split("/v1/").next().unwrap()
-                    ))
-                    .send()
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .unwrap();
+                let got = c.get(&url).send().await.unwrap().bytes().await.unwrap();
                 assert_eq!(got, want, "a download during the backup");
                 n += 1;
             }
