@@ -1,6 +1,7 @@
 //! Command glue behind `main.rs`: each subcommand is a function that takes parsed
 //! arguments, does its work through the library, and returns an exit status.
 
+pub mod admin;
 pub mod blob;
 pub mod delta;
 pub mod demo;

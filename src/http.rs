@@ -13,6 +13,7 @@ pub mod range;
 pub mod ratelimit;
 pub mod replication;
 pub mod tuf;
+pub mod uploads;
 
 use std::sync::Arc;
 
@@ -55,7 +56,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/blobs", post(blobs::post_blob))
         .route("/v1/blobs/{hash}", get(blobs::get_blob))
         .route("/v1/blobs/{hash}/chunks", get(blobs::get_chunks))
-        .route("/v1/chunks/{hash}", get(replication::get_chunk))
+        .route(
+            "/v1/chunks/{hash}",
+            get(replication::get_chunk).put(uploads::put_chunk),
+        )
+        .route("/v1/chunks/missing", post(uploads::post_missing))
+        .route("/v1/chunking", get(uploads::get_chunking))
         .route("/v1/blobs/{hash}/manifest", get(replication::get_manifest))
         .route("/v1/catalog/changes", get(replication::get_changes))
         .route("/v1/check", post(check::post_check))

@@ -73,6 +73,25 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Drive a running node's operator API from anywhere: publish (resumable), rings,
+    /// builds, stats, GC, backup. Exit status: 0 done, 1 the node refused or failed,
+    /// 2 bad usage or local input, 3 the node could not be reached.
+    Admin {
+        /// The node's base URL, e.g. http://origin:8080.
+        #[arg(long, env = "UPDATE_EDGE_SERVER")]
+        server: String,
+        /// A file whose first line is the operator token (`server.admin_token`).
+        #[arg(long, env = "UPDATE_EDGE_TOKEN_FILE")]
+        token_file: PathBuf,
+        /// Print the node's JSON answer (errors too) instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        /// Seconds without a byte from the node before a request is retried.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Binary deltas between builds.
     Delta {
         #[command(subcommand)]
@@ -99,6 +118,79 @@ enum Command {
     Blob {
         #[command(subcommand)]
         command: BlobCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Publish FILE as VERSION of PRODUCT. Only chunks the node lacks are sent; run the
+    /// same command again to resume an interrupted publish.
+    Publish {
+        product: String,
+        version: String,
+        file: PathBuf,
+        /// os, driver or app.
+        #[arg(long, default_value = "os")]
+        kind: String,
+        #[arg(long)]
+        notes: Option<String>,
+    },
+    /// Products: `put` one (create or rename), `ls`.
+    Product {
+        #[command(subcommand)]
+        command: ProductCommand,
+    },
+    /// Builds of a product.
+    Builds {
+        #[command(subcommand)]
+        command: BuildsCommand,
+    },
+    /// Rollout rings: `set` one's version and percentage, `ls`.
+    Ring {
+        #[command(subcommand)]
+        command: RingCommand,
+    },
+    /// Devices seen per version and ring; bytes served per artifact kind.
+    Stats { product: String },
+    /// Delete blobs and chunks no build or delta references.
+    Gc,
+    /// A checkpoint on the node, under its `server.backup_dir`.
+    Backup,
+}
+
+#[derive(Subcommand)]
+enum ProductCommand {
+    Put {
+        product: String,
+        #[arg(long)]
+        name: String,
+        /// Hardware this product's builds are for, as JSON.
+        #[arg(long)]
+        hardware: Option<String>,
+    },
+    Ls,
+}
+
+#[derive(Subcommand)]
+enum BuildsCommand {
+    Ls { product: String },
+}
+
+#[derive(Subcommand)]
+enum RingCommand {
+    Set {
+        product: String,
+        ring: String,
+        version: String,
+        /// Share of the ring's devices offered the version, 0–100.
+        #[arg(long, default_value_t = 100.0)]
+        percent: f64,
+        /// Hold the rollout where it is.
+        #[arg(long)]
+        paused: bool,
+    },
+    Ls {
+        product: String,
     },
 }
 
@@ -418,6 +510,71 @@ fn main() -> ExitCode {
                 cli::EXIT_OK
             }),
         },
+        Command::Admin {
+            server,
+            token_file,
+            json,
+            timeout,
+            command,
+        } => {
+            use cli::admin::Action;
+            let action = match command {
+                AdminCommand::Publish {
+                    product,
+                    version,
+                    file,
+                    kind,
+                    notes,
+                } => Action::Publish {
+                    product,
+                    version,
+                    file,
+                    kind,
+                    notes,
+                },
+                AdminCommand::Product { command } => match command {
+                    ProductCommand::Put {
+                        product,
+                        name,
+                        hardware,
+                    } => Action::ProductPut {
+                        product,
+                        name,
+                        hardware,
+                    },
+                    ProductCommand::Ls => Action::ProductsLs,
+                },
+                AdminCommand::Builds {
+                    command: BuildsCommand::Ls { product },
+                } => Action::BuildsLs { product },
+                AdminCommand::Ring { command } => match command {
+                    RingCommand::Set {
+                        product,
+                        ring,
+                        version,
+                        percent,
+                        paused,
+                    } => Action::RingSet {
+                        product,
+                        ring,
+                        version,
+                        percent,
+                        paused,
+                    },
+                    RingCommand::Ls { product } => Action::RingsLs { product },
+                },
+                AdminCommand::Stats { product } => Action::Stats { product },
+                AdminCommand::Gc => Action::Gc,
+                AdminCommand::Backup => Action::Backup,
+            };
+            Ok(cli::admin::run(
+                &server,
+                &token_file,
+                std::time::Duration::from_secs(timeout),
+                json,
+                action,
+            ))
+        }
         Command::Backup { data, config, out } => {
             cli::load_config(config.as_deref(), data.as_deref(), None)
                 .and_then(|c| cli::backup(c, &out))

@@ -33,7 +33,7 @@ use crate::hash::Hash;
 use crate::metrics::Metrics;
 
 pub use chunker::ChunkParams;
-pub use ingest::{BlobWriter, PutOutcome};
+pub use ingest::{Assembled, BlobWriter, PutOutcome};
 pub use kv::{Batch, Cf, KvStore};
 pub use manifest::Manifest;
 

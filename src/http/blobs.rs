@@ -311,7 +311,7 @@ impl From<&crate::config::Config> for UploadLimits {
 const SPACE_CHECK_EVERY: u64 = 8 << 20;
 
 /// `507` unless the data dir has `need` bytes free beyond `store.min_free_bytes`.
-fn ensure_space(limits: &UploadLimits, need: u64) -> Result<(), ApiError> {
+pub fn ensure_space(limits: &UploadLimits, need: u64) -> Result<(), ApiError> {
     let Some(free) = crate::store::free_bytes(&limits.data_dir) else {
         return Ok(());
     };

@@ -99,13 +99,15 @@ pub struct PublishQuery {
 }
 
 /// `PUT /v1/products/{product}/builds/{version}?kind=os`: the body is the payload,
-/// streamed into the store; then the build is recorded and deltas from the previous
-/// builds are scheduled.
+/// streamed into the store (or, with the chunk-list media type, the list of chunks
+/// uploaded before: see [`super::uploads`]); then the build is recorded and deltas from
+/// the previous builds are scheduled.
 pub async fn put_build(
     _: Operator,
     State(s): State<AppState>,
     Path((product, ver)): Path<(String, String)>,
     Query(q): Query<PublishQuery>,
+    headers: http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let v = version(&ver)?;
@@ -119,7 +121,11 @@ pub async fn put_build(
     }
     // Held until the build references the blob, so GC cannot sweep it in between.
     let guard = s.store.gc_guard().await;
-    let put = ingest_body(&s.store, body, super::blobs::UploadLimits::from(&*s.config)).await?;
+    let put = if super::uploads::is_chunk_list(&headers) {
+        super::uploads::assemble_body(&s, body).await?
+    } else {
+        ingest_body(&s.store, body, super::blobs::UploadLimits::from(&*s.config)).await?
+    };
     let (c, p, vv, notes) = (
         s.catalog.clone(),
         product.clone(),

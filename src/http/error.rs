@@ -20,6 +20,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A publish by chunk list names chunks the node does not hold (409, listing them).
+    #[error("{} chunks of the list are not on this node: upload them, then publish again", .0.len())]
+    MissingChunks(Vec<crate::hash::Hash>),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -81,7 +84,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::MissingChunks(_) => StatusCode::CONFLICT,
             ApiError::Store(StoreError::BlobNotFound(_)) => StatusCode::NOT_FOUND,
             ApiError::Store(StoreError::ChunkCorrupt(_) | StoreError::ChunkMissing(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -124,7 +127,13 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let mut resp = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        let body = match &self {
+            ApiError::MissingChunks(missing) => {
+                serde_json::json!({ "error": message, "missing": missing })
+            }
+            _ => serde_json::json!({ "error": message }),
+        };
+        let mut resp = (status, Json(body)).into_response();
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));

@@ -27,6 +27,23 @@ pub struct PutOutcome {
     pub sha256: [u8; 32],
 }
 
+/// What [`Store::assemble`] made of a chunk list.
+#[derive(Debug)]
+pub enum Assembled {
+    /// The blob, committed (or found stored already).
+    Blob(PutOutcome),
+    /// These chunks are not stored (sorted, each once).
+    Missing(Vec<Hash>),
+    /// The list gives a chunk a length its stored bytes do not have.
+    WrongLength {
+        chunk: Hash,
+        stored: u64,
+        listed: u32,
+    },
+    /// The chunks make another blob than the one declared.
+    WrongBlob { actual: Hash },
+}
+
 /// Writes one blob; call [`BlobWriter::write`] repeatedly, then [`BlobWriter::finish`].
 /// Dropping it without `finish` leaves only unreferenced chunks.
 pub struct BlobWriter<'a> {
@@ -184,6 +201,33 @@ impl Store {
     /// log: an edge's chunks are a cache of upstream, so a crash may lose the last ones
     /// (even under a blob manifest committed later); a missing chunk is refilled on use.
     pub fn put_chunk(&self, hash: Hash, bytes: Bytes, outboard: Vec<u8>) -> Result<(), StoreError> {
+        self.put_verified_chunk(hash, bytes, outboard, false)
+    }
+
+    /// Stores one chunk an operator uploaded ahead of a publish (`PUT /v1/chunks/{hash}`),
+    /// whose bytes the caller has verified against `hash`, with its outboard. Logged but
+    /// not synced: the build that references it commits its manifest synced, which makes
+    /// every earlier logged write durable too. Returns false when it was stored already.
+    pub fn put_uploaded_chunk(
+        &self,
+        hash: Hash,
+        bytes: Bytes,
+        outboard: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        if self.kv.contains(Cf::Chunks, hash.as_bytes())? {
+            return Ok(false);
+        }
+        self.put_verified_chunk(hash, bytes, outboard, true)?;
+        Ok(true)
+    }
+
+    fn put_verified_chunk(
+        &self,
+        hash: Hash,
+        bytes: Bytes,
+        outboard: Vec<u8>,
+        logged: bool,
+    ) -> Result<(), StoreError> {
         debug_assert_eq!(
             crate::protocol::bao::outboard(&bytes),
             (hash, outboard.clone())
@@ -198,14 +242,21 @@ impl Store {
         }
         let tree = Bytes::from(outboard);
         put_chunk_ops(&mut batch, hash, bytes.clone(), tree.clone());
-        self.kv.write_unlogged(batch)?;
+        if logged {
+            self.kv.write(batch, false)?;
+        } else {
+            self.kv.write_unlogged(batch)?;
+        }
         *stats = next;
         self.metrics.store_chunks.set(next.chunks);
         self.metrics.store_bytes.set(next.bytes);
         drop(stats);
-        self.cache.chunks.insert(hash, bytes);
-        if !tree.is_empty() {
-            self.cache.outboards.insert(hash, tree);
+        // An upload is not hot content: it would only push out what devices read.
+        if !logged {
+            self.cache.chunks.insert(hash, bytes);
+            if !tree.is_empty() {
+                self.cache.outboards.insert(hash, tree);
+            }
         }
         Ok(())
     }
@@ -247,6 +298,57 @@ impl Store {
             self.cache.outboards.remove(h);
         }
         Ok(freed)
+    }
+
+    /// A blob from chunks already stored (uploaded one by one with
+    /// [`Store::put_uploaded_chunk`]), in order (blocking). Every chunk is read back and
+    /// verified, and the whole is hashed (blake3 and SHA-256) as an upload would be.
+    /// Nothing is committed unless every chunk is there with the listed length and the
+    /// whole hashes to `declared`.
+    /// The caller holds a GC guard and has checked the list's shape.
+    pub fn assemble(&self, chunks: Vec<ChunkRef>, declared: Hash) -> Result<Assembled, StoreError> {
+        let mut missing = Vec::new();
+        for c in &chunks {
+            if !self.kv.contains(Cf::Chunks, c.hash.as_bytes())? {
+                missing.push(c.hash);
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            return Ok(Assembled::Missing(missing));
+        }
+        let mut whole = blake3::Hasher::new();
+        let mut sha256 = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for c in &chunks {
+            let bytes = self.chunk_blocking(&c.hash)?;
+            if bytes.len() != c.len as usize {
+                return Ok(Assembled::WrongLength {
+                    chunk: c.hash,
+                    stored: bytes.len() as u64,
+                    listed: c.len,
+                });
+            }
+            whole.update(&bytes);
+            sha256.update(&bytes);
+        }
+        let hash = Hash::from(whole.finalize());
+        if hash != declared {
+            return Ok(Assembled::WrongBlob { actual: hash });
+        }
+        let sha256: [u8; 32] = sha256.finish().as_ref().try_into().unwrap_or([0; 32]);
+        let manifest = Manifest::new(chunks);
+        let size = manifest.size;
+        let created = !self.kv.contains(Cf::Blobs, hash.as_bytes())?;
+        if created {
+            self.put_manifest(hash, &manifest)?;
+        }
+        Ok(Assembled::Blob(PutOutcome {
+            hash,
+            size,
+            created,
+            sha256,
+        }))
     }
 
     /// Commits the manifest of a blob whose chunks are all stored and whose whole
