@@ -2,8 +2,9 @@
 # One entry point for a fresh Debian/Ubuntu machine with only Rust installed.
 #   ./dev.sh demo   install what is missing, build, start a node with demo content
 #   ./dev.sh test   install what is missing, run the whole test suite
-#   ./dev.sh setup  only install what is missing (also the fuzzing tools: fuzz/run.sh, and
-#                   cargo-machete, the unused-dependency check CI runs)
+#   ./dev.sh setup  only install what is missing (also the fuzzing tools: fuzz/run.sh,
+#                   cargo-machete, the unused-dependency check CI runs, and Redocly CLI,
+#                   the OpenAPI linter)
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
@@ -47,6 +48,18 @@ setup_machete() {
   command -v cargo-machete >/dev/null || cargo install cargo-machete --locked --version 0.9.2
 }
 
+# Redocly CLI (the OpenAPI linter CI runs on src/http/openapi.json), pinned, outside the
+# clone. Needs Node.js 20.19+ (the machines have it; bookworm's own nodejs is older).
+NPM_DIR="${UPDATE_EDGE_NPM:-$HOME/.cache/update-edge-npm}"
+REDOCLY_VERSION=2.77.0
+setup_redocly() {
+  command -v npm >/dev/null || { echo "npm (Node.js 20.19+) is needed for the OpenAPI lint" >&2; return 1; }
+  if [ "$("$NPM_DIR/node_modules/.bin/redocly" --version 2>/dev/null | tail -1)" != "$REDOCLY_VERSION" ]; then
+    mkdir -p "$NPM_DIR"
+    npm install --prefix "$NPM_DIR" --no-fund --no-audit --silent "@redocly/cli@$REDOCLY_VERSION"
+  fi
+}
+
 # cargo-fuzz on the nightly toolchain, for fuzz/run.sh (CI runs every target briefly).
 setup_fuzz() {
   rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
@@ -70,7 +83,7 @@ run_tests() {
 }
 
 case "${1:-}" in
-  setup) setup; setup_python; setup_fuzz; setup_machete ;;
+  setup) setup; setup_python; setup_fuzz; setup_machete; setup_redocly ;;
   test) setup; setup_python; run_tests ;;
   demo)
     setup

@@ -43,6 +43,58 @@ pub struct AppState {
     pub check_limit: Option<Arc<ratelimit::IpLimiter>>,
 }
 
+/// Declares the route table once: [`routes`] (what [`router`] serves) and
+/// [`ROUTE_PATHS`] (what the OpenAPI document is checked against).
+macro_rules! route_table {
+    ($($path:literal => $methods:expr,)+) => {
+        /// Every route's path template, in registration order.
+        pub const ROUTE_PATHS: &[&str] = &[$($path),+];
+
+        fn routes() -> Vec<(&'static str, axum::routing::MethodRouter<AppState>)> {
+            vec![$(($path, $methods)),+]
+        }
+    };
+}
+
+route_table! {
+    "/v1/blobs" => post(blobs::post_blob),
+    "/v1/blobs/{hash}" => get(blobs::get_blob),
+    "/v1/blobs/{hash}/chunks" => get(blobs::get_chunks),
+    "/v1/chunks/{hash}" => get(replication::get_chunk).put(uploads::put_chunk),
+    "/v1/chunks/missing" => post(uploads::post_missing),
+    "/v1/chunking" => get(uploads::get_chunking),
+    "/v1/blobs/{hash}/manifest" => get(replication::get_manifest),
+    "/v1/catalog/changes" => get(replication::get_changes),
+    "/v1/check" => post(check::post_check),
+    "/v1/keys" => get(check::get_keys),
+    "/v1/tuf/{file}" => get(tuf::get_metadata),
+    "/v1/tuf/targets/{*path}" => get(tuf::get_target),
+    "/v1/products" => get(catalog::list_products),
+    "/v1/products/{product}" => put(catalog::put_product).get(catalog::get_product),
+    "/v1/products/{product}/builds" => get(catalog::list_builds),
+    "/v1/products/{product}/builds/{version}" =>
+        put(catalog::put_build).get(catalog::get_build).delete(catalog::delete_build),
+    "/v1/products/{product}/rings" => get(catalog::list_rings),
+    "/v1/products/{product}/rings/{ring}" => put(catalog::put_ring),
+    "/v1/products/{product}/stats" => get(catalog::stats),
+    "/v1/gc" => post(catalog::gc),
+    "/v1/admin/backup" => post(catalog::backup),
+    "/metrics" => get(ops::metrics),
+    "/healthz" => get(ops::healthz),
+    "/readyz" => get(ops::readyz),
+    "/v1/openapi.json" => get(ops::openapi),
+}
+
+/// The OpenAPI 3.1 description of every route (`GET /v1/openapi.json`), with this
+/// build's version; `tests/openapi.rs` checks it against the route table.
+pub static OPENAPI: std::sync::LazyLock<bytes::Bytes> = std::sync::LazyLock::new(|| {
+    bytes::Bytes::from(include_str!("http/openapi.json").replacen(
+        "\"version\": \"VERSION\"",
+        &format!("\"version\": \"{}\"", env!("CARGO_PKG_VERSION")),
+        1,
+    ))
+});
+
 pub fn router(state: AppState) -> Router {
     let c = &state.config;
     let access = Arc::new(access::Access {
@@ -52,45 +104,11 @@ pub fn router(state: AppState) -> Router {
         admin_token: c.server.admin_token.clone(),
         replication_token: c.server.replication_token.clone(),
     });
-    Router::new()
-        .route("/v1/blobs", post(blobs::post_blob))
-        .route("/v1/blobs/{hash}", get(blobs::get_blob))
-        .route("/v1/blobs/{hash}/chunks", get(blobs::get_chunks))
-        .route(
-            "/v1/chunks/{hash}",
-            get(replication::get_chunk).put(uploads::put_chunk),
-        )
-        .route("/v1/chunks/missing", post(uploads::post_missing))
-        .route("/v1/chunking", get(uploads::get_chunking))
-        .route("/v1/blobs/{hash}/manifest", get(replication::get_manifest))
-        .route("/v1/catalog/changes", get(replication::get_changes))
-        .route("/v1/check", post(check::post_check))
-        .route("/v1/keys", get(check::get_keys))
-        .route("/v1/tuf/{file}", get(tuf::get_metadata))
-        .route("/v1/tuf/targets/{*path}", get(tuf::get_target))
-        .route("/v1/products", get(catalog::list_products))
-        .route(
-            "/v1/products/{product}",
-            put(catalog::put_product).get(catalog::get_product),
-        )
-        .route("/v1/products/{product}/builds", get(catalog::list_builds))
-        .route(
-            "/v1/products/{product}/builds/{version}",
-            put(catalog::put_build)
-                .get(catalog::get_build)
-                .delete(catalog::delete_build),
-        )
-        .route("/v1/products/{product}/rings", get(catalog::list_rings))
-        .route(
-            "/v1/products/{product}/rings/{ring}",
-            put(catalog::put_ring),
-        )
-        .route("/v1/products/{product}/stats", get(catalog::stats))
-        .route("/v1/gc", post(catalog::gc))
-        .route("/v1/admin/backup", post(catalog::backup))
-        .route("/metrics", get(ops::metrics))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
+    let mut router = Router::new();
+    for (path, methods) in routes() {
+        router = router.route(path, methods);
+    }
+    router
         // Buffered (JSON) bodies; uploads stream and have their own limit.
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         // Around every route and the fallback (unmatched requests are counted and logged).

@@ -38,6 +38,15 @@ pub async fn metrics(State(state): State<AppState>, headers: http::HeaderMap) ->
     }
 }
 
+/// `GET /v1/openapi.json`: the API description.
+pub async fn openapi() -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        super::OPENAPI.clone(),
+    )
+        .into_response()
+}
+
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
