@@ -71,6 +71,22 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// A product's ring and what a check of a device in it found (`ring_checks_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RingState {
+    pub product: String,
+    pub ring: String,
+    /// offered (an update), current (already on the ring's build or newer), held (outside
+    /// the rollout percentage), paused, unmatched (hardware differs, or no such ring).
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RingLabels {
+    pub product: String,
+    pub ring: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -121,6 +137,10 @@ pub struct Metrics {
     pub delta_compute_seconds: Histogram,
     pub delta_bytes_saved: Counter,
     pub checks: Family<ResultLabel, Counter>,
+    /// Checks by product, ring and what they found: rollout progress per ring.
+    pub ring_checks: Family<RingState, Counter>,
+    /// Each ring's rollout percentage, as the last check of it saw it.
+    pub ring_percent: Family<RingLabels, Gauge<f64, AtomicU64>>,
     pub artifact_bytes: Family<KindLabel, Counter>,
     /// TUF metadata expiry (unix seconds) and version, by role.
     pub tuf_expires: Family<RoleLabel, Gauge>,
@@ -183,6 +203,8 @@ impl Metrics {
             delta_compute_seconds: Histogram::new(DELTA_SECONDS_BUCKETS),
             delta_bytes_saved: Counter::default(),
             checks: Family::default(),
+            ring_checks: Family::default(),
+            ring_percent: Family::default(),
             artifact_bytes: Family::default(),
             tuf_expires: Family::default(),
             tuf_version: Family::default(),
@@ -293,6 +315,16 @@ impl Metrics {
             m.checks.clone(),
         );
         registry.register(
+            "update_edge_ring_checks",
+            "Update checks by product, ring and state (offered, current, held, paused, unmatched): rollout progress",
+            m.ring_checks.clone(),
+        );
+        registry.register(
+            "update_edge_ring_percent",
+            "Rollout percentage of each product's ring, as last seen by a check",
+            m.ring_percent.clone(),
+        );
+        registry.register(
             "update_edge_artifact_bytes_served",
             "Download bytes by artifact kind (os, driver, app, delta, other)",
             m.artifact_bytes.clone(),
@@ -399,6 +431,12 @@ impl Metrics {
         }
         for state in [JobState::queued(), JobState::running()] {
             let _ = m.delta_jobs.get_or_create(&state);
+        }
+        // Every kind from the start: a dashboard's rate() sees 0, not an absent series.
+        for kind in ["os", "driver", "app", "delta", "other"] {
+            for family in [&m.artifact_bytes, &m.upstream_artifact_bytes] {
+                let _ = family.get_or_create(&KindLabel { kind: kind.into() });
+            }
         }
         for result in ["update", "none", "error"] {
             let _ = m.checks.get_or_create(&ResultLabel {

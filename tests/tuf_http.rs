@@ -225,6 +225,8 @@ async fn metrics_are_exported_with_their_types() {
         ("update_edge_delta_job_panics", "counter"),
         ("update_edge_deltas_obtained", "counter"),
         ("update_edge_checks", "counter"),
+        ("update_edge_ring_checks", "counter"),
+        ("update_edge_ring_percent", "gauge"),
         ("update_edge_device_record_errors", "counter"),
         ("update_edge_device_records", "gauge"),
         ("update_edge_device_records_expired", "counter"),

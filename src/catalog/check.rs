@@ -255,13 +255,17 @@ impl Checker {
         hw: &Hardware,
         device_hw: Option<&Hardware>,
     ) -> Result<Option<Build>, CatalogError> {
-        if !hardware_matches(hw, device_hw) {
-            return Ok(None);
-        }
         let Some(r) = self.catalog.ring(product, ring)? else {
+            // A ring name the catalog does not know is not a label (devices choose it).
+            self.count_ring(product, "unknown", "unmatched", None);
             return Ok(None);
         };
-        if r.paused || !in_rollout(product, device, r.percent) {
+        if !hardware_matches(hw, device_hw) {
+            self.count_ring(product, ring, "unmatched", Some(r.percent));
+            return Ok(None);
+        }
+        if r.paused {
+            self.count_ring(product, ring, "paused", Some(r.percent));
             return Ok(None);
         }
         let target: Version = r
@@ -269,9 +273,37 @@ impl Checker {
             .parse()
             .map_err(|_| CatalogError::Corrupt(format!("ring {ring} version {}", r.version)))?;
         if target <= *current {
+            self.count_ring(product, ring, "current", Some(r.percent));
             return Ok(None);
         }
+        if !in_rollout(product, device, r.percent) {
+            self.count_ring(product, ring, "held", Some(r.percent));
+            return Ok(None);
+        }
+        self.count_ring(product, ring, "offered", Some(r.percent));
         self.catalog.build(product, &target)
+    }
+
+    /// Rollout progress (`update_edge_ring_checks_total`, `update_edge_ring_percent`):
+    /// labels are products and rings the catalog holds, so their number is the
+    /// operator's, never the fleet's.
+    fn count_ring(&self, product: &str, ring: &str, state: &str, percent: Option<f64>) {
+        let m = self.catalog.store().metrics();
+        m.ring_checks
+            .get_or_create(&crate::metrics::RingState {
+                product: product.into(),
+                ring: ring.into(),
+                state: state.into(),
+            })
+            .inc();
+        if let Some(p) = percent {
+            m.ring_percent
+                .get_or_create(&crate::metrics::RingLabels {
+                    product: product.into(),
+                    ring: ring.into(),
+                })
+                .set(p);
+        }
     }
 
     /// Artifacts best first: a worthwhile delta from the device's build, then the full
@@ -418,6 +450,80 @@ mod tests {
         }
         c.check(&request(Some("preview-1.a_b"))).await.unwrap();
         assert!(eventually(|| c.catalog.device_stats("gw").unwrap().devices == 1).await);
+    }
+
+    #[tokio::test]
+    async fn checks_are_counted_by_ring_and_what_they_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = checker(dir.path());
+        let put = c
+            .catalog
+            .store()
+            .put_reader(&crate::store::test_util::noise(10_000, 1)[..], |_| {})
+            .unwrap();
+        let v2: Version = "2.0.0".parse().unwrap();
+        c.catalog
+            .publish_build("gw", &v2, crate::catalog::model::Kind::Os, "", &put)
+            .unwrap();
+        c.catalog
+            .set_ring("gw", "general", &v2, 50.0, false)
+            .unwrap();
+        c.catalog
+            .set_ring("gw", "preview", &v2, 100.0, true)
+            .unwrap();
+        let check = |device: String, version: &str, ring: &str| {
+            serde_json::from_value::<CheckRequest>(json!({
+                "product": "gw", "device_id": device, "version": version, "ring": ring
+            }))
+            .unwrap()
+        };
+        let mut offered = 0;
+        for i in 0..200 {
+            let (_, outcome, _) = c
+                .check(&check(format!("d{i}"), "1.0.0", "general"))
+                .await
+                .unwrap();
+            offered += u64::from(outcome == Outcome::Update);
+        }
+        c.check(&check("d0".into(), "2.0.0", "general"))
+            .await
+            .unwrap();
+        c.check(&check("d0".into(), "1.0.0", "preview"))
+            .await
+            .unwrap();
+        c.check(&check("d0".into(), "1.0.0", "nightly"))
+            .await
+            .unwrap();
+        let m = c.catalog.store().metrics();
+        let n = |ring: &str, state: &str| {
+            m.ring_checks
+                .get_or_create(&crate::metrics::RingState {
+                    product: "gw".into(),
+                    ring: ring.into(),
+                    state: state.into(),
+                })
+                .get()
+        };
+        assert!((60..140).contains(&offered), "{offered} of 200 at 50 %");
+        assert_eq!(
+            (n("general", "offered"), n("general", "held")),
+            (offered, 200 - offered)
+        );
+        assert_eq!(n("general", "current"), 1);
+        assert_eq!(n("preview", "paused"), 1);
+        assert_eq!(
+            (n("nightly", "unmatched"), n("unknown", "unmatched")),
+            (0, 1)
+        );
+        let percent = |ring: &str| {
+            m.ring_percent
+                .get_or_create(&crate::metrics::RingLabels {
+                    product: "gw".into(),
+                    ring: ring.into(),
+                })
+                .get()
+        };
+        assert_eq!((percent("general"), percent("preview")), (50.0, 100.0));
     }
 
     #[tokio::test]

@@ -227,11 +227,18 @@ pub async fn put_ring(
 ) -> Result<Response, ApiError> {
     let b: RingBody = json_body(&body)?;
     let v = version(&b.version)?;
+    let (m, slug) = (s.metrics.clone(), product.clone());
     let r = blocking(move || {
         Ok(s.catalog
             .set_ring(&product, &ring, &v, b.percent, b.paused)?)
     })
     .await?;
+    m.ring_percent
+        .get_or_create(&crate::metrics::RingLabels {
+            product: slug,
+            ring: r.name.clone(),
+        })
+        .set(r.percent);
     Ok(Json(r).into_response())
 }
 
