@@ -46,11 +46,15 @@ PROM_PID=$!
 PROM="http://127.0.0.1:$PROM_PORT"
 for _ in $(seq 100); do curl -sf "$PROM/-/ready" >/dev/null && break; sleep 0.2; done
 
-# The rollout ramp, once the scenario starts (run.sh creates summary.md as it does).
+# The rollout ramp, once the scenario starts (run.sh creates summary.md as it does); each
+# step is marked on the picture, as is the end of publishing.
 echo loadtest-operator-token > "$WORK/token"
+: > "$WORK/marks"
 (
   while [ ! -e "$OUT/run/summary.md" ]; do sleep 0.2; done
+  echo "$(date +%s) load starts" >> "$WORK/marks"
   for p in 10 25 50 100; do
+    echo "$(date +%s) general $p %" >> "$WORK/marks"
     "$CARGO_TARGET_DIR/release/update-edge" admin --server "http://127.0.0.1:$PORT" --token-file "$WORK/token" \
       ring set loadtest general 1.0.2 --percent "$p" >&2
     sleep "$((DURATION / 4))"
@@ -63,4 +67,5 @@ loadtest/run.sh patch-tuesday "$OUT/run" -- --duration "$DURATION" --max-request
 END=$(date +%s)
 curl -s "$PROM/api/v1/alerts" > "$OUT/alerts.json"
 "$VENV/bin/python3" loadtest/render-dashboard.py --prometheus "$PROM" --start "$START" --end "$END" \
-  --title "patch-tuesday load, ring 'general' raised 10 → 100 %" --out "$OUT/dashboard.png"
+  --title "3 builds published, then patch-tuesday load; ring 'general' raised 10 → 100 %" \
+  --marks "$WORK/marks" --out "$OUT/dashboard.png"

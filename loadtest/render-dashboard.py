@@ -9,6 +9,7 @@ README's picture (Grafana itself cannot be installed on the build machines).
 
   render-dashboard.py --prometheus URL --start UNIX --end UNIX --out PNG
                       [--dashboard config/grafana-dashboard.json] [--step 2] [--rate-interval 10s]
+                      [--title TEXT] [--marks FILE]
 """
 
 import argparse
@@ -71,10 +72,17 @@ def main():
     ap.add_argument("--step", type=float, default=2)
     ap.add_argument("--rate-interval", default="10s")
     ap.add_argument("--title", default="")
+    ap.add_argument("--marks", help="file of 'UNIX-SECONDS label' lines, drawn as vertical lines on every panel")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
     dash = json.load(open(a.dashboard))
+    marks = []
+    if a.marks:
+        for line in open(a.marks):
+            t, _, label = line.strip().partition(" ")
+            if t:
+                marks.append((float(t) - a.start, label))
     panels = dash["panels"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     fig = plt.figure(figsize=(24, rows * 0.62), facecolor=BG)
@@ -117,6 +125,11 @@ def main():
         else:
             for i, (name, xs, ys) in enumerate(series):
                 ax.plot(xs, ys, label=name, color=COLORS[i % len(COLORS)], linewidth=1.4)
+        for i, (x, label) in enumerate(marks):
+            ax.axvline(x, color="#8e8e8e", linestyle="--", linewidth=0.8)
+            ax.text(x, 0.98 - 0.07 * (i % 2), f" {label}", color="#8e8e8e", fontsize=7,
+                    transform=ax.get_xaxis_transform(), va="top")
+        ax.set_xlim(0, a.end - a.start)
         if "max" in defaults:
             ax.set_ylim(defaults.get("min", 0), defaults["max"] * 1.05)
         else:

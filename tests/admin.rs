@@ -447,3 +447,50 @@ async fn the_upload_api_refuses_what_it_cannot_keep_and_keeps_nothing_of_it() {
     assert!(missing(&url, &hashes).await.is_empty());
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_by_chunk_list_is_held_to_the_upload_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&dir.path().join("node"));
+    cfg.server.max_upload_bytes = update_edge::config::ByteSize(50_000);
+    let node = TestNode::start(cfg).await;
+    let url = node.url.clone();
+    let r = op_put(&format!("{url}/v1/products/gw"), r#"{"name":"Gateway"}"#).await;
+    assert!(r.status().is_success());
+    let image = noise(100_000, 10);
+    let all = chunks(&image);
+    for (off, len, hash) in &all {
+        let r = put_chunk(&url, hash, image[*off as usize..][..*len as usize].to_vec()).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let entries: Vec<Value> = all
+        .iter()
+        .map(|(o, l, h)| json!({"offset": o, "length": l, "blake3": h}))
+        .collect();
+    let r = client()
+        .put(format!("{url}/v1/products/gw/builds/1.0.1"))
+        .bearer_auth(TOKEN)
+        .header("content-type", LIST_TYPE)
+        .body(
+            serde_json::to_vec(
+                &json!({"blob": Hash::of(&image), "size": image.len(), "chunks": entries}),
+            )
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"].as_str().unwrap().contains("max_upload_bytes"),
+        "{e}"
+    );
+    let r = client()
+        .get(node.blob_url(&Hash::of(&image).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "nothing committed");
+    node.stop().await;
+}

@@ -193,6 +193,13 @@ pub async fn assemble_body(s: &AppState, body: Body) -> Result<PutOutcome, ApiEr
         .await
         .map_err(|e| ApiError::BadRequest(format!("reading the chunk list: {e}")))?;
     let (declared, refs) = parse_list(&bytes, s.store.chunk_params().max)?;
+    let size: u64 = refs.iter().map(|c| u64::from(c.len)).sum();
+    let max = s.config.server.max_upload_bytes.0;
+    if size > max {
+        return Err(ApiError::TooLarge(format!(
+            "a build of {size} bytes is over server.max_upload_bytes ({max} bytes); nothing was committed"
+        )));
+    }
     let store = s.store.clone();
     let assembled = crate::store::blocking(move || store.assemble(refs, declared)).await?;
     match assembled {
