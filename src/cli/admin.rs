@@ -625,7 +625,7 @@ async fn act(r: &Remote, action: Action) -> Result<(Value, String), AdminError> 
                 .await?;
             let up = &v["upload"];
             let text = format!(
-                "{} {product} {version} ({kind}): blob {} ({} bytes); uploaded {} of {} chunks ({} bytes), the rest was on the node\n",
+                "{} {product} {version} ({kind}): blob {} ({} bytes); uploaded {} of {} chunks ({} bytes), the others were on the node\n",
                 if v["created"] == json!(true) { "published" } else { "already published" },
                 s(&v, "hash"),
                 s(&v, "size"),
