@@ -54,13 +54,7 @@ pub async fn post_check(
         let body = axum::body::to_bytes(body, MAX_CHECK_BYTES)
             .await
             .map_err(|e| {
-                if std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                {
-                    too_large()
-                } else {
-                    ApiError::BadRequest(format!("reading the check request: {e}"))
-                }
+                super::error::body_read_error(e, too_large, "reading the check request")
             })?;
         let req: CheckRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid check request: {e}")))?;

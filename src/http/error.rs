@@ -77,6 +77,20 @@ impl From<crate::repo::RepoError> for ApiError {
     }
 }
 
+/// A body read under a byte limit (`axum::body::to_bytes`) failed: `too_large` (413) when
+/// the limit was hit, otherwise 400 saying what was being read.
+pub fn body_read_error(
+    e: axum::Error,
+    too_large: impl FnOnce() -> ApiError,
+    what: &str,
+) -> ApiError {
+    if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+        too_large()
+    } else {
+        ApiError::BadRequest(format!("{what}: {e}"))
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {

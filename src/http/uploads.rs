@@ -106,15 +106,7 @@ pub async fn put_chunk(
                 limits.idle.as_secs()
             ))
         })?
-        .map_err(|e| {
-            if std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            {
-                too_large()
-            } else {
-                ApiError::BadRequest(format!("upload body interrupted: {e}"))
-            }
-        })?;
+        .map_err(|e| super::error::body_read_error(e, too_large, "upload body interrupted"))?;
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("an empty chunk".into()));
     }
