@@ -5,6 +5,7 @@
 #   ./dev.sh setup  only install what is missing (also the fuzzing tools: fuzz/run.sh,
 #                   cargo-machete, the unused-dependency check CI runs, and Redocly CLI,
 #                   the OpenAPI linter)
+#   ./dev.sh garage install Garage (pinned) for tests/garage-cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
@@ -60,6 +61,18 @@ setup_redocly() {
   fi
 }
 
+# Garage (an S3-compatible store) for the S3 tests' 3-node cluster (tests/garage-cluster.sh),
+# pinned, built from crates.io into its own cache (~15 minutes on 2 cores, once). An
+# external process: never linked. `./dev.sh garage` installs it; setup will once tests
+# use it.
+GARAGE_ROOT="${UPDATE_EDGE_GARAGE_ROOT:-$HOME/.cache/update-edge-garage}"
+GARAGE_VERSION=2.5.0
+setup_garage() {
+  if ! "$GARAGE_ROOT/bin/garage" --version 2>/dev/null | grep -q "cargo:$GARAGE_VERSION"; then
+    CARGO_TARGET_DIR="$GARAGE_ROOT/target" cargo install garage --locked --version "$GARAGE_VERSION" --root "$GARAGE_ROOT"
+  fi
+}
+
 # cargo-fuzz on the nightly toolchain, for fuzz/run.sh (CI runs every target briefly).
 setup_fuzz() {
   rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
@@ -85,11 +98,12 @@ run_tests() {
 case "${1:-}" in
   setup) setup; setup_python; setup_fuzz; setup_machete; setup_redocly ;;
   test) setup; setup_python; run_tests ;;
+  garage) setup_garage ;;
   demo)
     setup
     shift
     cargo build --bin update-edge
     exec "$CARGO_TARGET_DIR/debug/update-edge" serve --demo --data "${DEMO_DATA:-./demo-data}" "$@"
     ;;
-  *) echo "usage: $0 demo|test|setup" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|test|setup|garage" >&2; exit 2 ;;
 esac

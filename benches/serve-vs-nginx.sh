@@ -3,11 +3,21 @@
 # update-edge (release build) and by nginx (sendfile on), driven by the same wrk runs.
 # Prints a markdown table: whole-file MB/s, random 1 MiB and 4 KiB range rps, and server
 # CPU seconds per GiB served (from /proc, summed over the server's processes).
-#   benches/serve-vs-nginx.sh [DURATION_SECONDS]
+#   benches/serve-vs-nginx.sh [DURATION_SECONDS] [--cold]
+# --cold also runs update-edge a second time with a 1 MiB chunk cache, so that every
+# read misses it and goes to RocksDB (nginx and both update-edge runs read through the
+# page cache alike), and prints the ratios to nginx for both: hot, then cold.
 # Loopback only; every wrk run is bounded by its duration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DUR=${1:-10}
+DUR=10; COLD=""
+for a in "$@"; do
+  case $a in
+    --cold) COLD=1 ;;
+    [0-9]*) DUR=$a ;;
+    *) echo "usage: serve-vs-nginx.sh [DURATION_SECONDS] [--cold]" >&2; exit 2 ;;
+  esac
+done
 SIZE=$((256 << 20))
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
 for t in wrk nginx; do command -v $t >/dev/null || { echo "needs $t (apt-get install -y $t)" >&2; exit 2; }; done
@@ -24,8 +34,13 @@ mkdir -p "$WORK/www"; ln "$WORK/payload.bin" "$WORK/www/$HASH"; chmod -R a+rX "$
 
 UE_PORT=18181; NG_PORT=18182
 "$BIN" keys init --keys "$WORK/keys" --root-keys "$WORK/root-keys" >/dev/null
-UPDATE_EDGE_TUF_KEYS_DIR="$WORK/keys" UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn "$BIN" serve --data "$WORK/data" --listen 127.0.0.1:$UE_PORT &
-UE_PID=$!
+start_ue() { # CACHE_SIZE
+  UPDATE_EDGE_TUF_KEYS_DIR="$WORK/keys" UPDATE_EDGE_CACHE_SIZE=$1 UPDATE_EDGE_LOG=warn "$BIN" serve --data "$WORK/data" --listen 127.0.0.1:$UE_PORT &
+  UE_PID=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$UE_PORT/readyz" >/dev/null && break; sleep 0.1; done
+}
+stop_ue() { kill "$UE_PID"; wait "$UE_PID" 2>/dev/null || true; }
+start_ue 1GiB
 . benches/nginx-baseline.sh
 start_nginx "$WORK" "$NG_PORT"
 
@@ -64,26 +79,35 @@ run() {
 }
 
 declare -A R
-for server in update-edge nginx; do
-  if [ $server = update-edge ]; then pids=$UE_PID; url="http://127.0.0.1:$UE_PORT/v1/blobs/$HASH"; else pids=$(nginx_pids "$WORK"); url="http://127.0.0.1:$NG_PORT/$HASH"; fi
+SERVERS=(update-edge nginx)
+[ -n "$COLD" ] && SERVERS=(update-edge update-edge-cold nginx)
+for server in "${SERVERS[@]}"; do
+  case $server in
+    update-edge) pids=$UE_PID; url="http://127.0.0.1:$UE_PORT/v1/blobs/$HASH" ;;
+    update-edge-cold) stop_ue; start_ue 1MiB; pids=$UE_PID; url="http://127.0.0.1:$UE_PORT/v1/blobs/$HASH" ;;
+    nginx) pids=$(nginx_pids "$WORK"); url="http://127.0.0.1:$NG_PORT/$HASH" ;;
+  esac
   R[$server,whole]=$(run "$pids" "$url" -t1 -c2 -d${DUR}s)
   R[$server,r1m]=$(SIZE=$SIZE LEN=$((1 << 20)) run "$pids" "$url" -t2 -c32 -d${DUR}s -s "$WORK/range.lua")
   R[$server,r4k]=$(SIZE=$SIZE LEN=4096 run "$pids" "$url" -t2 -c64 -d${DUR}s -s "$WORK/range.lua")
 done
 
 echo
-echo "| test | server | requests/s | MB/s | server CPU s | CPU s per GiB |"
-echo "|---|---|---|---|---|---|"
+echo "| test | server | requests/s | MB/s | server CPU s | CPU s per GiB | CPU s per 1,000 requests |"
+echo "|---|---|---|---|---|---|---|"
 for t in whole r1m r4k; do
-  for server in update-edge nginx; do
+  for server in "${SERVERS[@]}"; do
     read -r reqs secs bytes cpu <<<"${R[$server,$t]}"
     awk -v t=$t -v s=$server -v r="$reqs" -v sec="$secs" -v b="$bytes" -v c="$cpu" 'BEGIN {
-      printf "| %s | %s | %.0f | %.0f | %.2f | %.3f |\n", t, s, r / sec, b / sec / 1e6, c, (b > 0 ? c / (b / 1073741824) : 0) }'
+      printf "| %s | %s | %.0f | %.0f | %.2f | %.3f | %.3f |\n", t, s, r / sec, b / sec / 1e6, c, (b > 0 ? c / (b / 1073741824) : 0), (r > 0 ? c / r * 1000 : 0) }'
   done
 done
 echo
-for t in whole r1m r4k; do
-  read -r ru su bu cu <<<"${R[update-edge,$t]}"; read -r rn sn bn cn <<<"${R[nginx,$t]}"
-  awk -v t=$t -v ru="$ru" -v su="$su" -v rn="$rn" -v sn="$sn" -v bu="$bu" -v cu="$cu" -v bn="$bn" -v cn="$cn" 'BEGIN {
-    printf "%s: update-edge/nginx rps ratio %.2f, CPU-per-GiB ratio %.2f\n", t, (ru/su)/(rn/sn), (cu/(bu/1073741824))/(cn/(bn/1073741824)) }'
+for server in "${SERVERS[@]}"; do
+  [ "$server" = nginx ] && continue
+  for t in whole r1m r4k; do
+    read -r ru su bu cu <<<"${R[$server,$t]}"; read -r rn sn bn cn <<<"${R[nginx,$t]}"
+    awk -v s=$server -v t=$t -v ru="$ru" -v su="$su" -v rn="$rn" -v sn="$sn" -v bu="$bu" -v cu="$cu" -v bn="$bn" -v cn="$cn" 'BEGIN {
+      printf "%s %s: rps ratio to nginx %.2f, CPU-per-GiB ratio %.2f, requests-per-CPU-second ratio %.2f\n", s, t, (ru/su)/(rn/sn), (cu/(bu/1073741824))/(cn/(bn/1073741824)), (ru/cu)/(rn/cn) }'
+  done
 done

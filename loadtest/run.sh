@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a load-test scenario against a fresh update-edge node on loopback.
 #   loadtest/run.sh SCENARIO OUTDIR [--baseline nginx] [--sweep "R1 R2 ..."] [--payload-mib N]
-#                   [--edges N] [-- extra update-edge-loadtest flags, e.g. --rate 500 --duration 20 --http2]
+#                   [--edges N] [--cold] [-- extra update-edge-loadtest flags, e.g. --rate 500 --duration 20 --http2]
 # Builds release binaries, starts a node with a temp data dir, seeds product "loadtest"
 # with builds 1.0.0, 1.0.1, 1.0.2 (waits for the 1.0.1 -> 1.0.2 delta), scrapes /metrics
 # before and after, records the node's CPU seconds and peak RSS, runs the scenario, and
@@ -12,19 +12,22 @@
 # check p99 stays <= 20 ms. --edges N puts N cold edges (pre-seeding off) in front of the
 # origin, runs the scenario through them (one generator per edge, the arrival rate split
 # between them) and writes edges.md: per artifact, what the edges served against what
-# left the origin. Everything targets 127.0.0.1 and stops by itself.
+# left the origin. --cold gives the nodes a 1 MiB chunk cache, so downloads read RocksDB
+# (through the page cache) instead of memory. Everything targets 127.0.0.1 and stops by
+# itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=${1:?usage: run.sh SCENARIO OUTDIR [--baseline nginx] [--sweep "R..."] [--payload-mib N] [-- loadtest flags]}
 OUT=${2:?usage: run.sh SCENARIO OUTDIR ...}
 shift 2
-BASELINE=""; SWEEP=""; PAYLOAD_MIB=64; EDGES=0; EXTRA=()
+BASELINE=""; SWEEP=""; PAYLOAD_MIB=64; EDGES=0; CACHE=1GiB; EXTRA=()
 while [ $# -gt 0 ]; do
   case $1 in
     --baseline) BASELINE=$2; shift 2 ;;
     --sweep) SWEEP=$2; shift 2 ;;
     --payload-mib) PAYLOAD_MIB=$2; shift 2 ;;
     --edges) EDGES=$2; shift 2 ;;
+    --cold) CACHE=1MiB; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -60,7 +63,7 @@ for i in $(seq "$EDGES"); do
 done
 # The whole simulated fleet comes from 127.0.0.1: no per-address check limit.
 printf '[catalog]\ncheck_rate_per_ip = 0\n' > "$WORK/origin.toml"
-UPDATE_EDGE_TUF_KEYS_DIR="$WORK/keys" UPDATE_EDGE_ADMIN_TOKEN=$TOKEN UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn \
+UPDATE_EDGE_TUF_KEYS_DIR="$WORK/keys" UPDATE_EDGE_ADMIN_TOKEN=$TOKEN UPDATE_EDGE_CACHE_SIZE=$CACHE UPDATE_EDGE_LOG=warn \
   UPDATE_EDGE_REPLICATION_TOKEN=$TOKEN \
   "$BIN/update-edge" serve --config "$WORK/origin.toml" --data "$WORK/data" --listen "127.0.0.1:$PORT" >"$OUT/node.log" 2>&1 &
 NODE_PID=$!
@@ -91,7 +94,7 @@ done
 for i in $(seq "$EDGES"); do
   port=$((PORT + 10 + i))
   printf '[tuf]\ndirector_key = "%s"\n[edge]\nprefetch_rate = 0\n[catalog]\ncheck_rate_per_ip = 0\n' "$WORK/edge-$i.pk8" > "$WORK/edge-$i.toml"
-  UPDATE_EDGE_UPSTREAM=$URL UPDATE_EDGE_UPSTREAM_TOKEN=$TOKEN UPDATE_EDGE_CACHE_SIZE=1GiB UPDATE_EDGE_LOG=warn \
+  UPDATE_EDGE_UPSTREAM=$URL UPDATE_EDGE_UPSTREAM_TOKEN=$TOKEN UPDATE_EDGE_CACHE_SIZE=$CACHE UPDATE_EDGE_LOG=warn \
     UPDATE_EDGE_TUF_KEYS_DIR="$WORK/no-keys" UPDATE_EDGE_ADMIN_TOKEN=$TOKEN \
     "$BIN/update-edge" serve --config "$WORK/edge-$i.toml" --data "$WORK/edge-$i" --listen "127.0.0.1:$port" >"$OUT/edge-$i.log" 2>&1 &
   EDGE_PIDS+=($!); EDGE_URLS+=("http://127.0.0.1:$port")
