@@ -24,7 +24,11 @@ for t in wrk nginx; do command -v $t >/dev/null || { echo "needs $t (apt-get ins
 cargo build --release --bin update-edge >&2
 BIN="$CARGO_TARGET_DIR/release/update-edge"
 WORK=$(mktemp -d)
-cleanup() { kill "${UE_PID:-}" 2>/dev/null || true; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() {
+  [ -n "${UE_PID:-}" ] && kill "$UE_PID" 2>/dev/null && wait "$UE_PID" 2>/dev/null || true
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 chmod 755 "$WORK"
