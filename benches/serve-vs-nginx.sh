@@ -3,7 +3,7 @@
 # update-edge (release build) and by nginx (sendfile on), driven by the same wrk runs.
 # Prints a markdown table: whole-file MB/s, random 1 MiB and 4 KiB range rps, and server
 # CPU seconds per GiB served (from /proc, summed over the server's processes).
-#   benches/serve-vs-nginx.sh [DURATION_SECONDS] [--cold]
+#   [UE_BIN=path/to/update-edge] benches/serve-vs-nginx.sh [DURATION_SECONDS] [--cold]
 # --cold also runs update-edge a second time with a 1 MiB chunk cache, so that every
 # read misses it and goes to RocksDB (nginx and both update-edge runs read through the
 # page cache alike), and prints the ratios to nginx for both: hot, then cold.
@@ -21,8 +21,11 @@ done
 SIZE=$((256 << 20))
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
 for t in wrk nginx; do command -v $t >/dev/null || { echo "needs $t (apt-get install -y $t)" >&2; exit 2; }; done
-cargo build --release --bin update-edge >&2
-BIN="$CARGO_TARGET_DIR/release/update-edge"
+# UE_BIN: a given update-edge binary (A/B runs of two builds); otherwise this tree's.
+if [ -n "${UE_BIN:-}" ]; then BIN=$UE_BIN; else
+  cargo build --release --bin update-edge >&2
+  BIN="$CARGO_TARGET_DIR/release/update-edge"
+fi
 WORK=$(mktemp -d)
 cleanup() {
   [ -n "${UE_PID:-}" ] && kill "$UE_PID" 2>/dev/null && wait "$UE_PID" 2>/dev/null || true

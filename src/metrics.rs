@@ -133,6 +133,10 @@ pub struct Metrics {
     pub store_chunks: Gauge<u64, AtomicU64>,
     pub ingest_bytes: Counter,
     pub corrupt_chunks: Counter,
+    /// Chunk bytes read from the engine, and bytes hashed to verify chunk reads: per
+    /// byte served, the read and hash amplification of the read path.
+    pub chunk_read_bytes: Counter,
+    pub chunk_hashed_bytes: Counter,
     pub delta_jobs: Family<JobState, Gauge>,
     pub delta_compute_seconds: Histogram,
     pub delta_bytes_saved: Counter,
@@ -199,6 +203,8 @@ impl Metrics {
             store_chunks: Gauge::default(),
             ingest_bytes: Counter::default(),
             corrupt_chunks: Counter::default(),
+            chunk_read_bytes: Counter::default(),
+            chunk_hashed_bytes: Counter::default(),
             delta_jobs: Family::default(),
             delta_compute_seconds: Histogram::new(DELTA_SECONDS_BUCKETS),
             delta_bytes_saved: Counter::default(),
@@ -293,6 +299,16 @@ impl Metrics {
             "update_edge_store_corrupt_chunks",
             "Chunks whose bytes did not match their hash when read",
             m.corrupt_chunks.clone(),
+        );
+        registry.register(
+            "update_edge_store_chunk_read_bytes",
+            "Chunk bytes read from the storage engine (cache misses)",
+            m.chunk_read_bytes.clone(),
+        );
+        registry.register(
+            "update_edge_store_chunk_hashed_bytes",
+            "Bytes hashed to verify chunk reads (whole chunks, or only the 16 KiB groups a small range needs)",
+            m.chunk_hashed_bytes.clone(),
         );
         registry.register(
             "update_edge_delta_jobs",

@@ -310,6 +310,8 @@ impl Store {
             .kv
             .get(Cf::Chunks, hash.as_bytes())?
             .ok_or(StoreError::ChunkMissing(*hash))?;
+        self.metrics.chunk_read_bytes.inc_by(v.len() as u64);
+        self.metrics.chunk_hashed_bytes.inc_by(v.len() as u64);
         if Hash::of(&v) != *hash {
             self.metrics.corrupt_chunks.inc();
             tracing::error!(chunk = %hash.short(), "stored chunk failed verification");

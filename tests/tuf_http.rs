@@ -218,6 +218,8 @@ async fn metrics_are_exported_with_their_types() {
         ("update_edge_store_chunks", "gauge"),
         ("update_edge_store_evicted_bytes", "counter"),
         ("update_edge_store_corrupt_chunks", "counter"),
+        ("update_edge_store_chunk_read_bytes", "counter"),
+        ("update_edge_store_chunk_hashed_bytes", "counter"),
         ("update_edge_ingest_bytes", "counter"),
         ("update_edge_delta_jobs", "gauge"),
         ("update_edge_delta_compute_seconds", "histogram"),

@@ -102,6 +102,32 @@ pub fn encode_with(chunk: &Bytes, stored: Option<&[u8]>) -> Vec<Bytes> {
     frames
 }
 
+/// True when bytes `from..to` of a chunk are what its address says, checked against the
+/// chunk's stored outboard: only the 16 KiB groups that overlap the range are hashed,
+/// and their parents up to the root (the address) are checked from the outboard. A
+/// chunk of one group (no outboard) is hashed whole. A wrong outboard or wrong bytes in
+/// the range fail; bytes outside the range are not looked at.
+pub fn verify_range(hash: Hash, chunk: &[u8], outboard: &[u8], from: usize, to: usize) -> bool {
+    let size = chunk.len() as u64;
+    if size <= BLOCK.bytes() as u64 || outboard.len() != outboard_len(size) {
+        return Hash::of(chunk) == hash;
+    }
+    if from >= to || to > chunk.len() {
+        return false;
+    }
+    let tree = BaoTree::new(size, BLOCK);
+    let outboard = bao_tree::io::outboard::PreOrderOutboard {
+        root: blake3::Hash::from_bytes(*hash.as_bytes()),
+        tree,
+        data: outboard,
+    };
+    let ranges = ChunkRanges::from(
+        bao_tree::ChunkNum::chunks(from as u64 / 1024 * 1024)
+            ..bao_tree::ChunkNum::chunks(to as u64),
+    );
+    bao_tree::io::sync::encode_ranges_validated(chunk, outboard, &ranges, std::io::sink()).is_ok()
+}
+
 /// Why an encoded chunk was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -193,6 +219,44 @@ mod tests {
             .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1])
             .collect::<Vec<u8>>()
             .into()
+    }
+
+    #[test]
+    fn a_range_verifies_against_the_outboard_and_only_its_own_bytes_matter() {
+        for size in [5_000usize, 16 << 10, 100_000, 1 << 20] {
+            let chunk = data(size);
+            let (hash, ob) = outboard(&chunk);
+            for (from, to) in [
+                (0, 1),
+                (0, size),
+                (size - 1, size),
+                (size / 3, size / 3 + 4096),
+            ] {
+                assert!(
+                    verify_range(hash, &chunk, &ob, from, to),
+                    "{size} {from}..{to}"
+                );
+                // A byte changed inside the range is caught.
+                let mut bad = chunk.to_vec();
+                bad[from] ^= 1;
+                assert!(
+                    !verify_range(hash, &bad, &ob, from, to),
+                    "{size} {from}..{to}"
+                );
+            }
+            if size > 3 * BLOCK.bytes() {
+                // One outside the range and its groups is not read.
+                let mut elsewhere = chunk.to_vec();
+                elsewhere[size - 1] ^= 1;
+                assert!(verify_range(hash, &elsewhere, &ob, 0, 100));
+                // A damaged outboard is caught.
+                let mut wrong = ob.clone();
+                wrong[0] ^= 1;
+                assert!(!verify_range(hash, &chunk, &wrong, 0, 100));
+                // So is another chunk's address.
+                assert!(!verify_range(Hash::of(b"x"), &chunk, &ob, 0, 100));
+            }
+        }
     }
 
     fn joined(frames: &[Bytes]) -> Bytes {

@@ -51,6 +51,87 @@ impl Store {
         }
     }
 
+    /// Bytes `from..to` of chunk `hash` (`len` bytes long), verified. From the cache when
+    /// the chunk is there. A small part (at most a quarter) of a chunk that is not is read
+    /// from the engine and checked against the chunk's stored outboard: only the 16 KiB
+    /// groups it overlaps are hashed, and the chunk is not cached, so random small ranges
+    /// neither hash nor push out whole chunks. Anything larger reads, verifies and caches
+    /// the whole chunk ([`Store::chunk`]).
+    pub async fn chunk_piece(
+        self: &Arc<Self>,
+        hash: Hash,
+        len: usize,
+        from: usize,
+        to: usize,
+    ) -> Result<Bytes, StoreError> {
+        let small = (to - from) * 4 <= len && len > crate::protocol::bao::BLOCK.bytes();
+        if !small {
+            let bytes = self.chunk(hash).await?;
+            return Ok(piece_of(&bytes, from, to.min(bytes.len())));
+        }
+        if let Some(bytes) = self.cache.chunks.get(&hash) {
+            self.metrics.cache_hits.inc();
+            return Ok(piece_of(&bytes, from, to.min(bytes.len())));
+        }
+        self.metrics.cache_misses.inc();
+        let this = self.clone();
+        blocking(move || {
+            let Some(outboard) = this.stored_outboard(hash, len as u64) else {
+                // No tree stored (a chunk kept before trees were): the whole chunk.
+                let bytes = this.read_chunk_uncached(&hash)?;
+                this.cache.chunks.insert(hash, bytes.clone());
+                return Ok(piece_of(&bytes, from, to.min(bytes.len())));
+            };
+            let v = this
+                .kv
+                .get(super::Cf::Chunks, hash.as_bytes())?
+                .ok_or(StoreError::ChunkMissing(hash))?;
+            this.metrics.chunk_read_bytes.inc_by(v.len() as u64);
+            let to = to.min(v.len());
+            let group = crate::protocol::bao::BLOCK.bytes();
+            let groups = (to.div_ceil(group) - from / group) * group;
+            this.metrics.chunk_hashed_bytes.inc_by(groups.min(v.len()) as u64);
+            if v.len() != len || !crate::protocol::bao::verify_range(hash, &v, &outboard, from, to)
+            {
+                // The chunk, or only its tree? The whole chunk decides.
+                this.metrics.chunk_hashed_bytes.inc_by(v.len() as u64);
+                let (actual, tree) = crate::protocol::bao::outboard(&v);
+                if actual != hash {
+                    this.metrics.corrupt_chunks.inc();
+                    tracing::error!(chunk = %hash.short(), "stored chunk failed verification");
+                    return Err(StoreError::ChunkCorrupt(hash));
+                }
+                tracing::warn!(chunk = %hash.short(), "stored outboard is damaged; using the recomputed one");
+                this.cache.outboards.insert(hash, Bytes::from(tree));
+            }
+            Ok(Bytes::copy_from_slice(&v[from..to]))
+        })
+        .await
+    }
+
+    /// The stored outboard of a chunk of `len` bytes (blocking): from the cache, else the
+    /// engine (kept in the cache then). None when none is stored.
+    fn stored_outboard(&self, hash: Hash, len: u64) -> Option<Bytes> {
+        if crate::protocol::bao::outboard_len(len) == 0 {
+            return Some(Bytes::new());
+        }
+        if let Some(o) = self.cache.outboards.get(&hash) {
+            return Some(o);
+        }
+        match self.kv.get(super::Cf::Outboards, hash.as_bytes()) {
+            Ok(Some(v)) => {
+                let v = Bytes::from(v);
+                self.cache.outboards.insert(hash, v.clone());
+                Some(v)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(chunk = %hash.short(), error = %e, "reading an outboard failed");
+                None
+            }
+        }
+    }
+
     /// A stored chunk's outboard ([`crate::protocol::bao`]), `len` its size: from memory
     /// (read with the chunk, or held by the engine there), else read off the async
     /// runtime. `None` when none is stored (a chunk kept before outboards were, or one
@@ -141,10 +222,10 @@ impl Store {
                 }
                 let i = manifest.chunk_at(pos);
                 let chunk_start = manifest.start_of(i);
-                let bytes = store.chunk(manifest.chunks[i].hash).await?;
+                let c = manifest.chunks[i];
                 let from = (pos - chunk_start) as usize;
-                let to = ((end - chunk_start) as usize).min(bytes.len());
-                let piece = piece_of(&bytes, from, to);
+                let to = ((end - chunk_start) as usize).min(c.len as usize);
+                let piece = store.chunk_piece(c.hash, c.len as usize, from, to).await?;
                 let next = chunk_start + to as u64;
                 Ok(Some((piece, next)))
             }
@@ -163,7 +244,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kv::Cf;
+    use super::super::kv::{Cf, KvStore};
     use super::super::test_util::{memory_store, noise};
     use super::*;
     use futures_util::TryStreamExt;
@@ -256,6 +337,96 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.metrics().corrupt_chunks.get(), 1);
+    }
+
+    /// A store of production-sized chunks (several 16 KiB groups each), a 1 MiB blob in
+    /// it, and its manifest.
+    async fn big_chunks() -> (
+        Arc<Store>,
+        Arc<crate::store::memory::MemoryKv>,
+        Vec<u8>,
+        Arc<Manifest>,
+    ) {
+        let (store, kv) = crate::store::test_util::memory_store_with(crate::store::ChunkParams {
+            min: 64 << 10,
+            avg: 128 << 10,
+            max: 256 << 10,
+        });
+        let data = noise(1 << 20, 21);
+        let put = store.put_reader(&data[..], |_| {}).unwrap();
+        let m = store.manifest(put.hash).await.unwrap();
+        assert!(m.chunks.len() >= 4);
+        // Read from the engine, as after a restart.
+        store.cache.chunks.clear();
+        (store, kv, data, m)
+    }
+
+    #[tokio::test]
+    async fn a_small_range_of_a_cold_chunk_hashes_only_its_groups_and_is_not_cached() {
+        let (store, _, data, m) = big_chunks().await;
+        let c = m.chunks[1];
+        let start = m.start_of(1);
+        let got = store
+            .chunk_piece(c.hash, c.len as usize, 20_000, 24_096)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data[start as usize + 20_000..][..4096]);
+        let metrics = store.metrics();
+        assert_eq!(metrics.chunk_read_bytes.get(), u64::from(c.len));
+        // 20,000..24,096 lies in groups 1 (16..32 KiB): 16 KiB hashed, not the chunk.
+        assert_eq!(metrics.chunk_hashed_bytes.get(), 16 << 10);
+        assert!(
+            !store.is_cached(&c.hash),
+            "a small range does not cache its chunk"
+        );
+        // Larger reads still verify and cache whole chunks.
+        let all = store.read_range(m.clone(), 0, m.size).unwrap();
+        let parts: Vec<Bytes> = all.try_collect().await.unwrap();
+        assert_eq!(parts.concat(), data);
+        assert!(store.is_cached(&c.hash));
+    }
+
+    #[tokio::test]
+    async fn a_small_range_is_served_only_if_its_bytes_verify() {
+        let (store, kv, data, m) = big_chunks().await;
+        let c = m.chunks[2];
+        let start = m.start_of(2) as usize;
+        let mut bad = data[start..start + c.len as usize].to_vec();
+        bad[50_000] ^= 1;
+        kv.corrupt(Cf::Chunks, c.hash.as_bytes(), bad);
+        // A range over the damaged byte: an error, counted, never the bytes.
+        let err = store
+            .chunk_piece(c.hash, c.len as usize, 49_000, 51_000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::ChunkCorrupt(h) if h == c.hash),
+            "{err}"
+        );
+        assert_eq!(store.metrics().corrupt_chunks.get(), 1);
+        // A range in another group is intact and served (the damage stays for
+        // `blob verify` and for any read that touches it).
+        let ok = store
+            .chunk_piece(c.hash, c.len as usize, 0, 1000)
+            .await
+            .unwrap();
+        assert_eq!(&ok[..], &data[start..start + 1000]);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_tree_does_not_fail_an_intact_chunk() {
+        let (store, kv, data, m) = big_chunks().await;
+        let c = m.chunks[0];
+        let mut tree = kv.get(Cf::Outboards, c.hash.as_bytes()).unwrap().unwrap();
+        tree[3] ^= 1;
+        kv.corrupt(Cf::Outboards, c.hash.as_bytes(), tree);
+        store.cache.outboards.clear();
+        let got = store
+            .chunk_piece(c.hash, c.len as usize, 100, 200)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data[100..200]);
+        assert_eq!(store.metrics().corrupt_chunks.get(), 0);
     }
 
     #[tokio::test]
