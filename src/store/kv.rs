@@ -96,6 +96,19 @@ impl Batch {
 pub trait KvStore: Send + Sync + 'static {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Calls `f` with the value of `key` (None when absent) where the engine holds it,
+    /// without copying it out: for reading a small part of a large value.
+    fn with_value(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<(), StoreError> {
+        let v = self.get(cf, key)?;
+        f(v.as_deref());
+        Ok(())
+    }
+
     /// Values of many keys of one family at once (the engine batches the lookups).
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         keys.iter().map(|k| self.get(cf, k)).collect()

@@ -82,31 +82,50 @@ impl Store {
                 this.cache.chunks.insert(hash, bytes.clone());
                 return Ok(piece_of(&bytes, from, to.min(bytes.len())));
             };
-            let v = this
-                .kv
-                .get(super::Cf::Chunks, hash.as_bytes())?
-                .ok_or(StoreError::ChunkMissing(hash))?;
-            this.metrics.chunk_read_bytes.inc_by(v.len() as u64);
-            let to = to.min(v.len());
-            let group = crate::protocol::bao::BLOCK.bytes();
-            let groups = (to.div_ceil(group) - from / group) * group;
-            this.metrics.chunk_hashed_bytes.inc_by(groups.min(v.len()) as u64);
-            if v.len() != len || !crate::protocol::bao::verify_range(hash, &v, &outboard, from, to)
-            {
-                // The chunk, or only its tree? The whole chunk decides.
-                this.metrics.chunk_hashed_bytes.inc_by(v.len() as u64);
-                let (actual, tree) = crate::protocol::bao::outboard(&v);
-                if actual != hash {
-                    this.metrics.corrupt_chunks.inc();
-                    tracing::error!(chunk = %hash.short(), "stored chunk failed verification");
-                    return Err(StoreError::ChunkCorrupt(hash));
-                }
-                tracing::warn!(chunk = %hash.short(), "stored outboard is damaged; using the recomputed one");
-                this.cache.outboards.insert(hash, Bytes::from(tree));
-            }
-            Ok(Bytes::copy_from_slice(&v[from..to]))
+            // The piece is copied out of the engine's buffer, not the whole chunk.
+            let mut answer = Err(StoreError::ChunkMissing(hash));
+            this.kv
+                .with_value(super::Cf::Chunks, hash.as_bytes(), &mut |v| {
+                    if let Some(v) = v {
+                        answer = this.verified_piece(hash, v, len, &outboard, from, to);
+                    }
+                })?;
+            answer
         })
         .await
+    }
+
+    /// Bytes `from..to` of chunk `hash` whose stored value is `v`, once they verify
+    /// against the chunk's tree (or, when the tree is damaged, the whole chunk's hash).
+    fn verified_piece(
+        &self,
+        hash: Hash,
+        v: &[u8],
+        len: usize,
+        outboard: &[u8],
+        from: usize,
+        to: usize,
+    ) -> Result<Bytes, StoreError> {
+        self.metrics.chunk_read_bytes.inc_by(v.len() as u64);
+        let to = to.min(v.len());
+        let group = crate::protocol::bao::BLOCK.bytes();
+        let groups = (to.div_ceil(group) - from / group) * group;
+        self.metrics
+            .chunk_hashed_bytes
+            .inc_by(groups.min(v.len()) as u64);
+        if v.len() != len || !crate::protocol::bao::verify_range(hash, v, outboard, from, to) {
+            // The chunk, or only its tree? The whole chunk decides.
+            self.metrics.chunk_hashed_bytes.inc_by(v.len() as u64);
+            let (actual, tree) = crate::protocol::bao::outboard(v);
+            if actual != hash {
+                self.metrics.corrupt_chunks.inc();
+                tracing::error!(chunk = %hash.short(), "stored chunk failed verification");
+                return Err(StoreError::ChunkCorrupt(hash));
+            }
+            tracing::warn!(chunk = %hash.short(), "stored outboard is damaged; using the recomputed one");
+            self.cache.outboards.insert(hash, Bytes::from(tree));
+        }
+        Ok(Bytes::copy_from_slice(&v[from..to]))
     }
 
     /// The stored outboard of a chunk of `len` bytes (blocking): from the cache, else the

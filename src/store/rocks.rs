@@ -114,6 +114,21 @@ impl KvStore for RocksKv {
         Ok(v.map(|v| v.to_vec()))
     }
 
+    fn with_value(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<(), StoreError> {
+        let h = self.cf(cf)?;
+        let v = self
+            .db
+            .get_pinned_cf_opt(h, key, &Self::read_opts(cf))
+            .map_err(err)?;
+        f(v.as_deref());
+        Ok(())
+    }
+
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let h = self.cf(cf)?;
         self.db
