@@ -38,8 +38,23 @@ impl Weighter<Hash, Arc<Manifest>> for ManifestWeight {
 /// so this leaves room for twice the cached chunks' trees.
 const OUTBOARD_SHARE: u64 = 128;
 
+#[derive(Clone)]
+pub struct BlockWeight;
+
+impl Weighter<(Hash, u32), Bytes> for BlockWeight {
+    fn weight(&self, _: &(Hash, u32), v: &Bytes) -> u64 {
+        v.len() as u64 + 64
+    }
+}
+
+/// Fraction of the chunk budget given to 16 KiB blocks of small ranges.
+const BLOCK_SHARE: u64 = 8;
+
 pub struct Caches {
     pub chunks: Cache<Hash, Bytes, ChunkWeight>,
+    /// Verified 16 KiB groups of chunks read for small ranges, keyed by chunk and group
+    /// index: a random 4 KiB range admits 16 KiB, not its whole chunk (up to 1 MiB).
+    pub blocks: Cache<(Hash, u32), Bytes, BlockWeight>,
     /// Outboards of chunks read from the engine (read with them): a chunk in memory has
     /// its tree in memory, so encoding it for an edge hashes nothing.
     pub outboards: Cache<Hash, Bytes, ChunkWeight>,
@@ -50,10 +65,17 @@ impl Caches {
     pub fn new(budget: u64) -> Self {
         let manifest_bytes = (budget / MANIFEST_SHARE).max(1 << 20);
         let chunk_bytes = budget.saturating_sub(manifest_bytes).max(1 << 20);
+        let block_bytes = chunk_bytes / BLOCK_SHARE;
+        let chunk_bytes = chunk_bytes - block_bytes;
         // Item estimates only size the hash tables; weights bound the memory.
         let chunk_items = (chunk_bytes / (256 << 10)).clamp(64, 1 << 20) as usize;
         Caches {
             chunks: Cache::with_weighter(chunk_items, chunk_bytes, ChunkWeight),
+            blocks: Cache::with_weighter(
+                (block_bytes / (16 << 10)).clamp(64, 1 << 20) as usize,
+                block_bytes.max(64 << 10),
+                BlockWeight,
+            ),
             outboards: Cache::with_weighter(
                 chunk_items,
                 (chunk_bytes / OUTBOARD_SHARE).max(1 << 20),

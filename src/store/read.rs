@@ -52,11 +52,12 @@ impl Store {
     }
 
     /// Bytes `from..to` of chunk `hash` (`len` bytes long), verified. From the cache when
-    /// the chunk is there. A small part (at most a quarter) of a chunk that is not is read
-    /// from the engine and checked against the chunk's stored outboard: only the 16 KiB
-    /// groups it overlaps are hashed, and the chunk is not cached, so random small ranges
-    /// neither hash nor push out whole chunks. Anything larger reads, verifies and caches
-    /// the whole chunk ([`Store::chunk`]).
+    /// the chunk is there. A small part (at most a quarter) of a chunk that is not comes
+    /// from the cached 16 KiB blocks it overlaps, or is read from the engine and checked
+    /// against the chunk's stored outboard: only those blocks are hashed, and only they
+    /// are cached, so random small ranges neither hash nor push out whole chunks, and a
+    /// range asked again is a hit. Anything larger reads, verifies and caches the whole
+    /// chunk ([`Store::chunk`]).
     pub async fn chunk_piece(
         self: &Arc<Self>,
         hash: Hash,
@@ -73,6 +74,11 @@ impl Store {
             self.metrics.cache_hits.inc();
             return Ok(piece_of(&bytes, from, to.min(bytes.len())));
         }
+        let to = to.min(len);
+        if let Some(piece) = self.cached_blocks(hash, from, to) {
+            self.metrics.cache_hits.inc();
+            return Ok(piece);
+        }
         self.metrics.cache_misses.inc();
         let this = self.clone();
         blocking(move || {
@@ -82,42 +88,67 @@ impl Store {
                 this.cache.chunks.insert(hash, bytes.clone());
                 return Ok(piece_of(&bytes, from, to.min(bytes.len())));
             };
-            // The piece is copied out of the engine's buffer, not the whole chunk.
+            // Only the 16 KiB groups the range overlaps are verified, copied out of the
+            // engine's buffer and cached.
+            let group = crate::protocol::bao::BLOCK.bytes();
+            let (a, b) = (from / group * group, to.div_ceil(group) * group);
             let mut answer = Err(StoreError::ChunkMissing(hash));
             this.kv
                 .with_value(super::Cf::Chunks, hash.as_bytes(), &mut |v| {
                     if let Some(v) = v {
-                        answer = this.verified_piece(hash, v, len, &outboard, from, to);
+                        answer = this.verified_span(hash, v, len, &outboard, a, b.min(v.len()));
                     }
                 })?;
-            answer
+            let span = answer?;
+            for (i, at) in (a..span.len() + a).step_by(group).enumerate() {
+                let end = (at + group).min(a + span.len());
+                let key = (hash, (a / group + i) as u32);
+                this.cache.blocks.insert(key, span.slice(at - a..end - a));
+            }
+            Ok(span.slice(from - a..to - a))
         })
         .await
     }
 
-    /// Bytes `from..to` of chunk `hash` whose stored value is `v`, once they verify
-    /// against the chunk's tree (or, when the tree is damaged, the whole chunk's hash).
-    fn verified_piece(
+    /// Bytes `from..to` of a chunk from cached blocks, when every block they need is
+    /// there.
+    fn cached_blocks(&self, hash: Hash, from: usize, to: usize) -> Option<Bytes> {
+        let group = crate::protocol::bao::BLOCK.bytes();
+        let (g0, g1) = (from / group, to.div_ceil(group));
+        if g1 == g0 + 1 {
+            let b = self.cache.blocks.get(&(hash, g0 as u32))?;
+            let at = from - g0 * group;
+            return (at + (to - from) <= b.len()).then(|| b.slice(at..at + (to - from)));
+        }
+        let mut out = Vec::with_capacity(to - from);
+        for g in g0..g1 {
+            let b = self.cache.blocks.get(&(hash, g as u32))?;
+            let start = from.max(g * group) - g * group;
+            let end = (to.min((g + 1) * group) - g * group).min(b.len());
+            out.extend_from_slice(b.get(start..end)?);
+        }
+        (out.len() == to - from).then(|| Bytes::from(out))
+    }
+
+    /// Bytes `a..b` (16 KiB groups) of chunk `hash` whose stored value is `v`, once they
+    /// verify against the chunk's tree (or, when the tree is damaged, the whole chunk's
+    /// hash).
+    fn verified_span(
         &self,
         hash: Hash,
         v: &[u8],
         len: usize,
         outboard: &[u8],
-        from: usize,
-        to: usize,
+        a: usize,
+        b: usize,
     ) -> Result<Bytes, StoreError> {
         self.metrics.chunk_read_bytes.inc_by(v.len() as u64);
-        let to = to.min(v.len());
-        let group = crate::protocol::bao::BLOCK.bytes();
-        let groups = (to.div_ceil(group) - from / group) * group;
-        self.metrics
-            .chunk_hashed_bytes
-            .inc_by(groups.min(v.len()) as u64);
-        if v.len() != len || !crate::protocol::bao::verify_range(hash, v, outboard, from, to) {
+        self.metrics.chunk_hashed_bytes.inc_by((b - a) as u64);
+        if v.len() != len || !crate::protocol::bao::verify_range(hash, v, outboard, a, b) {
             // The chunk, or only its tree? The whole chunk decides.
             self.metrics.chunk_hashed_bytes.inc_by(v.len() as u64);
             let (actual, tree) = crate::protocol::bao::outboard(v);
-            if actual != hash {
+            if actual != hash || v.len() != len {
                 self.metrics.corrupt_chunks.inc();
                 tracing::error!(chunk = %hash.short(), "stored chunk failed verification");
                 return Err(StoreError::ChunkCorrupt(hash));
@@ -125,7 +156,7 @@ impl Store {
             tracing::warn!(chunk = %hash.short(), "stored outboard is damaged; using the recomputed one");
             self.cache.outboards.insert(hash, Bytes::from(tree));
         }
-        Ok(Bytes::copy_from_slice(&v[from..to]))
+        Ok(Bytes::copy_from_slice(&v[a..b]))
     }
 
     /// The stored outboard of a chunk of `len` bytes (blocking): from the cache, else the
@@ -381,7 +412,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_small_range_of_a_cold_chunk_hashes_only_its_groups_and_is_not_cached() {
+    async fn a_small_range_of_a_cold_chunk_hashes_and_caches_only_its_blocks() {
         let (store, _, data, m) = big_chunks().await;
         let c = m.chunks[1];
         let start = m.start_of(1);
@@ -398,6 +429,44 @@ mod tests {
             !store.is_cached(&c.hash),
             "a small range does not cache its chunk"
         );
+        // Its block is: the same range, and another in the same 16 KiB, are hits.
+        let misses = metrics.cache_misses.get();
+        for (from, to) in [(20_000, 24_096), (17_000, 17_100)] {
+            let again = store
+                .chunk_piece(c.hash, c.len as usize, from, to)
+                .await
+                .unwrap();
+            assert_eq!(
+                &again[..],
+                &data[start as usize + from..start as usize + to]
+            );
+        }
+        assert_eq!(metrics.cache_misses.get(), misses);
+        assert_eq!(
+            metrics.chunk_read_bytes.get(),
+            u64::from(c.len),
+            "no second read"
+        );
+        // One spanning two blocks, one of them not cached: read (both blocks verified and
+        // cached), then a hit.
+        let two = store
+            .chunk_piece(c.hash, c.len as usize, 30_000, 40_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            &two[..],
+            &data[start as usize + 30_000..start as usize + 40_000]
+        );
+        assert_eq!(metrics.chunk_hashed_bytes.get(), (16 << 10) + (32 << 10));
+        let two = store
+            .chunk_piece(c.hash, c.len as usize, 31_000, 36_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            &two[..],
+            &data[start as usize + 31_000..start as usize + 36_000]
+        );
+        assert_eq!(metrics.cache_misses.get(), misses + 1);
         // Larger reads still verify and cache whole chunks.
         let all = store.read_range(m.clone(), 0, m.size).unwrap();
         let parts: Vec<Bytes> = all.try_collect().await.unwrap();
