@@ -415,12 +415,20 @@ mod tests {
     async fn a_small_range_of_a_cold_chunk_hashes_and_caches_only_its_blocks() {
         let (store, _, data, m) = big_chunks().await;
         let c = m.chunks[1];
-        let start = m.start_of(1);
-        let got = store
-            .chunk_piece(c.hash, c.len as usize, 20_000, 24_096)
-            .await
-            .unwrap();
-        assert_eq!(&got[..], &data[start as usize + 20_000..][..4096]);
+        let start = m.start_of(1) as usize;
+        // Reads bytes `from..to` of the chunk and checks them against the payload.
+        let piece = |from: usize, to: usize| {
+            let store = store.clone();
+            let want = data[start + from..start + to].to_vec();
+            async move {
+                let got = store
+                    .chunk_piece(c.hash, c.len as usize, from, to)
+                    .await
+                    .unwrap();
+                assert_eq!(&got[..], &want[..], "{from}..{to}");
+            }
+        };
+        piece(20_000, 24_096).await;
         let metrics = store.metrics();
         assert_eq!(metrics.chunk_read_bytes.get(), u64::from(c.len));
         // 20,000..24,096 lies in groups 1 (16..32 KiB): 16 KiB hashed, not the chunk.
@@ -431,16 +439,8 @@ mod tests {
         );
         // Its block is: the same range, and another in the same 16 KiB, are hits.
         let misses = metrics.cache_misses.get();
-        for (from, to) in [(20_000, 24_096), (17_000, 17_100)] {
-            let again = store
-                .chunk_piece(c.hash, c.len as usize, from, to)
-                .await
-                .unwrap();
-            assert_eq!(
-                &again[..],
-                &data[start as usize + from..start as usize + to]
-            );
-        }
+        piece(20_000, 24_096).await;
+        piece(17_000, 17_100).await;
         assert_eq!(metrics.cache_misses.get(), misses);
         assert_eq!(
             metrics.chunk_read_bytes.get(),
@@ -449,23 +449,9 @@ mod tests {
         );
         // One spanning two blocks, one of them not cached: read (both blocks verified and
         // cached), then a hit.
-        let two = store
-            .chunk_piece(c.hash, c.len as usize, 30_000, 40_000)
-            .await
-            .unwrap();
-        assert_eq!(
-            &two[..],
-            &data[start as usize + 30_000..start as usize + 40_000]
-        );
+        piece(30_000, 40_000).await;
         assert_eq!(metrics.chunk_hashed_bytes.get(), (16 << 10) + (32 << 10));
-        let two = store
-            .chunk_piece(c.hash, c.len as usize, 31_000, 36_000)
-            .await
-            .unwrap();
-        assert_eq!(
-            &two[..],
-            &data[start as usize + 31_000..start as usize + 36_000]
-        );
+        piece(31_000, 36_000).await;
         assert_eq!(metrics.cache_misses.get(), misses + 1);
         // Larger reads still verify and cache whole chunks.
         let all = store.read_range(m.clone(), 0, m.size).unwrap();
