@@ -494,3 +494,36 @@ async fn a_publish_by_chunk_list_is_held_to_the_upload_limit() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "nothing committed");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_publish_at_once_without_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&dir.path().join("node"));
+    // More free space kept than any disk has: every upload is refused with 507.
+    cfg.store.min_free_bytes = update_edge::config::ByteSize(1 << 60);
+    let node = TestNode::start(cfg).await;
+    let url = node.url.clone();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let r = op_put(&format!("{url}/v1/products/gw"), r#"{"name":"Gateway"}"#).await;
+    assert!(r.status().is_success());
+    let file = dir.path().join("image.bin");
+    std::fs::write(&file, noise(200_000, 12)).unwrap();
+    let r = admin(
+        &url,
+        &token,
+        &["publish", "gw", "1.0.1", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("507"), "{}", r.stderr);
+    // Each of the (at most 4) chunk uploads in flight was sent once: a full disk does
+    // not clear by itself, so it is not retried.
+    let refused = node
+        .metric_labeled(
+            r#"update_edge_http_requests_total{route="/v1/chunks/{hash}",status="5xx",code="507"}"#,
+        )
+        .await;
+    assert!((1.0..=4.0).contains(&refused), "{refused} uploads refused");
+    node.stop().await;
+}

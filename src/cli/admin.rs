@@ -28,7 +28,7 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 
 /// Chunk uploads in flight at once.
 const UPLOADS_IN_FLIGHT: usize = 4;
-/// Tries per request on a network error or a 5xx.
+/// Tries per request on a network error or a 500, 502, 503 or 504.
 const TRIES: u32 = 5;
 /// Times a publish is retried after the node reports chunks missing (swept by a GC
 /// between upload and publish).
@@ -100,7 +100,7 @@ impl Remote {
         format!("{}{path}", self.base)
     }
 
-    /// Sends a request (rebuilt for each try), retrying network errors and 5xx with
+    /// Sends a request (rebuilt for each try), retrying network errors and 500/502/503/504 with
     /// backoff; returns the status and the JSON body (Null when empty).
     async fn send(
         &self,
@@ -128,7 +128,9 @@ impl Remote {
                     } else {
                         serde_json::from_str(&text).unwrap_or(Value::String(text))
                     };
-                    if status.is_server_error() && !last {
+                    // Failures that may pass; a full disk (507) will not by itself.
+                    let transient = matches!(status.as_u16(), 500 | 502 | 503 | 504);
+                    if transient && !last {
                         tracing::debug!("{what}: {status}; retrying");
                         tokio::time::sleep(wait).await;
                         wait *= 2;
