@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod bsdiff40;
 pub mod encode;
+pub mod exe;
 pub mod format;
 pub mod matcher;
 pub mod plan;

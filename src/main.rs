@@ -382,6 +382,10 @@ enum DeltaCommand {
         /// Report "worth it" when patch <= RATIO x zstd-compressed NEW.
         #[arg(long, default_value_t = 0.8)]
         worth_it_ratio: f64,
+        /// Diff bytes only: no x86-64 reference prediction for executables (the patch
+        /// is then format version 1, which every applier takes).
+        #[arg(long)]
+        no_transform: bool,
         #[arg(long)]
         json: bool,
     },
@@ -430,6 +434,7 @@ fn main() -> ExitCode {
                 level,
                 block_size,
                 worth_it_ratio,
+                no_transform,
                 json,
             } => memory_limit
                 .parse::<update_edge::config::ByteSize>()
@@ -448,6 +453,7 @@ fn main() -> ExitCode {
                         level,
                         block_size: block.0,
                         worth_it_ratio,
+                        transform: !no_transform,
                         json,
                     })
                 }),

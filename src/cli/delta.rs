@@ -63,6 +63,8 @@ pub struct DiffArgs<'a> {
     pub level: i32,
     pub block_size: u64,
     pub worth_it_ratio: f64,
+    /// Predict x86-64 references in executables.
+    pub transform: bool,
     pub json: bool,
 }
 
@@ -83,6 +85,7 @@ pub fn diff(a: DiffArgs<'_>) -> anyhow::Result<u8> {
         zstd_level: a.level,
         block_size,
         format: a.format,
+        exe_transform: a.transform,
         ..DiffOptions::default()
     };
     let pb = progress_bar(Some(delta::ReadAt::size(&new)), "diffing");
@@ -107,6 +110,12 @@ pub fn diff(a: DiffArgs<'_>) -> anyhow::Result<u8> {
             a.worth_it_ratio,
             if worth { "yes" } else { "no" }
         );
+        if let Some(t) = &report.transform {
+            println!(
+                "transform {}: {} references in old; in code {} predicted, {} exactly; in tables {} predicted, {} exactly; offset map {} spans, section {} bytes",
+                t.kind, t.refs, t.predicted, t.predicted_right, t.table_predicted, t.table_predicted_right, t.map_spans, t.section_bytes
+            );
+        }
     }
     Ok(EXIT_OK)
 }
@@ -157,7 +166,11 @@ pub fn info(patch: &Path) -> anyhow::Result<u8> {
     writeln!(
         o,
         "format      update-edge native v{}",
-        delta::format::VERSION
+        if h.transform {
+            delta::format::VERSION_TRANSFORM
+        } else {
+            delta::format::VERSION
+        }
     )?;
     writeln!(o, "patch size  {size}")?;
     writeln!(o, "old size    {}  blake3 {}", h.old_size, h.old_hash)?;
@@ -169,6 +182,23 @@ pub fn info(patch: &Path) -> anyhow::Result<u8> {
     )?;
     writeln!(o, "zstd level  {}", h.zstd_level)?;
     writeln!(o, "mem limit   {}", h.memory_limit)?;
+    if h.transform {
+        match delta::apply::read_transform_section(&mut f) {
+            Ok(t) => writeln!(
+                o,
+                "transform   x86-64 references: new has {} sections, offset map {} spans, {} bytes",
+                t.new.sections.len(),
+                t.map.spans.len(),
+                t.bytes
+            )?,
+            Err(e) => {
+                writeln!(o, "transform   invalid: {e}")?;
+                return Ok(EXIT_PROBLEM);
+            }
+        }
+    } else {
+        writeln!(o, "transform   none (bytes only)")?;
+    }
     // Per-stream totals (compressed / raw), reading only block headers.
     let mut t = [0u64; 6];
     for _ in 0..h.block_count {

@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 
+use super::exe::{self, Predictor};
 use super::format::{self, BlockHeader, CtrlReader, FormatError, Header};
 use super::{hash_input, DeltaError, ReadAt};
 
@@ -89,6 +90,9 @@ fn inflate(
 struct OldReads {
     /// The block's ops: (old position, diff length ≤ `OLD_BATCH`, extra length), checked.
     ops: Vec<(u64, usize, usize)>,
+    /// For each entry of `ops`, the whole op it is a piece of: (old position, diff
+    /// length, position in new).
+    whole: Vec<(u64, u64, u64)>,
     /// Where each of the batch's ops' old bytes start in `buf`.
     at: Vec<usize>,
     buf: Vec<u8>,
@@ -131,6 +135,76 @@ impl OldReads {
     }
 }
 
+/// A patch's transform section, decoded.
+pub struct TransformSection {
+    /// New's layout and the old→new offset map.
+    pub new: exe::Layout,
+    pub map: exe::OffsetMap,
+    /// Its size in the patch.
+    pub bytes: u64,
+}
+
+/// Reads the transform section that follows a version 2 header.
+pub fn read_transform_section(patch: &mut dyn Read) -> Result<TransformSection, DeltaError> {
+    let mut dec = zstd::bulk::Decompressor::new()?;
+    read_section(patch, &mut dec)
+}
+
+/// Reads a patch's transform section and finds old's references: what apply needs to
+/// predict them.
+fn read_transform(
+    old: &dyn ReadAt,
+    patch: &mut dyn Read,
+    dec: &mut zstd::bulk::Decompressor<'_>,
+) -> Result<Predictor, DeltaError> {
+    let TransformSection { new, map, .. } = read_section(patch, dec)?;
+    let (old_layout, tables) = exe::Layout::parse_with_tables(old).ok_or_else(|| {
+        DeltaError::WrongOld(
+            "the patch predicts x86-64 references but old is not an x86-64 ELF or PE file".into(),
+        )
+    })?;
+    let refs = exe::find_refs(old, &old_layout, &tables)?;
+    Ok(Predictor {
+        old: old_layout,
+        refs,
+        new,
+        map,
+    })
+}
+
+fn read_section(
+    patch: &mut dyn Read,
+    dec: &mut zstd::bulk::Decompressor<'_>,
+) -> Result<TransformSection, DeltaError> {
+    let mut lens = [0u8; 8];
+    read_exact_or_truncated(patch, &mut lens)?;
+    let clen = u32::from_le_bytes([lens[0], lens[1], lens[2], lens[3]]);
+    let len = u32::from_le_bytes([lens[4], lens[5], lens[6], lens[7]]);
+    if len == 0 || len > format::MAX_TRANSFORM_LEN || u64::from(clen) > u64::from(len) + 1024 {
+        return Err(DeltaError::Format(FormatError::Bounds(
+            "transform section length",
+        )));
+    }
+    let mut packed = vec![0u8; clen as usize];
+    read_exact_or_truncated(patch, &mut packed)?;
+    let mut section = Vec::new();
+    inflate(dec, &packed, len, &mut section)?;
+    if section[0] != format::TRANSFORM_X86_REFS {
+        return Err(DeltaError::Format(FormatError::Bounds("transform kind")));
+    }
+    let mut at = 1;
+    let new = exe::Layout::decode(&section, &mut at)?;
+    let map = exe::OffsetMap::decode(&section, &mut at)?;
+    if at != section.len() {
+        return Err(corrupt("trailing bytes in the transform section"));
+    }
+    Ok(TransformSection {
+        new,
+        map,
+        bytes: 8 + u64::from(clen),
+    })
+}
+
 /// Applies `patch` to `old`, writing the result to `out`. On error, what was written to
 /// `out` must be discarded (the CLI writes to a temp file and renames on success).
 pub fn apply(
@@ -153,6 +227,12 @@ pub fn apply(
         )));
     }
     let mut dec = zstd::bulk::Decompressor::new()?;
+    let predictor = if header.transform {
+        Some(read_transform(old, patch, &mut dec)?)
+    } else {
+        None
+    };
+    let mut scratch = Vec::new();
     let (mut packed, mut ctrl, mut coded, mut diff, mut extra) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut reads = OldReads::default();
@@ -177,6 +257,7 @@ pub fn apply(
         let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
         let mut ops = CtrlReader::new(&ctrl)?;
         reads.ops.clear();
+        reads.whole.clear();
         while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
             let old_pos = cursor
                 .checked_add_signed(delta)
@@ -191,11 +272,14 @@ pub fn apply(
                 return Err(corrupt("op exceeds the block's streams"));
             }
             let mut piece = (old_pos, diff_len as usize);
+            let whole = (old_pos, diff_len, written + produced);
             while piece.1 > OLD_BATCH {
                 reads.ops.push((piece.0, OLD_BATCH, 0));
+                reads.whole.push(whole);
                 piece = (piece.0 + OLD_BATCH as u64, piece.1 - OLD_BATCH);
             }
             reads.ops.push((piece.0, piece.1, extra_len as usize));
+            reads.whole.push(whole);
             d_at += diff_len as usize;
             e_at += extra_len as usize;
             cursor = end;
@@ -213,9 +297,21 @@ pub fn apply(
                 last += 1;
             }
             reads.fetch(old, first..last)?;
-            for (i, &(_, diff_len, extra_len)) in reads.ops[first..last].iter().enumerate() {
+            for (i, &(piece_at, diff_len, extra_len)) in reads.ops[first..last].iter().enumerate() {
                 let o = reads.at[i];
-                let old_bytes = &reads.buf[o..o + diff_len];
+                let mut old_bytes = &reads.buf[o..o + diff_len];
+                if let Some(p) = &predictor {
+                    let (op_old, op_len, op_new) = reads.whole[first + i];
+                    scratch.clear();
+                    scratch.extend_from_slice(old_bytes);
+                    p.rewrite(&mut scratch, piece_at, op_old, op_len, op_new, &mut |f| {
+                        let mut b = [0u8; 8];
+                        let n = (old.size().saturating_sub(f)).min(8) as usize;
+                        old.read_at(&mut b[..n], f)?;
+                        Ok(b)
+                    })?;
+                    old_bytes = &scratch;
+                }
                 let d = &diff[d_at..d_at + diff_len];
                 pending.extend(old_bytes.iter().zip(d).map(|(o, d)| o.wrapping_add(*d)));
                 pending.extend_from_slice(&extra[e_at..e_at + extra_len]);

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use super::exe::{self, OffsetMap, Predictor};
 use super::format::{self, BlockHeader, Header, Op};
 use super::matcher::scan;
 use super::plan::{plan, Segment};
@@ -81,6 +82,9 @@ pub struct DiffOptions {
     pub format: PatchFormat,
     /// zstd level of the full-payload yardstick (`DiffReport::zstd_full_size`).
     pub yardstick_level: i32,
+    /// Predict x86-64 references when old and new are ELF or PE executables (native
+    /// format, inputs diffed in one piece); see `exe.rs`.
+    pub exe_transform: bool,
 }
 
 impl Default for DiffOptions {
@@ -95,6 +99,7 @@ impl Default for DiffOptions {
                 .min(8),
             format: PatchFormat::Native,
             yardstick_level: super::YARDSTICK_LEVEL,
+            exe_transform: true,
         }
     }
 }
@@ -112,6 +117,25 @@ pub struct DiffReport {
     /// zstd size of all of new at `DiffOptions::yardstick_level`, for the worth-it rule.
     pub zstd_full_size: u64,
     pub seconds: f64,
+    /// The transform used, if any ("x86-64 refs"), with its figures.
+    pub transform: Option<TransformReport>,
+}
+
+/// What the executable transform did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransformReport {
+    pub kind: &'static str,
+    /// References found in old.
+    pub refs: u64,
+    /// References copied by an op and predicted, and of those, predicted right: in
+    /// code, and in tables (relocations, unwind and exception tables).
+    pub predicted: u64,
+    pub predicted_right: u64,
+    pub table_predicted: u64,
+    pub table_predicted_right: u64,
+    /// Spans of the old→new offset map, and the transform section's size in the patch.
+    pub map_spans: u64,
+    pub section_bytes: u64,
 }
 
 /// One block's streams: absolute ops and their diff/extra bytes.
@@ -120,6 +144,9 @@ struct Streams {
     diff: Vec<u8>,
     extra: Vec<u8>,
     new_len: u64,
+    /// Code references predicted and predicted right, then the same for tables
+    /// (transform only).
+    predicted: [usize; 4],
 }
 
 /// What a block task hands to the sink.
@@ -139,6 +166,10 @@ fn prepare(s: Streams, opts: &DiffOptions) -> Result<BlockOut, DeltaError> {
 }
 
 trait Sink {
+    /// Called once before the first block, with the transform section if there is one.
+    fn begin(&mut self, _transform: Option<&[u8]>) -> Result<(), DeltaError> {
+        Ok(())
+    }
     /// Takes the blocks in order.
     fn block(&mut self, b: BlockOut) -> Result<(), DeltaError>;
     fn finish(self: Box<Self>) -> Result<u64, DeltaError>;
@@ -165,6 +196,7 @@ pub fn diff(
     // hashed in a streaming pass and each segment reads what it needs.
     let mut loaded = None;
     let mut zstd_full_size = None;
+    let mut transform = None;
     let (old_hash, new_hash) = if segments.len() == 1 && !windowed {
         let (o, n) = pool.join(
             || read_vec(old, 0, old.size() as usize),
@@ -180,6 +212,7 @@ pub fn diff(
     };
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "inputs hashed");
     let header = Header {
+        transform: false,
         zstd_level: opts.zstd_level,
         old_size: old.size(),
         new_size: new.size(),
@@ -190,13 +223,11 @@ pub fn diff(
         memory_limit: opts.memory_limit,
     };
     let mut sink: Box<dyn Sink + '_> = match opts.format {
-        PatchFormat::Native => {
-            out.write_all(&header.encode())?;
-            Box::new(NativeSink {
-                out,
-                written: format::HEADER_LEN as u64,
-            })
-        }
+        PatchFormat::Native => Box::new(NativeSink {
+            out,
+            header: Some(header),
+            written: 0,
+        }),
         PatchFormat::Bsdiff40 => Box::new(bsdiff40::Writer::new(out, new.size())),
     };
     for seg in &segments {
@@ -205,8 +236,15 @@ pub fn diff(
         {
             return Err(DeltaError::Internal("segment not aligned to blocks".into()));
         }
-        let (blocks, full) = pool.install(|| diff_segment(old, new, seg, opts, loaded.take()))?;
+        let (blocks, full, section) =
+            pool.install(|| diff_segment(old, new, seg, opts, loaded.take()))?;
         zstd_full_size = zstd_full_size.or(full);
+        if let Some((bytes, report)) = section {
+            sink.begin(Some(&bytes))?;
+            transform = Some(report);
+        } else {
+            sink.begin(None)?;
+        }
         for b in blocks {
             sink.block(b)?;
         }
@@ -234,6 +272,7 @@ pub fn diff(
         new_blake3: new_hash.to_hex(),
         zstd_full_size,
         seconds: started.elapsed().as_secs_f64(),
+        transform,
     })
 }
 
@@ -278,8 +317,9 @@ fn diff_segment(
     seg: &Segment,
     opts: &DiffOptions,
     loaded: Option<(Vec<u8>, Vec<u8>)>,
-) -> Result<(Vec<BlockOut>, Option<u64>), DeltaError> {
+) -> Result<SegmentOut, DeltaError> {
     let t = Instant::now();
+    let whole = loaded.is_some();
     // With all of new in memory, the worth-it yardstick is coded beside the suffix array.
     let yardstick = loaded.as_ref().map(|_| opts.yardstick_level);
     let (text, new_bytes) = match loaded {
@@ -295,8 +335,28 @@ fn diff_segment(
         ),
     };
     tracing::debug!(secs = t.elapsed().as_secs_f64(), "inputs loaded");
-    let t = Instant::now();
     let threads = opts.threads.min(u16::MAX as usize) as u16;
+    if whole && opts.exe_transform && opts.format == PatchFormat::Native {
+        if let Some(exe) = ExeInputs::find(&text.bytes, &new_bytes)? {
+            let t = Instant::now();
+            let (old_proj, new_proj) = rayon::join(
+                || exe::project(&text.bytes, &exe.old, &exe.refs),
+                || exe::project(&new_bytes, &exe.new, &exe.new_refs),
+            );
+            let (sa, full) = SuffixArray::build_beside(&old_proj, threads, || {
+                yardstick.map(|level| super::zstd_size_of(&new_bytes, level))
+            });
+            let (sa, full) = (sa?, full.transpose()?);
+            tracing::debug!(
+                bytes = old_proj.len(),
+                secs = t.elapsed().as_secs_f64(),
+                "suffix array of old's projection built"
+            );
+            let proj = (old_proj.as_slice(), new_proj.as_slice());
+            return diff_with_transform(&text, &sa, proj, &new_bytes, exe, opts, full);
+        }
+    }
+    let t = Instant::now();
     let (sa, full) = SuffixArray::build_beside(&text.bytes, threads, || {
         yardstick.map(|level| super::zstd_size_of(&new_bytes, level))
     });
@@ -339,7 +399,8 @@ fn diff_segment(
                 let ops = found[first..last]
                     .iter()
                     .flat_map(|f| f.get().into_iter().flatten().copied());
-                let streams = block_streams(text, blocks[b], ops);
+                let ops = merge_small(ops, MIN_DIFF_RUN);
+                let streams = block_streams(text, blocks[b], &ops, None);
                 let _ = out[b].set(prepare(streams, opts));
                 tracing::trace!(block = b, secs = t.elapsed().as_secs_f64(), "block done");
             });
@@ -353,26 +414,195 @@ fn diff_segment(
                 .unwrap_or_else(|| Err(DeltaError::Internal("block not produced".into())))
         })
         .collect::<Result<_, _>>()?;
-    Ok((blocks, full))
+    Ok((blocks, full, None))
+}
+
+/// A segment's blocks, the worth-it yardstick if it was coded, and the transform
+/// section with its report if the segment used one.
+type SegmentOut = (
+    Vec<BlockOut>,
+    Option<u64>,
+    Option<(Vec<u8>, TransformReport)>,
+);
+
+/// Old's and new's layouts and old's references, when both are x86-64 executables.
+struct ExeInputs {
+    old: exe::Layout,
+    new: exe::Layout,
+    refs: exe::Refs,
+    /// New's references, found the same way (for matching on projections only).
+    new_refs: exe::Refs,
+}
+
+impl ExeInputs {
+    fn find(old: &[u8], new: &[u8]) -> Result<Option<ExeInputs>, DeltaError> {
+        let (Some((o, ot)), Some((n, nt))) = (
+            exe::Layout::parse_with_tables(old),
+            exe::Layout::parse_with_tables(new),
+        ) else {
+            return Ok(None);
+        };
+        let t = Instant::now();
+        let (refs, new_refs) = rayon::join(
+            || exe::find_refs(old, &o, &ot),
+            || exe::find_refs(new, &n, &nt),
+        );
+        let (refs, new_refs) = (refs?, new_refs?);
+        tracing::debug!(
+            refs = refs.fields.len(),
+            secs = t.elapsed().as_secs_f64(),
+            "references found"
+        );
+        Ok(Some(ExeInputs {
+            old: o,
+            new: n,
+            refs,
+            new_refs,
+        }))
+    }
+}
+
+/// Spans of the offset map with the same delta closer than this are joined (the gap
+/// then maps with that delta too).
+const MAP_GAP: u64 = 256;
+
+/// The transform path: all of new matched first (the offset map needs every op), then
+/// each block's streams against old with predicted references, coded in parallel.
+fn diff_with_transform(
+    text: &RegionText,
+    sa: &SuffixArray,
+    (old_proj, new_proj): (&[u8], &[u8]),
+    new_bytes: &[u8],
+    exe: ExeInputs,
+    opts: &DiffOptions,
+    full: Option<u64>,
+) -> Result<SegmentOut, DeltaError> {
+    use rayon::prelude::*;
+    let t = Instant::now();
+    let block_size = opts.block_size as usize;
+    let span = MATCH_SPAN.min(block_size);
+    let spans_per_block = block_size.div_ceil(span);
+    let found: Vec<Vec<Op>> = new_proj
+        .par_chunks(span)
+        .map(|part| scan(old_proj, sa, part))
+        .collect();
+    let block_ops: Vec<Vec<Op>> = found
+        .chunks(spans_per_block)
+        .map(|f| merge_small(f.iter().flatten().copied(), MIN_DIFF_RUN))
+        .collect();
+    let mut copies = Vec::new();
+    let mut at = 0u64;
+    for op in block_ops.iter().flatten() {
+        copies.push((op.old_pos, at, op.diff_len));
+        at += op.diff_len + op.extra_len;
+    }
+    let map = OffsetMap::from_copies(copies, MAP_GAP);
+    let predictor = Predictor {
+        old: exe.old,
+        refs: exe.refs,
+        new: exe.new,
+        map,
+    };
+    drop(exe.new_refs);
+    tracing::debug!(
+        secs = t.elapsed().as_secs_f64(),
+        spans = predictor.map.spans.len(),
+        "new matched, offset map built"
+    );
+    let t = Instant::now();
+    let blocks: Vec<&[u8]> = new_bytes.chunks(block_size).collect();
+    let stats: [AtomicUsize; 4] = Default::default();
+    let out = blocks
+        .par_iter()
+        .zip(block_ops.par_iter())
+        .enumerate()
+        .map(|(b, (block, ops))| {
+            let s = block_streams(
+                text,
+                block,
+                ops,
+                Some((&predictor, (b * block_size) as u64)),
+            );
+            for (sum, n) in stats.iter().zip(s.predicted) {
+                sum.fetch_add(n, Ordering::Relaxed);
+            }
+            prepare(s, opts)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    tracing::debug!(
+        secs = t.elapsed().as_secs_f64(),
+        "blocks coded with the transform"
+    );
+    let mut section = vec![format::TRANSFORM_X86_REFS];
+    predictor.new.encode(&mut section);
+    predictor.map.encode(&mut section);
+    let coded = compress(&section, opts.zstd_level)?;
+    let mut bytes = Vec::with_capacity(8 + coded.len());
+    bytes.extend_from_slice(&(coded.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&(section.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&coded);
+    let report = TransformReport {
+        kind: "x86-64 refs",
+        refs: predictor.refs.fields.len() as u64,
+        predicted: stats[0].load(Ordering::Relaxed) as u64,
+        predicted_right: stats[1].load(Ordering::Relaxed) as u64,
+        table_predicted: stats[2].load(Ordering::Relaxed) as u64,
+        table_predicted_right: stats[3].load(Ordering::Relaxed) as u64,
+        map_spans: predictor.map.spans.len() as u64,
+        section_bytes: bytes.len() as u64,
+    };
+    Ok((out, full, Some((bytes, report))))
 }
 
 /// New bytes matched per task: small enough to balance the threads, large enough that
 /// the fresh alignment at each span's start costs nothing measurable.
 const MATCH_SPAN: usize = 2 << 20;
 
-/// A block's streams from its ops (old positions local to `text`).
-fn block_streams(text: &RegionText, block: &[u8], ops: impl Iterator<Item = Op>) -> Streams {
+/// A block's streams from its ops (old positions local to `text`). With a predictor
+/// (and the block's offset in new), ops add their diffs to old with references
+/// predicted; `text` is then all of old.
+fn block_streams(
+    text: &RegionText,
+    block: &[u8],
+    ops: &[Op],
+    predictor: Option<(&Predictor, u64)>,
+) -> Streams {
     let mut streams = Streams {
         ops: Vec::new(),
         diff: Vec::with_capacity(block.len()),
         extra: Vec::new(),
         new_len: block.len() as u64,
+        predicted: [0; 4],
     };
     let mut at = 0usize;
     let mut runs = Vec::new();
-    for op in merge_small(ops, MIN_DIFF_RUN) {
+    let mut base = Vec::new();
+    for &op in ops {
         let (d, e) = (op.diff_len as usize, op.extra_len as usize);
-        let old_local = &text.bytes[op.old_pos as usize..op.old_pos as usize + d];
+        let mut old_local = &text.bytes[op.old_pos as usize..op.old_pos as usize + d];
+        if let Some((p, block_at)) = predictor {
+            base.clear();
+            base.extend_from_slice(old_local);
+            let new_at = block_at + at as u64;
+            let n = p
+                .rewrite(
+                    &mut base,
+                    op.old_pos,
+                    op.old_pos,
+                    op.diff_len,
+                    new_at,
+                    &mut |_| Err(std::io::Error::other("field outside the op")),
+                )
+                .unwrap_or_default();
+            if n != [0, 0] {
+                let right = count_right(p, op, &base, &block[at..at + d]);
+                streams.predicted[0] += n[0];
+                streams.predicted[1] += right[0];
+                streams.predicted[2] += n[1];
+                streams.predicted[3] += right[1];
+            }
+            old_local = &base;
+        }
         streams.diff.extend(
             block[at..at + d]
                 .iter()
@@ -400,6 +630,25 @@ fn block_streams(text: &RegionText, block: &[u8], ops: impl Iterator<Item = Op>)
     streams
 }
 
+/// How many of the op's references (in code, in tables) the predicted base got
+/// exactly right.
+fn count_right(p: &Predictor, op: Op, base: &[u8], new: &[u8]) -> [usize; 2] {
+    let f = &p.refs.fields;
+    let lo = f.partition_point(|&x| u64::from(x) < op.old_pos);
+    let mut right = [0, 0];
+    for (&x, &k) in f[lo..].iter().zip(&p.refs.kinds[lo..]) {
+        if u64::from(x) >= op.old_pos + op.diff_len {
+            break;
+        }
+        let at = (u64::from(x) - op.old_pos) as usize;
+        let end = at + if k == exe::K_ABS64 { 8 } else { 4 };
+        if end <= base.len() && base[at..end] == new[at..end] {
+            right[usize::from(k >= exe::CODE_KINDS)] += 1;
+        }
+    }
+    right
+}
+
 /// Diff runs shorter than this are folded into the previous op's extra bytes (measured on
 /// the ruff/uv corpus: 24 minimised total patch size (tried 0-48); 0 = bsdiff behaviour).
 const MIN_DIFF_RUN: u64 = 24;
@@ -420,7 +669,25 @@ fn merge_small(ops: impl Iterator<Item = Op>, min_diff: u64) -> Vec<Op> {
 /// Writes the native container: each block compressed on the worker that matched it.
 struct NativeSink<'a> {
     out: &'a mut dyn Write,
+    /// Written before the first block (or at the end if there is none).
+    header: Option<Header>,
     written: u64,
+}
+
+impl NativeSink<'_> {
+    fn write_header(&mut self, transform: Option<&[u8]>) -> Result<(), DeltaError> {
+        let Some(mut h) = self.header.take() else {
+            return Ok(());
+        };
+        h.transform = transform.is_some();
+        self.out.write_all(&h.encode())?;
+        self.written += format::HEADER_LEN as u64;
+        if let Some(t) = transform {
+            self.out.write_all(t)?;
+            self.written += t.len() as u64;
+        }
+        Ok(())
+    }
 }
 
 fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
@@ -488,7 +755,12 @@ fn encode_block(b: &Streams, level: i32) -> Result<Vec<u8>, DeltaError> {
 }
 
 impl Sink for NativeSink<'_> {
+    fn begin(&mut self, transform: Option<&[u8]>) -> Result<(), DeltaError> {
+        self.write_header(transform)
+    }
+
     fn block(&mut self, b: BlockOut) -> Result<(), DeltaError> {
+        self.write_header(None)?;
         let BlockOut::Encoded(bytes) = b else {
             return Err(DeltaError::Internal("native sink got raw streams".into()));
         };
@@ -497,7 +769,8 @@ impl Sink for NativeSink<'_> {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<u64, DeltaError> {
+    fn finish(mut self: Box<Self>) -> Result<u64, DeltaError> {
+        self.write_header(None)?;
         self.out.flush()?;
         Ok(self.written)
     }

@@ -4,9 +4,17 @@
 //!
 //! ```text
 //! header (120 bytes, little-endian):
-//!   magic "UEDELTA1" | version u16 = 1 | flags u16 = 0 | zstd_level i32
+//!   magic "UEDELTA1" | version u16 (1 or 2) | flags u16 | zstd_level i32
 //!   old_size u64 | new_size u64 | old_blake3 [32] | new_blake3 [32]
 //!   block_size u32 | reserved u32 | block_count u64 | memory_limit u64
+//! version 2 only (flags = 1, the x86-64 references transform, see `exe.rs`):
+//!   transform_clen u32 | transform_len u32 | zstd frame of:
+//!     kind u8 = 1 | new's layout (varint section count, then per section varints
+//!     off, file_len, va, mem_len and a u8 exec flag) | old→new offset map (varint span
+//!     count, then per span varints gap from the previous span's end, length, zigzag
+//!     change of new−old from the previous span's)
+//!   Version 1 has flags = 0 and no transform; a patch without a transform is written as
+//!   version 1, so older appliers take it.
 //! block (repeated block_count times), each independent:
 //!   new_len u32 | ctrl_clen u32 | ctrl_len u32 | diff_clen u32 | diff_coded_len u32
 //!   diff_len u32 | extra_clen u32 | extra_len u32
@@ -21,12 +29,24 @@
 //!   An op adds diff_len bytes of old (from old_pos) to diff bytes, then copies
 //!   extra_len bytes. old_pos = previous op's old_pos + diff_len + old_delta, starting
 //!   at 0 in each block.
+//! With the transform, an op adds its diff not to old's bytes but to old's bytes with
+//! every reference that lies wholly inside the op's old range replaced by the value
+//! predicted for its new position (`exe::Predictor::rewrite`).
 //! ```
 
 use crate::hash::Hash;
 
 pub const MAGIC: &[u8; 8] = b"UEDELTA1";
+/// Version without a transform.
 pub const VERSION: u16 = 1;
+/// Version with the x86-64 references transform.
+pub const VERSION_TRANSFORM: u16 = 2;
+/// Header flag of version 2: the transform section follows the header.
+pub const FLAG_X86_REFS: u16 = 1;
+/// Transform kind byte: x86-64 references, as `exe.rs` finds and predicts them.
+pub const TRANSFORM_X86_REFS: u8 = 1;
+/// Largest decoded transform section.
+pub const MAX_TRANSFORM_LEN: u32 = 64 << 20;
 pub const HEADER_LEN: usize = 120;
 pub const BLOCK_HEADER_LEN: usize = 32;
 /// Largest output span of one block; bounds apply-side buffers (diff + extra ≤ this).
@@ -44,6 +64,8 @@ pub struct Header {
     pub block_size: u32,
     pub block_count: u64,
     pub memory_limit: u64,
+    /// A transform section follows the header (version 2).
+    pub transform: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,7 +107,13 @@ impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(MAGIC);
-        b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        let (version, flags) = if self.transform {
+            (VERSION_TRANSFORM, FLAG_X86_REFS)
+        } else {
+            (VERSION, 0)
+        };
+        b[8..10].copy_from_slice(&version.to_le_bytes());
+        b[10..12].copy_from_slice(&flags.to_le_bytes());
         b[12..16].copy_from_slice(&self.zstd_level.to_le_bytes());
         b[16..24].copy_from_slice(&self.old_size.to_le_bytes());
         b[24..32].copy_from_slice(&self.new_size.to_le_bytes());
@@ -105,10 +133,14 @@ impl Header {
             return Err(FormatError::Truncated);
         }
         let version = u16::from_le_bytes([b[8], b[9]]);
-        if version != VERSION {
-            return Err(FormatError::Version(version));
-        }
-        if b[10..12] != [0, 0] || b[100..104] != [0; 4] {
+        let flags = u16::from_le_bytes([b[10], b[11]]);
+        let transform = match (version, flags) {
+            (VERSION, 0) => false,
+            (VERSION_TRANSFORM, FLAG_X86_REFS) => true,
+            (VERSION | VERSION_TRANSFORM, _) => return Err(FormatError::Bounds("header flags")),
+            _ => return Err(FormatError::Version(version)),
+        };
+        if b[100..104] != [0; 4] {
             return Err(FormatError::Bounds("reserved header bytes"));
         }
         let h = Header {
@@ -120,6 +152,7 @@ impl Header {
             block_size: u32_at(b, 96),
             block_count: u64_at(b, 104),
             memory_limit: u64_at(b, 112),
+            transform,
         };
         if h.block_size == 0 || h.block_size > MAX_BLOCK_SIZE {
             return Err(FormatError::Bounds("block_size"));
@@ -380,6 +413,7 @@ mod tests {
             block_size: 8,
             block_count: 3,
             memory_limit: 1 << 30,
+            transform: false,
         }
     }
 

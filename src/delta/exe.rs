@@ -1,0 +1,969 @@
+//! Executable-aware prediction of internal references (the `x86-64 refs` transform of
+//! patch format version 2).
+//!
+//! A few changed lines of source move all the code after them, and every reference into
+//! moved code (call and jump targets, RIP-relative addresses) changes value, so
+//! byte-level matching sees approximate matches full of small differences. As in
+//! Zucchini, the patch does not carry those differences: both sides find the references
+//! in *old* (the container's sections, then x86-64 code scanned for rel32 branches and
+//! RIP-relative operands), and for every reference that an op copies from old, the value
+//! it should have in new is predicted: its old target is moved through the old→new
+//! offset map (which the patch carries, coalesced from its own ops) and re-expressed at
+//! the reference's new address with new's section addresses (also carried). The diff
+//! stream then holds `new − predicted`, zero wherever the prediction holds.
+//!
+//! The reference finder is part of the patch format: version 2 patches apply only with
+//! exactly this finder (it is ours, not a disassembler crate's, so no dependency upgrade
+//! can change what an old patch means). A wrong prediction costs bytes, never
+//! correctness: apply checks the result's blake3 as for any patch.
+//!
+//! Container headers are parsed with the `object` crate; anything it does not take as a
+//! well-formed x86-64 ELF or PE file gets no transform (plain byte diffing).
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+use object::{Object, ObjectSection, SectionFlags};
+
+use super::format::{get_varint, put_varint, unzigzag, zigzag, FormatError};
+use super::ReadAt;
+
+/// Inputs larger than this get no transform (the references of old are held in memory
+/// during apply: 5 bytes each, at most one per 5 bytes of code).
+pub const MAX_INPUT: u64 = 1 << 30;
+/// Most sections a layout may have (and the patch may describe).
+const MAX_SECTIONS: usize = 4096;
+/// Largest offset-map entry count a patch may declare.
+const MAX_MAP: u64 = 16 << 20;
+
+/// One loaded section: file bytes `off..off + file_len` at addresses `va..va + mem_len`
+/// (mem_len ≥ file_len; the rest is zero-filled, like `.bss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Section {
+    pub off: u64,
+    pub file_len: u64,
+    pub va: u64,
+    pub mem_len: u64,
+    pub exec: bool,
+}
+
+/// Where an executable's sections live in the file and in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Layout {
+    /// Sorted by `va`, non-overlapping in memory.
+    pub sections: Vec<Section>,
+    /// What base-relative references count from: the address of ELF `.eh_frame_hdr`
+    /// (its table is `datarel`), or a PE file's image base (RVAs).
+    pub base: u64,
+}
+
+/// Tables of references a container has besides its code (file ranges).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tables {
+    /// ELF `SHT_RELA` sections: 24-byte entries whose offset (and, for relative
+    /// relocations, addend) are addresses.
+    pub rela: Vec<(u64, u64)>,
+    /// ELF `.eh_frame` (with its address): CIE pointers, FDE start addresses and LSDA
+    /// pointers.
+    pub eh_frame: Option<(u64, u64, u64)>,
+    /// ELF `.eh_frame_hdr` (with its address): the sorted table of (start, FDE) pairs.
+    pub eh_frame_hdr: Option<(u64, u64, u64)>,
+    /// PE `.pdata`: 12-byte entries of three RVAs (function start, end, unwind info).
+    pub pdata: Option<(u64, u64)>,
+    /// PE `.reloc`: base relocation blocks; each DIR64 entry names a 64-bit address.
+    pub reloc: Option<(u64, u64)>,
+}
+
+/// `Read + Seek` over a `ReadAt`, for `object`'s read cache.
+struct Cursor<'a, R: ReadAt + ?Sized> {
+    src: &'a R,
+    pos: u64,
+}
+
+impl<R: ReadAt + ?Sized> Read for Cursor<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.src.size().saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        self.src.read_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: ReadAt + ?Sized> Seek for Cursor<'_, R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let base = match to {
+            SeekFrom::Start(n) => {
+                self.pos = n;
+                return Ok(n);
+            }
+            SeekFrom::End(d) => (self.src.size(), d),
+            SeekFrom::Current(d) => (self.pos, d),
+        };
+        self.pos = base
+            .0
+            .checked_add_signed(base.1)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        Ok(self.pos)
+    }
+}
+
+impl Layout {
+    /// The layout of an x86-64 ELF or PE file; `None` for anything else (other
+    /// architectures, other formats, malformed headers, overlapping sections).
+    pub fn parse<R: ReadAt + ?Sized>(src: &R) -> Option<Layout> {
+        Layout::parse_with_tables(src).map(|(l, _)| l)
+    }
+
+    /// The layout and where the container's reference tables are.
+    pub fn parse_with_tables<R: ReadAt + ?Sized>(src: &R) -> Option<(Layout, Tables)> {
+        if src.size() > MAX_INPUT || src.size() < 64 {
+            return None;
+        }
+        let mut magic = [0u8; 4];
+        src.read_at(&mut magic, 0).ok()?;
+        // Only what could be ours: ELF or MZ (the object crate would also take archives
+        // and other formats).
+        if &magic != b"\x7fELF" && &magic[..2] != b"MZ" {
+            return None;
+        }
+        let cache = object::ReadCache::new(Cursor { src, pos: 0 });
+        let file = object::File::parse(&cache).ok()?;
+        if file.architecture() != object::Architecture::X86_64 {
+            return None;
+        }
+        let mut sections = Vec::new();
+        let mut tables = Tables::default();
+        let pe = file.format() == object::BinaryFormat::Pe;
+        let mut base = if pe { file.relative_address_base() } else { 0 };
+        for s in file.sections() {
+            let name = s.name().unwrap_or("");
+            if let (Some((off, len)), false) = (s.file_range(), pe) {
+                if name.starts_with(".rela") {
+                    tables.rela.push((off, len));
+                }
+            }
+            match (s.file_range(), name, pe) {
+                (Some((off, len)), ".eh_frame", false) => {
+                    tables.eh_frame = Some((off, len, s.address()))
+                }
+                (Some((off, len)), ".eh_frame_hdr", false) => {
+                    tables.eh_frame_hdr = Some((off, len, s.address()));
+                    base = s.address();
+                }
+                (Some((off, len)), ".pdata", true) => tables.pdata = Some((off, len)),
+                (Some((off, len)), ".reloc", true) => tables.reloc = Some((off, len)),
+                _ => {}
+            }
+            let (alloc, exec) = match s.flags() {
+                // Thread-local sections are templates, not addresses references use
+                // (.tbss overlaps the sections after it).
+                SectionFlags::Elf { sh_flags, .. }
+                    if sh_flags & u64::from(object::elf::SHF_TLS) != 0 =>
+                {
+                    (false, false)
+                }
+                SectionFlags::Elf { sh_flags, .. } => (
+                    sh_flags & u64::from(object::elf::SHF_ALLOC) != 0,
+                    sh_flags & u64::from(object::elf::SHF_EXECINSTR) != 0,
+                ),
+                SectionFlags::Coff { characteristics } => (
+                    true,
+                    characteristics
+                        & (object::pe::IMAGE_SCN_MEM_EXECUTE | object::pe::IMAGE_SCN_CNT_CODE)
+                        != 0,
+                ),
+                _ => return None,
+            };
+            if !alloc || s.size() == 0 {
+                continue;
+            }
+            let (off, file_len) = s.file_range().unwrap_or((0, 0));
+            let file_len = file_len.min(s.size());
+            if off.checked_add(file_len)? > src.size() {
+                return None;
+            }
+            sections.push(Section {
+                off,
+                file_len,
+                va: s.address(),
+                mem_len: s.size(),
+                exec,
+            });
+            if sections.len() > MAX_SECTIONS {
+                return None;
+            }
+        }
+        let layout = Layout::new(sections, base)?;
+        Some((layout, tables))
+    }
+
+    /// A layout from sections (any order); `None` if they overlap in memory or wrap.
+    pub fn new(mut sections: Vec<Section>, base: u64) -> Option<Layout> {
+        sections.sort_by_key(|s| s.va);
+        for w in sections.windows(2) {
+            if w[0].va.checked_add(w[0].mem_len)? > w[1].va {
+                return None;
+            }
+        }
+        for s in &sections {
+            s.va.checked_add(s.mem_len)?;
+            s.off.checked_add(s.file_len)?;
+            if s.file_len > s.mem_len {
+                return None;
+            }
+        }
+        (!sections.is_empty()).then_some(Layout { sections, base })
+    }
+
+    /// The section holding address `va`.
+    fn section_at(&self, va: u64) -> Option<&Section> {
+        let i = self.sections.partition_point(|s| s.va <= va);
+        let s = self.sections.get(i.checked_sub(1)?)?;
+        (va - s.va < s.mem_len).then_some(s)
+    }
+
+    /// File offset of the byte at `va`, if it comes from the file.
+    pub fn va_to_off(&self, va: u64) -> Option<u64> {
+        let s = self.section_at(va)?;
+        (va - s.va < s.file_len).then(|| s.off + (va - s.va))
+    }
+
+    /// Address of the file byte at `off` (the first section holding it).
+    pub fn off_to_va(&self, off: u64) -> Option<u64> {
+        self.sections
+            .iter()
+            .find(|s| off >= s.off && off - s.off < s.file_len)
+            .map(|s| s.va + (off - s.off))
+    }
+
+    /// Encodes the layout for the patch.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.base);
+        put_varint(out, self.sections.len() as u64);
+        for s in &self.sections {
+            put_varint(out, s.off);
+            put_varint(out, s.file_len);
+            put_varint(out, s.va);
+            put_varint(out, s.mem_len);
+            out.push(u8::from(s.exec));
+        }
+    }
+
+    pub fn decode(b: &[u8], at: &mut usize) -> Result<Layout, FormatError> {
+        let base = get_varint(b, at)?;
+        let n = get_varint(b, at)?;
+        if n == 0 || n > MAX_SECTIONS as u64 {
+            return Err(FormatError::Bounds("layout section count"));
+        }
+        let mut sections = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let off = get_varint(b, at)?;
+            let file_len = get_varint(b, at)?;
+            let va = get_varint(b, at)?;
+            let mem_len = get_varint(b, at)?;
+            let exec = match b.get(*at) {
+                Some(0) => false,
+                Some(1) => true,
+                Some(_) => return Err(FormatError::Bounds("layout section flag")),
+                None => return Err(FormatError::Truncated),
+            };
+            *at += 1;
+            sections.push(Section {
+                off,
+                file_len,
+                va,
+                mem_len,
+                exec,
+            });
+        }
+        Layout::new(sections, base).ok_or(FormatError::Bounds("layout sections overlap"))
+    }
+}
+
+/// Reference kinds (how a field's value follows from its target). 0–15: a signed
+/// 32-bit displacement from the end of an x86-64 instruction, `field + 4 + kind` (the
+/// kind is the immediate length after the displacement).
+pub const K_PCREL32: u8 = 16;
+/// Signed 32-bit, from the field itself to the target (DWARF `pcrel|sdata4`).
+/// Signed 32-bit, from the target to the field (an FDE's CIE pointer).
+pub const K_NEGREL32: u8 = 17;
+/// A 64-bit address.
+pub const K_ABS64: u8 = 18;
+/// Signed 32-bit, from the layout's base (DWARF `datarel|sdata4` in `.eh_frame_hdr`).
+pub const K_DATAREL32: u8 = 19;
+/// Unsigned 32-bit, from the layout's base (a PE RVA).
+pub const K_RVA32: u8 = 20;
+
+fn width(kind: u8) -> u64 {
+    if kind == K_ABS64 {
+        8
+    } else {
+        4
+    }
+}
+
+/// Immediate length after a RIP-relative displacement for one-byte opcodes that take a
+/// ModRM operand, or `None` for opcodes not scanned.
+fn imm_after_modrm(op: u8, modrm: u8) -> Option<u8> {
+    match op {
+        // ALU r/m forms, test, xchg, mov, lea, movsxd.
+        0x00..=0x03
+        | 0x08..=0x0b
+        | 0x10..=0x13
+        | 0x18..=0x1b
+        | 0x20..=0x23
+        | 0x28..=0x2b
+        | 0x30..=0x33
+        | 0x38..=0x3b
+        | 0x63
+        | 0x84..=0x8b
+        | 0x8d => Some(0),
+        0x80 | 0x83 | 0xc6 | 0xc0 | 0xc1 => Some(1),
+        0x81 | 0xc7 => Some(4),
+        // inc, dec, call, jmp, push [rip+disp].
+        0xff => matches!(modrm, 0x05 | 0x0d | 0x15 | 0x25 | 0x35).then_some(0),
+        _ => None,
+    }
+}
+
+/// The same for two-byte (0F-prefixed) opcodes: SSE moves and arithmetic, movzx/movsx,
+/// cmov, imul, and the prefetch/nop group.
+fn imm_after_modrm_0f(op: u8) -> Option<u8> {
+    match op {
+        0x10..=0x18
+        | 0x1f
+        | 0x28..=0x2f
+        | 0x40..=0x4f
+        | 0x51..=0x6f
+        | 0x7e
+        | 0x7f
+        | 0xaf
+        | 0xb6
+        | 0xb7
+        | 0xbe
+        | 0xbf
+        | 0xd4..=0xff => Some(0),
+        0x70 | 0xc2 | 0xc6 => Some(1),
+        _ => None,
+    }
+}
+
+/// The references found in a file: field offsets (sorted, fields not overlapping) and
+/// their kinds.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Refs {
+    pub fields: Vec<u32>,
+    pub kinds: Vec<u8>,
+}
+
+impl Refs {
+    fn push(&mut self, field: u64, kind: u8) {
+        if let Ok(f) = u32::try_from(field) {
+            self.fields.push(f);
+            self.kinds.push(kind);
+        }
+    }
+
+    /// Sorts by field and drops any field overlapping the one before it.
+    fn settle(&mut self) {
+        let mut both: Vec<(u32, u8)> = self
+            .fields
+            .iter()
+            .copied()
+            .zip(self.kinds.iter().copied())
+            .collect();
+        both.sort_unstable();
+        self.fields.clear();
+        self.kinds.clear();
+        let mut end = 0u64;
+        for (f, k) in both {
+            if u64::from(f) >= end {
+                end = u64::from(f) + width(k);
+                self.fields.push(f);
+                self.kinds.push(k);
+            }
+        }
+    }
+}
+
+/// A candidate at `i` in `code` (a code section's bytes): (field start, imm length,
+/// whether the target must be code).
+fn candidate(code: &[u8], i: usize) -> Option<(usize, u8, bool)> {
+    let b0 = code[i];
+    let b1 = *code.get(i + 1)?;
+    match b0 {
+        0xe8 | 0xe9 => Some((i + 1, 0, true)),
+        0x0f if b1 & 0xf0 == 0x80 => Some((i + 2, 0, true)),
+        0x0f => {
+            let modrm = *code.get(i + 2)?;
+            let imm = imm_after_modrm_0f(b1)?;
+            (modrm & 0xc7 == 0x05).then_some((i + 3, imm, false))
+        }
+        _ => {
+            let imm = imm_after_modrm(b0, b1)?;
+            (b1 & 0xc7 == 0x05).then_some((i + 2, imm, false))
+        }
+    }
+}
+
+/// Scans the layout's executable sections of `src` for references: at each byte, the
+/// first pattern that matches (rel32 call/jmp, rel32 jcc, a RIP-relative ModRM operand)
+/// whose target lies in the image (in code, for branches) is taken, and the scan goes on
+/// after its instruction. Reads the code in bounded pieces.
+fn scan_code<R: ReadAt + ?Sized>(
+    src: &R,
+    layout: &Layout,
+    refs: &mut Refs,
+    piece: usize,
+) -> io::Result<()> {
+    const LOOKAHEAD: usize = 16;
+    #[allow(non_snake_case)]
+    let PIECE = piece.max(LOOKAHEAD);
+    let mut buf = vec![0u8; PIECE + LOOKAHEAD];
+    let mut code: Vec<&Section> = layout.sections.iter().filter(|s| s.exec).collect();
+    code.sort_by_key(|s| s.off);
+    let mut done_to = 0u64; // sections sharing file bytes are scanned once
+    for s in code {
+        let start = s.off.max(done_to);
+        let end = s.off + s.file_len;
+        if start >= end {
+            continue;
+        }
+        done_to = end;
+        let mut at = start; // file offset of buf[0]
+        let mut next = start; // the scan resumes here
+        while at < end {
+            let n = ((end - at) as usize).min(PIECE + LOOKAHEAD);
+            src.read_at(&mut buf[..n], at)?;
+            let chunk = &buf[..n];
+            let scan_to = if at + n as u64 == end { n } else { PIECE };
+            let mut i = (next - at) as usize;
+            while i < scan_to {
+                let Some((field, imm, branch)) = candidate(chunk, i) else {
+                    i += 1;
+                    continue;
+                };
+                let after = field + 4 + usize::from(imm);
+                if after > chunk.len() {
+                    i += 1;
+                    continue;
+                }
+                let disp = i32::from_le_bytes([
+                    chunk[field],
+                    chunk[field + 1],
+                    chunk[field + 2],
+                    chunk[field + 3],
+                ]);
+                let anchor_va = s.va + (at + after as u64 - s.off);
+                let hit = anchor_va
+                    .checked_add_signed(i64::from(disp))
+                    .and_then(|t| layout.section_at(t))
+                    .is_some_and(|t| t.exec || !branch);
+                if !hit {
+                    i += 1;
+                    continue;
+                }
+                refs.push(at + field as u64, imm);
+                i = after;
+            }
+            next = at + i as u64;
+            at += scan_to as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Every reference of a file with this layout and these tables: code scanned as in
+/// `scan_code`, then the tables' address fields.
+pub fn find_refs<R: ReadAt + ?Sized>(
+    src: &R,
+    layout: &Layout,
+    tables: &Tables,
+) -> io::Result<Refs> {
+    let mut refs = Refs::default();
+    scan_code(src, layout, &mut refs, 1 << 20)?;
+    for &(off, len) in &tables.rela {
+        for_pieces(src, off, len - len % 24, 24, |at, e| {
+            refs.push(at, K_ABS64);
+            // R_X86_64_RELATIVE: the addend is an address too.
+            if u32::from_le_bytes([e[8], e[9], e[10], e[11]]) == object::elf::R_X86_64_RELATIVE {
+                refs.push(at + 16, K_ABS64);
+            }
+        })?;
+    }
+    if let Some((off, len)) = tables.pdata {
+        for_pieces(src, off, len - len % 12, 12, |at, _| {
+            for k in 0..3 {
+                refs.push(at + 4 * k, K_RVA32);
+            }
+        })?;
+    }
+    if let Some((off, len)) = tables.reloc {
+        if len <= MAX_TABLE {
+            let t = read_vec(src, off, len)?;
+            pe_relocs(&t, layout, &mut refs);
+        }
+    }
+    if let Some((off, len, _)) = tables.eh_frame {
+        if len <= MAX_TABLE {
+            let t = read_vec(src, off, len)?;
+            eh_frame(&t, off, &mut refs);
+        }
+    }
+    if let Some((off, len, _)) = tables.eh_frame_hdr {
+        if len <= MAX_TABLE {
+            let t = read_vec(src, off, len)?;
+            eh_frame_hdr(&t, off, &mut refs);
+        }
+    }
+    refs.settle();
+    Ok(refs)
+}
+
+fn read_vec<R: ReadAt + ?Sized>(src: &R, off: u64, len: u64) -> io::Result<Vec<u8>> {
+    let mut v = vec![0u8; len as usize];
+    src.read_at(&mut v, off)?;
+    Ok(v)
+}
+
+/// The code references alone, read in pieces of `piece` bytes (what is found does not
+/// depend on it; tests check that).
+pub fn code_refs<R: ReadAt + ?Sized>(src: &R, layout: &Layout, piece: usize) -> io::Result<Refs> {
+    let mut refs = Refs::default();
+    scan_code(src, layout, &mut refs, piece)?;
+    Ok(refs)
+}
+
+/// Largest table read whole (`.eh_frame`, `.reloc`).
+const MAX_TABLE: u64 = 256 << 20;
+
+/// Calls `each(file offset, entry)` for the `size`-byte entries of `src[off..off+len]`,
+/// read in bounded pieces.
+fn for_pieces<R: ReadAt + ?Sized>(
+    src: &R,
+    off: u64,
+    len: u64,
+    size: usize,
+    mut each: impl FnMut(u64, &[u8]),
+) -> io::Result<()> {
+    let piece = (1 << 20) / size * size;
+    let mut buf = vec![0u8; piece];
+    let mut at = 0u64;
+    while at < len {
+        let n = ((len - at) as usize).min(piece);
+        src.read_at(&mut buf[..n], off + at)?;
+        for (i, e) in buf[..n].chunks_exact(size).enumerate() {
+            each(off + at + (i * size) as u64, e);
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// PE base relocation blocks: (page RVA, block size, then 16-bit entries of type and
+/// page offset); a DIR64 entry's location holds a 64-bit address.
+fn pe_relocs(t: &[u8], layout: &Layout, refs: &mut Refs) {
+    let mut at = 0usize;
+    while at + 8 <= t.len() {
+        let page = u32::from_le_bytes([t[at], t[at + 1], t[at + 2], t[at + 3]]);
+        let size = u32::from_le_bytes([t[at + 4], t[at + 5], t[at + 6], t[at + 7]]) as usize;
+        if size < 8 || at + size > t.len() {
+            return;
+        }
+        for e in t[at + 8..at + size].chunks_exact(2) {
+            let e = u16::from_le_bytes([e[0], e[1]]);
+            if e >> 12 == object::pe::IMAGE_REL_BASED_DIR64 {
+                let va = layout.base + u64::from(page) + u64::from(e & 0xfff);
+                if let Some(off) = layout.va_to_off(va) {
+                    refs.push(off, K_ABS64);
+                }
+            }
+        }
+        at += size;
+    }
+}
+
+fn uleb(t: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *t.get(*at)?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Size of a DWARF pointer encoding's value, for the encodings this reads.
+fn enc_size(enc: u8) -> Option<usize> {
+    match enc & 0x0f {
+        0x03 | 0x0b => Some(4),
+        0x04 | 0x0c | 0x00 => Some(8),
+        0x02 | 0x0a => Some(2),
+        _ => None,
+    }
+}
+
+/// `.eh_frame`: each FDE's CIE pointer, and its start address and LSDA pointer when
+/// they are `pcrel` 4-byte values (what compilers emit for x86-64). Records it cannot
+/// read end the walk (what was found stays valid: apply finds the same).
+fn eh_frame(t: &[u8], base_off: u64, refs: &mut Refs) {
+    // CIE offset → (FDE pointer encoding, LSDA encoding, has augmentation data)
+    let mut cies: Vec<(usize, u8, u8, bool)> = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= t.len() {
+        let len = u32::from_le_bytes([t[at], t[at + 1], t[at + 2], t[at + 3]]) as usize;
+        if len == 0 || len == 0xffff_ffff || at + 4 + len > t.len() {
+            return;
+        }
+        let rec = &t[at + 4..at + 4 + len];
+        let id = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
+        if id == 0 {
+            match cie(rec) {
+                Some((fde_enc, lsda_enc, z, personality)) => {
+                    if let Some(p) = personality {
+                        refs.push(base_off + (at + 4 + p) as u64, K_PCREL32);
+                    }
+                    cies.push((at, fde_enc, lsda_enc, z))
+                }
+                None => return,
+            }
+        } else {
+            let field = at + 4;
+            let Some(cie_at) = field.checked_sub(id as usize) else {
+                return;
+            };
+            let Some(&(_, fde_enc, lsda_enc, z)) = cies.iter().rev().find(|c| c.0 == cie_at) else {
+                return;
+            };
+            refs.push(base_off + field as u64, K_NEGREL32);
+            let Some(size) = enc_size(fde_enc) else {
+                return;
+            };
+            if fde_enc & 0x70 == 0x10 && size == 4 {
+                refs.push(base_off + (field + 4) as u64, K_PCREL32);
+            }
+            let mut p = 4 + 2 * size;
+            if z {
+                let Some(_) = uleb(rec, &mut p) else { return };
+                if lsda_enc != 0xff
+                    && lsda_enc & 0x70 == 0x10
+                    && enc_size(lsda_enc) == Some(4)
+                    && p + 4 <= rec.len()
+                {
+                    refs.push(base_off + (at + 4 + p) as u64, K_PCREL32);
+                }
+            }
+        }
+        at += 4 + len;
+    }
+}
+
+/// A CIE record (after its length): FDE pointer encoding, LSDA encoding (0xff: none),
+/// whether FDEs carry augmentation data, and where a `pcrel` 4-byte personality pointer
+/// sits in the record.
+fn cie(rec: &[u8]) -> Option<(u8, u8, bool, Option<usize>)> {
+    let version = *rec.get(4)?;
+    let mut p = 5;
+    let aug_end = p + rec.get(p..)?.iter().position(|&b| b == 0)?;
+    let aug = &rec[p..aug_end];
+    p = aug_end + 1;
+    uleb(rec, &mut p)?; // code alignment
+    uleb(rec, &mut p)?; // data alignment (sleb, same length)
+    if version == 1 {
+        p += 1;
+    } else {
+        uleb(rec, &mut p)?;
+    }
+    let (mut fde_enc, mut lsda_enc, mut personality) = (0u8, 0xffu8, None);
+    let z = aug.first() == Some(&b'z');
+    if z {
+        uleb(rec, &mut p)?;
+        for &c in &aug[1..] {
+            match c {
+                b'R' => {
+                    fde_enc = *rec.get(p)?;
+                    p += 1;
+                }
+                b'L' => {
+                    lsda_enc = *rec.get(p)?;
+                    p += 1;
+                }
+                b'P' => {
+                    let enc = *rec.get(p)?;
+                    let size = enc_size(enc)?;
+                    if enc & 0x70 == 0x10 && size == 4 {
+                        personality = Some(p + 1);
+                    }
+                    p += 1 + size;
+                }
+                b'S' | b'B' | b'G' => {}
+                _ => return None,
+            }
+        }
+    }
+    Some((fde_enc, lsda_enc, z, personality))
+}
+
+/// `.eh_frame_hdr`: the `.eh_frame` pointer and, for a `datarel|sdata4` table, both
+/// values of every (start, FDE) pair.
+fn eh_frame_hdr(t: &[u8], base_off: u64, refs: &mut Refs) {
+    if t.len() < 12 || t[0] != 1 {
+        return;
+    }
+    let (ptr_enc, count_enc, table_enc) = (t[1], t[2], t[3]);
+    if ptr_enc == 0x1b {
+        refs.push(base_off + 4, K_PCREL32);
+    }
+    if enc_size(ptr_enc) != Some(4) || count_enc != 0x03 || table_enc != 0x3b {
+        return;
+    }
+    let count = u32::from_le_bytes([t[8], t[9], t[10], t[11]]) as usize;
+    let n = count.min((t.len() - 12) / 8);
+    for i in 0..n {
+        refs.push(base_off + 12 + 8 * i as u64, K_DATAREL32);
+        refs.push(base_off + 16 + 8 * i as u64, K_DATAREL32);
+    }
+}
+
+/// Kinds below this are code references; the others come from tables.
+pub const CODE_KINDS: u8 = 16;
+
+/// The address a reference of `kind` at `field` with `value` points to, in a file with
+/// this layout.
+fn target_of(layout: &Layout, field: u64, kind: u8, value: u64) -> Option<u64> {
+    let v32 = i64::from(value as u32 as i32);
+    match kind {
+        0..CODE_KINDS => layout
+            .off_to_va(field + 4 + u64::from(kind))?
+            .checked_add_signed(v32),
+        K_PCREL32 => layout.off_to_va(field)?.checked_add_signed(v32),
+        K_NEGREL32 => layout.off_to_va(field)?.checked_add_signed(-v32),
+        K_ABS64 => Some(value),
+        K_DATAREL32 => layout.base.checked_add_signed(v32),
+        K_RVA32 => layout.base.checked_add(value & 0xffff_ffff),
+        _ => None,
+    }
+}
+
+/// `bytes` with every reference field replaced by a label of what it points to: a hash
+/// of the 16 bytes at its target (with code references zeroed). Matching these
+/// projections aligns code and tables whose references moved but point to the same
+/// things (Zucchini matches on projections too). Used by the encoder only: the patch
+/// does not depend on how its ops were found.
+pub fn project(bytes: &[u8], layout: &Layout, refs: &Refs) -> Vec<u8> {
+    let mut zeroed = bytes.to_vec();
+    for (&f, &k) in refs.fields.iter().zip(&refs.kinds) {
+        if k < CODE_KINDS {
+            zeroed[f as usize..f as usize + 4].fill(0);
+        }
+    }
+    let mut out = zeroed.clone();
+    for (&f, &k) in refs.fields.iter().zip(&refs.kinds) {
+        let (f, w) = (f as usize, width(k) as usize);
+        let mut value = [0u8; 8];
+        value[..w].copy_from_slice(&bytes[f..f + w]);
+        let label = target_of(layout, f as u64, k, u64::from_le_bytes(value))
+            .and_then(|t| layout.va_to_off(t))
+            .and_then(|t| zeroed.get(t as usize..t as usize + 16))
+            .map_or(0, |b| {
+                let a = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+                let c = u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
+                (a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ c).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                    >> 32
+            });
+        out[f..f + w].copy_from_slice(&label.to_le_bytes()[..w]);
+    }
+    out
+}
+
+/// Old offset → new offset, from the ops: intervals of old, each moved by one delta.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OffsetMap {
+    /// (old start, length, new start), sorted by old start, non-overlapping.
+    pub spans: Vec<(u64, u64, u64)>,
+}
+
+impl OffsetMap {
+    /// From (old start, new start, length) copies in any order: sorted by old position,
+    /// the parts of later copies that overlap earlier ones dropped, and neighbours with
+    /// the same delta separated by less than `gap` bytes joined.
+    pub fn from_copies(mut copies: Vec<(u64, u64, u64)>, gap: u64) -> OffsetMap {
+        copies.retain(|c| c.2 > 0);
+        copies.sort_unstable();
+        let mut spans: Vec<(u64, u64, u64)> = Vec::with_capacity(copies.len());
+        for (old, new, len) in copies {
+            let (mut old, mut new, mut len) = (old, new, len);
+            if let Some(last) = spans.last_mut() {
+                let last_end = last.0 + last.1;
+                if old < last_end {
+                    let cut = (last_end - old).min(len);
+                    old += cut;
+                    new += cut;
+                    len -= cut;
+                    if len == 0 {
+                        continue;
+                    }
+                }
+                if new.wrapping_sub(old) == last.2.wrapping_sub(last.0) && old - last_end < gap {
+                    last.1 = old + len - last.0;
+                    continue;
+                }
+            }
+            spans.push((old, len, new));
+        }
+        OffsetMap { spans }
+    }
+
+    /// Where old offset `off` went: its span's delta, or between spans the preceding
+    /// span's.
+    pub fn map(&self, off: u64) -> Option<u64> {
+        let i = self.spans.partition_point(|s| s.0 <= off);
+        let s = self.spans.get(i.checked_sub(1)?)?;
+        Some(s.2.wrapping_add(off - s.0))
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.spans.len() as u64);
+        let (mut end, mut delta) = (0u64, 0i64);
+        for &(old, len, new) in &self.spans {
+            put_varint(out, old - end);
+            put_varint(out, len);
+            let d = new.wrapping_sub(old) as i64;
+            put_varint(out, zigzag(d.wrapping_sub(delta)));
+            end = old + len;
+            delta = d;
+        }
+    }
+
+    pub fn decode(b: &[u8], at: &mut usize) -> Result<OffsetMap, FormatError> {
+        let n = get_varint(b, at)?;
+        if n > MAX_MAP || n > b.len() as u64 {
+            return Err(FormatError::Bounds("offset map length"));
+        }
+        let mut spans = Vec::with_capacity(n as usize);
+        let (mut end, mut delta) = (0u64, 0i64);
+        for _ in 0..n {
+            let old = end
+                .checked_add(get_varint(b, at)?)
+                .ok_or(FormatError::Bounds("offset map span"))?;
+            let len = get_varint(b, at)?;
+            delta = delta.wrapping_add(unzigzag(get_varint(b, at)?));
+            end = old
+                .checked_add(len)
+                .ok_or(FormatError::Bounds("offset map span"))?;
+            spans.push((old, len, old.wrapping_add(delta as u64)));
+        }
+        Ok(OffsetMap { spans })
+    }
+}
+
+/// Everything apply needs to predict references: old's layout and references (found
+/// from old itself), new's layout and the offset map (from the patch).
+#[derive(Debug, Clone)]
+pub struct Predictor {
+    pub old: Layout,
+    pub refs: Refs,
+    pub new: Layout,
+    pub map: OffsetMap,
+}
+
+impl Predictor {
+    /// Where old address `target` is in new: through the offset map when the file holds
+    /// its byte; for zero-filled space (`.bss`), by its section when both layouts have
+    /// as many sections.
+    fn new_target(&self, target: u64) -> Option<u64> {
+        match self.old.va_to_off(target) {
+            Some(t) => self.new.off_to_va(self.map.map(t)?),
+            None => {
+                let i = self
+                    .old
+                    .sections
+                    .partition_point(|s| s.va <= target)
+                    .checked_sub(1)?;
+                let s = &self.old.sections[i];
+                if target - s.va >= s.mem_len || self.old.sections.len() != self.new.sections.len()
+                {
+                    return None;
+                }
+                Some(self.new.sections[i].va.wrapping_add(target - s.va))
+            }
+        }
+    }
+
+    /// The value (little-endian, `width(kind)` bytes) the reference at old field
+    /// `field` with old value `value` should have when it sits at new offset
+    /// `new_field`.
+    fn predict(&self, field: u64, kind: u8, value: u64, new_field: u64) -> Option<u64> {
+        let t = self.new_target(target_of(&self.old, field, kind, value)?)?;
+        let new_va = || self.new.off_to_va(new_field);
+        let fit32 = |v: i64| i32::try_from(v).ok().map(|v| u64::from(v as u32));
+        match kind {
+            0..CODE_KINDS => {
+                let anchor = self.new.off_to_va(new_field + 4 + u64::from(kind))?;
+                fit32(t.wrapping_sub(anchor) as i64)
+            }
+            K_PCREL32 => fit32(t.wrapping_sub(new_va()?) as i64),
+            K_NEGREL32 => fit32(new_va()?.wrapping_sub(t) as i64),
+            K_ABS64 => Some(t),
+            K_DATAREL32 => fit32(t.wrapping_sub(self.new.base) as i64),
+            K_RVA32 => u32::try_from(t.checked_sub(self.new.base)?)
+                .ok()
+                .map(u64::from),
+            _ => None,
+        }
+    }
+
+    /// Rewrites the references in `base` — old's bytes from `base_old` on, which an op
+    /// copying old `op_old..op_old + op_len` to new `op_new..` adds its diff to — with
+    /// their predicted values. Only references wholly inside the op are predicted;
+    /// `old_field` reads a field's old bytes where `base` holds only part of it.
+    pub fn rewrite(
+        &self,
+        base: &mut [u8],
+        base_old: u64,
+        op_old: u64,
+        op_len: u64,
+        op_new: u64,
+        old_field: &mut dyn FnMut(u64) -> io::Result<[u8; 8]>,
+    ) -> io::Result<[usize; 2]> {
+        let base_end = base_old + base.len() as u64;
+        let lo = base_old.saturating_sub(7).max(op_old);
+        let hi = base_end.min(op_old + op_len);
+        let f = &self.refs.fields;
+        let mut i = f.partition_point(|&x| u64::from(x) < lo);
+        let mut predicted = [0, 0];
+        while i < f.len() && u64::from(f[i]) < hi {
+            let field = u64::from(f[i]);
+            let kind = self.refs.kinds[i];
+            i += 1;
+            let w = width(kind);
+            if field + w > op_old + op_len || field + w <= base_old {
+                continue;
+            }
+            let mut old_bytes = [0u8; 8];
+            if field >= base_old && field + w <= base_end {
+                let at = (field - base_old) as usize;
+                old_bytes[..w as usize].copy_from_slice(&base[at..at + w as usize]);
+            } else {
+                old_bytes = old_field(field)?;
+                old_bytes[w as usize..].fill(0);
+            }
+            let new_field = op_new + (field - op_old);
+            let Some(v) = self.predict(field, kind, u64::from_le_bytes(old_bytes), new_field)
+            else {
+                continue;
+            };
+            for (k, byte) in v.to_le_bytes().into_iter().take(w as usize).enumerate() {
+                let pos = field + k as u64;
+                if pos >= base_old && pos < base_end {
+                    base[(pos - base_old) as usize] = byte;
+                }
+            }
+            predicted[usize::from(kind >= CODE_KINDS)] += 1;
+        }
+        Ok(predicted)
+    }
+}

@@ -1,0 +1,482 @@
+//! The x86-64 references transform (patch format version 2) on generated executables:
+//! an ELF shared object and a PE DLL whose code grows in the middle, so every call,
+//! RIP-relative address and table entry after the growth changes value. The patch must
+//! round-trip, be version 2, and be far smaller than the byte-only patch; inputs that
+//! are not executables keep getting version 1 patches.
+
+use update_edge::cli::demo::noise;
+use update_edge::delta::{self, exe, DiffOptions};
+
+fn opts() -> DiffOptions {
+    DiffOptions {
+        zstd_level: 3,
+        block_size: 64 << 10,
+        ..DiffOptions::default()
+    }
+}
+
+fn diff(old: &[u8], new: &[u8], transform: bool) -> (Vec<u8>, delta::DiffReport) {
+    let o = DiffOptions {
+        exe_transform: transform,
+        ..opts()
+    };
+    let mut patch = Vec::new();
+    let report = delta::diff(&old.to_vec(), &new.to_vec(), &mut patch, &o, &|_| {}).unwrap();
+    assert_eq!(report.patch_size, patch.len() as u64);
+    (patch, report)
+}
+
+fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, delta::DeltaError> {
+    let mut out = Vec::new();
+    delta::apply(&old.to_vec(), &mut &patch[..], &mut out).map(|_| out)
+}
+
+fn version(patch: &[u8]) -> u16 {
+    u16::from_le_bytes([patch[8], patch[9]])
+}
+
+/// Generated machine code: `funcs` functions of filler and instructions (rel32 calls and
+/// jumps to other functions, RIP-relative loads from the data section at `data_va`),
+/// with `grow` extra bytes inserted in the middle function. Returns the code and each
+/// function's start offset.
+fn code(funcs: usize, text_va: u64, data_va: u64, grow: usize) -> (Vec<u8>, Vec<u64>) {
+    // Function sizes and contents come from the seed alone; the growth only moves them.
+    let sizes: Vec<usize> = (0..funcs)
+        .map(|i| 200 + (noise(2, i as u64 + 1)[0] as usize) * 4)
+        .collect();
+    let mut starts = Vec::new();
+    let mut at = 0;
+    for (i, s) in sizes.iter().enumerate() {
+        starts.push(at as u64);
+        at += s + if i == funcs / 2 { grow } else { 0 };
+    }
+    let mut out = Vec::with_capacity(at);
+    for (i, &size) in sizes.iter().enumerate() {
+        let r = noise(size, 1000 + i as u64);
+        let body_end = out.len() + size + if i == funcs / 2 { grow } else { 0 };
+        let mut k = 0;
+        while out.len() + 16 < body_end {
+            let here = text_va + out.len() as u64;
+            match r[k % r.len()] % 4 {
+                0 => {
+                    let to = (r[(k + 1) % r.len()] as usize * 7 + i) % funcs;
+                    let rel = (text_va + starts[to]) as i64 - (here + 5) as i64;
+                    out.push(0xe8);
+                    out.extend_from_slice(&(rel as i32).to_le_bytes());
+                }
+                1 => {
+                    let item = u64::from(r[(k + 1) % r.len()]) * 16;
+                    let rel = (data_va + item) as i64 - (here + 7) as i64;
+                    out.extend_from_slice(&[0x48, 0x8d, 0x05]);
+                    out.extend_from_slice(&(rel as i32).to_le_bytes());
+                }
+                _ => out.extend_from_slice(&[0x48, 0x89, 0xc7, 0x90]),
+            }
+            k += 1;
+            if i == funcs / 2 && k == 3 {
+                // The growth: new code, its own bytes.
+                out.extend_from_slice(&noise(grow, 77));
+            }
+        }
+        out.resize(body_end, 0xcc);
+    }
+    (out, starts)
+}
+
+fn put(v: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+    if v.len() < at + bytes.len() {
+        v.resize(at + bytes.len(), 0);
+    }
+    v[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+fn align(n: usize, a: usize) -> usize {
+    n.div_ceil(a) * a
+}
+
+/// An x86-64 ELF shared object: `.text`, `.rodata` (which the code loads from),
+/// `.rela.dyn` (a relative relocation per function, pointing into `.data.rel.ro`) and
+/// `.data.rel.ro`, with addresses 0x2000 above file offsets past `.text`.
+fn elf(funcs: usize, grow: usize) -> Vec<u8> {
+    const TEXT_OFF: usize = 0x1000;
+    let text_va = TEXT_OFF as u64;
+    // .rodata's place depends on .text's size; compute .text once to size it.
+    let (probe, _) = code(funcs, text_va, 0, grow);
+    let ro_off = align(TEXT_OFF + probe.len(), 0x1000);
+    let ro_va = ro_off as u64 + 0x2000;
+    let (text, starts) = code(funcs, text_va, ro_va, grow);
+    let rodata = noise(4096 + 256 * 16, 5);
+    let rela_off = align(ro_off + rodata.len(), 8);
+    let rela_len = funcs * 24;
+    let drr_off = align(rela_off + rela_len, 0x1000);
+    let drr_va = drr_off as u64 + 0x2000;
+    let drr_len = funcs * 8;
+    let mut rela = Vec::new();
+    for (i, s) in starts.iter().enumerate() {
+        rela.extend_from_slice(&(drr_va + 8 * i as u64).to_le_bytes());
+        rela.extend_from_slice(&8u64.to_le_bytes()); // R_X86_64_RELATIVE
+        rela.extend_from_slice(&(text_va + s).to_le_bytes());
+    }
+    let names = b"\0.text\0.rodata\0.rela.dyn\0.data.rel.ro\0.shstrtab\0";
+    let str_off = drr_off + drr_len;
+    let sh_off = align(str_off + names.len(), 8);
+    let mut f = vec![0u8; 64];
+    f[..16].copy_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    put(&mut f, 16, &3u16.to_le_bytes()); // ET_DYN
+    put(&mut f, 18, &62u16.to_le_bytes()); // EM_X86_64
+    put(&mut f, 20, &1u32.to_le_bytes());
+    put(&mut f, 40, &(sh_off as u64).to_le_bytes());
+    put(&mut f, 52, &64u16.to_le_bytes());
+    put(&mut f, 54, &56u16.to_le_bytes());
+    put(&mut f, 58, &64u16.to_le_bytes());
+    put(&mut f, 60, &6u16.to_le_bytes());
+    put(&mut f, 62, &5u16.to_le_bytes());
+    put(&mut f, TEXT_OFF, &text);
+    put(&mut f, ro_off, &rodata);
+    put(&mut f, rela_off, &rela);
+    put(&mut f, drr_off, &vec![0u8; drr_len]);
+    put(&mut f, str_off, names);
+    // (name, type, flags, addr, offset, size, entsize)
+    let sections: [(u32, u32, u64, u64, usize, usize, u64); 6] = [
+        (0, 0, 0, 0, 0, 0, 0),
+        (1, 1, 6, text_va, TEXT_OFF, text.len(), 0),
+        (7, 1, 2, ro_va, ro_off, rodata.len(), 0),
+        (15, 4, 2, rela_off as u64 + 0x2000, rela_off, rela_len, 24),
+        (25, 1, 3, drr_va, drr_off, drr_len, 0),
+        (38, 3, 0, 0, str_off, names.len(), 0),
+    ];
+    for (i, &(name, ty, flags, addr, off, size, entsize)) in sections.iter().enumerate() {
+        let at = sh_off + 64 * i;
+        put(&mut f, at, &name.to_le_bytes());
+        put(&mut f, at + 4, &ty.to_le_bytes());
+        put(&mut f, at + 8, &flags.to_le_bytes());
+        put(&mut f, at + 16, &addr.to_le_bytes());
+        put(&mut f, at + 24, &(off as u64).to_le_bytes());
+        put(&mut f, at + 32, &(size as u64).to_le_bytes());
+        put(&mut f, at + 48, &8u64.to_le_bytes());
+        put(&mut f, at + 56, &entsize.to_le_bytes());
+    }
+    f
+}
+
+/// An x86-64 PE DLL: `.text`, `.rdata` (loaded from, and holding a pointer per
+/// function), `.pdata` (start, end, unwind RVAs per function) and `.reloc` (a DIR64
+/// entry per pointer).
+fn pe(funcs: usize, grow: usize) -> Vec<u8> {
+    const BASE: u64 = 0x1_4000_0000;
+    const TEXT_RVA: u64 = 0x1000;
+    let (probe, _) = code(funcs, BASE + TEXT_RVA, 0, grow);
+    let rdata_rva = align(TEXT_RVA as usize + probe.len(), 0x1000) as u64;
+    let (text, starts) = code(funcs, BASE + TEXT_RVA, BASE + rdata_rva, grow);
+    let mut rdata = noise(4096 + 256 * 16, 5);
+    let ptrs_at = rdata.len();
+    for s in &starts {
+        rdata.extend_from_slice(&(BASE + TEXT_RVA + s).to_le_bytes());
+    }
+    let pdata_rva = align(rdata_rva as usize + rdata.len(), 0x1000) as u64;
+    let mut pdata = Vec::new();
+    for (i, s) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(text.len() as u64);
+        for rva in [
+            TEXT_RVA + s,
+            TEXT_RVA + end,
+            rdata_rva + 16 * (i as u64 % 256),
+        ] {
+            pdata.extend_from_slice(&(rva as u32).to_le_bytes());
+        }
+    }
+    let reloc_rva = align(pdata_rva as usize + pdata.len(), 0x1000) as u64;
+    let mut reloc = Vec::new();
+    let ptr_rvas: Vec<u64> = (0..funcs)
+        .map(|i| rdata_rva + (ptrs_at + 8 * i) as u64)
+        .collect();
+    for page in ptr_rvas.chunk_by(|a, b| a >> 12 == b >> 12) {
+        let mut block = Vec::new();
+        for rva in page {
+            block.extend_from_slice(&((10u16 << 12) | (rva & 0xfff) as u16).to_le_bytes());
+        }
+        if block.len() % 4 != 0 {
+            block.extend_from_slice(&[0, 0]);
+        }
+        reloc.extend_from_slice(&((page[0] & !0xfff) as u32).to_le_bytes());
+        reloc.extend_from_slice(&(8 + block.len() as u32).to_le_bytes());
+        reloc.extend_from_slice(&block);
+    }
+    let image_size = align(reloc_rva as usize + reloc.len(), 0x1000);
+    let secs: [(&[u8; 8], u64, &[u8], u32); 4] = [
+        (b".text\0\0\0", TEXT_RVA, &text, 0x6000_0020),
+        (b".rdata\0\0", rdata_rva, &rdata, 0x4000_0040),
+        (b".pdata\0\0", pdata_rva, &pdata, 0x4000_0040),
+        (b".reloc\0\0", reloc_rva, &reloc, 0x4200_0040),
+    ];
+    let mut f = vec![0u8; 0x400];
+    put(&mut f, 0, b"MZ");
+    put(&mut f, 0x3c, &0x40u32.to_le_bytes());
+    put(&mut f, 0x40, b"PE\0\0");
+    let coff = 0x44;
+    put(&mut f, coff, &0x8664u16.to_le_bytes());
+    put(&mut f, coff + 2, &(secs.len() as u16).to_le_bytes());
+    put(&mut f, coff + 16, &240u16.to_le_bytes());
+    put(&mut f, coff + 18, &0x2022u16.to_le_bytes());
+    let opt = coff + 20;
+    put(&mut f, opt, &0x20bu16.to_le_bytes());
+    put(&mut f, opt + 24, &BASE.to_le_bytes());
+    put(&mut f, opt + 32, &0x1000u32.to_le_bytes());
+    put(&mut f, opt + 36, &0x200u32.to_le_bytes());
+    put(&mut f, opt + 40, &6u16.to_le_bytes());
+    put(&mut f, opt + 48, &6u16.to_le_bytes());
+    put(&mut f, opt + 56, &(image_size as u32).to_le_bytes());
+    put(&mut f, opt + 60, &0x400u32.to_le_bytes());
+    put(&mut f, opt + 68, &2u16.to_le_bytes());
+    put(&mut f, opt + 108, &16u32.to_le_bytes());
+    // Exception and base relocation directories.
+    put(&mut f, opt + 112 + 8 * 3, &(pdata_rva as u32).to_le_bytes());
+    put(
+        &mut f,
+        opt + 116 + 8 * 3,
+        &(pdata.len() as u32).to_le_bytes(),
+    );
+    put(&mut f, opt + 112 + 8 * 5, &(reloc_rva as u32).to_le_bytes());
+    put(
+        &mut f,
+        opt + 116 + 8 * 5,
+        &(reloc.len() as u32).to_le_bytes(),
+    );
+    let mut raw = 0x400usize;
+    for (i, (name, rva, bytes, flags)) in secs.iter().enumerate() {
+        let at = opt + 240 + 40 * i;
+        let raw_len = align(bytes.len(), 0x200);
+        put(&mut f, at, &name[..]);
+        put(&mut f, at + 8, &(bytes.len() as u32).to_le_bytes());
+        put(&mut f, at + 12, &(*rva as u32).to_le_bytes());
+        put(&mut f, at + 16, &(raw_len as u32).to_le_bytes());
+        put(&mut f, at + 20, &(raw as u32).to_le_bytes());
+        put(&mut f, at + 36, &flags.to_le_bytes());
+        put(&mut f, raw, bytes);
+        raw += raw_len;
+        f.resize(raw, 0);
+    }
+    f
+}
+
+/// Round trip with and without the transform; returns (transform patch, bytes-only
+/// patch) sizes after checking both apply to `new` exactly.
+fn both_ways(old: &[u8], new: &[u8]) -> (usize, usize, delta::DiffReport) {
+    let (with, report) = diff(old, new, true);
+    let (without, plain) = diff(old, new, false);
+    assert!(plain.transform.is_none());
+    assert_eq!(version(&with), 2, "an executable pair gets the transform");
+    assert_eq!(version(&without), 1, "--no-transform writes version 1");
+    assert_eq!(
+        apply(old, &with).unwrap(),
+        new,
+        "version 2 patch round trip"
+    );
+    assert_eq!(
+        apply(old, &without).unwrap(),
+        new,
+        "version 1 patch round trip"
+    );
+    (with.len(), without.len(), report)
+}
+
+#[test]
+fn elf_code_that_moved_costs_a_fraction_of_the_bytes_only_patch() {
+    let (old, new) = (elf(400, 0), elf(400, 3000));
+    assert!(
+        exe::Layout::parse(&old).is_some(),
+        "the generated ELF parses"
+    );
+    let (with, without, report) = both_ways(&old, &new);
+    let t = report.transform.expect("transform report");
+    assert!(t.refs > 5_000, "{} references found", t.refs);
+    assert!(
+        t.predicted_right * 10 > t.predicted * 9,
+        "{} of {} predicted right",
+        t.predicted_right,
+        t.predicted
+    );
+    // Two addresses per relative relocation (offset and addend), 400 of them.
+    assert!(
+        t.table_predicted >= 700 && t.table_predicted_right * 10 > t.table_predicted * 9,
+        "relocations: {} of {} predicted right",
+        t.table_predicted_right,
+        t.table_predicted
+    );
+    assert!(
+        with * 2 < without,
+        "transform patch {with} bytes, bytes-only {without}"
+    );
+}
+
+#[test]
+fn pe_code_that_moved_costs_a_fraction_of_the_bytes_only_patch() {
+    let (old, new) = (pe(400, 0), pe(400, 3000));
+    assert!(
+        exe::Layout::parse(&old).is_some(),
+        "the generated PE parses"
+    );
+    let (with, without, report) = both_ways(&old, &new);
+    let t = report.transform.expect("transform report");
+    assert!(
+        t.predicted_right * 10 > t.predicted * 9,
+        "{} of {} predicted right",
+        t.predicted_right,
+        t.predicted
+    );
+    // Three RVAs per .pdata entry and a DIR64 pointer per function, 400 functions.
+    assert!(
+        t.table_predicted >= 1400 && t.table_predicted_right * 10 > t.table_predicted * 9,
+        "tables: {} of {} predicted right",
+        t.table_predicted_right,
+        t.table_predicted
+    );
+    assert!(
+        with * 2 < without,
+        "transform patch {with} bytes, bytes-only {without}"
+    );
+}
+
+#[test]
+fn ops_longer_than_apply_batches_predict_across_the_split() {
+    // A 6 MiB .text copied by ops longer than apply's 4 MiB batches: references that
+    // straddle a batch boundary are predicted from bytes read separately.
+    let (old, new) = (elf(12_000, 0), elf(12_000, 64));
+    let o = DiffOptions {
+        block_size: 16 << 20,
+        ..opts()
+    };
+    let mut patch = Vec::new();
+    delta::diff(&old.clone(), &new.clone(), &mut patch, &o, &|_| {}).unwrap();
+    assert_eq!(version(&patch), 2);
+    assert_eq!(apply(&old, &patch).unwrap(), new);
+}
+
+#[test]
+fn non_executables_and_mixed_pairs_get_version_1() {
+    let old = noise(300_000, 3);
+    let mut new = old.clone();
+    new.splice(1000..1000, noise(500, 4));
+    let (p, r) = diff(&old, &new, true);
+    assert_eq!(version(&p), 1);
+    assert!(r.transform.is_none());
+    // An executable replaced by something else: no layout on one side.
+    let (p, _) = diff(&elf(50, 0), &new, true);
+    assert_eq!(version(&p), 1);
+    assert_eq!(apply(&elf(50, 0), &p).unwrap(), new);
+}
+
+#[test]
+fn damaged_transform_patches_are_errors_never_wrong_output() {
+    let (old, new) = (elf(200, 0), elf(200, 500));
+    let (patch, _) = diff(&old, &new, true);
+    for cut in (0..patch.len()).step_by(61) {
+        assert!(apply(&old, &patch[..cut]).is_err(), "truncated at {cut}");
+    }
+    let mut rejected = 0;
+    // Every byte: the header, the transform section and the blocks.
+    let tried = patch.len();
+    for i in 0..tried {
+        let mut bad = patch.clone();
+        bad[i] ^= 0x21;
+        match apply(&old, &bad) {
+            Err(_) => rejected += 1,
+            Ok(out) => assert_eq!(out, new, "corruption at {i} gave a wrong result"),
+        }
+    }
+    // Only informational header fields (zstd level, memory limit) may be harmless.
+    assert!(
+        rejected + 40 > tried,
+        "only {rejected} of {tried} corruptions rejected"
+    );
+    // A version 2 patch against an old that is not an executable: the old's hash is
+    // checked first, so this is a wrong old.
+    let other = noise(old.len(), 9);
+    assert!(matches!(
+        apply(&other, &patch),
+        Err(delta::DeltaError::WrongOld(_))
+    ));
+}
+
+#[test]
+fn predicting_an_op_in_pieces_is_predicting_it_whole() {
+    // Apply predicts long ops in batches; a reference split by a batch edge must come
+    // out as it does when the op is predicted in one piece (as diff does).
+    let (old, new) = (elf(300, 0), elf(300, 500));
+    let (layout, tables) = exe::Layout::parse_with_tables(&old).unwrap();
+    let refs = exe::find_refs(&old, &layout, &tables).unwrap();
+    let half = 0x1000 + old.len() as u64 / 3;
+    let p = exe::Predictor {
+        old: layout,
+        refs,
+        new: exe::Layout::parse(&new).unwrap(),
+        map: exe::OffsetMap::from_copies(
+            vec![(0, 0, half), (half, half + 500, old.len() as u64 - half)],
+            256,
+        ),
+    };
+    let (op_old, op_len, op_new) = (0x1000u64, 0x8000u64, 0x1000u64);
+    let mut whole = old[op_old as usize..(op_old + op_len) as usize].to_vec();
+    let n = p
+        .rewrite(
+            &mut whole,
+            op_old,
+            op_old,
+            op_len,
+            op_new,
+            &mut |_| unreachable!(),
+        )
+        .unwrap();
+    assert!(n[0] > 1000, "{n:?} predicted");
+    assert_ne!(
+        whole,
+        old[op_old as usize..(op_old + op_len) as usize],
+        "predictions change bytes"
+    );
+    let mut straddled = 0;
+    for cut in op_old + 1..op_old + 4000 {
+        let at = (cut - op_old) as usize;
+        let mut a = old[op_old as usize..cut as usize].to_vec();
+        let mut b = old[cut as usize..(op_old + op_len) as usize].to_vec();
+        let mut read = |f: u64| {
+            straddled += 1;
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&old[f as usize..f as usize + 8]);
+            Ok(v)
+        };
+        p.rewrite(&mut a, op_old, op_old, op_len, op_new, &mut read)
+            .unwrap();
+        p.rewrite(&mut b, cut, op_old, op_len, op_new, &mut read)
+            .unwrap();
+        assert_eq!(a, whole[..at], "first piece, cut at {cut:#x}");
+        assert_eq!(b, whole[at..], "second piece, cut at {cut:#x}");
+    }
+    assert!(straddled > 1000, "{straddled} fields read across a cut");
+}
+
+#[test]
+fn reference_scan_does_not_depend_on_read_pieces() {
+    // Code of more than one 1 MiB read piece, dense with candidates: the pieces' edges
+    // must not change what is found (apply and diff read differently).
+    let old = elf(6_000, 0);
+    let (layout, tables) = exe::Layout::parse_with_tables(&old).unwrap();
+    let refs = exe::find_refs(&old, &layout, &tables).unwrap();
+    let text = layout.sections.iter().find(|s| s.exec).unwrap();
+    assert!(text.file_len > 2 << 20, "code spans pieces");
+    let small = exe::code_refs(&old, &layout, 4096).unwrap();
+    let whole = exe::code_refs(&old, &layout, 64 << 20).unwrap();
+    assert_eq!(small, whole);
+    assert!(
+        whole.fields.len() > 50_000,
+        "{} code references",
+        whole.fields.len()
+    );
+    let code: Vec<u32> = refs
+        .fields
+        .iter()
+        .zip(&refs.kinds)
+        .filter(|(_, &k)| k < exe::K_PCREL32)
+        .map(|(&f, _)| f)
+        .collect();
+    assert_eq!(code, whole.fields);
+}
