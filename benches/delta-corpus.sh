@@ -2,7 +2,8 @@
 # Delta benchmark (not a test): update-edge against the anchors (bsdiff 4.3, xdelta3 -9,
 # zstd -19 and -3 --patch-from) on the corpus pairs, and update-edge on a generated
 # large pair. Prints one markdown table. Every tool run in the same go, on this machine.
-#   benches/delta-corpus.sh CORPUS_DIR [--big SIZE_MIB] [--no-anchors] [--anchors-on-big] [--repeat N]
+#   benches/delta-corpus.sh CORPUS_DIR [--big SIZE_MIB] [--no-anchors] [--anchors-on-big] [--repeat N] [--pairs "a b"]
+# Pairs: every NAME.old/NAME.new in CORPUS_DIR unless --pairs names them.
 # update-edge's own diff runs N times (default 3; the shared machine is noisy) and the
 # median-wall run is reported; the anchors, 5-50x slower, run once. Ends with the ratios
 # the delta issue's acceptance is stated in.
@@ -11,20 +12,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${1:?usage: delta-corpus.sh CORPUS_DIR [--big SIZE_MIB] [--no-anchors] [--anchors-on-big]}
 shift
-BIG=0; ANCHORS=1; ANCHORS_BIG=0; PAIRS="ruff uv"; REPEAT=3
+BIG=0; ANCHORS=1; ANCHORS_BIG=0; PAIRS=""; REPEAT=3
 while [ $# -gt 0 ]; do
   case $1 in
     --big) BIG=$2; shift ;;
     --no-anchors) ANCHORS=0 ;;
     --anchors-on-big) ANCHORS_BIG=1 ;;
-    --pairs) PAIRS=$2; shift ;;  # e.g. --pairs "" for the big pair only
+    --pairs) PAIRS=$2; PAIRS_SET=1; shift ;;  # e.g. --pairs "" for the big pair only
     --repeat) REPEAT=$2; shift ;;
   esac
   shift
 done
+# Default: every pair fetch-pairs.sh made (NAME.old beside NAME.new), the image too.
+if [ -z "${PAIRS_SET:-}" ] && [ -z "$PAIRS" ]; then
+  for f in "$CORPUS"/*.old; do
+    n=$(basename "$f" .old)
+    [ "$n" != big ] && [ -s "$CORPUS/$n.new" ] && PAIRS="$PAIRS $n"
+  done
+fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
-cargo build --release --bin update-edge >&2
-UE="$CARGO_TARGET_DIR/release/update-edge"
+# UE=path benchmarks that binary instead (a before/after comparison).
+if [ -z "${UE:-}" ]; then
+  cargo build --release --bin update-edge >&2
+  UE="$CARGO_TARGET_DIR/release/update-edge"
+fi
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 ROWS=()
@@ -67,6 +78,8 @@ run_pair() {
   rss_mib=$maxrss
   row "update-edge" "$pair" "$OUT/ue.patch" "$UE" delta apply "$old" "$OUT/ue.patch" -o "$OUT/applied"
   [ "$anchors" = 1 ] || return 0
+  measure "$UE" delta diff "$old" "$new" -o "$OUT/uent.patch" --memory-limit "$limit" --no-transform
+  row "update-edge --no-transform" "$pair" "$OUT/uent.patch" "$UE" delta apply "$old" "$OUT/uent.patch" -o "$OUT/applied"
   measure "$UE" delta diff "$old" "$new" -o "$OUT/ue40.patch" --memory-limit "$limit" --format bsdiff40
   row "update-edge --format bsdiff40 (stock bspatch)" "$pair" "$OUT/ue40.patch" bspatch "$old" "$OUT/applied" "$OUT/ue40.patch"
   measure bsdiff "$old" "$new" "$OUT/bs.patch"
@@ -91,11 +104,12 @@ echo "|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 if [ "$ANCHORS" = 1 ] && [ -n "$PAIRS" ]; then
   echo
-  echo "| pair | size / bsdiff | diff wall / bsdiff | diff wall / zstd -19 --patch-from |"
-  echo "|---|---|---|---|"
+  echo "| pair | size / bsdiff | size / update-edge bytes only (--no-transform) | diff wall / bsdiff | diff wall / zstd -19 --patch-from |"
+  echo "|---|---|---|---|---|"
   for p in $PAIRS; do
     awk -v s="${SIZE[$p/update-edge]}" -v bs="${SIZE[$p/bsdiff 4.3]}" -v w="${WALL[$p/update-edge]}" \
+        -v nt="${SIZE[$p/update-edge --no-transform]}" \
         -v bw="${WALL[$p/bsdiff 4.3]}" -v zw="${WALL[$p/zstd -19 --long=31 --patch-from]}" -v p="$p" \
-        'BEGIN { printf "| %s | %.3f | %.3f | %.3f |\n", p, s / bs, w / bw, w / zw }'
+        'BEGIN { printf "| %s | %.3f | %.3f | %.3f | %.3f |\n", p, s / bs, s / nt, w / bw, w / zw }'
   done
 fi

@@ -58,7 +58,11 @@ fuzz_target!(|data: &[u8]| {
     if untouched {
         let (size, outboard) = r.expect("an untouched encoding decodes");
         assert_eq!(size as usize, chunk.len());
-        assert_eq!(outboard, bao::outboard(&chunk).1, "the outboard a receiver keeps");
+        assert_eq!(
+            outboard,
+            bao::outboard(&chunk).1,
+            "the outboard a receiver keeps"
+        );
     }
     let raw = Bytes::copy_from_slice(&data[3..]);
     let _ = runtime().block_on(bao::decode(Hash::of(&data[..3]), raw, 1 << 20, |_, _| {}));

@@ -186,10 +186,10 @@ pub fn info(patch: &Path) -> anyhow::Result<u8> {
         match delta::apply::read_transform_section(&mut f) {
             Ok(t) => writeln!(
                 o,
-                "transform   x86-64 references: new has {} sections, offset map {} spans, {} bytes",
+                "transform   x86-64 references: new has {} sections; {} bytes with the control streams ({} raw)",
                 t.new.sections.len(),
-                t.map.spans.len(),
-                t.bytes
+                t.bytes,
+                t.ctrl.len()
             )?,
             Err(e) => {
                 writeln!(o, "transform   invalid: {e}")?;

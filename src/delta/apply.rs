@@ -137,9 +137,11 @@ impl OldReads {
 
 /// A patch's transform section, decoded.
 pub struct TransformSection {
-    /// New's layout and the old→new offset map.
+    /// New's layout.
     pub new: exe::Layout,
-    pub map: exe::OffsetMap,
+    /// Every block's control stream, and where each block's starts.
+    pub ctrl: Vec<u8>,
+    pub ctrl_at: Vec<usize>,
     /// Its size in the patch.
     pub bytes: u64,
 }
@@ -150,26 +152,57 @@ pub fn read_transform_section(patch: &mut dyn Read) -> Result<TransformSection, 
     read_section(patch, &mut dec)
 }
 
-/// Reads a patch's transform section and finds old's references: what apply needs to
-/// predict them.
+/// Reads a patch's transform section, rebuilds the offset map from its ops and finds
+/// old's references: what apply needs to predict them. Returns the control streams too.
 fn read_transform(
     old: &dyn ReadAt,
+    header: &Header,
     patch: &mut dyn Read,
     dec: &mut zstd::bulk::Decompressor<'_>,
-) -> Result<Predictor, DeltaError> {
-    let TransformSection { new, map, .. } = read_section(patch, dec)?;
+) -> Result<(Predictor, TransformSection), DeltaError> {
+    let section = read_section(patch, dec)?;
+    if section.ctrl_at.len() as u64 != header.block_count + 1 {
+        return Err(corrupt(
+            "transform section's block count differs from the header's",
+        ));
+    }
+    let mut copies = Vec::new();
+    let mut new_at = 0u64;
+    for w in section.ctrl_at.windows(2) {
+        let mut ops = CtrlReader::new(&section.ctrl[w[0]..w[1]])?;
+        let mut cursor = 0u64;
+        while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
+            let old_pos = cursor
+                .checked_add_signed(delta)
+                .ok_or_else(|| corrupt("old position out of range"))?;
+            let end = old_pos
+                .checked_add(diff_len)
+                .filter(|&e| e <= header.old_size)
+                .ok_or_else(|| corrupt("op reads past the end of old"))?;
+            copies.push((old_pos, new_at, diff_len));
+            new_at = new_at
+                .checked_add(diff_len)
+                .and_then(|n| n.checked_add(extra_len))
+                .filter(|&n| n <= header.new_size)
+                .ok_or_else(|| corrupt("ops exceed the new size"))?;
+            cursor = end;
+        }
+    }
+    let map = exe::OffsetMap::from_copies(copies, exe::MAP_GAP);
+    let new = section.new.clone();
     let (old_layout, tables) = exe::Layout::parse_with_tables(old).ok_or_else(|| {
         DeltaError::WrongOld(
             "the patch predicts x86-64 references but old is not an x86-64 ELF or PE file".into(),
         )
     })?;
     let refs = exe::find_refs(old, &old_layout, &tables)?;
-    Ok(Predictor {
+    let p = Predictor {
         old: old_layout,
         refs,
         new,
         map,
-    })
+    };
+    Ok((p, section))
 }
 
 fn read_section(
@@ -194,13 +227,30 @@ fn read_section(
     }
     let mut at = 1;
     let new = exe::Layout::decode(&section, &mut at)?;
-    let map = exe::OffsetMap::decode(&section, &mut at)?;
-    if at != section.len() {
-        return Err(corrupt("trailing bytes in the transform section"));
+    let blocks = format::get_varint(&section, &mut at)?;
+    if blocks > section.len() as u64 {
+        return Err(DeltaError::Format(FormatError::Bounds(
+            "transform block count",
+        )));
+    }
+    let mut ctrl_at = Vec::with_capacity(blocks as usize + 1);
+    let mut end = 0usize;
+    ctrl_at.push(0);
+    for _ in 0..blocks {
+        let n = format::get_varint(&section, &mut at)?;
+        if n > u64::from(format::MAX_CTRL_LEN) {
+            return Err(DeltaError::Format(FormatError::Bounds("block ctrl_len")));
+        }
+        end += n as usize;
+        ctrl_at.push(end);
+    }
+    if section.len() - at != end {
+        return Err(corrupt("transform section's control streams do not add up"));
     }
     Ok(TransformSection {
         new,
-        map,
+        ctrl: section[at..].to_vec(),
+        ctrl_at,
         bytes: 8 + u64::from(clen),
     })
 }
@@ -227,10 +277,12 @@ pub fn apply(
         )));
     }
     let mut dec = zstd::bulk::Decompressor::new()?;
-    let predictor = if header.transform {
-        Some(read_transform(old, patch, &mut dec)?)
-    } else {
-        None
+    let (predictor, section) = match header.transform {
+        true => {
+            let (p, s) = read_transform(old, &header, patch, &mut dec)?;
+            (Some(p), Some(s))
+        }
+        false => (None, None),
     };
     let mut scratch = Vec::new();
     let (mut packed, mut ctrl, mut coded, mut diff, mut extra) =
@@ -239,7 +291,7 @@ pub fn apply(
     let mut hasher = blake3::Hasher::new();
     let mut pending = Vec::with_capacity(2 * OUT_PIECE);
     let mut written = 0u64;
-    for _ in 0..header.block_count {
+    for block in 0..header.block_count as usize {
         let mut bh = [0u8; format::BLOCK_HEADER_LEN];
         read_exact_or_truncated(patch, &mut bh)?;
         let b = BlockHeader::decode(&bh, header.block_size)?;
@@ -250,7 +302,15 @@ pub fn apply(
         read_exact_or_truncated(patch, &mut packed)?;
         let (c, rest) = packed.split_at(b.ctrl_clen as usize);
         let (d, e) = rest.split_at(b.diff_clen as usize);
-        inflate(&mut dec, c, b.ctrl_len, &mut ctrl)?;
+        match &section {
+            // Version 2: the block's control stream is in the transform section.
+            Some(s) if b.ctrl_clen == 0 && b.ctrl_len == 0 => {
+                ctrl.clear();
+                ctrl.extend_from_slice(&s.ctrl[s.ctrl_at[block]..s.ctrl_at[block + 1]]);
+            }
+            Some(_) => return Err(corrupt("version 2 block with its own control stream")),
+            None => inflate(&mut dec, c, b.ctrl_len, &mut ctrl)?,
+        }
         inflate(&mut dec, d, b.diff_coded_len, &mut coded)?;
         format::decode_zero_runs(&coded, b.diff_len as usize, &mut diff)?;
         inflate(&mut dec, e, b.extra_len, &mut extra)?;

@@ -160,7 +160,9 @@ enum BlockOut {
 /// Turns a block's streams into what the sink takes; runs on the worker threads.
 fn prepare(s: Streams, opts: &DiffOptions) -> Result<BlockOut, DeltaError> {
     match opts.format {
-        PatchFormat::Native => encode_block(&s, opts.zstd_level).map(BlockOut::Encoded),
+        PatchFormat::Native => {
+            encode_block(&s, opts.zstd_level, true).map(|(b, _)| BlockOut::Encoded(b))
+        }
         PatchFormat::Bsdiff40 => Ok(BlockOut::Raw(s)),
     }
 }
@@ -462,10 +464,6 @@ impl ExeInputs {
     }
 }
 
-/// Spans of the offset map with the same delta closer than this are joined (the gap
-/// then maps with that delta too).
-const MAP_GAP: u64 = 256;
-
 /// The transform path: all of new matched first (the offset map needs every op), then
 /// each block's streams against old with predicted references, coded in parallel.
 fn diff_with_transform(
@@ -496,7 +494,7 @@ fn diff_with_transform(
         copies.push((op.old_pos, at, op.diff_len));
         at += op.diff_len + op.extra_len;
     }
-    let map = OffsetMap::from_copies(copies, MAP_GAP);
+    let map = OffsetMap::from_copies(copies, exe::MAP_GAP);
     let predictor = Predictor {
         old: exe.old,
         refs: exe.refs,
@@ -526,16 +524,33 @@ fn diff_with_transform(
             for (sum, n) in stats.iter().zip(s.predicted) {
                 sum.fetch_add(n, Ordering::Relaxed);
             }
-            prepare(s, opts)
+            // The control stream goes to the transform section (apply needs every op
+            // before the first block), the rest into the block.
+            encode_block(&s, opts.zstd_level, false)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let (out, ctrls): (Vec<BlockOut>, Vec<Vec<u8>>) = out
+        .into_iter()
+        .map(|(b, c)| (BlockOut::Encoded(b), c))
+        .unzip();
     tracing::debug!(
         secs = t.elapsed().as_secs_f64(),
         "blocks coded with the transform"
     );
     let mut section = vec![format::TRANSFORM_X86_REFS];
     predictor.new.encode(&mut section);
-    predictor.map.encode(&mut section);
+    format::put_varint(&mut section, ctrls.len() as u64);
+    for c in &ctrls {
+        format::put_varint(&mut section, c.len() as u64);
+    }
+    for c in &ctrls {
+        section.extend_from_slice(c);
+    }
+    if section.len() > format::MAX_TRANSFORM_LEN as usize {
+        return Err(DeltaError::Internal(
+            "transform section exceeds the format bound".into(),
+        ));
+    }
     let coded = compress(&section, opts.zstd_level)?;
     let mut bytes = Vec::with_capacity(8 + coded.len());
     bytes.extend_from_slice(&(coded.len() as u32).to_le_bytes());
@@ -714,12 +729,24 @@ fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
     })
 }
 
-/// One native block: header, then the three compressed streams.
-fn encode_block(b: &Streams, level: i32) -> Result<Vec<u8>, DeltaError> {
+/// One native block: header, then the three compressed streams; without `with_ctrl`
+/// (version 2), the block has an empty control stream and its control stream is
+/// returned, for the transform section.
+fn encode_block(
+    b: &Streams,
+    level: i32,
+    with_ctrl: bool,
+) -> Result<(Vec<u8>, Vec<u8>), DeltaError> {
     let ctrl = format::encode_ctrl(&b.ops);
     let coded_diff = format::encode_zero_runs(&b.diff);
     let (c, (d, e)) = rayon::join(
-        || compress(&ctrl, level),
+        || {
+            if with_ctrl {
+                compress(&ctrl, level)
+            } else {
+                Ok(Vec::new())
+            }
+        },
         || {
             rayon::join(
                 || compress(&coded_diff, level),
@@ -734,7 +761,7 @@ fn encode_block(b: &Streams, level: i32) -> Result<Vec<u8>, DeltaError> {
     let head = BlockHeader {
         new_len: len32(b.new_len as usize)?,
         ctrl_clen: len32(c.len())?,
-        ctrl_len: len32(ctrl.len())?,
+        ctrl_len: if with_ctrl { len32(ctrl.len())? } else { 0 },
         diff_clen: len32(d.len())?,
         diff_coded_len: len32(coded_diff.len())?,
         diff_len: len32(b.diff.len())?,
@@ -751,7 +778,7 @@ fn encode_block(b: &Streams, level: i32) -> Result<Vec<u8>, DeltaError> {
     out.extend_from_slice(&c);
     out.extend_from_slice(&d);
     out.extend_from_slice(&e);
-    Ok(out)
+    Ok((out, if with_ctrl { Vec::new() } else { ctrl }))
 }
 
 impl Sink for NativeSink<'_> {

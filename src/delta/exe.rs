@@ -24,7 +24,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 
 use object::{Object, ObjectSection, SectionFlags};
 
-use super::format::{get_varint, put_varint, unzigzag, zigzag, FormatError};
+use super::format::{get_varint, put_varint, FormatError};
 use super::ReadAt;
 
 /// Inputs larger than this get no transform (the references of old are held in memory
@@ -32,8 +32,6 @@ use super::ReadAt;
 pub const MAX_INPUT: u64 = 1 << 30;
 /// Most sections a layout may have (and the patch may describe).
 const MAX_SECTIONS: usize = 4096;
-/// Largest offset-map entry count a patch may declare.
-const MAX_MAP: u64 = 16 << 20;
 
 /// One loaded section: file bytes `off..off + file_len` at addresses `va..va + mem_len`
 /// (mem_len ≥ file_len; the rest is zero-filled, like `.bss`).
@@ -194,6 +192,14 @@ impl Layout {
             }
         }
         let layout = Layout::new(sections, base)?;
+        // Tables that are not wholly in the file are not read.
+        let size = src.size();
+        let inside = |off: u64, len: u64| off.checked_add(len).is_some_and(|e| e <= size);
+        tables.rela.retain(|&(o, l)| inside(o, l));
+        tables.eh_frame = tables.eh_frame.filter(|t| inside(t.0, t.1));
+        tables.eh_frame_hdr = tables.eh_frame_hdr.filter(|t| inside(t.0, t.1));
+        tables.pdata = tables.pdata.filter(|t| inside(t.0, t.1));
+        tables.reloc = tables.reloc.filter(|t| inside(t.0, t.1));
         Some((layout, tables))
     }
 
@@ -294,7 +300,8 @@ pub const K_DATAREL32: u8 = 19;
 /// Unsigned 32-bit, from the layout's base (a PE RVA).
 pub const K_RVA32: u8 = 20;
 
-fn width(kind: u8) -> u64 {
+/// Bytes a reference of `kind` occupies.
+pub fn width(kind: u8) -> u64 {
     if kind == K_ABS64 {
         8
     } else {
@@ -364,8 +371,9 @@ impl Refs {
         }
     }
 
-    /// Sorts by field and drops any field overlapping the one before it.
-    fn settle(&mut self) {
+    /// Sorts by field and drops any field overlapping the one before it or reaching
+    /// past `size`.
+    fn settle(&mut self, size: u64) {
         let mut both: Vec<(u32, u8)> = self
             .fields
             .iter()
@@ -377,7 +385,7 @@ impl Refs {
         self.kinds.clear();
         let mut end = 0u64;
         for (f, k) in both {
-            if u64::from(f) >= end {
+            if u64::from(f) >= end && u64::from(f) + width(k) <= size {
                 end = u64::from(f) + width(k);
                 self.fields.push(f);
                 self.kinds.push(k);
@@ -516,7 +524,7 @@ pub fn find_refs<R: ReadAt + ?Sized>(
             eh_frame_hdr(&t, off, &mut refs);
         }
     }
-    refs.settle();
+    refs.settle(src.size());
     Ok(refs)
 }
 
@@ -779,6 +787,10 @@ pub fn project(bytes: &[u8], layout: &Layout, refs: &Refs) -> Vec<u8> {
     out
 }
 
+/// Spans of the offset map with the same delta closer than this are joined (the gap
+/// then maps with that delta too). Part of the format: apply builds the same map.
+pub const MAP_GAP: u64 = 256;
+
 /// Old offset → new offset, from the ops: intervals of old, each moved by one delta.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OffsetMap {
@@ -823,40 +835,6 @@ impl OffsetMap {
         let i = self.spans.partition_point(|s| s.0 <= off);
         let s = self.spans.get(i.checked_sub(1)?)?;
         Some(s.2.wrapping_add(off - s.0))
-    }
-
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        put_varint(out, self.spans.len() as u64);
-        let (mut end, mut delta) = (0u64, 0i64);
-        for &(old, len, new) in &self.spans {
-            put_varint(out, old - end);
-            put_varint(out, len);
-            let d = new.wrapping_sub(old) as i64;
-            put_varint(out, zigzag(d.wrapping_sub(delta)));
-            end = old + len;
-            delta = d;
-        }
-    }
-
-    pub fn decode(b: &[u8], at: &mut usize) -> Result<OffsetMap, FormatError> {
-        let n = get_varint(b, at)?;
-        if n > MAX_MAP || n > b.len() as u64 {
-            return Err(FormatError::Bounds("offset map length"));
-        }
-        let mut spans = Vec::with_capacity(n as usize);
-        let (mut end, mut delta) = (0u64, 0i64);
-        for _ in 0..n {
-            let old = end
-                .checked_add(get_varint(b, at)?)
-                .ok_or(FormatError::Bounds("offset map span"))?;
-            let len = get_varint(b, at)?;
-            delta = delta.wrapping_add(unzigzag(get_varint(b, at)?));
-            end = old
-                .checked_add(len)
-                .ok_or(FormatError::Bounds("offset map span"))?;
-            spans.push((old, len, old.wrapping_add(delta as u64)));
-        }
-        Ok(OffsetMap { spans })
     }
 }
 

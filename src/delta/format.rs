@@ -9,10 +9,14 @@
 //!   block_size u32 | reserved u32 | block_count u64 | memory_limit u64
 //! version 2 only (flags = 1, the x86-64 references transform, see `exe.rs`):
 //!   transform_clen u32 | transform_len u32 | zstd frame of:
-//!     kind u8 = 1 | new's layout (varint section count, then per section varints
-//!     off, file_len, va, mem_len and a u8 exec flag) | old→new offset map (varint span
-//!     count, then per span varints gap from the previous span's end, length, zigzag
-//!     change of new−old from the previous span's)
+//!     kind u8 = 1 | new's layout (varint base address, varint section count, then per
+//!     section varints off, file_len, va, mem_len and a u8 exec flag) | varint block
+//!     count (= block_count) | a varint control stream length per block | every
+//!     block's control stream, in order
+//!   The blocks of a version 2 patch have empty control streams (ctrl_clen = ctrl_len
+//!   = 0): apply needs every op before the first block, to build the old→new offset
+//!   map (`exe::OffsetMap::from_copies` over all ops' copies, in new's order, joining
+//!   spans of one delta closer than `exe::MAP_GAP`).
 //!   Version 1 has flags = 0 and no transform; a patch without a transform is written as
 //!   version 1, so older appliers take it.
 //! block (repeated block_count times), each independent:

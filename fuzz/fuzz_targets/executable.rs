@@ -1,0 +1,48 @@
+//! Executable containers and the transform section, which apply reads from untrusted
+//! old files and patches: whatever the bytes, the layout parser, the reference finder
+//! the section decoder and the offset map return a result, never a panic. What the finder returns
+//! holds: fields sorted, not overlapping, inside the file, and the same whatever the
+//! size of the pieces the code is read in.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use update_edge::delta::exe::{code_refs, find_refs, width, Layout, OffsetMap};
+
+fuzz_target!(|data: &[u8]| {
+    let bytes = data.to_vec();
+    if let Some((layout, tables)) = Layout::parse_with_tables(&bytes) {
+        let refs = find_refs(&bytes, &layout, &tables).expect("tables are inside the file");
+        let mut end = 0u64;
+        for (&f, &k) in refs.fields.iter().zip(&refs.kinds) {
+            assert!(u64::from(f) >= end, "fields overlap or are unsorted");
+            end = u64::from(f) + width(k);
+            assert!(end <= bytes.len() as u64, "field past the end of the file");
+        }
+        assert_eq!(
+            code_refs(&bytes, &layout, 64).unwrap(),
+            code_refs(&bytes, &layout, 1 << 20).unwrap()
+        );
+    }
+    let mut at = 0;
+    if let Ok(l) = Layout::decode(data, &mut at) {
+        let mut again = Vec::new();
+        l.encode(&mut again);
+        let mut at2 = 0;
+        assert_eq!(Layout::decode(&again, &mut at2).unwrap(), l);
+    }
+    // The offset map apply builds from a patch's ops: spans sorted and disjoint.
+    let copies: Vec<(u64, u64, u64)> = data
+        .chunks_exact(6)
+        .map(|c| {
+            (
+                u64::from(c[0]) * 97 + u64::from(c[1]),
+                u64::from(c[2]) * 89 + u64::from(c[3]),
+                u64::from(c[4]) + u64::from(c[5]),
+            )
+        })
+        .collect();
+    let map = OffsetMap::from_copies(copies, 256);
+    for w in map.spans.windows(2) {
+        assert!(w[0].0 + w[0].1 <= w[1].0, "offset map spans overlap");
+    }
+});
