@@ -337,6 +337,55 @@ fn pe_code_that_moved_costs_a_fraction_of_the_bytes_only_patch() {
     );
 }
 
+/// A tar archive (ustar, as `tar --sort=name` writes) of `members`.
+fn tar(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in members {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn executables_inside_a_tar_are_transformed_each_with_its_own_addresses() {
+    let text = |seed| noise(20_000, seed);
+    let old = tar(&[
+        ("pkg/README", text(1)),
+        ("pkg/a.so", elf(300, 0)),
+        ("pkg/b.dll", pe(200, 0)),
+        ("pkg/c.so", elf(150, 0)),
+    ]);
+    let new = tar(&[
+        ("pkg/README", text(1)),
+        ("pkg/a.so", elf(300, 2000)),
+        ("pkg/b.dll", pe(200, 1500)),
+        ("pkg/c.so", elf(150, 900)),
+    ]);
+    let image = exe::Image::parse(&old).expect("the tar's executables");
+    assert_eq!(image.parts.len(), 3, "three executable members");
+    let (with, without, report) = both_ways(&old, &new);
+    let t = report.transform.expect("transform report");
+    // Tables: two addresses per relocation in the ELF members (300 + 150), three RVAs
+    // and a pointer per function in the PE member (200).
+    assert!(
+        t.predicted_right * 10 > t.predicted * 9
+            && t.table_predicted >= 1600
+            && t.table_predicted_right * 10 > t.table_predicted * 9,
+        "{t:?}"
+    );
+    assert!(
+        with * 2 < without,
+        "transform patch {with} bytes, bytes-only {without}"
+    );
+    // A tar without executables gets no transform.
+    let plain = tar(&[("a.txt", text(3)), ("b.txt", text(4))]);
+    assert!(exe::Image::parse(&plain).is_none());
+}
+
 #[test]
 fn ops_longer_than_apply_batches_predict_across_the_split() {
     // A 6 MiB .text copied by ops longer than apply's 4 MiB batches: references that
@@ -403,13 +452,13 @@ fn predicting_an_op_in_pieces_is_predicting_it_whole() {
     // Apply predicts long ops in batches; a reference split by a batch edge must come
     // out as it does when the op is predicted in one piece (as diff does).
     let (old, new) = (elf(300, 0), elf(300, 500));
-    let (layout, tables) = exe::Layout::parse_with_tables(&old).unwrap();
-    let refs = exe::find_refs(&old, &layout, &tables).unwrap();
+    let (image, tables) = exe::Image::parse_with_tables(&old).unwrap();
+    let refs = exe::find_refs(&old, &image, &tables).unwrap();
     let half = 0x1000 + old.len() as u64 / 3;
     let p = exe::Predictor {
-        old: layout,
+        old: image,
         refs,
-        new: exe::Layout::parse(&new).unwrap(),
+        new: exe::Image::parse(&new).unwrap(),
         map: exe::OffsetMap::from_copies(
             vec![(0, 0, half), (half, half + 500, old.len() as u64 - half)],
             256,
@@ -459,12 +508,13 @@ fn reference_scan_does_not_depend_on_read_pieces() {
     // Code of more than one 1 MiB read piece, dense with candidates: the pieces' edges
     // must not change what is found (apply and diff read differently).
     let old = elf(6_000, 0);
-    let (layout, tables) = exe::Layout::parse_with_tables(&old).unwrap();
-    let refs = exe::find_refs(&old, &layout, &tables).unwrap();
+    let (image, tables) = exe::Image::parse_with_tables(&old).unwrap();
+    let refs = exe::find_refs(&old, &image, &tables).unwrap();
+    let layout = &image.parts[0];
     let text = layout.sections.iter().find(|s| s.exec).unwrap();
     assert!(text.file_len > 2 << 20, "code spans pieces");
-    let small = exe::code_refs(&old, &layout, 4096).unwrap();
-    let whole = exe::code_refs(&old, &layout, 64 << 20).unwrap();
+    let small = exe::code_refs(&old, layout, 4096).unwrap();
+    let whole = exe::code_refs(&old, layout, 64 << 20).unwrap();
     assert_eq!(small, whole);
     assert!(
         whole.fields.len() > 50_000,

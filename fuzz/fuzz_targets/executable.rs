@@ -1,4 +1,4 @@
-//! Executable containers and the transform section, which apply reads from untrusted
+//! Executable containers (whole files and tar members) and the transform section, which apply reads from untrusted
 //! old files and patches: whatever the bytes, the layout parser, the reference finder
 //! the section decoder and the offset map return a result, never a panic. What the finder returns
 //! holds: fields sorted, not overlapping, inside the file, and the same whatever the
@@ -6,30 +6,34 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use update_edge::delta::exe::{code_refs, find_refs, width, Layout, OffsetMap};
+use update_edge::delta::exe::{code_refs, find_refs, width, Image, Layout, OffsetMap};
 
 fuzz_target!(|data: &[u8]| {
     let bytes = data.to_vec();
-    if let Some((layout, tables)) = Layout::parse_with_tables(&bytes) {
-        let refs = find_refs(&bytes, &layout, &tables).expect("tables are inside the file");
+    if let Some((image, tables)) = Image::parse_with_tables(&bytes) {
+        let refs = find_refs(&bytes, &image, &tables).expect("tables are inside the file");
         let mut end = 0u64;
         for (&f, &k) in refs.fields.iter().zip(&refs.kinds) {
             assert!(u64::from(f) >= end, "fields overlap or are unsorted");
             end = u64::from(f) + width(k);
             assert!(end <= bytes.len() as u64, "field past the end of the file");
         }
-        assert_eq!(
-            code_refs(&bytes, &layout, 64).unwrap(),
-            code_refs(&bytes, &layout, 1 << 20).unwrap()
-        );
+        for layout in &image.parts {
+            assert_eq!(
+                code_refs(&bytes, layout, 64).unwrap(),
+                code_refs(&bytes, layout, 1 << 20).unwrap()
+            );
+        }
     }
     let mut at = 0;
-    if let Ok(l) = Layout::decode(data, &mut at) {
+    if let Ok(i) = Image::decode(data, &mut at) {
         let mut again = Vec::new();
-        l.encode(&mut again);
+        i.encode(&mut again);
         let mut at2 = 0;
-        assert_eq!(Layout::decode(&again, &mut at2).unwrap(), l);
+        assert_eq!(Image::decode(&again, &mut at2).unwrap(), i);
     }
+    let mut at = 0;
+    let _ = Layout::decode(data, &mut at);
     // The offset map apply builds from a patch's ops: spans sorted and disjoint.
     let copies: Vec<(u64, u64, u64)> = data
         .chunks_exact(6)

@@ -186,8 +186,9 @@ pub fn info(patch: &Path) -> anyhow::Result<u8> {
         match delta::apply::read_transform_section(&mut f) {
             Ok(t) => writeln!(
                 o,
-                "transform   x86-64 references: new has {} sections; {} bytes with the control streams ({} raw)",
-                t.new.sections.len(),
+                "transform   x86-64 references: new has {} executables, {} sections; {} bytes with the control streams ({} raw)",
+                t.new.parts.len(),
+                t.new.parts.iter().map(|p| p.sections.len()).sum::<usize>(),
                 t.bytes,
                 t.ctrl.len()
             )?,

@@ -137,8 +137,8 @@ impl OldReads {
 
 /// A patch's transform section, decoded.
 pub struct TransformSection {
-    /// New's layout.
-    pub new: exe::Layout,
+    /// New's executables.
+    pub new: exe::Image,
     /// Every block's control stream, and where each block's starts.
     pub ctrl: Vec<u8>,
     pub ctrl_at: Vec<usize>,
@@ -190,7 +190,7 @@ fn read_transform(
     }
     let map = exe::OffsetMap::from_copies(copies, exe::MAP_GAP);
     let new = section.new.clone();
-    let (old_layout, tables) = exe::Layout::parse_with_tables(old).ok_or_else(|| {
+    let (old_layout, tables) = exe::Image::parse_with_tables(old).ok_or_else(|| {
         DeltaError::WrongOld(
             "the patch predicts x86-64 references but old is not an x86-64 ELF or PE file".into(),
         )
@@ -226,7 +226,7 @@ fn read_section(
         return Err(DeltaError::Format(FormatError::Bounds("transform kind")));
     }
     let mut at = 1;
-    let new = exe::Layout::decode(&section, &mut at)?;
+    let new = exe::Image::decode(&section, &mut at)?;
     let blocks = format::get_varint(&section, &mut at)?;
     if blocks > section.len() as u64 {
         return Err(DeltaError::Format(FormatError::Bounds(

@@ -427,10 +427,11 @@ type SegmentOut = (
     Option<(Vec<u8>, TransformReport)>,
 );
 
-/// Old's and new's layouts and old's references, when both are x86-64 executables.
+/// Old's and new's executables and their references, when both are (or hold, as tar
+/// members) x86-64 executables.
 struct ExeInputs {
-    old: exe::Layout,
-    new: exe::Layout,
+    old: exe::Image,
+    new: exe::Image,
     refs: exe::Refs,
     /// New's references, found the same way (for matching on projections only).
     new_refs: exe::Refs,
@@ -439,8 +440,8 @@ struct ExeInputs {
 impl ExeInputs {
     fn find(old: &[u8], new: &[u8]) -> Result<Option<ExeInputs>, DeltaError> {
         let (Some((o, ot)), Some((n, nt))) = (
-            exe::Layout::parse_with_tables(old),
-            exe::Layout::parse_with_tables(new),
+            exe::Image::parse_with_tables(old),
+            exe::Image::parse_with_tables(new),
         ) else {
             return Ok(None);
         };

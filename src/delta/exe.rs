@@ -18,7 +18,11 @@
 //! correctness: apply checks the result's blake3 as for any patch.
 //!
 //! Container headers are parsed with the `object` crate; anything it does not take as a
-//! well-formed x86-64 ELF or PE file gets no transform (plain byte diffing).
+//! well-formed x86-64 ELF or PE file gets no transform (plain byte diffing). A tar
+//! archive (walked with the `tar` crate) is transformed member by member: each ELF or
+//! PE member is an executable of its own, with its own addresses, and the offset map
+//! is the file's. Members need no pairing by path: the suffix array over all of old
+//! finds each member's old version (or a renamed or moved one) by content.
 
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -30,6 +34,7 @@ use super::ReadAt;
 /// Inputs larger than this get no transform (the references of old are held in memory
 /// during apply: 5 bytes each, at most one per 5 bytes of code).
 pub const MAX_INPUT: u64 = 1 << 30;
+// (A whole-file ELF or PE is parsed by `Layout`; `Image` adds tar members.)
 /// Most sections a layout may have (and the patch may describe).
 const MAX_SECTIONS: usize = 4096;
 
@@ -47,7 +52,10 @@ pub struct Section {
 /// Where an executable's sections live in the file and in memory.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Layout {
-    /// Sorted by `va`, non-overlapping in memory.
+    /// The file range the executable occupies (all of it, or a tar member's data).
+    pub start: u64,
+    pub end: u64,
+    /// Sorted by `va`, non-overlapping in memory; `off` counts from the file's start.
     pub sections: Vec<Section>,
     /// What base-relative references count from: the address of ELF `.eh_frame_hdr`
     /// (its table is `datarel`), or a PE file's image base (RVAs).
@@ -114,6 +122,12 @@ impl Layout {
 
     /// The layout and where the container's reference tables are.
     pub fn parse_with_tables<R: ReadAt + ?Sized>(src: &R) -> Option<(Layout, Tables)> {
+        let (mut l, t) = Layout::parse_container(src)?;
+        l.end = src.size();
+        Some((l, t))
+    }
+
+    fn parse_container<R: ReadAt + ?Sized>(src: &R) -> Option<(Layout, Tables)> {
         if src.size() > MAX_INPUT || src.size() < 64 {
             return None;
         }
@@ -218,7 +232,12 @@ impl Layout {
                 return None;
             }
         }
-        (!sections.is_empty()).then_some(Layout { sections, base })
+        (!sections.is_empty()).then_some(Layout {
+            start: 0,
+            end: u64::MAX,
+            sections,
+            base,
+        })
     }
 
     /// The section holding address `va`.
@@ -226,6 +245,27 @@ impl Layout {
         let i = self.sections.partition_point(|s| s.va <= va);
         let s = self.sections.get(i.checked_sub(1)?)?;
         (va - s.va < s.mem_len).then_some(s)
+    }
+
+    /// The same executable at `by` bytes into a larger file.
+    fn shift(&mut self, tables: &mut Tables, by: u64) {
+        self.start += by;
+        self.end = self.end.saturating_add(by);
+        for s in &mut self.sections {
+            s.off += by;
+        }
+        for r in &mut tables.rela {
+            r.0 += by;
+        }
+        for t in [&mut tables.eh_frame, &mut tables.eh_frame_hdr]
+            .into_iter()
+            .flatten()
+        {
+            t.0 += by;
+        }
+        for t in [&mut tables.pdata, &mut tables.reloc].into_iter().flatten() {
+            t.0 += by;
+        }
     }
 
     /// File offset of the byte at `va`, if it comes from the file.
@@ -244,6 +284,8 @@ impl Layout {
 
     /// Encodes the layout for the patch.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.start);
+        put_varint(out, self.end - self.start);
         put_varint(out, self.base);
         put_varint(out, self.sections.len() as u64);
         for s in &self.sections {
@@ -256,6 +298,10 @@ impl Layout {
     }
 
     pub fn decode(b: &[u8], at: &mut usize) -> Result<Layout, FormatError> {
+        let start = get_varint(b, at)?;
+        let end = start
+            .checked_add(get_varint(b, at)?)
+            .ok_or(FormatError::Bounds("layout file range"))?;
         let base = get_varint(b, at)?;
         let n = get_varint(b, at)?;
         if n == 0 || n > MAX_SECTIONS as u64 {
@@ -282,7 +328,114 @@ impl Layout {
                 exec,
             });
         }
-        Layout::new(sections, base).ok_or(FormatError::Bounds("layout sections overlap"))
+        let mut l =
+            Layout::new(sections, base).ok_or(FormatError::Bounds("layout sections overlap"))?;
+        (l.start, l.end) = (start, end);
+        Ok(l)
+    }
+}
+
+/// A view of `len` bytes of a larger input from `start` (a tar member's data).
+struct Sub<'a, R: ?Sized> {
+    src: &'a R,
+    start: u64,
+    len: u64,
+}
+
+impl<R: ReadAt + ?Sized> ReadAt for Sub<'_, R> {
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset.saturating_add(buf.len() as u64) > self.len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.src.read_at(buf, self.start + offset)
+    }
+}
+
+/// Most executables one file may hold (tar members).
+const MAX_PARTS: usize = 1 << 16;
+
+/// The executables a file is or holds: the whole file, or the ELF and PE members of a
+/// tar archive (each then transformed on its own, with its own addresses).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Image {
+    /// Sorted by file range, disjoint.
+    pub parts: Vec<Layout>,
+}
+
+impl Image {
+    pub fn parse<R: ReadAt + ?Sized>(src: &R) -> Option<Image> {
+        Image::parse_with_tables(src).map(|(i, _)| i)
+    }
+
+    /// The executables and their tables; `None` if there is none.
+    pub fn parse_with_tables<R: ReadAt + ?Sized>(src: &R) -> Option<(Image, Vec<Tables>)> {
+        if src.size() > MAX_INPUT {
+            return None;
+        }
+        if let Some((l, t)) = Layout::parse_with_tables(src) {
+            return Some((Image { parts: vec![l] }, vec![t]));
+        }
+        let mut magic = [0u8; 5];
+        if src.size() < 512 || src.read_at(&mut magic, 257).is_err() || &magic != b"ustar" {
+            return None;
+        }
+        let mut parts = Vec::new();
+        let mut tables = Vec::new();
+        let mut archive = tar::Archive::new(Cursor { src, pos: 0 });
+        for entry in archive.entries_with_seek().ok()? {
+            let Ok(entry) = entry else { break };
+            if !entry.header().entry_type().is_file() || entry.size() < 64 {
+                continue;
+            }
+            let (start, len) = (entry.raw_file_position(), entry.size());
+            if start.checked_add(len).is_none_or(|e| e > src.size()) {
+                break;
+            }
+            let sub = Sub { src, start, len };
+            if let Some((mut l, mut t)) = Layout::parse_with_tables(&sub) {
+                l.shift(&mut t, start);
+                parts.push(l);
+                tables.push(t);
+                if parts.len() >= MAX_PARTS {
+                    break;
+                }
+            }
+        }
+        (!parts.is_empty()).then_some((Image { parts }, tables))
+    }
+
+    /// The executable holding file offset `off`.
+    pub fn part(&self, off: u64) -> Option<&Layout> {
+        let i = self.parts.partition_point(|p| p.start <= off);
+        let p = self.parts.get(i.checked_sub(1)?)?;
+        (off < p.end).then_some(p)
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.parts.len() as u64);
+        for p in &self.parts {
+            p.encode(out);
+        }
+    }
+
+    pub fn decode(b: &[u8], at: &mut usize) -> Result<Image, FormatError> {
+        let n = get_varint(b, at)?;
+        if n == 0 || n > MAX_PARTS as u64 {
+            return Err(FormatError::Bounds("image part count"));
+        }
+        let mut parts = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let p = Layout::decode(b, at)?;
+            if parts.last().is_some_and(|l: &Layout| l.end > p.start) || p.start > p.end {
+                return Err(FormatError::Bounds("image parts overlap"));
+            }
+            parts.push(p);
+        }
+        Ok(Image { parts })
     }
 }
 
@@ -485,11 +638,24 @@ fn scan_code<R: ReadAt + ?Sized>(
 /// `scan_code`, then the tables' address fields.
 pub fn find_refs<R: ReadAt + ?Sized>(
     src: &R,
-    layout: &Layout,
-    tables: &Tables,
+    image: &Image,
+    tables: &[Tables],
 ) -> io::Result<Refs> {
     let mut refs = Refs::default();
-    scan_code(src, layout, &mut refs, 1 << 20)?;
+    for (layout, tables) in image.parts.iter().zip(tables) {
+        part_refs(src, layout, tables, &mut refs)?;
+    }
+    refs.settle(src.size());
+    Ok(refs)
+}
+
+fn part_refs<R: ReadAt + ?Sized>(
+    src: &R,
+    layout: &Layout,
+    tables: &Tables,
+    refs: &mut Refs,
+) -> io::Result<()> {
+    scan_code(src, layout, refs, 1 << 20)?;
     for &(off, len) in &tables.rela {
         for_pieces(src, off, len - len % 24, 24, |at, e| {
             refs.push(at, K_ABS64);
@@ -509,23 +675,22 @@ pub fn find_refs<R: ReadAt + ?Sized>(
     if let Some((off, len)) = tables.reloc {
         if len <= MAX_TABLE {
             let t = read_vec(src, off, len)?;
-            pe_relocs(&t, layout, &mut refs);
+            pe_relocs(&t, layout, refs);
         }
     }
     if let Some((off, len, _)) = tables.eh_frame {
         if len <= MAX_TABLE {
             let t = read_vec(src, off, len)?;
-            eh_frame(&t, off, &mut refs);
+            eh_frame(&t, off, refs);
         }
     }
     if let Some((off, len, _)) = tables.eh_frame_hdr {
         if len <= MAX_TABLE {
             let t = read_vec(src, off, len)?;
-            eh_frame_hdr(&t, off, &mut refs);
+            eh_frame_hdr(&t, off, refs);
         }
     }
-    refs.settle(src.size());
-    Ok(refs)
+    Ok(())
 }
 
 fn read_vec<R: ReadAt + ?Sized>(src: &R, off: u64, len: u64) -> io::Result<Vec<u8>> {
@@ -761,7 +926,7 @@ fn target_of(layout: &Layout, field: u64, kind: u8, value: u64) -> Option<u64> {
 /// projections aligns code and tables whose references moved but point to the same
 /// things (Zucchini matches on projections too). Used by the encoder only: the patch
 /// does not depend on how its ops were found.
-pub fn project(bytes: &[u8], layout: &Layout, refs: &Refs) -> Vec<u8> {
+pub fn project(bytes: &[u8], image: &Image, refs: &Refs) -> Vec<u8> {
     let mut zeroed = bytes.to_vec();
     for (&f, &k) in refs.fields.iter().zip(&refs.kinds) {
         if k < CODE_KINDS {
@@ -773,6 +938,9 @@ pub fn project(bytes: &[u8], layout: &Layout, refs: &Refs) -> Vec<u8> {
         let (f, w) = (f as usize, width(k) as usize);
         let mut value = [0u8; 8];
         value[..w].copy_from_slice(&bytes[f..f + w]);
+        let Some(layout) = image.part(f as u64) else {
+            continue;
+        };
         let label = target_of(layout, f as u64, k, u64::from_le_bytes(value))
             .and_then(|t| layout.va_to_off(t))
             .and_then(|t| zeroed.get(t as usize..t as usize + 16))
@@ -838,35 +1006,37 @@ impl OffsetMap {
     }
 }
 
-/// Everything apply needs to predict references: old's layout and references (found
-/// from old itself), new's layout and the offset map (from the patch).
+/// Everything apply needs to predict references: old's executables and references
+/// (found from old itself), new's executables and the offset map (from the patch).
 #[derive(Debug, Clone)]
 pub struct Predictor {
-    pub old: Layout,
+    pub old: Image,
     pub refs: Refs,
-    pub new: Layout,
+    pub new: Image,
     pub map: OffsetMap,
 }
 
 impl Predictor {
-    /// Where old address `target` is in new: through the offset map when the file holds
-    /// its byte; for zero-filled space (`.bss`), by its section when both layouts have
-    /// as many sections.
-    fn new_target(&self, target: u64) -> Option<u64> {
-        match self.old.va_to_off(target) {
-            Some(t) => self.new.off_to_va(self.map.map(t)?),
+    /// Where address `target` of old's executable `old` is in new: through the offset
+    /// map into whichever of new's executables holds it, when the file holds its byte;
+    /// for zero-filled space (`.bss`), by its section in `new` (the executable the
+    /// reference lands in) when both have as many sections.
+    fn new_target(&self, old: &Layout, target: u64, new: &Layout) -> Option<u64> {
+        match old.va_to_off(target) {
+            Some(t) => {
+                let t = self.map.map(t)?;
+                self.new.part(t)?.off_to_va(t)
+            }
             None => {
-                let i = self
-                    .old
+                let i = old
                     .sections
                     .partition_point(|s| s.va <= target)
                     .checked_sub(1)?;
-                let s = &self.old.sections[i];
-                if target - s.va >= s.mem_len || self.old.sections.len() != self.new.sections.len()
-                {
+                let s = &old.sections[i];
+                if target - s.va >= s.mem_len || old.sections.len() != new.sections.len() {
                     return None;
                 }
-                Some(self.new.sections[i].va.wrapping_add(target - s.va))
+                Some(new.sections[i].va.wrapping_add(target - s.va))
             }
         }
     }
@@ -875,21 +1045,20 @@ impl Predictor {
     /// `field` with old value `value` should have when it sits at new offset
     /// `new_field`.
     fn predict(&self, field: u64, kind: u8, value: u64, new_field: u64) -> Option<u64> {
-        let t = self.new_target(target_of(&self.old, field, kind, value)?)?;
-        let new_va = || self.new.off_to_va(new_field);
+        let (old, new) = (self.old.part(field)?, self.new.part(new_field)?);
+        let t = self.new_target(old, target_of(old, field, kind, value)?, new)?;
+        let new_va = || new.off_to_va(new_field);
         let fit32 = |v: i64| i32::try_from(v).ok().map(|v| u64::from(v as u32));
         match kind {
             0..CODE_KINDS => {
-                let anchor = self.new.off_to_va(new_field + 4 + u64::from(kind))?;
+                let anchor = new.off_to_va(new_field + 4 + u64::from(kind))?;
                 fit32(t.wrapping_sub(anchor) as i64)
             }
             K_PCREL32 => fit32(t.wrapping_sub(new_va()?) as i64),
             K_NEGREL32 => fit32(new_va()?.wrapping_sub(t) as i64),
             K_ABS64 => Some(t),
-            K_DATAREL32 => fit32(t.wrapping_sub(self.new.base) as i64),
-            K_RVA32 => u32::try_from(t.checked_sub(self.new.base)?)
-                .ok()
-                .map(u64::from),
+            K_DATAREL32 => fit32(t.wrapping_sub(new.base) as i64),
+            K_RVA32 => u32::try_from(t.checked_sub(new.base)?).ok().map(u64::from),
             _ => None,
         }
     }

@@ -9,8 +9,9 @@
 //!   block_size u32 | reserved u32 | block_count u64 | memory_limit u64
 //! version 2 only (flags = 1, the x86-64 references transform, see `exe.rs`):
 //!   transform_clen u32 | transform_len u32 | zstd frame of:
-//!     kind u8 = 1 | new's layout (varint base address, varint section count, then per
-//!     section varints off, file_len, va, mem_len and a u8 exec flag) | varint block
+//!     kind u8 = 1 | new's executables (varint count; per executable varints file
+//!     start, file length, base address, section count, then per section varints
+//!     off, file_len, va, mem_len and a u8 exec flag) | varint block
 //!     count (= block_count) | a varint control stream length per block | every
 //!     block's control stream, in order
 //!   The blocks of a version 2 patch have empty control streams (ctrl_clen = ctrl_len
