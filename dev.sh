@@ -14,7 +14,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
 # the tests drive (curl, aria2c, b3sum, bspatch, nginx as a cache in front of a node);
 # python3-venv for python-tuf; prometheus for promtool (metrics and alert-rule checks);
 # systemd for systemd-analyze (the unit file check).
-PACKAGES=(build-essential libclang-dev curl aria2 b3sum bsdiff zstd python3-venv nginx-light prometheus systemd)
+PACKAGES=(build-essential libclang-dev curl aria2 b3sum bsdiff xdelta3 zstd python3-venv nginx-light prometheus systemd)
 # python-tuf (TUF's reference client) for the compatibility test, and hadolint (the
 # Dockerfile linter CI runs), in a venv outside the clone so runs reuse it.
 VENV="${UPDATE_EDGE_VENV:-$HOME/.cache/update-edge-venv}"

@@ -30,6 +30,9 @@ if [ -z "${PAIRS_SET:-}" ] && [ -z "$PAIRS" ]; then
     [ "$n" != big ] && [ -s "$CORPUS/$n.new" ] && PAIRS="$PAIRS $n"
   done
 fi
+for tool in bsdiff bspatch xdelta3 zstd; do
+  command -v $tool >/dev/null || { echo "needs $tool (./dev.sh setup installs it)" >&2; exit 1; }
+done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
 # UE=path benchmarks that binary instead (a before/after comparison).
 if [ -z "${UE:-}" ]; then

@@ -386,6 +386,49 @@ fn executables_inside_a_tar_are_transformed_each_with_its_own_addresses() {
     assert!(exe::Image::parse(&plain).is_none());
 }
 
+/// `elf` (from `elf()`) with `bytes` inserted into `.text` at file offset `at` and the
+/// headers moved to match, but no reference in the code updated.
+fn splice_code(elf: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
+    let mut v = elf.to_vec();
+    v.splice(at..at, bytes.iter().copied());
+    let n = bytes.len() as u64;
+    let u64_at = |v: &[u8], i: usize| u64::from_le_bytes(v[i..i + 8].try_into().unwrap());
+    let shoff = u64_at(&v, 40) + n;
+    put(&mut v, 40, &shoff.to_le_bytes());
+    for i in 1..6 {
+        let e = shoff as usize + 64 * i;
+        let off = u64_at(&v, e + 24);
+        if off > at as u64 {
+            put(&mut v, e + 24, &(off + n).to_le_bytes());
+        }
+        if i == 1 {
+            let size = u64_at(&v, e + 32) + n;
+            put(&mut v, e + 32, &size.to_le_bytes());
+        }
+    }
+    v
+}
+
+#[test]
+fn an_executable_whose_references_did_not_move_is_left_unpredicted() {
+    // Member b.so's new version has bytes spliced into its code with no reference
+    // updated (as a byte-level edit would): predicting its references would get the
+    // ones across the splice wrong, so the encoder leaves that member's references as
+    // they are, and says so; a.so is predicted as usual.
+    let b_old = elf(200, 0);
+    let b_new = splice_code(&b_old, 0x1000 + 60_000, &noise(700, 5));
+    assert!(
+        exe::Image::parse(&b_new).is_some(),
+        "the edited ELF still parses"
+    );
+    let old = tar(&[("a.so", elf(300, 0)), ("b.so", b_old)]);
+    let new = tar(&[("a.so", elf(300, 2000)), ("b.so", b_new)]);
+    let (patch, report) = diff(&old, &new, true);
+    assert_eq!(apply(&old, &patch).unwrap(), new);
+    let t = report.transform.expect("transform report");
+    assert_eq!((t.executables, t.executables_skipped), (2, 1), "{t:?}");
+}
+
 #[test]
 fn ops_longer_than_apply_batches_predict_across_the_split() {
     // A 6 MiB .text copied by ops longer than apply's 4 MiB batches: references that
@@ -459,6 +502,7 @@ fn predicting_an_op_in_pieces_is_predicting_it_whole() {
         old: image,
         refs,
         new: exe::Image::parse(&new).unwrap(),
+        skip: Vec::new(),
         map: exe::OffsetMap::from_copies(
             vec![(0, 0, half), (half, half + 500, old.len() as u64 - half)],
             256,

@@ -112,8 +112,8 @@ pub fn diff(a: DiffArgs<'_>) -> anyhow::Result<u8> {
         );
         if let Some(t) = &report.transform {
             println!(
-                "transform {}: {} references in old; in code {} predicted, {} exactly; in tables {} predicted, {} exactly; offset map {} spans, section {} bytes",
-                t.kind, t.refs, t.predicted, t.predicted_right, t.table_predicted, t.table_predicted_right, t.map_spans, t.section_bytes
+                "transform {}: {} executables in old, {} predicted; {} references; in code {} predicted, {} exactly; in tables {} predicted, {} exactly; offset map {} spans, section {} bytes",
+                t.kind, t.executables, t.executables - t.executables_skipped, t.refs, t.predicted, t.predicted_right, t.table_predicted, t.table_predicted_right, t.map_spans, t.section_bytes
             );
         }
     }
@@ -186,9 +186,10 @@ pub fn info(patch: &Path) -> anyhow::Result<u8> {
         match delta::apply::read_transform_section(&mut f) {
             Ok(t) => writeln!(
                 o,
-                "transform   x86-64 references: new has {} executables, {} sections; {} bytes with the control streams ({} raw)",
+                "transform   x86-64 references: new has {} executables, {} sections; {} of old's executables not predicted; {} bytes with the control streams ({} raw)",
                 t.new.parts.len(),
                 t.new.parts.iter().map(|p| p.sections.len()).sum::<usize>(),
+                t.skip.len(),
                 t.bytes,
                 t.ctrl.len()
             )?,

@@ -139,6 +139,8 @@ impl OldReads {
 pub struct TransformSection {
     /// New's executables.
     pub new: exe::Image,
+    /// Old's executables left unpredicted (ascending indexes).
+    pub skip: Vec<usize>,
     /// Every block's control stream, and where each block's starts.
     pub ctrl: Vec<u8>,
     pub ctrl_at: Vec<usize>,
@@ -196,11 +198,19 @@ fn read_transform(
         )
     })?;
     let refs = exe::find_refs(old, &old_layout, &tables)?;
+    if section
+        .skip
+        .last()
+        .is_some_and(|&i| i >= old_layout.parts.len())
+    {
+        return Err(corrupt("transform skips an executable old does not have"));
+    }
     let p = Predictor {
         old: old_layout,
         refs,
         new,
         map,
+        skip: section.skip.clone(),
     };
     Ok((p, section))
 }
@@ -227,6 +237,23 @@ fn read_section(
     }
     let mut at = 1;
     let new = exe::Image::decode(&section, &mut at)?;
+    let skipped = format::get_varint(&section, &mut at)?;
+    if skipped > section.len() as u64 {
+        return Err(DeltaError::Format(FormatError::Bounds(
+            "transform skip count",
+        )));
+    }
+    let mut skip = Vec::with_capacity(skipped as usize);
+    for _ in 0..skipped {
+        let i = format::get_varint(&section, &mut at)?;
+        if skip.last().is_some_and(|&l| l >= i) || i >= 1 << 16 {
+            return Err(DeltaError::Format(FormatError::Bounds(
+                "transform skip list",
+            )));
+        }
+        skip.push(i);
+    }
+    let skip = skip.into_iter().map(|i| i as usize).collect();
     let blocks = format::get_varint(&section, &mut at)?;
     if blocks > section.len() as u64 {
         return Err(DeltaError::Format(FormatError::Bounds(
@@ -249,6 +276,7 @@ fn read_section(
     }
     Ok(TransformSection {
         new,
+        skip,
         ctrl: section[at..].to_vec(),
         ctrl_at,
         bytes: 8 + u64::from(clen),

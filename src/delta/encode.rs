@@ -135,6 +135,10 @@ pub struct TransformReport {
     pub table_predicted_right: u64,
     /// Spans of the old→new offset map, and the transform section's size in the patch.
     pub map_spans: u64,
+    /// Old's executables (1, or a tar's members), and those left unpredicted because
+    /// predicting them would get fewer references right than old's bytes.
+    pub executables: u64,
+    pub executables_skipped: u64,
     pub section_bytes: u64,
 }
 
@@ -496,12 +500,41 @@ fn diff_with_transform(
         at += op.diff_len + op.extra_len;
     }
     let map = OffsetMap::from_copies(copies, exe::MAP_GAP);
-    let predictor = Predictor {
+    let mut predictor = Predictor {
         old: exe.old,
         refs: exe.refs,
         new: exe.new,
         map,
+        skip: Vec::new(),
     };
+    // The choice per executable: predict its references only if that gets more of
+    // them right than old's own bytes would.
+    let parts = predictor.old.parts.len();
+    let gains = block_ops
+        .par_iter()
+        .enumerate()
+        .map(|(b, ops)| {
+            let mut g = vec![0i64; parts];
+            let mut at = (b * block_size) as u64;
+            for op in ops {
+                predictor.gains(
+                    &text.bytes,
+                    new_bytes,
+                    (op.old_pos, op.diff_len, at),
+                    &mut g,
+                );
+                at += op.diff_len + op.extra_len;
+            }
+            g
+        })
+        .reduce(
+            || vec![0i64; parts],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    predictor.skip = (0..parts).filter(|&i| gains[i] < 0).collect();
     drop(exe.new_refs);
     tracing::debug!(
         secs = t.elapsed().as_secs_f64(),
@@ -540,6 +573,10 @@ fn diff_with_transform(
     );
     let mut section = vec![format::TRANSFORM_X86_REFS];
     predictor.new.encode(&mut section);
+    format::put_varint(&mut section, predictor.skip.len() as u64);
+    for &i in &predictor.skip {
+        format::put_varint(&mut section, i as u64);
+    }
     format::put_varint(&mut section, ctrls.len() as u64);
     for c in &ctrls {
         format::put_varint(&mut section, c.len() as u64);
@@ -565,6 +602,8 @@ fn diff_with_transform(
         table_predicted: stats[2].load(Ordering::Relaxed) as u64,
         table_predicted_right: stats[3].load(Ordering::Relaxed) as u64,
         map_spans: predictor.map.spans.len() as u64,
+        executables: parts as u64,
+        executables_skipped: predictor.skip.len() as u64,
         section_bytes: bytes.len() as u64,
     };
     Ok((out, full, Some((bytes, report))))
@@ -601,21 +640,18 @@ fn block_streams(
             base.extend_from_slice(old_local);
             let new_at = block_at + at as u64;
             let n = p
-                .rewrite(
+                .rewrite_checked(
                     &mut base,
                     op.old_pos,
                     op.old_pos,
                     op.diff_len,
                     new_at,
                     &mut |_| Err(std::io::Error::other("field outside the op")),
+                    Some(&block[at..at + d]),
                 )
                 .unwrap_or_default();
-            if n != [0, 0] {
-                let right = count_right(p, op, &base, &block[at..at + d]);
-                streams.predicted[0] += n[0];
-                streams.predicted[1] += right[0];
-                streams.predicted[2] += n[1];
-                streams.predicted[3] += right[1];
+            for (sum, n) in streams.predicted.iter_mut().zip(n) {
+                *sum += n;
             }
             old_local = &base;
         }
@@ -644,25 +680,6 @@ fn block_streams(
     }
     debug_assert_eq!(at, block.len());
     streams
-}
-
-/// How many of the op's references (in code, in tables) the predicted base got
-/// exactly right.
-fn count_right(p: &Predictor, op: Op, base: &[u8], new: &[u8]) -> [usize; 2] {
-    let f = &p.refs.fields;
-    let lo = f.partition_point(|&x| u64::from(x) < op.old_pos);
-    let mut right = [0, 0];
-    for (&x, &k) in f[lo..].iter().zip(&p.refs.kinds[lo..]) {
-        if u64::from(x) >= op.old_pos + op.diff_len {
-            break;
-        }
-        let at = (u64::from(x) - op.old_pos) as usize;
-        let end = at + if k == exe::K_ABS64 { 8 } else { 4 };
-        if end <= base.len() && base[at..end] == new[at..end] {
-            right[usize::from(k >= exe::CODE_KINDS)] += 1;
-        }
-    }
-    right
 }
 
 /// Diff runs shorter than this are folded into the previous op's extra bytes (measured on

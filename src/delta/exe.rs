@@ -410,9 +410,16 @@ impl Image {
 
     /// The executable holding file offset `off`.
     pub fn part(&self, off: u64) -> Option<&Layout> {
-        let i = self.parts.partition_point(|p| p.start <= off);
-        let p = self.parts.get(i.checked_sub(1)?)?;
-        (off < p.end).then_some(p)
+        self.part_index(off).map(|i| &self.parts[i])
+    }
+
+    /// Which of the executables holds file offset `off`.
+    pub fn part_index(&self, off: u64) -> Option<usize> {
+        let i = self
+            .parts
+            .partition_point(|p| p.start <= off)
+            .checked_sub(1)?;
+        (off < self.parts[i].end).then_some(i)
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -1014,6 +1021,9 @@ pub struct Predictor {
     pub refs: Refs,
     pub new: Image,
     pub map: OffsetMap,
+    /// Old's executables (indexes into `old.parts`, ascending) whose references are not
+    /// predicted: the encoder found predicting them gets fewer right than old's bytes.
+    pub skip: Vec<usize>,
 }
 
 impl Predictor {
@@ -1045,7 +1055,11 @@ impl Predictor {
     /// `field` with old value `value` should have when it sits at new offset
     /// `new_field`.
     fn predict(&self, field: u64, kind: u8, value: u64, new_field: u64) -> Option<u64> {
-        let (old, new) = (self.old.part(field)?, self.new.part(new_field)?);
+        let i = self.old.part_index(field)?;
+        if self.skip.binary_search(&i).is_ok() {
+            return None;
+        }
+        let (old, new) = (&self.old.parts[i], self.new.part(new_field)?);
         let t = self.new_target(old, target_of(old, field, kind, value)?, new)?;
         let new_va = || new.off_to_va(new_field);
         let fit32 = |v: i64| i32::try_from(v).ok().map(|v| u64::from(v as u32));
@@ -1063,6 +1077,45 @@ impl Predictor {
         }
     }
 
+    /// For the choice per executable: adds to `gains[i]`, for each reference of old's
+    /// executable `i` that the op copying old `op_old..op_old + op_len` to new `op_new..`
+    /// carries, 1 if its prediction is new's value and −1 if old's value is (both or
+    /// neither: 0).
+    pub fn gains(
+        &self,
+        old: &[u8],
+        new: &[u8],
+        (op_old, op_len, op_new): (u64, u64, u64),
+        gains: &mut [i64],
+    ) {
+        let f = &self.refs.fields;
+        let mut i = f.partition_point(|&x| u64::from(x) < op_old);
+        while i < f.len() && u64::from(f[i]) < op_old + op_len {
+            let (field, kind) = (u64::from(f[i]), self.refs.kinds[i]);
+            i += 1;
+            let w = width(kind) as usize;
+            let new_field = op_new + (field - op_old);
+            let (Some(o), Some(n)) = (
+                old.get(field as usize..field as usize + w),
+                new.get(new_field as usize..new_field as usize + w),
+            ) else {
+                continue;
+            };
+            if field + w as u64 > op_old + op_len {
+                continue;
+            }
+            let mut value = [0u8; 8];
+            value[..w].copy_from_slice(o);
+            let Some(p) = self.predict(field, kind, u64::from_le_bytes(value), new_field) else {
+                continue;
+            };
+            let Some(part) = self.old.part_index(field) else {
+                continue;
+            };
+            gains[part] += i64::from(p.to_le_bytes()[..w] == *n) - i64::from(o == n);
+        }
+    }
+
     /// Rewrites the references in `base` — old's bytes from `base_old` on, which an op
     /// copying old `op_old..op_old + op_len` to new `op_new..` adds its diff to — with
     /// their predicted values. Only references wholly inside the op are predicted;
@@ -1076,12 +1129,30 @@ impl Predictor {
         op_new: u64,
         old_field: &mut dyn FnMut(u64) -> io::Result<[u8; 8]>,
     ) -> io::Result<[usize; 2]> {
+        self.rewrite_checked(base, base_old, op_old, op_len, op_new, old_field, None)
+            .map(|n| [n[0], n[2]])
+    }
+
+    /// `rewrite`, and with `new` (new's bytes where `base` goes), also counting the
+    /// predictions that come out exactly right: [code predicted, right, tables
+    /// predicted, right].
+    #[allow(clippy::too_many_arguments)]
+    pub fn rewrite_checked(
+        &self,
+        base: &mut [u8],
+        base_old: u64,
+        op_old: u64,
+        op_len: u64,
+        op_new: u64,
+        old_field: &mut dyn FnMut(u64) -> io::Result<[u8; 8]>,
+        new: Option<&[u8]>,
+    ) -> io::Result<[usize; 4]> {
         let base_end = base_old + base.len() as u64;
         let lo = base_old.saturating_sub(7).max(op_old);
         let hi = base_end.min(op_old + op_len);
         let f = &self.refs.fields;
         let mut i = f.partition_point(|&x| u64::from(x) < lo);
-        let mut predicted = [0, 0];
+        let mut predicted = [0; 4];
         while i < f.len() && u64::from(f[i]) < hi {
             let field = u64::from(f[i]);
             let kind = self.refs.kinds[i];
@@ -1109,7 +1180,13 @@ impl Predictor {
                     base[(pos - base_old) as usize] = byte;
                 }
             }
-            predicted[usize::from(kind >= CODE_KINDS)] += 1;
+            let class = 2 * usize::from(kind >= CODE_KINDS);
+            predicted[class] += 1;
+            let right = new
+                .filter(|_| field >= base_old)
+                .and_then(|n| n.get((field - base_old) as usize..(field - base_old + w) as usize))
+                .is_some_and(|n| n == &v.to_le_bytes()[..w as usize]);
+            predicted[class + 1] += usize::from(right);
         }
         Ok(predicted)
     }

@@ -11,7 +11,8 @@
 //!   transform_clen u32 | transform_len u32 | zstd frame of:
 //!     kind u8 = 1 | new's executables (varint count; per executable varints file
 //!     start, file length, base address, section count, then per section varints
-//!     off, file_len, va, mem_len and a u8 exec flag) | varint block
+//!     off, file_len, va, mem_len and a u8 exec flag) | varint count and ascending
+//!     varint indexes of old's executables whose references are not predicted | varint block
 //!     count (= block_count) | a varint control stream length per block | every
 //!     block's control stream, in order
 //!   The blocks of a version 2 patch have empty control streams (ctrl_clen = ctrl_len
