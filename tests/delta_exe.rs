@@ -409,6 +409,50 @@ fn splice_code(elf: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A zip archive of `members`, every entry stored (as APKs store native libraries).
+fn zip(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in members {
+        w.start_file(*name, o).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+#[test]
+fn executables_stored_in_a_zip_are_transformed() {
+    let old = zip(&[
+        ("lib/x86_64/liba.so", elf(300, 0)),
+        ("assets/data", noise(30_000, 2)),
+        ("lib/x86_64/b.dll", pe(200, 0)),
+    ]);
+    let new = zip(&[
+        ("lib/x86_64/liba.so", elf(300, 2500)),
+        ("assets/data", noise(30_000, 2)),
+        ("lib/x86_64/b.dll", pe(200, 1000)),
+    ]);
+    assert_eq!(
+        exe::Image::parse(&old)
+            .expect("the zip's executables")
+            .parts
+            .len(),
+        2
+    );
+    let (with, without, report) = both_ways(&old, &new);
+    let t = report.transform.expect("transform report");
+    assert!(
+        t.table_predicted >= 1200 && t.table_predicted_right * 10 > t.table_predicted * 9,
+        "{t:?}"
+    );
+    assert!(
+        with * 2 < without,
+        "transform patch {with} bytes, bytes-only {without}"
+    );
+}
+
 #[test]
 fn an_executable_whose_references_did_not_move_is_left_unpredicted() {
     // Member b.so's new version has bytes spliced into its code with no reference

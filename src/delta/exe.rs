@@ -19,9 +19,12 @@
 //!
 //! Container headers are parsed with the `object` crate; anything it does not take as a
 //! well-formed x86-64 ELF or PE file gets no transform (plain byte diffing). A tar
-//! archive (walked with the `tar` crate) is transformed member by member: each ELF or
-//! PE member is an executable of its own, with its own addresses, and the offset map
-//! is the file's. Members need no pairing by path: the suffix array over all of old
+//! archive (walked with the `tar` crate) or a zip archive's stored entries (its central
+//! directory read with the `zip` crate; APKs and JARs store native libraries so) are
+//! transformed member by member: each ELF or PE member is an executable of its own,
+//! with its own addresses, and the offset map is the file's. Deflated zip entries are
+//! diffed as bytes: re-deflating them bit-exactly on the device is not possible in
+//! general. Members need no pairing by path: the suffix array over all of old
 //! finds each member's old version (or a renamed or moved one) by content.
 
 use std::io::{self, Read, Seek, SeekFrom};
@@ -355,11 +358,61 @@ impl<R: ReadAt + ?Sized> ReadAt for Sub<'_, R> {
     }
 }
 
+/// The data ranges (start, length) of a tar archive's regular files, walked with the
+/// `tar` crate, in file order; a damaged header ends the walk.
+fn tar_members<R: ReadAt + ?Sized>(src: &R) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut archive = tar::Archive::new(Cursor { src, pos: 0 });
+    let Ok(entries) = archive.entries_with_seek() else {
+        return out;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { break };
+        if !entry.header().entry_type().is_file() || entry.size() < 64 {
+            continue;
+        }
+        let (start, len) = (entry.raw_file_position(), entry.size());
+        if start.checked_add(len).is_none_or(|e| e > src.size()) {
+            break;
+        }
+        out.push((start, len));
+        if out.len() >= MAX_PARTS * 4 {
+            break;
+        }
+    }
+    out
+}
+
+/// The data ranges of a zip archive's stored (uncompressed) entries, from its central
+/// directory (read with the `zip` crate), sorted by start. Compressed entries are left
+/// as they are: their bytes are deflate output, diffed as bytes.
+fn zip_members<R: ReadAt + ?Sized>(src: &R) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let Ok(mut z) = zip::ZipArchive::new(Cursor { src, pos: 0 }) else {
+        return out;
+    };
+    for i in 0..z.len().min(MAX_PARTS * 4) {
+        let Ok(f) = z.by_index_raw(i) else { continue };
+        if f.compression() != zip::CompressionMethod::Stored || f.size() < 64 {
+            continue;
+        }
+        let Some(start) = f.data_start() else {
+            continue;
+        };
+        if start.checked_add(f.size()).is_some_and(|e| e <= src.size()) {
+            out.push((start, f.size()));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 /// Most executables one file may hold (tar members).
 const MAX_PARTS: usize = 1 << 16;
 
 /// The executables a file is or holds: the whole file, or the ELF and PE members of a
-/// tar archive (each then transformed on its own, with its own addresses).
+/// tar archive or the stored entries of a zip archive (each then transformed on its
+/// own, with its own addresses).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Image {
     /// Sorted by file range, disjoint.
@@ -380,20 +433,21 @@ impl Image {
             return Some((Image { parts: vec![l] }, vec![t]));
         }
         let mut magic = [0u8; 5];
-        if src.size() < 512 || src.read_at(&mut magic, 257).is_err() || &magic != b"ustar" {
+        src.read_at(&mut magic[..4], 0).ok()?;
+        let members = if &magic[..4] == b"PK\x03\x04" {
+            zip_members(src)
+        } else if src.size() >= 512 && src.read_at(&mut magic, 257).is_ok() && &magic == b"ustar" {
+            tar_members(src)
+        } else {
             return None;
-        }
-        let mut parts = Vec::new();
+        };
+        let mut parts: Vec<Layout> = Vec::new();
         let mut tables = Vec::new();
-        let mut archive = tar::Archive::new(Cursor { src, pos: 0 });
-        for entry in archive.entries_with_seek().ok()? {
-            let Ok(entry) = entry else { break };
-            if !entry.header().entry_type().is_file() || entry.size() < 64 {
+        for (start, len) in members {
+            // Members sorted by start; one overlapping the previous (a crafted zip) is
+            // left out, so the parts stay disjoint.
+            if parts.last().is_some_and(|p| p.end > start) {
                 continue;
-            }
-            let (start, len) = (entry.raw_file_position(), entry.size());
-            if start.checked_add(len).is_none_or(|e| e > src.size()) {
-                break;
             }
             let sub = Sub { src, start, len };
             if let Some((mut l, mut t)) = Layout::parse_with_tables(&sub) {
