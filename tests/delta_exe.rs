@@ -280,6 +280,24 @@ fn both_ways(old: &[u8], new: &[u8]) -> (usize, usize, delta::DiffReport) {
     (with.len(), without.len(), report)
 }
 
+/// Round trips both ways, then checks the transform report: at least `refs`
+/// references found, `tables` table references predicted, nine in ten predictions exact
+/// in code and in tables, and the patch under half the bytes-only one.
+fn assert_transform_wins(old: &[u8], new: &[u8], refs: u64, tables: u64) {
+    let (with, without, report) = both_ways(old, new);
+    let t = report.transform.expect("transform report");
+    assert!(t.refs >= refs, "{} references found", t.refs);
+    assert!(t.predicted_right * 10 > t.predicted * 9, "code: {t:?}");
+    assert!(
+        t.table_predicted >= tables && t.table_predicted_right * 10 > t.table_predicted * 9,
+        "tables: {t:?}"
+    );
+    assert!(
+        with * 2 < without,
+        "transform patch {with} bytes, bytes-only {without}"
+    );
+}
+
 #[test]
 fn elf_code_that_moved_costs_a_fraction_of_the_bytes_only_patch() {
     let (old, new) = (elf(400, 0), elf(400, 3000));
@@ -287,26 +305,8 @@ fn elf_code_that_moved_costs_a_fraction_of_the_bytes_only_patch() {
         exe::Layout::parse(&old).is_some(),
         "the generated ELF parses"
     );
-    let (with, without, report) = both_ways(&old, &new);
-    let t = report.transform.expect("transform report");
-    assert!(t.refs > 5_000, "{} references found", t.refs);
-    assert!(
-        t.predicted_right * 10 > t.predicted * 9,
-        "{} of {} predicted right",
-        t.predicted_right,
-        t.predicted
-    );
     // Two addresses per relative relocation (offset and addend), 400 of them.
-    assert!(
-        t.table_predicted >= 700 && t.table_predicted_right * 10 > t.table_predicted * 9,
-        "relocations: {} of {} predicted right",
-        t.table_predicted_right,
-        t.table_predicted
-    );
-    assert!(
-        with * 2 < without,
-        "transform patch {with} bytes, bytes-only {without}"
-    );
+    assert_transform_wins(&old, &new, 5_000, 700);
 }
 
 #[test]
@@ -316,25 +316,8 @@ fn pe_code_that_moved_costs_a_fraction_of_the_bytes_only_patch() {
         exe::Layout::parse(&old).is_some(),
         "the generated PE parses"
     );
-    let (with, without, report) = both_ways(&old, &new);
-    let t = report.transform.expect("transform report");
-    assert!(
-        t.predicted_right * 10 > t.predicted * 9,
-        "{} of {} predicted right",
-        t.predicted_right,
-        t.predicted
-    );
     // Three RVAs per .pdata entry and a DIR64 pointer per function, 400 functions.
-    assert!(
-        t.table_predicted >= 1400 && t.table_predicted_right * 10 > t.table_predicted * 9,
-        "tables: {} of {} predicted right",
-        t.table_predicted_right,
-        t.table_predicted
-    );
-    assert!(
-        with * 2 < without,
-        "transform patch {with} bytes, bytes-only {without}"
-    );
+    assert_transform_wins(&old, &new, 5_000, 1_400);
 }
 
 /// A tar archive (ustar, as `tar --sort=name` writes) of `members`.
@@ -562,6 +545,7 @@ fn predicting_an_op_in_pieces_is_predicting_it_whole() {
             op_len,
             op_new,
             &mut |_| unreachable!(),
+            None,
         )
         .unwrap();
     assert!(n[0] > 1000, "{n:?} predicted");
@@ -581,9 +565,9 @@ fn predicting_an_op_in_pieces_is_predicting_it_whole() {
             v.copy_from_slice(&old[f as usize..f as usize + 8]);
             Ok(v)
         };
-        p.rewrite(&mut a, op_old, op_old, op_len, op_new, &mut read)
+        p.rewrite(&mut a, op_old, op_old, op_len, op_new, &mut read, None)
             .unwrap();
-        p.rewrite(&mut b, cut, op_old, op_len, op_new, &mut read)
+        p.rewrite(&mut b, cut, op_old, op_len, op_new, &mut read, None)
             .unwrap();
         assert_eq!(a, whole[..at], "first piece, cut at {cut:#x}");
         assert_eq!(b, whole[at..], "second piece, cut at {cut:#x}");

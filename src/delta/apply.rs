@@ -135,6 +135,25 @@ impl OldReads {
     }
 }
 
+/// An op's old range from the control stream's cursor and delta, checked against old.
+fn op_range(
+    cursor: u64,
+    delta: i64,
+    diff_len: u64,
+    old_size: u64,
+) -> Result<(u64, u64), DeltaError> {
+    let old_pos = cursor
+        .checked_add_signed(delta)
+        .ok_or_else(|| corrupt("old position out of range"))?;
+    let end = old_pos
+        .checked_add(diff_len)
+        .ok_or_else(|| corrupt("old position out of range"))?;
+    if end > old_size {
+        return Err(corrupt("op reads past the end of old"));
+    }
+    Ok((old_pos, end))
+}
+
 /// A patch's transform section, decoded.
 pub struct TransformSection {
     /// New's executables.
@@ -174,13 +193,7 @@ fn read_transform(
         let mut ops = CtrlReader::new(&section.ctrl[w[0]..w[1]])?;
         let mut cursor = 0u64;
         while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
-            let old_pos = cursor
-                .checked_add_signed(delta)
-                .ok_or_else(|| corrupt("old position out of range"))?;
-            let end = old_pos
-                .checked_add(diff_len)
-                .filter(|&e| e <= header.old_size)
-                .ok_or_else(|| corrupt("op reads past the end of old"))?;
+            let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
             copies.push((old_pos, new_at, diff_len));
             new_at = new_at
                 .checked_add(diff_len)
@@ -347,15 +360,7 @@ pub fn apply(
         reads.ops.clear();
         reads.whole.clear();
         while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
-            let old_pos = cursor
-                .checked_add_signed(delta)
-                .ok_or_else(|| corrupt("old position out of range"))?;
-            let end = old_pos
-                .checked_add(diff_len)
-                .ok_or_else(|| corrupt("old position out of range"))?;
-            if end > header.old_size {
-                return Err(corrupt("op reads past the end of old"));
-            }
+            let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
             if diff_len > (diff.len() - d_at) as u64 || extra_len > (extra.len() - e_at) as u64 {
                 return Err(corrupt("op exceeds the block's streams"));
             }
@@ -392,12 +397,21 @@ pub fn apply(
                     let (op_old, op_len, op_new) = reads.whole[first + i];
                     scratch.clear();
                     scratch.extend_from_slice(old_bytes);
-                    p.rewrite(&mut scratch, piece_at, op_old, op_len, op_new, &mut |f| {
+                    let mut read = |f: u64| {
                         let mut b = [0u8; 8];
                         let n = (old.size().saturating_sub(f)).min(8) as usize;
                         old.read_at(&mut b[..n], f)?;
                         Ok(b)
-                    })?;
+                    };
+                    p.rewrite(
+                        &mut scratch,
+                        piece_at,
+                        op_old,
+                        op_len,
+                        op_new,
+                        &mut read,
+                        None,
+                    )?;
                     old_bytes = &scratch;
                 }
                 let d = &diff[d_at..d_at + diff_len];

@@ -640,7 +640,7 @@ fn block_streams(
             base.extend_from_slice(old_local);
             let new_at = block_at + at as u64;
             let n = p
-                .rewrite_checked(
+                .rewrite(
                     &mut base,
                     op.old_pos,
                     op.old_pos,

@@ -1174,24 +1174,14 @@ impl Predictor {
     /// copying old `op_old..op_old + op_len` to new `op_new..` adds its diff to — with
     /// their predicted values. Only references wholly inside the op are predicted;
     /// `old_field` reads a field's old bytes where `base` holds only part of it.
-    pub fn rewrite(
-        &self,
-        base: &mut [u8],
-        base_old: u64,
-        op_old: u64,
-        op_len: u64,
-        op_new: u64,
-        old_field: &mut dyn FnMut(u64) -> io::Result<[u8; 8]>,
-    ) -> io::Result<[usize; 2]> {
-        self.rewrite_checked(base, base_old, op_old, op_len, op_new, old_field, None)
-            .map(|n| [n[0], n[2]])
-    }
-
-    /// `rewrite`, and with `new` (new's bytes where `base` goes), also counting the
-    /// predictions that come out exactly right: [code predicted, right, tables
-    /// predicted, right].
+    /// Rewrites the references in `base` — old's bytes from `base_old` on, which an op
+    /// copying old `op_old..op_old + op_len` to new `op_new..` adds its diff to — with
+    /// their predicted values. Only references wholly inside the op are predicted;
+    /// `old_field` reads a field's old bytes where `base` holds only part of it. Returns
+    /// [code references predicted, right, table references predicted, right]; "right"
+    /// is counted only when `new` (new's bytes where `base` goes) is given.
     #[allow(clippy::too_many_arguments)]
-    pub fn rewrite_checked(
+    pub fn rewrite(
         &self,
         base: &mut [u8],
         base_old: u64,
