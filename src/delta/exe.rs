@@ -37,7 +37,6 @@ use super::ReadAt;
 /// Inputs larger than this get no transform (the references of old are held in memory
 /// during apply: 5 bytes each, at most one per 5 bytes of code).
 pub const MAX_INPUT: u64 = 1 << 30;
-// (A whole-file ELF or PE is parsed by `Layout`; `Image` adds tar members.)
 /// Most sections a layout may have (and the patch may describe).
 const MAX_SECTIONS: usize = 4096;
 
@@ -639,9 +638,8 @@ fn scan_code<R: ReadAt + ?Sized>(
     piece: usize,
 ) -> io::Result<()> {
     const LOOKAHEAD: usize = 16;
-    #[allow(non_snake_case)]
-    let PIECE = piece.max(LOOKAHEAD);
-    let mut buf = vec![0u8; PIECE + LOOKAHEAD];
+    let piece = piece.max(LOOKAHEAD);
+    let mut buf = vec![0u8; piece + LOOKAHEAD];
     let mut code: Vec<&Section> = layout.sections.iter().filter(|s| s.exec).collect();
     code.sort_by_key(|s| s.off);
     let mut done_to = 0u64; // sections sharing file bytes are scanned once
@@ -655,10 +653,10 @@ fn scan_code<R: ReadAt + ?Sized>(
         let mut at = start; // file offset of buf[0]
         let mut next = start; // the scan resumes here
         while at < end {
-            let n = ((end - at) as usize).min(PIECE + LOOKAHEAD);
+            let n = ((end - at) as usize).min(piece + LOOKAHEAD);
             src.read_at(&mut buf[..n], at)?;
             let chunk = &buf[..n];
-            let scan_to = if at + n as u64 == end { n } else { PIECE };
+            let scan_to = if at + n as u64 == end { n } else { piece };
             let mut i = (next - at) as usize;
             while i < scan_to {
                 let Some((field, imm, branch)) = candidate(chunk, i) else {
