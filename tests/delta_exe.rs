@@ -602,3 +602,139 @@ fn reference_scan_does_not_depend_on_read_pieces() {
         .collect();
     assert_eq!(code, whole.fields);
 }
+
+/// A file-system image of `size` bytes: `fill`, with `files` written over it at 4 KiB
+/// boundaries (where ext4 and the other file systems start a file's data).
+fn fs_image(files: &[Vec<u8>], fill: &[u8]) -> Vec<u8> {
+    let mut img = fill.to_vec();
+    let mut at = 64 << 10;
+    for f in files {
+        img[at..at + f.len()].copy_from_slice(f);
+        at = align(at + f.len() + 10_000, 4096);
+    }
+    img
+}
+
+#[test]
+fn executables_in_a_file_system_image_are_transformed_in_one_piece_and_in_windows() {
+    let files = |g: usize| vec![elf(400, 2 * g), pe(300, g), elf(200, 0)];
+    // Small: diffed in one piece.
+    let fill = noise(3 << 20, 21);
+    let (old, new) = (fs_image(&files(0), &fill), fs_image(&files(700), &fill));
+    let image = exe::Image::parse(&old).expect("the image's executables");
+    assert_eq!(image.parts.len(), 3, "{:?}", image.parts);
+    assert!(image.parts.iter().all(|p| p.start % 4096 == 0));
+    let (with, without, report) = both_ways(&old, &new);
+    let t = report.transform.expect("transform report");
+    // The unchanged ELF gains nothing from predicting: left out.
+    assert_eq!((t.executables, t.executables_skipped), (3, 1), "{t:?}");
+    assert!(
+        with * 2 < without,
+        "one piece: {with} bytes, bytes-only {without}"
+    );
+
+    // 24 MiB under a 200 MiB limit: windowed (as a 600 MB image is under 2 GiB).
+    let fill = noise(24 << 20, 22);
+    let (old, new) = (fs_image(&files(0), &fill), fs_image(&files(700), &fill));
+    let o = |exe_transform| DiffOptions {
+        memory_limit: 200 << 20,
+        block_size: 1 << 20,
+        exe_transform,
+        ..opts()
+    };
+    let mut with = Vec::new();
+    let report = delta::diff(&old, &new, &mut with, &o(true), &|_| {}).unwrap();
+    assert!(report.windowed && report.segments > 1, "{report:?}");
+    let t = report.transform.expect("transform in windows");
+    assert_eq!((t.executables, t.executables_skipped), (3, 1), "{t:?}");
+    assert!(
+        t.predicted_right * 10 > t.predicted * 9 && t.table_predicted > 1000,
+        "{t:?}"
+    );
+    assert_eq!(version(&with), 2);
+    assert_eq!(
+        apply(&old, &with).unwrap(),
+        new,
+        "windowed version 2 round trip"
+    );
+    let mut without = Vec::new();
+    delta::diff(&old, &new, &mut without, &o(false), &|_| {}).unwrap();
+    assert_eq!(version(&without), 1);
+    assert!(
+        with.len() * 2 < without.len(),
+        "windowed: {} bytes, bytes-only {}",
+        with.len(),
+        without.len()
+    );
+}
+
+/// An ext4 image of `files` (name, bytes), built as OS image builders do (`mke2fs -d`,
+/// which leaves each file's all-zero blocks out as holes), reproducibly.
+fn ext4_image(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(root.join(name), bytes).unwrap();
+    }
+    let img = dir.path().join("fs.img");
+    let uuid = "22222222-3333-4444-5555-666666666666";
+    let out = std::process::Command::new("mke2fs")
+        .env("E2FSPROGS_FAKE_TIME", "0")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-U", uuid])
+        .args(["-E", &format!("root_owner=0:0,hash_seed={uuid}")])
+        .arg("-d")
+        .arg(&root)
+        .arg(&img)
+        .arg("16M")
+        .output()
+        .expect("mke2fs (e2fsprogs) runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(img).unwrap()
+}
+
+#[test]
+fn executables_in_an_ext4_image_are_found_through_its_extents_holes_and_all() {
+    // Three zero blocks in a.so's code: mke2fs leaves them out, so everything after
+    // them sits 12 KiB earlier in the image than the ELF's headers say.
+    let hole = |mut e: Vec<u8>| {
+        e[0x11000..0x14000].fill(0);
+        e
+    };
+    let files = |g: usize| {
+        vec![
+            ("a.so", hole(elf(400, 2 * g))),
+            ("b.dll", pe(300, g)),
+            ("c.so", elf(200, 0)),
+            ("README", noise(50_000, 31)),
+        ]
+    };
+    let (old, new) = (ext4_image(&files(0)), ext4_image(&files(700)));
+    let image = exe::Image::parse(&old).expect("the image's executables");
+    assert_eq!(image.parts.len(), 3, "{:?}", image.parts);
+    // a.so's .text is split around the hole: more sections than in the file itself.
+    let in_file = exe::Layout::parse(&hole(elf(400, 0)))
+        .unwrap()
+        .sections
+        .len();
+    assert!(
+        image.parts.iter().any(|p| p.sections.len() > in_file),
+        "no section split by the hole: {:?}",
+        image.parts
+    );
+    let (with, without, report) = both_ways(&old, &new);
+    let t = report.transform.expect("transform report");
+    assert_eq!((t.executables, t.executables_skipped), (3, 1), "{t:?}");
+    assert!(
+        t.table_predicted >= 1500 && t.table_predicted_right * 10 > t.table_predicted * 9,
+        "{t:?}"
+    );
+    assert!(
+        with * 2 < without,
+        "ext4: {with} bytes, bytes-only {without}"
+    );
+}

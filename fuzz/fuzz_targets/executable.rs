@@ -1,4 +1,4 @@
-//! Executable containers (whole files and tar members) and the transform section, which apply reads from untrusted
+//! Executable containers (whole files, archive members, executables at 4 KiB boundaries of an image) and the transform section, which apply reads from untrusted
 //! old files and patches: whatever the bytes, the layout parser, the reference finder
 //! the section decoder and the offset map return a result, never a panic. What the finder returns
 //! holds: fields sorted, not overlapping, inside the file, and the same whatever the
@@ -6,7 +6,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use update_edge::delta::exe::{code_refs, find_refs, width, Image, Layout, OffsetMap};
+use update_edge::delta::exe::{
+    code_refs, find_refs, labels, project, width, Image, Layout, OffsetMap,
+};
 
 fuzz_target!(|data: &[u8]| {
     let bytes = data.to_vec();
@@ -18,6 +20,10 @@ fuzz_target!(|data: &[u8]| {
             end = u64::from(f) + width(k);
             assert!(end <= bytes.len() as u64, "field past the end of the file");
         }
+        // The encoder's projection: a label per reference, the length kept.
+        let l = labels(&bytes, &image, &refs).expect("parts are inside the file");
+        assert_eq!(l.len(), refs.fields.len());
+        assert_eq!(project(&bytes, &image, &refs).unwrap().len(), bytes.len());
         for layout in &image.parts {
             assert_eq!(
                 code_refs(&bytes, layout, 64).unwrap(),

@@ -182,6 +182,11 @@ fn read_transform(
     dec: &mut zstd::bulk::Decompressor<'_>,
 ) -> Result<(Predictor, TransformSection), DeltaError> {
     let section = read_section(patch, dec)?;
+    if header.old_size > exe::MAX_IMAGE {
+        return Err(DeltaError::WrongOld(
+            "the patch predicts x86-64 references but old is too large to hold executables".into(),
+        ));
+    }
     if section.ctrl_at.len() as u64 != header.block_count + 1 {
         return Err(corrupt(
             "transform section's block count differs from the header's",
@@ -210,7 +215,6 @@ fn read_transform(
             "the patch predicts x86-64 references but old is not an x86-64 ELF or PE file".into(),
         )
     })?;
-    let refs = exe::find_refs(old, &old_layout, &tables)?;
     if section
         .skip
         .last()
@@ -218,6 +222,11 @@ fn read_transform(
     {
         return Err(corrupt("transform skips an executable old does not have"));
     }
+    // Only the references of executables the patch predicts are needed (in a file
+    // system image, most executables are unchanged and left unpredicted).
+    let refs = exe::find_refs_in(old, &old_layout, &tables, |i| {
+        section.skip.binary_search(&i).is_err()
+    })?;
     let p = Predictor {
         old: old_layout,
         refs,

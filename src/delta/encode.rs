@@ -236,7 +236,29 @@ pub fn diff(
         }),
         PatchFormat::Bsdiff40 => Box::new(bsdiff40::Writer::new(out, new.size())),
     };
-    for seg in &segments {
+    // Windowed inputs holding executables (a file-system image): the transform with
+    // every segment matched first, in a plan that leaves room for the references.
+    let windowed_exe = if windowed && opts.exe_transform && opts.format == PatchFormat::Native {
+        pool.install(|| ExeInputs::find(old, new))?
+    } else {
+        None
+    };
+    let mut segment_count = segments.len();
+    let in_windows = windowed_exe.is_some();
+    if let Some(exe) = windowed_exe {
+        let limit = opts.memory_limit.saturating_sub(exe.bytes());
+        let segments = plan(old, new, limit, u64::from(opts.block_size))?;
+        segment_count = segments.len();
+        let (blocks, section, report) =
+            pool.install(|| diff_windowed_transform(old, new, &segments, exe, opts, progress))?;
+        sink.begin(Some(&section))?;
+        for b in blocks {
+            sink.block(b)?;
+        }
+        transform = Some(report);
+        progress(new.size() - new.size() / 2);
+    }
+    for seg in segments.iter().filter(|_| !in_windows) {
         if (seg.new_end - seg.new_start) % u64::from(opts.block_size) != 0
             && seg.new_end != new.size()
         {
@@ -272,7 +294,7 @@ pub fn diff(
         old_size: old.size(),
         new_size: new.size(),
         patch_size,
-        segments: segments.len(),
+        segments: segment_count,
         windowed,
         old_blake3: old_hash.to_hex(),
         new_blake3: new_hash.to_hex(),
@@ -349,6 +371,7 @@ fn diff_segment(
                 || exe::project(&text.bytes, &exe.old, &exe.refs),
                 || exe::project(&new_bytes, &exe.new, &exe.new_refs),
             );
+            let (old_proj, new_proj) = (old_proj?, new_proj?);
             let (sa, full) = SuffixArray::build_beside(&old_proj, threads, || {
                 yardstick.map(|level| super::zstd_size_of(&new_bytes, level))
             });
@@ -406,8 +429,8 @@ fn diff_segment(
                     .iter()
                     .flat_map(|f| f.get().into_iter().flatten().copied());
                 let ops = merge_small(ops, MIN_DIFF_RUN);
-                let streams = block_streams(text, blocks[b], &ops, None);
-                let _ = out[b].set(prepare(streams, opts));
+                let streams = block_streams(OldBytes::Text(text), blocks[b], &ops, None);
+                let _ = out[b].set(streams.and_then(|s| prepare(s, opts)));
                 tracing::trace!(block = b, secs = t.elapsed().as_secs_f64(), "block done");
             });
         }
@@ -442,7 +465,10 @@ struct ExeInputs {
 }
 
 impl ExeInputs {
-    fn find(old: &[u8], new: &[u8]) -> Result<Option<ExeInputs>, DeltaError> {
+    fn find<O: ReadAt + ?Sized, N: ReadAt + ?Sized>(
+        old: &O,
+        new: &N,
+    ) -> Result<Option<ExeInputs>, DeltaError> {
         let (Some((o, ot)), Some((n, nt))) = (
             exe::Image::parse_with_tables(old),
             exe::Image::parse_with_tables(new),
@@ -467,10 +493,24 @@ impl ExeInputs {
             new_refs,
         }))
     }
+
+    /// Memory the windowed transform holds besides a segment's: both sides' references
+    /// (5 bytes each) and labels (4), and the largest executable read whole for labels.
+    fn bytes(&self) -> u64 {
+        let refs = (self.refs.fields.len() + self.new_refs.fields.len()) as u64;
+        let largest = self
+            .old
+            .parts
+            .iter()
+            .chain(&self.new.parts)
+            .map(|p| p.end - p.start)
+            .max();
+        9 * refs + 2 * largest.unwrap_or(0)
+    }
 }
 
-/// The transform path: all of new matched first (the offset map needs every op), then
-/// each block's streams against old with predicted references, coded in parallel.
+/// The transform path in one piece: all of new matched first against old's projection
+/// (the offset map needs every op), then each block's streams coded.
 fn diff_with_transform(
     text: &RegionText,
     sa: &SuffixArray,
@@ -480,19 +520,147 @@ fn diff_with_transform(
     opts: &DiffOptions,
     full: Option<u64>,
 ) -> Result<SegmentOut, DeltaError> {
+    let t = Instant::now();
+    let block_ops = match_blocks(old_proj, sa, new_proj, opts.block_size as usize);
+    tracing::debug!(secs = t.elapsed().as_secs_f64(), "new matched");
+    let (out, section, report) = code_with_transform(
+        OldBytes::Text(text),
+        NewBytes::Mem(new_bytes),
+        block_ops,
+        exe,
+        opts,
+    )?;
+    Ok((out, full, Some((section, report))))
+}
+
+/// Every block's ops (old positions local to `old`), from matching `new` against `old`
+/// in spans, in parallel.
+fn match_blocks(old: &[u8], sa: &SuffixArray, new: &[u8], block_size: usize) -> Vec<Vec<Op>> {
+    use rayon::prelude::*;
+    let span = MATCH_SPAN.min(block_size);
+    let spans_per_block = block_size.div_ceil(span);
+    let found: Vec<Vec<Op>> = new
+        .par_chunks(span)
+        .map(|part| scan(old, sa, part))
+        .collect();
+    found
+        .chunks(spans_per_block)
+        .map(|f| merge_small(f.iter().flatten().copied(), MIN_DIFF_RUN))
+        .collect()
+}
+
+/// The transform path for inputs diffed in windows (a file-system image holding
+/// executables): each segment's old regions and new span are matched as projections
+/// (references replaced by labels of what they point to), giving every block's ops in
+/// old's offsets; then, with all ops known, blocks are coded as in one piece, reading
+/// old's bytes by offset. Memory: the segment's as planned, plus the references and
+/// their labels (`ExeInputs::bytes`).
+fn diff_windowed_transform(
+    old: &dyn ReadAt,
+    new: &dyn ReadAt,
+    segments: &[Segment],
+    exe: ExeInputs,
+    opts: &DiffOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Vec<BlockOut>, Vec<u8>, TransformReport), DeltaError> {
+    let t = Instant::now();
+    let (old_labels, new_labels) = rayon::join(
+        || exe::labels(old, &exe.old, &exe.refs),
+        || exe::labels(new, &exe.new, &exe.new_refs),
+    );
+    let (old_labels, new_labels) = (old_labels?, new_labels?);
+    tracing::debug!(secs = t.elapsed().as_secs_f64(), "labels found");
+    let threads = opts.threads.min(u16::MAX as usize) as u16;
+    let mut block_ops = Vec::new();
+    let mut runs = Vec::new();
+    for seg in segments {
+        let t = Instant::now();
+        let mut text = RegionText::load(old, &seg.regions)?;
+        for &(cat, old_at, len) in &text.map {
+            let r = &mut text.bytes[cat as usize..(cat + len) as usize];
+            exe::project_into(r, old_at, &exe.refs, &old_labels);
+        }
+        let mut new_proj = read_vec(new, seg.new_start, (seg.new_end - seg.new_start) as usize)?;
+        exe::project_into(&mut new_proj, seg.new_start, &exe.new_refs, &new_labels);
+        let sa = SuffixArray::build(&text.bytes, threads)?;
+        for ops in match_blocks(&text.bytes, &sa, &new_proj, opts.block_size as usize) {
+            // Ops in old's offsets, split where the segment's regions join.
+            let mut abs = Vec::with_capacity(ops.len());
+            for op in ops {
+                runs.clear();
+                text.to_old(op.old_pos, op.diff_len, &mut runs);
+                if runs.is_empty() {
+                    runs.push((0, 0));
+                }
+                let last = runs.len() - 1;
+                for (i, &(old_pos, diff_len)) in runs.iter().enumerate() {
+                    let extra_len = if i == last { op.extra_len } else { 0 };
+                    abs.push(Op {
+                        old_pos,
+                        diff_len,
+                        extra_len,
+                    });
+                }
+            }
+            block_ops.push(abs);
+        }
+        tracing::debug!(
+            secs = t.elapsed().as_secs_f64(),
+            old = text.bytes.len(),
+            "segment matched on projections"
+        );
+        progress((seg.new_end - seg.new_start) / 2);
+    }
+    drop((old_labels, new_labels));
+    code_with_transform(
+        OldBytes::File(old),
+        NewBytes::File(new),
+        block_ops,
+        exe,
+        opts,
+    )
+}
+
+/// Where a block's old bytes come from: all of old in memory, or old itself (ops then
+/// hold old's offsets).
+#[derive(Clone, Copy)]
+enum OldBytes<'a> {
+    Text(&'a RegionText),
+    File(&'a dyn ReadAt),
+}
+
+#[derive(Clone, Copy)]
+enum NewBytes<'a> {
+    Mem(&'a [u8]),
+    File(&'a dyn ReadAt),
+}
+
+impl NewBytes<'_> {
+    fn block(&self, b: usize, block_size: usize) -> Result<std::borrow::Cow<'_, [u8]>, DeltaError> {
+        let start = b * block_size;
+        Ok(match *self {
+            NewBytes::Mem(m) => m[start..(start + block_size).min(m.len())].into(),
+            NewBytes::File(f) => {
+                let len = (f.size() - start as u64).min(block_size as u64) as usize;
+                read_vec(f, start as u64, len)?.into()
+            }
+        })
+    }
+}
+
+/// With every block's ops known: the offset map, the choice per executable, then each
+/// block's streams with predicted references, coded in parallel. Returns the blocks,
+/// the transform section and its report.
+fn code_with_transform(
+    old: OldBytes<'_>,
+    new: NewBytes<'_>,
+    block_ops: Vec<Vec<Op>>,
+    exe: ExeInputs,
+    opts: &DiffOptions,
+) -> Result<(Vec<BlockOut>, Vec<u8>, TransformReport), DeltaError> {
     use rayon::prelude::*;
     let t = Instant::now();
     let block_size = opts.block_size as usize;
-    let span = MATCH_SPAN.min(block_size);
-    let spans_per_block = block_size.div_ceil(span);
-    let found: Vec<Vec<Op>> = new_proj
-        .par_chunks(span)
-        .map(|part| scan(old_proj, sa, part))
-        .collect();
-    let block_ops: Vec<Vec<Op>> = found
-        .chunks(spans_per_block)
-        .map(|f| merge_small(f.iter().flatten().copied(), MIN_DIFF_RUN))
-        .collect();
     let mut copies = Vec::new();
     let mut at = 0u64;
     for op in block_ops.iter().flatten() {
@@ -507,54 +675,87 @@ fn diff_with_transform(
         map,
         skip: Vec::new(),
     };
+    drop(exe.new_refs);
     // The choice per executable: predict its references only if that gets more of
-    // them right than old's own bytes would.
+    // them right than old's own bytes would (an unchanged executable gains nothing, and
+    // leaving it out spares apply finding its references).
     let parts = predictor.old.parts.len();
     let gains = block_ops
         .par_iter()
         .enumerate()
-        .map(|(b, ops)| {
+        .map(|(b, ops)| -> Result<Vec<i64>, DeltaError> {
             let mut g = vec![0i64; parts];
-            let mut at = (b * block_size) as u64;
+            let block = new.block(b, block_size)?;
+            let mut base = Vec::new();
+            let mut at = 0usize;
             for op in ops {
+                let d = op.diff_len as usize;
+                let old_op = old.bytes(op.old_pos, d, &mut base)?;
+                let new_at = (b * block_size + at) as u64;
                 predictor.gains(
-                    &text.bytes,
-                    new_bytes,
-                    (op.old_pos, op.diff_len, at),
+                    old_op,
+                    &block[at..at + d],
+                    (op.old_pos, op.diff_len, new_at),
                     &mut g,
                 );
-                at += op.diff_len + op.extra_len;
+                at += d + op.extra_len as usize;
             }
-            g
+            Ok(g)
         })
-        .reduce(
+        .try_reduce(
             || vec![0i64; parts],
             |mut a, b| {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
+                Ok(a)
             },
-        );
-    predictor.skip = (0..parts).filter(|&i| gains[i] < 0).collect();
-    drop(exe.new_refs);
+        )?;
+    predictor.skip = (0..parts).filter(|&i| gains[i] <= 0).collect();
+    // New's executables that no predicted reference lands in are left out of the patch.
+    let mut keep = vec![false; predictor.new.parts.len()];
+    let mut at = 0u64;
+    for op in block_ops.iter().flatten() {
+        let (lo, hi) = (op.old_pos, op.old_pos + op.diff_len);
+        let first = predictor.old.parts.partition_point(|p| p.end <= lo);
+        let predicted = predictor.old.parts[first..]
+            .iter()
+            .take_while(|p| p.start < hi)
+            .enumerate()
+            .any(|(k, _)| predictor.skip.binary_search(&(first + k)).is_err());
+        if predicted {
+            let n = &predictor.new.parts;
+            let i = n.partition_point(|p| p.end <= at);
+            for (k, p) in n[i..].iter().enumerate() {
+                if p.start >= at + op.diff_len {
+                    break;
+                }
+                keep[i + k] = true;
+            }
+        }
+        at += op.diff_len + op.extra_len;
+    }
+    let mut k = keep.iter();
+    predictor
+        .new
+        .parts
+        .retain(|_| k.next().copied().unwrap_or(false));
     tracing::debug!(
         secs = t.elapsed().as_secs_f64(),
         spans = predictor.map.spans.len(),
-        "new matched, offset map built"
+        "offset map built, executables chosen"
     );
     let t = Instant::now();
-    let blocks: Vec<&[u8]> = new_bytes.chunks(block_size).collect();
     let stats: [AtomicUsize; 4] = Default::default();
-    let out = blocks
+    let out = block_ops
         .par_iter()
-        .zip(block_ops.par_iter())
         .enumerate()
-        .map(|(b, (block, ops))| {
+        .map(|(b, ops)| {
+            let block = new.block(b, block_size)?;
             let s = block_streams(
-                text,
-                block,
+                old,
+                &block,
                 ops,
                 Some((&predictor, (b * block_size) as u64)),
-            );
+            )?;
             for (sum, n) in stats.iter().zip(s.predicted) {
                 sum.fetch_add(n, Ordering::Relaxed);
             }
@@ -606,22 +807,42 @@ fn diff_with_transform(
         executables_skipped: predictor.skip.len() as u64,
         section_bytes: bytes.len() as u64,
     };
-    Ok((out, full, Some((bytes, report))))
+    Ok((out, bytes, report))
+}
+
+impl OldBytes<'_> {
+    /// Old's `len` bytes at `pos`: borrowed from memory, or read into `buf`.
+    fn bytes<'b>(
+        &'b self,
+        pos: u64,
+        len: usize,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], DeltaError> {
+        match *self {
+            OldBytes::Text(t) => Ok(&t.bytes[pos as usize..pos as usize + len]),
+            OldBytes::File(f) => {
+                buf.clear();
+                buf.resize(len, 0);
+                f.read_at(buf, pos)?;
+                Ok(buf)
+            }
+        }
+    }
 }
 
 /// New bytes matched per task: small enough to balance the threads, large enough that
 /// the fresh alignment at each span's start costs nothing measurable.
 const MATCH_SPAN: usize = 2 << 20;
 
-/// A block's streams from its ops (old positions local to `text`). With a predictor
-/// (and the block's offset in new), ops add their diffs to old with references
-/// predicted; `text` is then all of old.
+/// A block's streams from its ops (old positions local to `text`, or old's offsets when
+/// old is read by offset). With a predictor (and the block's offset in new), ops add
+/// their diffs to old with references predicted; old is then all of old.
 fn block_streams(
-    text: &RegionText,
+    old: OldBytes<'_>,
     block: &[u8],
     ops: &[Op],
     predictor: Option<(&Predictor, u64)>,
-) -> Streams {
+) -> Result<Streams, DeltaError> {
     let mut streams = Streams {
         ops: Vec::new(),
         diff: Vec::with_capacity(block.len()),
@@ -632,9 +853,10 @@ fn block_streams(
     let mut at = 0usize;
     let mut runs = Vec::new();
     let mut base = Vec::new();
+    let mut read = Vec::new();
     for &op in ops {
         let (d, e) = (op.diff_len as usize, op.extra_len as usize);
-        let mut old_local = &text.bytes[op.old_pos as usize..op.old_pos as usize + d];
+        let mut old_local = old.bytes(op.old_pos, d, &mut read)?;
         if let Some((p, block_at)) = predictor {
             base.clear();
             base.extend_from_slice(old_local);
@@ -663,6 +885,10 @@ fn block_streams(
         );
         streams.extra.extend_from_slice(&block[at + d..at + d + e]);
         at += d + e;
+        let OldBytes::Text(text) = old else {
+            streams.ops.push(op);
+            continue;
+        };
         runs.clear();
         text.to_old(op.old_pos, op.diff_len, &mut runs);
         if runs.is_empty() {
@@ -679,7 +905,7 @@ fn block_streams(
         }
     }
     debug_assert_eq!(at, block.len());
-    streams
+    Ok(streams)
 }
 
 /// Diff runs shorter than this are folded into the previous op's extra bytes (measured on

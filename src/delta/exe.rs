@@ -32,11 +32,14 @@ use std::io::{self, Read, Seek, SeekFrom};
 use object::{Object, ObjectSection, SectionFlags};
 
 use super::format::{get_varint, put_varint, FormatError};
-use super::ReadAt;
+use super::{ext4, ReadAt};
 
 /// Inputs larger than this get no transform (the references of old are held in memory
 /// during apply: 5 bytes each, at most one per 5 bytes of code).
 pub const MAX_INPUT: u64 = 1 << 30;
+/// Largest file whose members (archive members, executables in a file-system image) are
+/// transformed: reference fields are 32-bit offsets.
+pub const MAX_IMAGE: u64 = u32::MAX as u64;
 /// Most sections a layout may have (and the patch may describe).
 const MAX_SECTIONS: usize = 4096;
 
@@ -62,6 +65,10 @@ pub struct Layout {
     /// What base-relative references count from: the address of ELF `.eh_frame_hdr`
     /// (its table is `datarel`), or a PE file's image base (RVAs).
     pub base: u64,
+    /// The sections with file bytes as (file offset, file length, address), by file
+    /// offset, when their file ranges are disjoint (as linkers lay them out):
+    /// `off_to_va` then searches instead of scanning. Derived from `sections`.
+    by_off: Option<Vec<(u64, u64, u64)>>,
 }
 
 /// Tables of references a container has besides its code (file ranges).
@@ -234,11 +241,19 @@ impl Layout {
                 return None;
             }
         }
+        let mut by_off: Vec<(u64, u64, u64)> = sections
+            .iter()
+            .filter(|s| s.file_len > 0)
+            .map(|s| (s.off, s.file_len, s.va))
+            .collect();
+        by_off.sort_unstable();
+        let disjoint = by_off.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0);
         (!sections.is_empty()).then_some(Layout {
             start: 0,
             end: u64::MAX,
             sections,
             base,
+            by_off: disjoint.then_some(by_off),
         })
     }
 
@@ -255,6 +270,9 @@ impl Layout {
         self.end = self.end.saturating_add(by);
         for s in &mut self.sections {
             s.off += by;
+        }
+        for s in self.by_off.iter_mut().flatten() {
+            s.0 += by;
         }
         for r in &mut tables.rela {
             r.0 += by;
@@ -278,6 +296,11 @@ impl Layout {
 
     /// Address of the file byte at `off` (the first section holding it).
     pub fn off_to_va(&self, off: u64) -> Option<u64> {
+        if let Some(by_off) = &self.by_off {
+            let i = by_off.partition_point(|s| s.0 <= off);
+            let &(start, len, va) = by_off.get(i.checked_sub(1)?)?;
+            return (off - start < len).then(|| va + (off - start));
+        }
         self.sections
             .iter()
             .find(|s| off >= s.off && off - s.off < s.file_len)
@@ -409,6 +432,207 @@ fn zip_members<R: ReadAt + ?Sized>(src: &R) -> Vec<(u64, u64)> {
 /// Most executables one file may hold (tar members).
 const MAX_PARTS: usize = 1 << 16;
 
+/// Files are found at multiples of this in inputs that are neither an executable nor an
+/// archive: file systems (ext4, XFS, btrfs, FAT and NTFS clusters) start every file's
+/// data on a block, so a disk or partition image's ELF and PE files start on 4 KiB.
+pub const ALIGN: u64 = 4096;
+
+/// Bytes an x86-64 ELF or PE file found at `at` takes, from its own headers: the end of
+/// its last section, program header, section header table or (PE) certificate table.
+/// `None` if `at` does not start one. Reads a few hundred bytes of headers (and the
+/// section header table) only.
+fn extent_at<R: ReadAt + ?Sized>(src: &R, at: u64) -> Option<u64> {
+    let size = src.size();
+    let left = size.checked_sub(at)?;
+    let mut h = [0u8; 64];
+    if left < 64 {
+        return None;
+    }
+    src.read_at(&mut h, at).ok()?;
+    let u16_at = |b: &[u8], i: usize| u64::from(u16::from_le_bytes([b[i], b[i + 1]]));
+    let u32_at = |b: &[u8], i: usize| {
+        u64::from(u32::from_le_bytes(
+            b[i..i + 4].try_into().unwrap_or_default(),
+        ))
+    };
+    let u64_at =
+        |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    let mut end = 0u64;
+    if h[..4] == *b"\x7fELF" {
+        // ELFCLASS64, little-endian, EM_X86_64.
+        if h[4] != 2 || h[5] != 1 || u16_at(&h, 18) != 62 {
+            return None;
+        }
+        let (phoff, shoff) = (u64_at(&h, 32), u64_at(&h, 40));
+        let (phsz, phn) = (u16_at(&h, 54), u16_at(&h, 56));
+        let (shsz, shn) = (u16_at(&h, 58), u16_at(&h, 60));
+        // ELF64 header sizes: anything else is not a file we take.
+        if shoff == 0
+            || shn == 0
+            || shsz != 64
+            || (phn > 0 && phsz != 56)
+            || shn > MAX_SECTIONS as u64
+            || phn > MAX_SECTIONS as u64
+        {
+            return None;
+        }
+        end = end.max(phoff.checked_add(phsz * phn)?);
+        end = end.max(shoff.checked_add(shsz * shn)?);
+        if end > left {
+            return None;
+        }
+        let mut t = vec![0u8; (shsz * shn) as usize];
+        src.read_at(&mut t, at + shoff).ok()?;
+        for sh in t.chunks_exact(shsz as usize) {
+            // SHT_NOBITS sections take no file bytes.
+            if u32_at(sh, 4) != 8 {
+                end = end.max(u64_at(sh, 24).checked_add(u64_at(sh, 32))?);
+            }
+        }
+        let mut t = vec![0u8; (56 * phn) as usize];
+        src.read_at(&mut t, at + phoff).ok()?;
+        for ph in t.chunks_exact(56) {
+            end = end.max(u64_at(ph, 8).checked_add(u64_at(ph, 32))?);
+        }
+    } else if h[..2] == *b"MZ" {
+        let pe = u32_at(&h, 0x3c);
+        let mut c = [0u8; 24 + 240];
+        if pe.checked_add(c.len() as u64)? > left {
+            return None;
+        }
+        src.read_at(&mut c, at + pe).ok()?;
+        // "PE\0\0", IMAGE_FILE_MACHINE_AMD64, a PE32+ optional header.
+        if c[..4] != *b"PE\0\0" || u16_at(&c, 4) != 0x8664 || u16_at(&c, 24) != 0x20b {
+            return None;
+        }
+        let (nsec, opt) = (u16_at(&c, 6), u16_at(&c, 20));
+        if nsec == 0 || nsec > MAX_SECTIONS as u64 {
+            return None;
+        }
+        end = u32_at(&c, 24 + 60); // SizeOfHeaders
+                                   // The certificate table's entry holds a file offset, not an address.
+        if opt >= 112 + 5 * 8 {
+            end = end.max(u32_at(&c, 24 + 112 + 32) + u32_at(&c, 24 + 112 + 36));
+        }
+        let mut t = vec![0u8; 40 * nsec as usize];
+        src.read_at(&mut t, at + pe + 24 + opt).ok()?;
+        for sec in t.chunks_exact(40) {
+            end = end.max(u32_at(sec, 20) + u32_at(sec, 16));
+        }
+    } else {
+        return None;
+    }
+    (end >= 64 && end <= left && end <= MAX_INPUT).then_some(end)
+}
+
+/// The executables of an ext4 image: each ELF or PE file's layout read through its
+/// extents, then moved to where its bytes are in the image (a section the file's holes
+/// split becomes several).
+fn ext4_parts<R: ReadAt + ?Sized>(
+    src: &R,
+    files: &[ext4::FileMap],
+) -> Option<(Image, Vec<Tables>)> {
+    let mut found: Vec<(Layout, Tables)> = files
+        .iter()
+        .filter_map(|map| {
+            let (l, t) = Layout::parse_with_tables(&ext4::Mapped { src, map })?;
+            in_image(&l, &t, map)
+        })
+        .collect();
+    found.sort_by_key(|(l, _)| l.start);
+    let (mut parts, mut tables) = (Vec::new(), Vec::new());
+    for (l, t) in found {
+        // Parts stay disjoint: a file interleaved with an earlier one is left out.
+        if parts.last().is_some_and(|p: &Layout| p.end > l.start) || parts.len() >= MAX_PARTS {
+            continue;
+        }
+        parts.push(l);
+        tables.push(t);
+    }
+    (!parts.is_empty()).then_some((Image { parts }, tables))
+}
+
+/// A file's layout and tables (in the file's offsets) in the image's offsets.
+fn in_image(l: &Layout, t: &Tables, map: &ext4::FileMap) -> Option<(Layout, Tables)> {
+    let start = map.extents.first()?.1;
+    let end = map.extents.iter().map(|e| e.1 + e.2).max()?;
+    if end - start > MAX_INPUT || map.extents.iter().any(|e| e.1 < start) {
+        return None;
+    }
+    let mut sections = Vec::new();
+    for s in &l.sections {
+        for (off, rel, len) in map.pieces(s.off, s.file_len) {
+            sections.push(Section {
+                off,
+                file_len: len,
+                va: s.va + rel,
+                mem_len: len,
+                exec: s.exec,
+            });
+        }
+        if s.mem_len > s.file_len {
+            sections.push(Section {
+                off: start,
+                file_len: 0,
+                va: s.va + s.file_len,
+                mem_len: s.mem_len - s.file_len,
+                exec: s.exec,
+            });
+        }
+        if sections.len() > MAX_SECTIONS {
+            return None;
+        }
+    }
+    let mut layout = Layout::new(sections, l.base)?;
+    (layout.start, layout.end) = (start, end);
+    // A table is read in one piece: one the file's holes split is left out.
+    let whole = |off: u64, len: u64| match map.pieces(off, len)[..] {
+        [(at, 0, n)] if n == len => Some(at),
+        _ => None,
+    };
+    let tables = Tables {
+        rela: t
+            .rela
+            .iter()
+            .filter_map(|&(o, n)| Some((whole(o, n)?, n)))
+            .collect(),
+        eh_frame: t
+            .eh_frame
+            .and_then(|(o, n, va)| Some((whole(o, n)?, n, va))),
+        eh_frame_hdr: t
+            .eh_frame_hdr
+            .and_then(|(o, n, va)| Some((whole(o, n)?, n, va))),
+        pdata: t.pdata.and_then(|(o, n)| Some((whole(o, n)?, n))),
+        reloc: t.reloc.and_then(|(o, n)| Some((whole(o, n)?, n))),
+    };
+    Some((layout, tables))
+}
+
+/// The x86-64 ELF and PE files of an input that is neither (a file system or disk
+/// image): each multiple of `ALIGN` is checked for one, whose extent its headers give;
+/// the search goes on after it. A file whose blocks are not contiguous is taken as
+/// laid out contiguously: its references past the break are wrong, which costs bytes
+/// (the encoder then leaves it unpredicted), never correctness.
+fn aligned_members<R: ReadAt + ?Sized>(src: &R) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    let mut head = [0u8; 2];
+    while at + 64 <= src.size() && out.len() < MAX_PARTS * 4 {
+        if src.read_at(&mut head, at).is_err() {
+            break;
+        }
+        if head == *b"\x7fE" || head == *b"MZ" {
+            if let Some(len) = extent_at(src, at) {
+                out.push((at, len));
+                at = (at + len).div_ceil(ALIGN) * ALIGN;
+                continue;
+            }
+        }
+        at += ALIGN;
+    }
+    out
+}
+
 /// The executables a file is or holds: the whole file, or the ELF and PE members of a
 /// tar archive or the stored entries of a zip archive (each then transformed on its
 /// own, with its own addresses).
@@ -425,7 +649,7 @@ impl Image {
 
     /// The executables and their tables; `None` if there is none.
     pub fn parse_with_tables<R: ReadAt + ?Sized>(src: &R) -> Option<(Image, Vec<Tables>)> {
-        if src.size() > MAX_INPUT {
+        if src.size() > MAX_IMAGE || src.size() < 64 {
             return None;
         }
         if let Some((l, t)) = Layout::parse_with_tables(src) {
@@ -437,8 +661,10 @@ impl Image {
             zip_members(src)
         } else if src.size() >= 512 && src.read_at(&mut magic, 257).is_ok() && &magic == b"ustar" {
             tar_members(src)
+        } else if let Some(files) = ext4::files(src, |m| m == b"\x7fELF" || m[..2] == *b"MZ") {
+            return ext4_parts(src, &files);
         } else {
-            return None;
+            aligned_members(src)
         };
         let mut parts: Vec<Layout> = Vec::new();
         let mut tables = Vec::new();
@@ -587,17 +813,20 @@ impl Refs {
     /// Sorts by field and drops any field overlapping the one before it or reaching
     /// past `size`.
     fn settle(&mut self, size: u64) {
-        let mut both: Vec<(u32, u8)> = self
+        // (field, kind) packed in one integer sorts as the pair does, and faster; the
+        // refs come as a few sorted runs (each code section, each table), which the
+        // stable sort merges instead of sorting from scratch.
+        let mut both: Vec<u64> = self
             .fields
             .iter()
-            .copied()
-            .zip(self.kinds.iter().copied())
+            .zip(&self.kinds)
+            .map(|(&f, &k)| u64::from(f) << 8 | u64::from(k))
             .collect();
-        both.sort_unstable();
+        both.sort();
         self.fields.clear();
         self.kinds.clear();
         let mut end = 0u64;
-        for (f, k) in both {
+        for (f, k) in both.into_iter().map(|p| ((p >> 8) as u32, p as u8)) {
             if u64::from(f) >= end && u64::from(f) + width(k) <= size {
                 end = u64::from(f) + width(k);
                 self.fields.push(f);
@@ -605,6 +834,30 @@ impl Refs {
             }
         }
     }
+}
+
+/// For each first byte: 2 if it starts a branch or a two-byte opcode (`E8`, `E9`, `0F`),
+/// 1 if it is a one-byte opcode `imm_after_modrm` takes (a candidate then needs a
+/// RIP-relative ModRM byte next: `modrm & 0xC7 == 0x05`), 0 if no candidate starts
+/// with it. A filter in front of `candidate`, which decides as before.
+static FIRST_BYTE: std::sync::LazyLock<[u8; 256]> = std::sync::LazyLock::new(|| {
+    let mut t = [0u8; 256];
+    for (b, class) in t.iter_mut().enumerate() {
+        let b = b as u8;
+        *class = if matches!(b, 0xe8 | 0xe9 | 0x0f) {
+            2
+        } else {
+            u8::from((0..=255u8).any(|m| imm_after_modrm(b, m).is_some()))
+        };
+    }
+    t
+});
+
+/// 0x80 in each byte of `v` that is zero, 0 in the others (exact: no carries cross
+/// bytes).
+fn zero_bytes(v: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    !(((v & LOW7) + LOW7) | v | LOW7)
 }
 
 /// A candidate at `i` in `code` (a code section's bytes): (field start, imm length,
@@ -643,6 +896,14 @@ fn scan_code<R: ReadAt + ?Sized>(
     let mut code: Vec<&Section> = layout.sections.iter().filter(|s| s.exec).collect();
     code.sort_by_key(|s| s.off);
     let mut done_to = 0u64; // sections sharing file bytes are scanned once
+                            // Most false candidates point outside the image: rejected before the search.
+    let lowest = layout.sections.first().map_or(0, |s| s.va);
+    let highest = layout
+        .sections
+        .iter()
+        .map(|s| s.va + s.mem_len)
+        .max()
+        .unwrap_or(0);
     for s in code {
         let start = s.off.max(done_to);
         let end = s.off + s.file_len;
@@ -658,7 +919,38 @@ fn scan_code<R: ReadAt + ?Sized>(
             let chunk = &buf[..n];
             let scan_to = if at + n as u64 == end { n } else { piece };
             let mut i = (next - at) as usize;
+            let first = &*FIRST_BYTE;
             while i < scan_to {
+                // Eight positions at a time: a candidate starts with E8, E9 or 0F, or
+                // is followed by a RIP-relative ModRM byte; skip to the first position
+                // that is either (the checks below then decide as before).
+                if i + 8 <= scan_to && i + 9 <= chunk.len() {
+                    let word = |k: usize| {
+                        u64::from_le_bytes(chunk[k..k + 8].try_into().unwrap_or_default())
+                    };
+                    let (w, next_w) = (word(i), word(i + 1));
+                    let maybe = zero_bytes((w & 0xfefe_fefe_fefe_fefe) ^ 0xe8e8_e8e8_e8e8_e8e8)
+                        | zero_bytes(w ^ 0x0f0f_0f0f_0f0f_0f0f)
+                        | zero_bytes((next_w & 0xc7c7_c7c7_c7c7_c7c7) ^ 0x0505_0505_0505_0505);
+                    if maybe == 0 {
+                        i += 8;
+                        continue;
+                    }
+                    i += (maybe.trailing_zeros() / 8) as usize;
+                }
+                // Most bytes start no candidate: decided by the table and, for ModRM
+                // opcodes, the next byte (a candidate's ModRM is RIP-relative).
+                match first[usize::from(chunk[i])] {
+                    0 => {
+                        i += 1;
+                        continue;
+                    }
+                    1 if chunk.get(i + 1).is_none_or(|&m| m & 0xc7 != 0x05) => {
+                        i += 1;
+                        continue;
+                    }
+                    _ => {}
+                }
                 let Some((field, imm, branch)) = candidate(chunk, i) else {
                     i += 1;
                     continue;
@@ -677,6 +969,7 @@ fn scan_code<R: ReadAt + ?Sized>(
                 let anchor_va = s.va + (at + after as u64 - s.off);
                 let hit = anchor_va
                     .checked_add_signed(i64::from(disp))
+                    .filter(|&t| t >= lowest && t < highest)
                     .and_then(|t| layout.section_at(t))
                     .is_some_and(|t| t.exec || !branch);
                 if !hit {
@@ -700,11 +993,31 @@ pub fn find_refs<R: ReadAt + ?Sized>(
     image: &Image,
     tables: &[Tables],
 ) -> io::Result<Refs> {
+    find_refs_in(src, image, tables, |_| true)
+}
+
+/// The references of the executables `want` takes (by index), as `find_refs` finds
+/// them: apply needs none of those the patch leaves unpredicted.
+pub fn find_refs_in<R: ReadAt + ?Sized>(
+    src: &R,
+    image: &Image,
+    tables: &[Tables],
+    want: impl Fn(usize) -> bool,
+) -> io::Result<Refs> {
+    // Settled part by part (parts are disjoint and in file order, so the result is
+    // sorted): the sort's scratch is one executable's, not the image's.
     let mut refs = Refs::default();
-    for (layout, tables) in image.parts.iter().zip(tables) {
-        part_refs(src, layout, tables, &mut refs)?;
+    let mut part = Refs::default();
+    for (i, (layout, tables)) in image.parts.iter().zip(tables).enumerate() {
+        if want(i) {
+            part.fields.clear();
+            part.kinds.clear();
+            part_refs(src, layout, tables, &mut part)?;
+            part.settle(src.size());
+            refs.fields.extend_from_slice(&part.fields);
+            refs.kinds.extend_from_slice(&part.kinds);
+        }
     }
-    refs.settle(src.size());
     Ok(refs)
 }
 
@@ -980,38 +1293,86 @@ fn target_of(layout: &Layout, field: u64, kind: u8, value: u64) -> Option<u64> {
     }
 }
 
-/// `bytes` with every reference field replaced by a label of what it points to: a hash
-/// of the 16 bytes at its target (with code references zeroed). Matching these
-/// projections aligns code and tables whose references moved but point to the same
+/// A label for each reference of `src` (in `refs`' order): a hash of the 16 bytes at
+/// its target, with code references zeroed (0 when the target is not in the file).
+/// Matching projections — the bytes with every reference replaced by its label (see
+/// `project_into`) — aligns code and tables whose references moved but point to the same
 /// things (Zucchini matches on projections too). Used by the encoder only: the patch
-/// does not depend on how its ops were found.
-pub fn project(bytes: &[u8], image: &Image, refs: &Refs) -> Vec<u8> {
-    let mut zeroed = bytes.to_vec();
-    for (&f, &k) in refs.fields.iter().zip(&refs.kinds) {
-        if k < CODE_KINDS {
-            zeroed[f as usize..f as usize + 4].fill(0);
+/// does not depend on how its ops were found. Reads one executable at a time.
+pub fn labels<R: ReadAt + ?Sized>(src: &R, image: &Image, refs: &Refs) -> io::Result<Vec<u32>> {
+    let f = &refs.fields;
+    let mut out = vec![0u32; f.len()];
+    let mut buf = Vec::new();
+    let mut values = Vec::new();
+    for layout in &image.parts {
+        let lo = f.partition_point(|&x| u64::from(x) < layout.start);
+        let hi = f.partition_point(|&x| u64::from(x) < layout.end);
+        if lo == hi {
+            continue;
+        }
+        buf.clear();
+        buf.resize((layout.end - layout.start) as usize, 0);
+        src.read_at(&mut buf, layout.start)?;
+        let local = |i: usize| (u64::from(f[i]) - layout.start) as usize;
+        values.clear();
+        for i in lo..hi {
+            let (at, w) = (local(i), width(refs.kinds[i]) as usize);
+            let mut value = [0u8; 8];
+            if let Some(b) = buf.get(at..at + w) {
+                value[..w].copy_from_slice(b);
+            }
+            values.push(u64::from_le_bytes(value));
+        }
+        for i in lo..hi {
+            if refs.kinds[i] < CODE_KINDS {
+                if let Some(b) = buf.get_mut(local(i)..local(i) + 4) {
+                    b.fill(0);
+                }
+            }
+        }
+        for (i, &value) in (lo..hi).zip(&values) {
+            let field = u64::from(f[i]);
+            out[i] = target_of(layout, field, refs.kinds[i], value)
+                .and_then(|t| layout.va_to_off(t))
+                .and_then(|t| t.checked_sub(layout.start))
+                .and_then(|t| buf.get(t as usize..t as usize + 16))
+                .map_or(0, |b| {
+                    let a = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+                    let c = u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
+                    ((a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ c)
+                        .wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                        >> 32) as u32
+                });
         }
     }
-    let mut out = zeroed.clone();
-    for (&f, &k) in refs.fields.iter().zip(&refs.kinds) {
-        let (f, w) = (f as usize, width(k) as usize);
-        let mut value = [0u8; 8];
-        value[..w].copy_from_slice(&bytes[f..f + w]);
-        let Some(layout) = image.part(f as u64) else {
-            continue;
-        };
-        let label = target_of(layout, f as u64, k, u64::from_le_bytes(value))
-            .and_then(|t| layout.va_to_off(t))
-            .and_then(|t| zeroed.get(t as usize..t as usize + 16))
-            .map_or(0, |b| {
-                let a = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-                let c = u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
-                (a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ c).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
-                    >> 32
-            });
-        out[f..f + w].copy_from_slice(&label.to_le_bytes()[..w]);
+    Ok(out)
+}
+
+/// Replaces, in `buf` (the input's bytes from offset `buf_off` on), every reference
+/// field (or the part of one that `buf` holds) by its label.
+pub fn project_into(buf: &mut [u8], buf_off: u64, refs: &Refs, labels: &[u32]) {
+    let f = &refs.fields;
+    let end = buf_off + buf.len() as u64;
+    let mut i = f.partition_point(|&x| u64::from(x) + 8 <= buf_off);
+    while i < f.len() && u64::from(f[i]) < end {
+        let (field, w) = (u64::from(f[i]), width(refs.kinds[i]));
+        let label = u64::from(labels[i]).to_le_bytes();
+        for (k, &byte) in label.iter().enumerate().take(w as usize) {
+            let pos = field + k as u64;
+            if pos >= buf_off && pos < end {
+                buf[(pos - buf_off) as usize] = byte;
+            }
+        }
+        i += 1;
     }
-    out
+}
+
+/// `bytes` (a whole input) with every reference replaced by its label.
+pub fn project(bytes: &[u8], image: &Image, refs: &Refs) -> io::Result<Vec<u8>> {
+    let labels = labels(bytes, image, refs)?;
+    let mut out = bytes.to_vec();
+    project_into(&mut out, 0, refs, &labels);
+    Ok(out)
 }
 
 /// Spans of the offset map with the same delta closer than this are joined (the gap
@@ -1023,7 +1384,13 @@ pub const MAP_GAP: u64 = 256;
 pub struct OffsetMap {
     /// (old start, length, new start), sorted by old start, non-overlapping.
     pub spans: Vec<(u64, u64, u64)>,
+    /// For each `MAP_BUCKET` bytes of old, how many spans start at or before the
+    /// bucket's start: `map` searches only the spans between two buckets.
+    index: Vec<u32>,
 }
+
+/// Bytes of old per entry of the offset map's index.
+const MAP_BUCKET: u64 = 4096;
 
 impl OffsetMap {
     /// From (old start, new start, length) copies in any order: sorted by old position,
@@ -1032,10 +1399,12 @@ impl OffsetMap {
     pub fn from_copies(mut copies: Vec<(u64, u64, u64)>, gap: u64) -> OffsetMap {
         copies.retain(|c| c.2 > 0);
         copies.sort_unstable();
-        let mut spans: Vec<(u64, u64, u64)> = Vec::with_capacity(copies.len());
-        for (old, new, len) in copies {
-            let (mut old, mut new, mut len) = (old, new, len);
-            if let Some(last) = spans.last_mut() {
+        // Spans are built in place (apply holds one entry per op, not two).
+        let mut n = 0usize;
+        for i in 0..copies.len() {
+            let (mut old, mut new, mut len) = copies[i];
+            if n > 0 {
+                let last = &mut copies[n - 1];
                 let last_end = last.0 + last.1;
                 if old < last_end {
                     let cut = (last_end - old).min(len);
@@ -1051,15 +1420,36 @@ impl OffsetMap {
                     continue;
                 }
             }
-            spans.push((old, len, new));
+            copies[n] = (old, len, new);
+            n += 1;
         }
-        OffsetMap { spans }
+        copies.truncate(n);
+        copies.shrink_to_fit();
+        let buckets = copies.last().map_or(0, |s| s.0 / MAP_BUCKET + 1);
+        let mut index = Vec::with_capacity(buckets as usize);
+        let mut k = 0usize;
+        for b in 0..buckets {
+            while k < copies.len() && copies[k].0 <= b * MAP_BUCKET {
+                k += 1;
+            }
+            index.push(k as u32);
+        }
+        OffsetMap {
+            spans: copies,
+            index,
+        }
     }
 
     /// Where old offset `off` went: its span's delta, or between spans the preceding
     /// span's.
     pub fn map(&self, off: u64) -> Option<u64> {
-        let i = self.spans.partition_point(|s| s.0 <= off);
+        let b = (off / MAP_BUCKET) as usize;
+        let lo = self.index.get(b).map_or(self.spans.len(), |&k| k as usize);
+        let hi = self
+            .index
+            .get(b + 1)
+            .map_or(self.spans.len(), |&k| k as usize);
+        let i = lo + self.spans[lo..hi].partition_point(|s| s.0 <= off);
         let s = self.spans.get(i.checked_sub(1)?)?;
         Some(s.2.wrapping_add(off - s.0))
     }
@@ -1107,11 +1497,65 @@ impl Predictor {
     /// `field` with old value `value` should have when it sits at new offset
     /// `new_field`.
     fn predict(&self, field: u64, kind: u8, value: u64, new_field: u64) -> Option<u64> {
-        let i = self.old.part_index(field)?;
-        if self.skip.binary_search(&i).is_ok() {
-            return None;
+        let (old, new) = self.parts_of(field, 1, new_field)?;
+        self.predict_in(old, new, field, kind, value, new_field)
+    }
+
+    /// The old executable holding `old_at..old_at + len` (if predicted) and the new one
+    /// holding `new_at..new_at + len`; `None` if either range is not wholly inside one.
+    fn parts_of(&self, old_at: u64, len: u64, new_at: u64) -> Option<(&Layout, &Layout)> {
+        let i = self.old.part_index(old_at)?;
+        let old = &self.old.parts[i];
+        let new = self.new.part(new_at)?;
+        let inside = |p: &Layout, at: u64| at + len <= p.end;
+        (self.skip.binary_search(&i).is_err() && inside(old, old_at) && inside(new, new_at))
+            .then_some((old, new))
+    }
+
+    /// What an op copying old `op_old..op_old + op_len` to new `op_new..` needs for its
+    /// references: `Some(Some(parts))` when both ranges lie in one executable each (every
+    /// reference then uses them), `Some(None)` when references must each be looked up,
+    /// `None` when none of them is predicted (its old range lies in an executable left
+    /// unpredicted, or in none).
+    #[allow(clippy::option_option)]
+    fn op_parts(
+        &self,
+        op_old: u64,
+        op_len: u64,
+        op_new: u64,
+    ) -> Option<Option<(&Layout, &Layout)>> {
+        if let Some(parts) = self.parts_of(op_old, op_len, op_new) {
+            return Some(Some(parts));
         }
-        let (old, new) = (&self.old.parts[i], self.new.part(new_field)?);
+        match self.old.part_index(op_old) {
+            Some(i)
+                if self.old.parts[i].end >= op_old + op_len
+                    && self.skip.binary_search(&i).is_ok() =>
+            {
+                None
+            }
+            None if {
+                let p = &self.old.parts;
+                let k = p.partition_point(|p| p.end <= op_old);
+                p.get(k).is_none_or(|p| p.start >= op_old + op_len)
+            } =>
+            {
+                None
+            }
+            _ => Some(None),
+        }
+    }
+
+    /// `predict` with the executables already found.
+    fn predict_in(
+        &self,
+        old: &Layout,
+        new: &Layout,
+        field: u64,
+        kind: u8,
+        value: u64,
+        new_field: u64,
+    ) -> Option<u64> {
         let t = self.new_target(old, target_of(old, field, kind, value)?, new)?;
         let new_va = || new.off_to_va(new_field);
         let fit32 = |v: i64| i32::try_from(v).ok().map(|v| u64::from(v as u32));
@@ -1133,6 +1577,7 @@ impl Predictor {
     /// executable `i` that the op copying old `op_old..op_old + op_len` to new `op_new..`
     /// carries, 1 if its prediction is new's value and −1 if old's value is (both or
     /// neither: 0).
+    /// `old` and `new` are the op's bytes (`op_len` of each).
     pub fn gains(
         &self,
         old: &[u8],
@@ -1147,10 +1592,8 @@ impl Predictor {
             i += 1;
             let w = width(kind) as usize;
             let new_field = op_new + (field - op_old);
-            let (Some(o), Some(n)) = (
-                old.get(field as usize..field as usize + w),
-                new.get(new_field as usize..new_field as usize + w),
-            ) else {
+            let at = (field - op_old) as usize;
+            let (Some(o), Some(n)) = (old.get(at..at + w), new.get(at..at + w)) else {
                 continue;
             };
             if field + w as u64 > op_old + op_len {
@@ -1171,10 +1614,6 @@ impl Predictor {
     /// Rewrites the references in `base` — old's bytes from `base_old` on, which an op
     /// copying old `op_old..op_old + op_len` to new `op_new..` adds its diff to — with
     /// their predicted values. Only references wholly inside the op are predicted;
-    /// `old_field` reads a field's old bytes where `base` holds only part of it.
-    /// Rewrites the references in `base` — old's bytes from `base_old` on, which an op
-    /// copying old `op_old..op_old + op_len` to new `op_new..` adds its diff to — with
-    /// their predicted values. Only references wholly inside the op are predicted;
     /// `old_field` reads a field's old bytes where `base` holds only part of it. Returns
     /// [code references predicted, right, table references predicted, right]; "right"
     /// is counted only when `new` (new's bytes where `base` goes) is given.
@@ -1192,9 +1631,12 @@ impl Predictor {
         let base_end = base_old + base.len() as u64;
         let lo = base_old.saturating_sub(7).max(op_old);
         let hi = base_end.min(op_old + op_len);
+        let mut predicted = [0; 4];
+        let Some(parts) = self.op_parts(op_old, op_len, op_new) else {
+            return Ok(predicted);
+        };
         let f = &self.refs.fields;
         let mut i = f.partition_point(|&x| u64::from(x) < lo);
-        let mut predicted = [0; 4];
         while i < f.len() && u64::from(f[i]) < hi {
             let field = u64::from(f[i]);
             let kind = self.refs.kinds[i];
@@ -1212,8 +1654,12 @@ impl Predictor {
                 old_bytes[w as usize..].fill(0);
             }
             let new_field = op_new + (field - op_old);
-            let Some(v) = self.predict(field, kind, u64::from_le_bytes(old_bytes), new_field)
-            else {
+            let value = u64::from_le_bytes(old_bytes);
+            let v = match parts {
+                Some((old, new)) => self.predict_in(old, new, field, kind, value, new_field),
+                None => self.predict(field, kind, value, new_field),
+            };
+            let Some(v) = v else {
                 continue;
             };
             for (k, byte) in v.to_le_bytes().into_iter().take(w as usize).enumerate() {
@@ -1231,5 +1677,34 @@ impl Predictor {
             predicted[class + 1] += usize::from(right);
         }
         Ok(predicted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_byte_filter_rejects_only_what_candidate_rejects() {
+        // Every first two bytes, and a third that is RIP-relative ModRM or not.
+        let mut rejected = 0;
+        for b0 in 0..=255u8 {
+            for b1 in 0..=255u8 {
+                for b2 in [0x05u8, 0x15, 0x00, 0xc0] {
+                    let code = [b0, b1, b2, 0, 0, 0, 0, 0];
+                    let filtered = match FIRST_BYTE[usize::from(b0)] {
+                        0 => true,
+                        1 => b1 & 0xc7 != 0x05,
+                        _ => false,
+                    };
+                    if filtered {
+                        rejected += 1;
+                        assert_eq!(candidate(&code, 0), None, "{b0:02x} {b1:02x} {b2:02x}");
+                    }
+                }
+            }
+        }
+        // The filter does reject most bytes (else it is no filter).
+        assert!(rejected > 200_000, "{rejected}");
     }
 }

@@ -38,6 +38,12 @@
 //! With the transform, an op adds its diff not to old's bytes but to old's bytes with
 //! every reference that lies wholly inside the op's old range replaced by the value
 //! predicted for its new position (`exe::Predictor::rewrite`).
+//! Old's executables (what the skip list indexes) are found in old by
+//! `exe::Image::parse`: old itself if it is an x86-64 ELF or PE file; else the ELF and
+//! PE members of a tar archive or the stored entries of a zip archive; else (a
+//! file-system or disk image of up to 4 GiB) the ELF and PE files that start at a
+//! multiple of 4 KiB, each as long as its headers say. Only the references of
+//! executables not in the skip list are needed.
 //! ```
 
 use crate::hash::Hash;
