@@ -7,6 +7,8 @@
 # inputs earlier; its output depends on the inputs only) and DIR/NAME.bsdiff.time ("wall
 # cpu peak_rss_kib" of that run), take those instead of running bsdiff again (hours on
 # the 600 MB image); the patch is still applied with bspatch and checked in this run.
+# --bsdiff-timeout SECS: bsdiff runs under timeout; a pair it does not finish is reported
+# so, and its ratios to bsdiff are left out.
 # Pairs: every NAME.old/NAME.new in CORPUS_DIR unless --pairs names them.
 # update-edge's own diff runs N times (default 3; the shared machine is noisy) and the
 # median-wall run is reported; the anchors, 5-50x slower, run once. Ends with the ratios
@@ -16,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${1:?usage: delta-corpus.sh CORPUS_DIR [--big SIZE_MIB] [--no-anchors] [--anchors-on-big]}
 shift
-BSDIFF_EARLIER=""
+BSDIFF_EARLIER=""; BSDIFF_DNF=""
 BIG=0; ANCHORS=1; ANCHORS_BIG=0; PAIRS=""; REPEAT=3
 while [ $# -gt 0 ]; do
   case $1 in
@@ -26,6 +28,7 @@ while [ $# -gt 0 ]; do
     --pairs) PAIRS=$2; PAIRS_SET=1; shift ;;  # e.g. --pairs "" for the big pair only
     --repeat) REPEAT=$2; shift ;;
     --bsdiff-from) BSDIFF_FROM=$2; shift ;;
+    --bsdiff-timeout) BSDIFF_TIMEOUT=$2; shift ;;
   esac
   shift
 done
@@ -97,10 +100,14 @@ run_pair() {
     rss_mib=$((rss / 1024))
     BSDIFF_EARLIER="$BSDIFF_EARLIER $pair"
     echo "bsdiff 4.3 on $pair: patch and times from $BSDIFF_FROM (an earlier run)" >&2
+  elif [ -n "${BSDIFF_TIMEOUT:-}" ] && ! measure timeout "$BSDIFF_TIMEOUT" bsdiff "$old" "$new" "$OUT/bs.patch" 2>/dev/null; then
+    ROWS+=("| $pair | bsdiff 4.3 | did not finish in $BSDIFF_TIMEOUT s | | | | | | | |")
+    BSDIFF_DNF="$BSDIFF_DNF $pair"
+    echo "${ROWS[-1]}" >&2
   else
-    measure bsdiff "$old" "$new" "$OUT/bs.patch"
+    [ -n "${BSDIFF_TIMEOUT:-}" ] || measure bsdiff "$old" "$new" "$OUT/bs.patch"
   fi
-  row "bsdiff 4.3" "$pair" "$OUT/bs.patch" bspatch "$old" "$OUT/applied" "$OUT/bs.patch"
+  [[ " $BSDIFF_DNF " == *" $pair "* ]] || row "bsdiff 4.3" "$pair" "$OUT/bs.patch" bspatch "$old" "$OUT/applied" "$OUT/bs.patch"
   measure xdelta3 -9 -f -e -s "$old" "$new" "$OUT/xd.patch"
   row "xdelta3 -9" "$pair" "$OUT/xd.patch" xdelta3 -f -d -s "$old" "$OUT/xd.patch" "$OUT/applied"
   measure zstd -q -f -19 --long=31 --patch-from="$old" "$new" -o "$OUT/z19.patch"
@@ -124,6 +131,7 @@ if [ "$ANCHORS" = 1 ] && [ -n "$PAIRS" ]; then
   echo "| pair | size / bsdiff | size / update-edge bytes only (--no-transform) | diff wall / bsdiff | diff wall / zstd -19 --patch-from |"
   echo "|---|---|---|---|---|"
   for p in $PAIRS; do
+    [[ " $BSDIFF_DNF " == *" $p "* ]] && { echo "| $p | bsdiff did not finish in $BSDIFF_TIMEOUT s | | | |"; continue; }
     awk -v s="${SIZE[$p/update-edge]}" -v bs="${SIZE[$p/bsdiff 4.3]}" -v w="${WALL[$p/update-edge]}" \
         -v nt="${SIZE[$p/update-edge --no-transform]}" \
         -v bw="${WALL[$p/bsdiff 4.3]}" -v zw="${WALL[$p/zstd -19 --long=31 --patch-from]}" -v p="$p" \
