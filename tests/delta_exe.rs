@@ -525,16 +525,16 @@ fn predicting_an_op_in_pieces_is_predicting_it_whole() {
     let (image, tables) = exe::Image::parse_with_tables(&old).unwrap();
     let refs = exe::find_refs(&old, &image, &tables).unwrap();
     let half = 0x1000 + old.len() as u64 / 3;
-    let p = exe::Predictor {
-        old: image,
+    let p = exe::Predictor::new(
+        image,
         refs,
-        new: exe::Image::parse(&new).unwrap(),
-        skip: Vec::new(),
-        map: exe::OffsetMap::from_copies(
+        exe::Image::parse(&new).unwrap(),
+        exe::OffsetMap::from_copies(
             vec![(0, 0, half), (half, half + 500, old.len() as u64 - half)],
             256,
         ),
-    };
+        Vec::new(),
+    );
     let (op_old, op_len, op_new) = (0x1000u64, 0x8000u64, 0x1000u64);
     let mut whole = old[op_old as usize..(op_old + op_len) as usize].to_vec();
     let n = p

@@ -668,13 +668,7 @@ fn code_with_transform(
         at += op.diff_len + op.extra_len;
     }
     let map = OffsetMap::from_copies(copies, exe::MAP_GAP);
-    let mut predictor = Predictor {
-        old: exe.old,
-        refs: exe.refs,
-        new: exe.new,
-        map,
-        skip: Vec::new(),
-    };
+    let mut predictor = Predictor::new(exe.old, exe.refs, exe.new, map, Vec::new());
     drop(exe.new_refs);
     // The choice per executable: predict its references only if that gets more of
     // them right than old's own bytes would (an unchanged executable gains nothing, and

@@ -294,6 +294,20 @@ impl Layout {
         (va - s.va < s.file_len).then(|| s.off + (va - s.va))
     }
 
+    /// The run of file bytes at consecutive addresses holding `off`, when the sections'
+    /// file ranges are disjoint (`off_to_va` then maps every offset of the run by it).
+    fn run_at(&self, off: u64) -> Option<Run> {
+        let by_off = self.by_off.as_ref()?;
+        let i = by_off.partition_point(|s| s.0 <= off);
+        let r = *by_off.get(i.checked_sub(1)?)?;
+        (off - r.0 < r.1).then_some(r)
+    }
+
+    /// `off_to_va`, looked up in `run` (from `run_at`) first.
+    fn off_to_va_near(&self, run: Option<Run>, off: u64) -> Option<u64> {
+        run_va(run, off).or_else(|| self.off_to_va(off))
+    }
+
     /// Address of the file byte at `off` (the first section holding it).
     pub fn off_to_va(&self, off: u64) -> Option<u64> {
         if let Some(by_off) = &self.by_off {
@@ -810,28 +824,61 @@ impl Refs {
         }
     }
 
-    /// Sorts by field and drops any field overlapping the one before it or reaching
-    /// past `size`.
-    fn settle(&mut self, size: u64) {
-        // (field, kind) packed in one integer sorts as the pair does, and faster; the
-        // refs come as a few sorted runs (each code section, each table), which the
-        // stable sort merges instead of sorting from scratch.
-        let mut both: Vec<u64> = self
-            .fields
-            .iter()
-            .zip(&self.kinds)
-            .map(|(&f, &k)| u64::from(f) << 8 | u64::from(k))
-            .collect();
-        both.sort();
-        self.fields.clear();
-        self.kinds.clear();
-        let mut end = 0u64;
-        for (f, k) in both.into_iter().map(|p| ((p >> 8) as u32, p as u8)) {
+    /// Appends to `out` (whose fields all lie before these) the references of `a` and
+    /// `b` sorted by field and kind, leaving out any field overlapping the one before
+    /// it or reaching past `size`. The code scan's list comes sorted, and is merged
+    /// with the sorted table list rather than sorted again.
+    fn settle_into(a: Refs, b: Refs, size: u64, out: &mut Refs) {
+        // (field, kind) packed in one integer sorts as the pair does.
+        let key = |r: &Refs, i: usize| u64::from(r.fields[i]) << 8 | u64::from(r.kinds[i]);
+        let sorted = |r: &Refs| (1..r.fields.len()).all(|i| key(r, i - 1) <= key(r, i));
+        let sort = |r: Refs| -> Refs {
+            if sorted(&r) {
+                return r;
+            }
+            let mut both: Vec<u64> = (0..r.fields.len()).map(|i| key(&r, i)).collect();
+            both.sort_unstable();
+            Refs {
+                fields: both.iter().map(|&p| (p >> 8) as u32).collect(),
+                kinds: both.iter().map(|&p| p as u8).collect(),
+            }
+        };
+        let (mut a, b) = (sort(a), sort(b));
+        // Merged from the back into `a`'s space (no second list of the whole size),
+        // then filtered in place.
+        let (na, nb) = (a.fields.len(), b.fields.len());
+        a.fields.resize(na + nb, 0);
+        a.kinds.resize(na + nb, 0);
+        let (mut i, mut j) = (na, nb);
+        while j > 0 {
+            let k = i + j - 1;
+            if i > 0 && key(&a, i - 1) > key(&b, j - 1) {
+                a.fields[k] = a.fields[i - 1];
+                a.kinds[k] = a.kinds[i - 1];
+                i -= 1;
+            } else {
+                a.fields[k] = b.fields[j - 1];
+                a.kinds[k] = b.kinds[j - 1];
+                j -= 1;
+            }
+        }
+        let (mut kept, mut end) = (0, 0u64);
+        for i in 0..a.fields.len() {
+            let (f, k) = (a.fields[i], a.kinds[i]);
             if u64::from(f) >= end && u64::from(f) + width(k) <= size {
                 end = u64::from(f) + width(k);
-                self.fields.push(f);
-                self.kinds.push(k);
+                a.fields[kept] = f;
+                a.kinds[kept] = k;
+                kept += 1;
             }
+        }
+        a.fields.truncate(kept);
+        a.kinds.truncate(kept);
+        if out.fields.is_empty() {
+            *out = a;
+        } else {
+            out.fields.extend_from_slice(&a.fields);
+            out.kinds.extend_from_slice(&a.kinds);
         }
     }
 }
@@ -1007,27 +1054,43 @@ pub fn find_refs_in<R: ReadAt + ?Sized>(
     // Settled part by part (parts are disjoint and in file order, so the result is
     // sorted): the sort's scratch is one executable's, not the image's.
     let mut refs = Refs::default();
-    let mut part = Refs::default();
     for (i, (layout, tables)) in image.parts.iter().zip(tables).enumerate() {
         if want(i) {
-            part.fields.clear();
-            part.kinds.clear();
-            part_refs(src, layout, tables, &mut part)?;
-            part.settle(src.size());
-            refs.fields.extend_from_slice(&part.fields);
-            refs.kinds.extend_from_slice(&part.kinds);
+            let (code, table) = part_refs(src, layout, tables)?;
+            Refs::settle_into(code, table, src.size(), &mut refs);
         }
     }
     Ok(refs)
 }
 
+/// One executable's references: its code's and its tables' (found on two threads).
 fn part_refs<R: ReadAt + ?Sized>(
+    src: &R,
+    layout: &Layout,
+    tables: &Tables,
+) -> io::Result<(Refs, Refs)> {
+    let (code, table) = rayon::join(
+        || -> io::Result<Refs> {
+            let mut r = Refs::default();
+            scan_code(src, layout, &mut r, 1 << 20)?;
+            Ok(r)
+        },
+        || -> io::Result<Refs> {
+            let mut r = Refs::default();
+            table_refs(src, layout, tables, &mut r)?;
+            Ok(r)
+        },
+    );
+    Ok((code?, table?))
+}
+
+/// The address fields of an executable's tables (relocations, unwind tables).
+fn table_refs<R: ReadAt + ?Sized>(
     src: &R,
     layout: &Layout,
     tables: &Tables,
     refs: &mut Refs,
 ) -> io::Result<()> {
-    scan_code(src, layout, refs, 1 << 20)?;
     for &(off, len) in &tables.rela {
         for_pieces(src, off, len - len % 24, 24, |at, e| {
             refs.push(at, K_ABS64);
@@ -1279,13 +1342,17 @@ pub const CODE_KINDS: u8 = 16;
 /// The address a reference of `kind` at `field` with `value` points to, in a file with
 /// this layout.
 fn target_of(layout: &Layout, field: u64, kind: u8, value: u64) -> Option<u64> {
+    target_near(layout, None, field, kind, value)
+}
+
+/// `target_of`, with file offsets looked up in `run` first.
+fn target_near(layout: &Layout, run: Option<Run>, field: u64, kind: u8, value: u64) -> Option<u64> {
     let v32 = i64::from(value as u32 as i32);
+    let va = |off| layout.off_to_va_near(run, off);
     match kind {
-        0..CODE_KINDS => layout
-            .off_to_va(field + 4 + u64::from(kind))?
-            .checked_add_signed(v32),
-        K_PCREL32 => layout.off_to_va(field)?.checked_add_signed(v32),
-        K_NEGREL32 => layout.off_to_va(field)?.checked_add_signed(-v32),
+        0..CODE_KINDS => va(field + 4 + u64::from(kind))?.checked_add_signed(v32),
+        K_PCREL32 => va(field)?.checked_add_signed(v32),
+        K_NEGREL32 => va(field)?.checked_add_signed(-v32),
         K_ABS64 => Some(value),
         K_DATAREL32 => layout.base.checked_add_signed(v32),
         K_RVA32 => layout.base.checked_add(value & 0xffff_ffff),
@@ -1466,9 +1533,60 @@ pub struct Predictor {
     /// Old's executables (indexes into `old.parts`, ascending) whose references are not
     /// predicted: the encoder found predicting them gets fewer right than old's bytes.
     pub skip: Vec<usize>,
+    /// For each `REF_BUCKET` bytes of old, how many references start before the
+    /// bucket: an op's first reference is found without a search of all of them (a
+    /// search per op was a tenth of apply's time on the ruff pair).
+    ref_index: Vec<u32>,
+}
+
+/// Bytes of old per entry of the predictor's reference index.
+const REF_BUCKET: u64 = 4096;
+
+/// A run of file bytes at consecutive addresses: (file offset, length, address).
+type Run = (u64, u64, u64);
+
+/// The address of file offset `off` if `run` holds it.
+fn run_va(run: Option<Run>, off: u64) -> Option<u64> {
+    run.filter(|r| off >= r.0 && off - r.0 < r.1)
+        .map(|r| r.2 + (off - r.0))
 }
 
 impl Predictor {
+    pub fn new(old: Image, refs: Refs, new: Image, map: OffsetMap, skip: Vec<usize>) -> Predictor {
+        let buckets = refs
+            .fields
+            .last()
+            .map_or(0, |&f| u64::from(f) / REF_BUCKET + 2);
+        let mut ref_index = Vec::with_capacity(buckets as usize);
+        let mut k = 0usize;
+        for b in 0..buckets {
+            while k < refs.fields.len() && u64::from(refs.fields[k]) < b * REF_BUCKET {
+                k += 1;
+            }
+            ref_index.push(k as u32);
+        }
+        Predictor {
+            old,
+            refs,
+            new,
+            map,
+            skip,
+            ref_index,
+        }
+    }
+
+    /// The index of the first reference whose field starts at or after `off`.
+    fn first_ref(&self, off: u64) -> usize {
+        let f = &self.refs.fields;
+        let b = usize::try_from(off / REF_BUCKET).unwrap_or(usize::MAX);
+        let Some(&lo) = self.ref_index.get(b) else {
+            return f.len();
+        };
+        let hi = self.ref_index.get(b + 1).map_or(f.len(), |&h| h as usize);
+        let lo = lo as usize;
+        lo + f[lo..hi].partition_point(|&x| u64::from(x) < off)
+    }
+
     /// Where address `target` of old's executable `old` is in new: through the offset
     /// map into whichever of new's executables holds it, when the file holds its byte;
     /// for zero-filled space (`.bss`), by its section in `new` (the executable the
@@ -1498,7 +1616,7 @@ impl Predictor {
     /// `new_field`.
     fn predict(&self, field: u64, kind: u8, value: u64, new_field: u64) -> Option<u64> {
         let (old, new) = self.parts_of(field, 1, new_field)?;
-        self.predict_in(old, new, field, kind, value, new_field)
+        self.predict_in((old, None), (new, None), field, kind, value, new_field)
     }
 
     /// The old executable holding `old_at..old_at + len` (if predicted) and the new one
@@ -1546,22 +1664,23 @@ impl Predictor {
         }
     }
 
-    /// `predict` with the executables already found.
+    /// `predict` with the executables already found, and runs of old's and new's file
+    /// offsets (`Layout::run_at`, for the op's start) to look fields up in first.
     fn predict_in(
         &self,
-        old: &Layout,
-        new: &Layout,
+        (old, old_run): (&Layout, Option<Run>),
+        (new, new_run): (&Layout, Option<Run>),
         field: u64,
         kind: u8,
         value: u64,
         new_field: u64,
     ) -> Option<u64> {
-        let t = self.new_target(old, target_of(old, field, kind, value)?, new)?;
-        let new_va = || new.off_to_va(new_field);
+        let t = self.new_target(old, target_near(old, old_run, field, kind, value)?, new)?;
+        let new_va = || new.off_to_va_near(new_run, new_field);
         let fit32 = |v: i64| i32::try_from(v).ok().map(|v| u64::from(v as u32));
         match kind {
             0..CODE_KINDS => {
-                let anchor = new.off_to_va(new_field + 4 + u64::from(kind))?;
+                let anchor = new.off_to_va_near(new_run, new_field + 4 + u64::from(kind))?;
                 fit32(t.wrapping_sub(anchor) as i64)
             }
             K_PCREL32 => fit32(t.wrapping_sub(new_va()?) as i64),
@@ -1586,7 +1705,7 @@ impl Predictor {
         gains: &mut [i64],
     ) {
         let f = &self.refs.fields;
-        let mut i = f.partition_point(|&x| u64::from(x) < op_old);
+        let mut i = self.first_ref(op_old);
         while i < f.len() && u64::from(f[i]) < op_old + op_len {
             let (field, kind) = (u64::from(f[i]), self.refs.kinds[i]);
             i += 1;
@@ -1635,8 +1754,10 @@ impl Predictor {
         let Some(parts) = self.op_parts(op_old, op_len, op_new) else {
             return Ok(predicted);
         };
+        // Most of an op's fields lie in the section its start does, on both sides.
+        let parts = parts.map(|(old, new)| ((old, old.run_at(op_old)), (new, new.run_at(op_new))));
         let f = &self.refs.fields;
-        let mut i = f.partition_point(|&x| u64::from(x) < lo);
+        let mut i = self.first_ref(lo);
         while i < f.len() && u64::from(f[i]) < hi {
             let field = u64::from(f[i]);
             let kind = self.refs.kinds[i];
@@ -1706,5 +1827,132 @@ mod tests {
         }
         // The filter does reject most bytes (else it is no filter).
         assert!(rejected > 200_000, "{rejected}");
+    }
+
+    /// A small deterministic generator (xorshift) for the comparisons below.
+    fn rng(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut x = seed | 1;
+        move |n| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        }
+    }
+
+    fn random_refs(next: &mut impl FnMut(u64) -> u64, n: usize, sorted: bool) -> Refs {
+        let kinds = [0u8, 1, 4, K_PCREL32, K_ABS64, K_RVA32];
+        let mut r = Refs::default();
+        let mut at = 0u64;
+        for _ in 0..n {
+            at += next(12);
+            let f = if sorted { at } else { next(4000) };
+            r.fields.push(f as u32);
+            r.kinds.push(kinds[next(kinds.len() as u64) as usize]);
+        }
+        r
+    }
+
+    #[test]
+    fn settling_two_lists_is_sorting_them_together_then_dropping_overlaps() {
+        let mut next = rng(7);
+        let mut dropped = 0;
+        for round in 0..200 {
+            // The code list comes sorted; the table list sorted or not (both kinds of
+            // input take the merge's paths).
+            let (n_code, n_table) = (next(300) as usize, next(300) as usize);
+            let code = random_refs(&mut next, n_code, round % 3 != 0);
+            let table = random_refs(&mut next, n_table, round % 2 == 0);
+            let size = 3000 + next(1000);
+            let mut pairs: Vec<(u32, u8)> = code
+                .fields
+                .iter()
+                .zip(&code.kinds)
+                .chain(table.fields.iter().zip(&table.kinds))
+                .map(|(&f, &k)| (f, k))
+                .collect();
+            pairs.sort();
+            let all = pairs.len();
+            let mut want = Refs::default();
+            let mut end = 0u64;
+            for (f, k) in pairs {
+                if u64::from(f) >= end && u64::from(f) + width(k) <= size {
+                    end = u64::from(f) + width(k);
+                    want.fields.push(f);
+                    want.kinds.push(k);
+                }
+            }
+            let mut got = Refs::default();
+            Refs::settle_into(code, table, size, &mut got);
+            assert_eq!(got, want, "round {round}");
+            dropped += all - want.fields.len();
+        }
+        // Overlapping fields were there to drop.
+        assert!(dropped > 1000, "{dropped}");
+    }
+
+    #[test]
+    fn first_ref_is_the_search_of_all_references() {
+        let mut next = rng(11);
+        let mut refs = Refs::default();
+        let mut at = 0u64;
+        for _ in 0..5000 {
+            // Gaps from none to several buckets.
+            let far = next(10) == 0;
+            at += 1 + next(if far { 40_000 } else { 700 });
+            refs.fields.push(at as u32);
+            refs.kinds.push(K_ABS64);
+        }
+        let last = at;
+        let p = Predictor::new(
+            Image::default(),
+            refs.clone(),
+            Image::default(),
+            OffsetMap::default(),
+            Vec::new(),
+        );
+        for off in (0..last + 3 * REF_BUCKET)
+            .step_by(97)
+            .chain([0, last, last + 1, u64::MAX])
+        {
+            let want = refs.fields.partition_point(|&x| u64::from(x) < off);
+            assert_eq!(p.first_ref(off), want, "offset {off}");
+        }
+    }
+
+    #[test]
+    fn offsets_map_to_the_same_address_through_a_run_or_without() {
+        let section = |off, file_len, va, mem_len| Section {
+            off,
+            file_len,
+            va,
+            mem_len,
+            exec: false,
+        };
+        let l = Layout::new(
+            vec![
+                section(0x400, 0x300, 0x1000, 0x300),
+                section(0x700, 0x100, 0x5000, 0x800),
+                section(0x900, 0x50, 0x2000, 0x50),
+            ],
+            0,
+        )
+        .expect("layout");
+        assert!(l.by_off.is_some());
+        let mut mapped = 0;
+        for from in (0..0xa00).step_by(0x10) {
+            let run = l.run_at(from);
+            assert_eq!(run.is_some(), l.off_to_va(from).is_some(), "{from:#x}");
+            for off in 0..0xa00 {
+                assert_eq!(
+                    l.off_to_va_near(run, off),
+                    l.off_to_va(off),
+                    "{from:#x} {off:#x}"
+                );
+                mapped += usize::from(run_va(run, off).is_some());
+            }
+        }
+        // Runs are used (most lookups from inside a section hit its run).
+        assert!(mapped > 10_000, "{mapped}");
     }
 }
