@@ -458,7 +458,7 @@ fn an_executable_whose_references_did_not_move_is_left_unpredicted() {
 
 #[test]
 fn ops_longer_than_apply_batches_predict_across_the_split() {
-    // A 6 MiB .text copied by ops longer than apply's 4 MiB batches: references that
+    // A 6 MiB .text copied by ops longer than apply's 1 MiB batches: references that
     // straddle a batch boundary are predicted from bytes read separately.
     let (old, new) = (elf(12_000, 0), elf(12_000, 64));
     let o = DiffOptions {
@@ -468,6 +468,26 @@ fn ops_longer_than_apply_batches_predict_across_the_split() {
     let mut patch = Vec::new();
     delta::diff(&old.clone(), &new.clone(), &mut patch, &o, &|_| {}).unwrap();
     assert_eq!(version(&patch), 2);
+    assert_eq!(apply(&old, &patch).unwrap(), new);
+}
+
+#[test]
+fn an_executables_references_are_kept_until_its_last_op_has_been_applied() {
+    // Apply finds the references of the executables the first block copies from before
+    // it starts, any other's before the first op that copies from it, and drops each
+    // executable's after its last op. Here the small member is first copied from in
+    // a later 2 MiB block than the first, so its references are found mid-apply.
+    let old = tar(&[("big.so", elf(12_000, 0)), ("small.so", elf(300, 0))]);
+    let new = tar(&[("big.so", elf(12_000, 64)), ("small.so", elf(300, 500))]);
+    assert_eq!(exe::Image::parse(&old).expect("members").parts.len(), 2);
+    let o = DiffOptions {
+        block_size: 2 << 20,
+        ..opts()
+    };
+    let mut patch = Vec::new();
+    let report = delta::diff(&old.clone(), &new.clone(), &mut patch, &o, &|_| {}).unwrap();
+    let t = report.transform.expect("transform report");
+    assert_eq!(t.executables - t.executables_skipped, 2, "{t:?}");
     assert_eq!(apply(&old, &patch).unwrap(), new);
 }
 

@@ -9,7 +9,7 @@
 //! old size and blake3 → per block: header bounds, exact decompressed lengths, every op
 //! inside the block and inside old → total length → result blake3.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 
 use rayon::prelude::*;
 
@@ -98,6 +98,8 @@ struct OldReads {
     /// For each entry of `ops`, the whole op it is a piece of: (old position, diff
     /// length, position in new).
     whole: Vec<(u64, u64, u64)>,
+    /// For each entry of `ops`, its op's number in the patch (counting from 0).
+    op_no: Vec<usize>,
     /// Where each of the batch's ops' old bytes start in `buf`.
     at: Vec<usize>,
     buf: Vec<u8>,
@@ -178,14 +180,93 @@ pub fn read_transform_section(patch: &mut dyn Read) -> Result<TransformSection, 
     read_section(patch, &mut dec)
 }
 
-/// Reads a patch's transform section, rebuilds the offset map from its ops and finds
-/// old's references: what apply needs to predict them. Returns the control streams too.
+/// When apply finds and drops each predicted executable's references: before the first
+/// op that copies from it and after the last (an image's executables are mostly copied
+/// in turn, so apply holds a few executables' references, not all of them).
+struct RefSchedule {
+    tables: Vec<exe::Tables>,
+    /// (first op, executable) and (last op, executable), each sorted by op.
+    loads: Vec<(usize, usize)>,
+    drops: Vec<(usize, usize)>,
+    next_load: usize,
+    next_drop: usize,
+}
+
+impl RefSchedule {
+    /// From the ops' old ranges (old position, length), in the patch's order.
+    fn new(p: &Predictor, tables: Vec<exe::Tables>, ops: &[(u64, u64)]) -> RefSchedule {
+        let parts = &p.old.parts;
+        let mut uses = vec![(usize::MAX, 0usize); parts.len()];
+        for (n, &(old_pos, len)) in ops.iter().enumerate() {
+            let mut k = parts.partition_point(|p| p.end <= old_pos);
+            while len > 0 && k < parts.len() && parts[k].start < old_pos + len {
+                uses[k].0 = uses[k].0.min(n);
+                uses[k].1 = n;
+                k += 1;
+            }
+        }
+        let used = |(k, u): (usize, &(usize, usize))| {
+            (u.0 != usize::MAX && p.skip.binary_search(&k).is_err()).then_some((k, *u))
+        };
+        let mut loads: Vec<_> = uses
+            .iter()
+            .enumerate()
+            .filter_map(used)
+            .map(|(k, u)| (u.0, k))
+            .collect();
+        let mut drops: Vec<_> = uses
+            .iter()
+            .enumerate()
+            .filter_map(used)
+            .map(|(k, u)| (u.1, k))
+            .collect();
+        loads.sort_unstable();
+        drops.sort_unstable();
+        RefSchedule {
+            tables,
+            loads,
+            drops,
+            next_load: 0,
+            next_drop: 0,
+        }
+    }
+
+    /// Finds the references of every executable first copied from by op `op` or before.
+    fn load_through(&mut self, op: usize, old: &dyn ReadAt, p: &mut Predictor) -> io::Result<()> {
+        while let Some(&(_, i)) = self.loads.get(self.next_load).filter(|l| l.0 <= op) {
+            let refs = exe::find_refs_in(old, &p.old, &self.tables, |k| k == i)?;
+            p.set_part_refs(i, refs);
+            self.next_load += 1;
+        }
+        Ok(())
+    }
+
+    /// Drops the references of every executable last copied from by op `op` or before.
+    fn drop_through(&mut self, op: usize, p: &mut Predictor) {
+        while let Some(&(_, i)) = self.drops.get(self.next_drop).filter(|d| d.0 <= op) {
+            p.set_part_refs(i, exe::Refs::default());
+            self.next_drop += 1;
+        }
+    }
+}
+
+/// The last op whose every piece is applied once the pieces before `last` are (`op_no`:
+/// each piece's op): the one before the next piece's (a long op's pieces can span
+/// batches) or, after the block's last piece, the one before `next_op`.
+fn ops_done(op_no: &[usize], last: usize, next_op: usize) -> Option<usize> {
+    op_no.get(last).copied().unwrap_or(next_op).checked_sub(1)
+}
+
+/// Reads a patch's transform section, rebuilds the offset map from its ops and parses
+/// old's executables: what apply needs to predict references. Finds the references of
+/// the executables the first block copies from; the schedule says when to find the
+/// others'. Returns the control streams too.
 fn read_transform(
     old: &dyn ReadAt,
     header: &Header,
     patch: &mut dyn Read,
     dec: &mut zstd::bulk::Decompressor<'_>,
-) -> Result<(Predictor, TransformSection), DeltaError> {
+) -> Result<(Predictor, TransformSection, RefSchedule), DeltaError> {
     let section = read_section(patch, dec)?;
     if header.old_size > exe::MAX_IMAGE {
         return Err(DeltaError::WrongOld(
@@ -198,6 +279,7 @@ fn read_transform(
         ));
     }
     let mut copies = Vec::new();
+    let mut first_block_ops = 0;
     let mut new_at = 0u64;
     for w in section.ctrl_at.windows(2) {
         let mut ops = CtrlReader::new(&section.ctrl[w[0]..w[1]])?;
@@ -212,7 +294,11 @@ fn read_transform(
                 .ok_or_else(|| corrupt("ops exceed the new size"))?;
             cursor = end;
         }
+        if w[0] == 0 {
+            first_block_ops = copies.len();
+        }
     }
+    let ops: Vec<(u64, u64)> = copies.iter().map(|c| (c.0, c.2)).collect();
     let map = exe::OffsetMap::from_copies(copies, exe::MAP_GAP);
     let new = section.new.clone();
     let (old_layout, tables) = exe::Image::parse_with_tables(old).ok_or_else(|| {
@@ -229,11 +315,19 @@ fn read_transform(
     }
     // Only the references of executables the patch predicts are needed (in a file
     // system image, most executables are unchanged and left unpredicted).
-    let refs = exe::find_refs_in(old, &old_layout, &tables, |i| {
-        section.skip.binary_search(&i).is_err()
-    })?;
-    let p = Predictor::new(old_layout, refs, new, map, section.skip.clone());
-    Ok((p, section))
+    let mut p = Predictor::new(
+        old_layout,
+        exe::Refs::default(),
+        new,
+        map,
+        section.skip.clone(),
+    );
+    let mut schedule = RefSchedule::new(&p, tables, &ops);
+    drop(ops);
+    if first_block_ops > 0 {
+        schedule.load_through(first_block_ops - 1, old, &mut p)?;
+    }
+    Ok((p, section, schedule))
 }
 
 fn read_section(
@@ -338,10 +432,11 @@ pub fn apply(
             header.old_hash
         )));
     }
-    let (predictor, section) = match transform.transpose()? {
-        Some((p, s)) => (Some(p), Some(s)),
-        None => (None, None),
+    let (mut predictor, section, mut schedule) = match transform.transpose()? {
+        Some((p, s, r)) => (Some(p), Some(s), Some(r)),
+        None => (None, None, None),
     };
+    let mut op_no = 0usize;
     let mut added = Vec::new();
     let (mut packed, mut ctrl, mut coded, mut diff, mut extra) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -376,6 +471,7 @@ pub fn apply(
         let mut ops = CtrlReader::new(&ctrl)?;
         reads.ops.clear();
         reads.whole.clear();
+        reads.op_no.clear();
         while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
             let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
             if diff_len > (diff.len() - d_at) as u64 || extra_len > (extra.len() - e_at) as u64 {
@@ -386,10 +482,13 @@ pub fn apply(
             while piece.1 > OLD_BATCH {
                 reads.ops.push((piece.0, OLD_BATCH, 0));
                 reads.whole.push(whole);
+                reads.op_no.push(op_no);
                 piece = (piece.0 + OLD_BATCH as u64, piece.1 - OLD_BATCH);
             }
             reads.ops.push((piece.0, piece.1, extra_len as usize));
             reads.whole.push(whole);
+            reads.op_no.push(op_no);
+            op_no += 1;
             d_at += diff_len as usize;
             e_at += extra_len as usize;
             cursor = end;
@@ -407,6 +506,9 @@ pub fn apply(
                 last += 1;
             }
             reads.fetch(old, first..last)?;
+            if let (Some(p), Some(r)) = (&mut predictor, &mut schedule) {
+                r.load_through(reads.op_no[last - 1], old, p)?;
+            }
             // Each op's old bytes, references predicted, plus its diff, computed on
             // all threads (ops are independent); then written in order with the extras.
             let pieces = &reads.ops[first..last];
@@ -441,6 +543,11 @@ pub fn apply(
                     Ok(())
                 },
             )?;
+            if let (Some(p), Some(r)) = (&mut predictor, &mut schedule) {
+                if let Some(done) = ops_done(&reads.op_no, last, op_no) {
+                    r.drop_through(done, p);
+                }
+            }
             let mut from = 0;
             for &(_, diff_len, extra_len) in pieces {
                 pending.extend_from_slice(&added[from..from + diff_len]);
@@ -477,4 +584,20 @@ pub fn apply(
         new_blake3: got.to_hex(),
         blocks: header.block_count,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ops_done;
+
+    #[test]
+    fn an_op_is_done_only_when_its_last_piece_is() {
+        // Op 7 in three pieces, then op 8; the block's next op is 9.
+        let op_no = [6, 7, 7, 7, 8];
+        assert_eq!(ops_done(&op_no, 1, 9), Some(6), "op 7 has not started");
+        assert_eq!(ops_done(&op_no, 2, 9), Some(6), "op 7 is half done");
+        assert_eq!(ops_done(&op_no, 4, 9), Some(7));
+        assert_eq!(ops_done(&op_no, 5, 9), Some(8), "the block is done");
+        assert_eq!(ops_done(&[0, 0], 1, 1), None, "nothing is done yet");
+    }
 }

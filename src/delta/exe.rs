@@ -1553,26 +1553,46 @@ fn run_va(run: Option<Run>, off: u64) -> Option<u64> {
 
 impl Predictor {
     pub fn new(old: Image, refs: Refs, new: Image, map: OffsetMap, skip: Vec<usize>) -> Predictor {
-        let buckets = refs
-            .fields
-            .last()
-            .map_or(0, |&f| u64::from(f) / REF_BUCKET + 2);
-        let mut ref_index = Vec::with_capacity(buckets as usize);
-        let mut k = 0usize;
-        for b in 0..buckets {
-            while k < refs.fields.len() && u64::from(refs.fields[k]) < b * REF_BUCKET {
-                k += 1;
-            }
-            ref_index.push(k as u32);
-        }
-        Predictor {
+        let mut p = Predictor {
             old,
             refs,
             new,
             map,
             skip,
-            ref_index,
+            ref_index: Vec::new(),
+        };
+        p.index_refs();
+        p
+    }
+
+    fn index_refs(&mut self) {
+        let f = &self.refs.fields;
+        let buckets = f.last().map_or(0, |&x| u64::from(x) / REF_BUCKET + 2);
+        self.ref_index.clear();
+        self.ref_index.reserve(buckets as usize);
+        let mut k = 0usize;
+        for b in 0..buckets {
+            while k < f.len() && u64::from(f[k]) < b * REF_BUCKET {
+                k += 1;
+            }
+            self.ref_index.push(k as u32);
         }
+        self.ref_index.shrink_to_fit();
+    }
+
+    /// Replaces the references held for old's executable `i` (those inside its file
+    /// range) with `part` (sorted, inside that range; empty to drop them): apply holds
+    /// only the references of the executables its ops are copying from.
+    pub fn set_part_refs(&mut self, i: usize, part: Refs) {
+        let (start, end) = (self.old.parts[i].start, self.old.parts[i].end);
+        let f = &self.refs.fields;
+        let lo = f.partition_point(|&x| u64::from(x) < start);
+        let hi = f.partition_point(|&x| u64::from(x) < end);
+        self.refs.fields.splice(lo..hi, part.fields);
+        self.refs.kinds.splice(lo..hi, part.kinds);
+        self.refs.fields.shrink_to_fit();
+        self.refs.kinds.shrink_to_fit();
+        self.index_refs();
     }
 
     /// The index of the first reference whose field starts at or after `off`.
