@@ -205,21 +205,13 @@ impl RefSchedule {
                 k += 1;
             }
         }
-        let used = |(k, u): (usize, &(usize, usize))| {
-            (u.0 != usize::MAX && p.skip.binary_search(&k).is_err()).then_some((k, *u))
-        };
-        let mut loads: Vec<_> = uses
-            .iter()
-            .enumerate()
-            .filter_map(used)
-            .map(|(k, u)| (u.0, k))
-            .collect();
-        let mut drops: Vec<_> = uses
-            .iter()
-            .enumerate()
-            .filter_map(used)
-            .map(|(k, u)| (u.1, k))
-            .collect();
+        let (mut loads, mut drops) = (Vec::new(), Vec::new());
+        for (k, &(first, last)) in uses.iter().enumerate() {
+            if first != usize::MAX && p.skip.binary_search(&k).is_err() {
+                loads.push((first, k));
+                drops.push((last, k));
+            }
+        }
         loads.sort_unstable();
         drops.sort_unstable();
         RefSchedule {
