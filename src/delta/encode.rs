@@ -791,7 +791,7 @@ fn code_with_transform(
     bytes.extend_from_slice(&coded);
     let report = TransformReport {
         kind: "x86-64 refs",
-        refs: predictor.refs.fields.len() as u64,
+        refs: predictor.refs.len() as u64,
         predicted: stats[0].load(Ordering::Relaxed) as u64,
         predicted_right: stats[1].load(Ordering::Relaxed) as u64,
         table_predicted: stats[2].load(Ordering::Relaxed) as u64,

@@ -1527,20 +1527,121 @@ impl OffsetMap {
 #[derive(Debug, Clone)]
 pub struct Predictor {
     pub old: Image,
-    pub refs: Refs,
+    pub refs: PackedRefs,
     pub new: Image,
     pub map: OffsetMap,
     /// Old's executables (indexes into `old.parts`, ascending) whose references are not
     /// predicted: the encoder found predicting them gets fewer right than old's bytes.
     pub skip: Vec<usize>,
-    /// For each `REF_BUCKET` bytes of old, how many references start before the
-    /// bucket: an op's first reference is found without a search of all of them (a
-    /// search per op was a tenth of apply's time on the ruff pair).
-    ref_index: Vec<u32>,
 }
 
-/// Bytes of old per entry of the predictor's reference index.
-const REF_BUCKET: u64 = 4096;
+/// Bytes of old per bucket of `PackedRefs`: a field's offset in its bucket takes 11 bits.
+const REF_BUCKET: u64 = 2048;
+
+/// References as the predictor holds them: 2 bytes each instead of 5 (a 600 MB image's
+/// predicted executables have 3.7 M; apply's memory bound is 64 MiB). Each is its
+/// field's offset within its `REF_BUCKET`-byte bucket of old (high 11 bits) and its
+/// kind (low 5 bits); `index[b]` counts the references in the buckets before `b`, so an
+/// op's first reference is found without a search of all of them (a search per op was
+/// a tenth of apply's time on the ruff pair).
+#[derive(Debug, Clone, Default)]
+pub struct PackedRefs {
+    packed: Vec<u16>,
+    index: Vec<u32>,
+}
+
+impl PackedRefs {
+    fn pack(field: u64, kind: u8) -> u16 {
+        ((field % REF_BUCKET) as u16) << 5 | u16::from(kind & 31)
+    }
+
+    pub fn new(refs: &Refs) -> PackedRefs {
+        let mut p = PackedRefs::default();
+        p.replace(0, u64::MAX, refs);
+        p
+    }
+
+    pub fn len(&self) -> usize {
+        self.packed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packed.is_empty()
+    }
+
+    fn bucket_start(&self, b: usize) -> usize {
+        self.index.get(b).map_or(self.packed.len(), |&k| k as usize)
+    }
+
+    /// The references whose fields lie in `from..`, in order: (field, kind).
+    fn iter_from(&self, from: u64) -> impl Iterator<Item = (u64, u8)> + '_ {
+        let mut b = usize::try_from(from / REF_BUCKET).unwrap_or(usize::MAX);
+        let mut i = self.bucket_start(b);
+        let mut next_bucket = self.bucket_start(b.saturating_add(1));
+        std::iter::from_fn(move || loop {
+            if i >= self.packed.len() {
+                return None;
+            }
+            while i >= next_bucket {
+                b += 1;
+                next_bucket = self.bucket_start(b + 1);
+            }
+            let v = self.packed[i];
+            i += 1;
+            let field = b as u64 * REF_BUCKET + u64::from(v >> 5);
+            if field >= from {
+                return Some((field, (v & 31) as u8));
+            }
+        })
+    }
+
+    /// Replaces the references with fields in `start..end` by `refs` (sorted, every
+    /// field in that range; kinds below 32).
+    fn replace(&mut self, start: u64, end: u64, refs: &Refs) {
+        let last = refs.fields.last().map_or(0, |&f| u64::from(f));
+        let buckets = (self.index.len() as u64).max(last / REF_BUCKET + 2);
+        self.index
+            .resize(buckets as usize, self.packed.len() as u32);
+        // The buckets holding the range, unpacked, edited and packed again.
+        let bs = (start / REF_BUCKET) as usize;
+        let be = ((end.min(buckets * REF_BUCKET) - 1) / REF_BUCKET + 1).min(buckets) as usize;
+        let (lo, hi) = (self.bucket_start(bs), self.bucket_start(be));
+        let mut kept_before = Vec::new();
+        let mut kept_after = Vec::new();
+        for (field, kind) in self.iter_from(bs as u64 * REF_BUCKET) {
+            if field >= be as u64 * REF_BUCKET {
+                break;
+            }
+            match field {
+                f if f < start => kept_before.push((f, kind)),
+                f if f >= end => kept_after.push((f, kind)),
+                _ => {}
+            }
+        }
+        let merged = || {
+            let part = refs.fields.iter().zip(&refs.kinds);
+            kept_before
+                .iter()
+                .copied()
+                .chain(part.map(|(&f, &k)| (u64::from(f), k)))
+                .chain(kept_after.iter().copied())
+        };
+        let new_len = kept_before.len() + refs.fields.len() + kept_after.len();
+        self.packed
+            .splice(lo..hi, merged().map(|(f, k)| PackedRefs::pack(f, k)));
+        let (mut fields, mut k) = (merged().map(|r| r.0).peekable(), lo);
+        for (b, at) in self.index.iter_mut().enumerate().take(be).skip(bs + 1) {
+            while fields.next_if(|&f| f < b as u64 * REF_BUCKET).is_some() {
+                k += 1;
+            }
+            *at = k as u32;
+        }
+        for at in self.index.iter_mut().skip(be) {
+            *at = (*at as usize + new_len - (hi - lo)) as u32;
+        }
+        self.packed.shrink_to_fit();
+    }
+}
 
 /// A run of file bytes at consecutive addresses: (file offset, length, address).
 type Run = (u64, u64, u64);
@@ -1553,31 +1654,13 @@ fn run_va(run: Option<Run>, off: u64) -> Option<u64> {
 
 impl Predictor {
     pub fn new(old: Image, refs: Refs, new: Image, map: OffsetMap, skip: Vec<usize>) -> Predictor {
-        let mut p = Predictor {
+        Predictor {
             old,
-            refs,
+            refs: PackedRefs::new(&refs),
             new,
             map,
             skip,
-            ref_index: Vec::new(),
-        };
-        p.index_refs();
-        p
-    }
-
-    fn index_refs(&mut self) {
-        let f = &self.refs.fields;
-        let buckets = f.last().map_or(0, |&x| u64::from(x) / REF_BUCKET + 2);
-        self.ref_index.clear();
-        self.ref_index.reserve(buckets as usize);
-        let mut k = 0usize;
-        for b in 0..buckets {
-            while k < f.len() && u64::from(f[k]) < b * REF_BUCKET {
-                k += 1;
-            }
-            self.ref_index.push(k as u32);
         }
-        self.ref_index.shrink_to_fit();
     }
 
     /// Replaces the references held for old's executable `i` (those inside its file
@@ -1585,26 +1668,7 @@ impl Predictor {
     /// only the references of the executables its ops are copying from.
     pub fn set_part_refs(&mut self, i: usize, part: Refs) {
         let (start, end) = (self.old.parts[i].start, self.old.parts[i].end);
-        let f = &self.refs.fields;
-        let lo = f.partition_point(|&x| u64::from(x) < start);
-        let hi = f.partition_point(|&x| u64::from(x) < end);
-        self.refs.fields.splice(lo..hi, part.fields);
-        self.refs.kinds.splice(lo..hi, part.kinds);
-        self.refs.fields.shrink_to_fit();
-        self.refs.kinds.shrink_to_fit();
-        self.index_refs();
-    }
-
-    /// The index of the first reference whose field starts at or after `off`.
-    fn first_ref(&self, off: u64) -> usize {
-        let f = &self.refs.fields;
-        let b = usize::try_from(off / REF_BUCKET).unwrap_or(usize::MAX);
-        let Some(&lo) = self.ref_index.get(b) else {
-            return f.len();
-        };
-        let hi = self.ref_index.get(b + 1).map_or(f.len(), |&h| h as usize);
-        let lo = lo as usize;
-        lo + f[lo..hi].partition_point(|&x| u64::from(x) < off)
+        self.refs.replace(start, end, &part);
     }
 
     /// Where address `target` of old's executable `old` is in new: through the offset
@@ -1724,11 +1788,10 @@ impl Predictor {
         (op_old, op_len, op_new): (u64, u64, u64),
         gains: &mut [i64],
     ) {
-        let f = &self.refs.fields;
-        let mut i = self.first_ref(op_old);
-        while i < f.len() && u64::from(f[i]) < op_old + op_len {
-            let (field, kind) = (u64::from(f[i]), self.refs.kinds[i]);
-            i += 1;
+        for (field, kind) in self.refs.iter_from(op_old) {
+            if field >= op_old + op_len {
+                break;
+            }
             let w = width(kind) as usize;
             let new_field = op_new + (field - op_old);
             let at = (field - op_old) as usize;
@@ -1776,12 +1839,10 @@ impl Predictor {
         };
         // Most of an op's fields lie in the section its start does, on both sides.
         let parts = parts.map(|(old, new)| ((old, old.run_at(op_old)), (new, new.run_at(op_new))));
-        let f = &self.refs.fields;
-        let mut i = self.first_ref(lo);
-        while i < f.len() && u64::from(f[i]) < hi {
-            let field = u64::from(f[i]);
-            let kind = self.refs.kinds[i];
-            i += 1;
+        for (field, kind) in self.refs.iter_from(lo) {
+            if field >= hi {
+                break;
+            }
             let w = width(kind);
             if field + w > op_old + op_len || field + w <= base_old {
                 continue;
@@ -1912,32 +1973,81 @@ mod tests {
     }
 
     #[test]
-    fn first_ref_is_the_search_of_all_references() {
+    fn packed_references_are_the_list_they_were_made_from_and_edit_like_it() {
         let mut next = rng(11);
-        let mut refs = Refs::default();
-        let mut at = 0u64;
-        for _ in 0..5000 {
-            // Gaps from none to several buckets.
-            let far = next(10) == 0;
-            at += 1 + next(if far { 40_000 } else { 700 });
-            refs.fields.push(at as u32);
-            refs.kinds.push(K_ABS64);
+        let mut random = |from: u64, n: usize| {
+            let mut r = Refs::default();
+            let mut at = from;
+            for _ in 0..n {
+                // Gaps from none to many buckets.
+                let far = next(10) == 0;
+                at += 1 + next(if far { 40_000 } else { 700 });
+                r.fields.push(at as u32);
+                r.kinds
+                    .push([0u8, 1, 4, K_PCREL32, K_ABS64, K_RVA32][next(6) as usize]);
+            }
+            r
+        };
+        let mut model: Vec<(u64, u8)> = Vec::new();
+        let as_pairs = |r: &Refs| -> Vec<(u64, u8)> {
+            r.fields
+                .iter()
+                .zip(&r.kinds)
+                .map(|(&f, &k)| (u64::from(f), k))
+                .collect()
+        };
+        let first = random(0, 5000);
+        model.extend(as_pairs(&first));
+        let mut packed = PackedRefs::new(&first);
+        let mut probe = rng(5);
+        for round in 0..60 {
+            let last = model.last().map_or(0, |r| r.0);
+            // An edit: the references in a range replaced (or dropped, or added past
+            // the end), as apply does per executable.
+            let mut start = probe(last + 50_000);
+            // Ranges that start right after a reference (which stays).
+            if round % 3 == 1 {
+                start = model
+                    .iter()
+                    .map(|r| r.0 + 1)
+                    .find(|&f| f > start)
+                    .unwrap_or(start);
+            }
+            let mut end = start + 1 + probe(300_000);
+            // Ranges that end exactly at a reference (which stays).
+            if round % 3 == 0 {
+                end = model
+                    .iter()
+                    .map(|r| r.0)
+                    .find(|&f| f > start)
+                    .unwrap_or(end);
+            }
+            let mut part = random(start, probe(800) as usize);
+            let keep = part
+                .fields
+                .iter()
+                .take_while(|&&f| u64::from(f) < end)
+                .count();
+            part.fields.truncate(if round % 7 == 0 { 0 } else { keep });
+            part.kinds.truncate(part.fields.len());
+            model.retain(|r| r.0 < start || r.0 >= end);
+            model.extend(as_pairs(&part));
+            model.sort();
+            packed.replace(start, end, &part);
+            assert_eq!(packed.len(), model.len(), "round {round}");
+            for _ in 0..40 {
+                let from = probe(last + 60_000);
+                let want: Vec<_> = model
+                    .iter()
+                    .copied()
+                    .filter(|r| r.0 >= from)
+                    .take(50)
+                    .collect();
+                let got: Vec<_> = packed.iter_from(from).take(50).collect();
+                assert_eq!(got, want, "round {round} from {from}");
+            }
         }
-        let last = at;
-        let p = Predictor::new(
-            Image::default(),
-            refs.clone(),
-            Image::default(),
-            OffsetMap::default(),
-            Vec::new(),
-        );
-        for off in (0..last + 3 * REF_BUCKET)
-            .step_by(97)
-            .chain([0, last, last + 1, u64::MAX])
-        {
-            let want = refs.fields.partition_point(|&x| u64::from(x) < off);
-            assert_eq!(p.first_ref(off), want, "offset {off}");
-        }
+        assert_eq!(packed.iter_from(0).collect::<Vec<_>>(), model);
     }
 
     #[test]
