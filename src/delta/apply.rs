@@ -19,7 +19,7 @@ use super::{hash_input, DeltaError, ReadAt};
 
 /// Ops are applied in batches of up to this many diff bytes, each batch's old bytes
 /// fetched together (a longer op is split into pieces this long). 1 MiB: a 600 MB file
-/// system image's apply stays within 64 MiB (55 MiB; with 4 MiB, 65 MiB).
+/// system image's apply stays within 64 MiB (with 4 MiB batches it did not).
 const OLD_BATCH: usize = 1 << 20;
 /// Old ranges of a batch at most this far apart are fetched in one read...
 const OLD_GAP: u64 = 4 << 10;
