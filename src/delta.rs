@@ -116,7 +116,8 @@ pub fn read_vec(src: &dyn ReadAt, offset: u64, len: usize) -> io::Result<Vec<u8>
 
 /// blake3 of a whole input, read in bounded pieces.
 pub fn hash_input(src: &dyn ReadAt) -> io::Result<crate::hash::Hash> {
-    const PIECE: usize = 1 << 20;
+    // 256 KiB: the buffer stays in cache between the read and the hash.
+    const PIECE: usize = 256 << 10;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; PIECE];
     let mut off = 0u64;

@@ -596,6 +596,69 @@ fn predicting_an_op_in_pieces_is_predicting_it_whole() {
 }
 
 #[test]
+fn a_code_scan_split_in_two_finds_what_one_scan_finds() {
+    // Generated code and random bytes (dense with false candidates, so the two scans
+    // start out of step), split at every offset of a stretch and at spread points.
+    let old = elf(3_000, 0);
+    let image = exe::Image::parse(&old).unwrap();
+    let layout = &image.parts[0];
+    let text = *layout.sections.iter().find(|s| s.exec).unwrap();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise: Vec<u8> = (0..(1 << 20))
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng as u8
+        })
+        .collect();
+    // Every 256 bytes, 32 of `8B 05 8B 05 …`: a RIP-relative mov from either even
+    // position, so scans that enter it at different positions stay out of step to its
+    // end (where each may stop inside the other's last instruction).
+    for run in noise.chunks_mut(256) {
+        for (i, b) in run[..32].iter_mut().enumerate() {
+            *b = if i % 2 == 0 { 0x8b } else { 0x05 };
+        }
+    }
+    let section = exe::Section {
+        off: 0,
+        file_len: noise.len() as u64,
+        va: 0x1000,
+        // Zero-filled beyond the file: most random displacements land inside.
+        mem_len: 1 << 31,
+        exec: true,
+    };
+    let noise_layout = exe::Layout::new(vec![section], 0).unwrap();
+    let mut out_of_step = 0;
+    for (bytes, layout, s) in [
+        (&old[..], layout, text),
+        (&noise[..], &noise_layout, section),
+    ] {
+        let whole = exe::code_refs(bytes, layout, 1 << 20).unwrap();
+        assert!(
+            whole.fields.len() > 5_000,
+            "{} references",
+            whole.fields.len()
+        );
+        let mid = s.off + s.file_len / 2;
+        let points = (mid..mid + 64).chain((1..16).map(|k| s.off + s.file_len * k / 16));
+        for split in points {
+            let split_refs = exe::code_refs_split(bytes, layout, 4096, split).unwrap();
+            assert_eq!(split_refs, whole, "split at {split:#x}");
+            // How often the second scan starts inside an instruction the first takes.
+            out_of_step += usize::from(whole.fields.iter().any(|&f| {
+                let f = u64::from(f);
+                f < split && split < f + 4
+            }));
+        }
+    }
+    assert!(
+        out_of_step > 10,
+        "{out_of_step} splits inside an instruction"
+    );
+}
+
+#[test]
 fn reference_scan_does_not_depend_on_read_pieces() {
     // Code of more than one 1 MiB read piece, dense with candidates: the pieces' edges
     // must not change what is found (apply and diff read differently).

@@ -2,12 +2,12 @@
 //! old files and patches: whatever the bytes, the layout parser, the reference finder
 //! the section decoder and the offset map return a result, never a panic. What the finder returns
 //! holds: fields sorted, not overlapping, inside the file, and the same whatever the
-//! size of the pieces the code is read in.
+//! size of the pieces the code is read in or where its scan is split in two.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use update_edge::delta::exe::{
-    code_refs, find_refs, labels, project, width, Image, Layout, OffsetMap,
+    code_refs, code_refs_split, find_refs, labels, project, width, Image, Layout, OffsetMap,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -25,10 +25,22 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(l.len(), refs.fields.len());
         assert_eq!(project(&bytes, &image, &refs).unwrap().len(), bytes.len());
         for layout in &image.parts {
-            assert_eq!(
-                code_refs(&bytes, layout, 64).unwrap(),
-                code_refs(&bytes, layout, 1 << 20).unwrap()
-            );
+            let whole = code_refs(&bytes, layout, 1 << 20).unwrap();
+            assert_eq!(code_refs(&bytes, layout, 64).unwrap(), whole);
+            // The scan split in two at the middle of each executable section that shares
+            // its bytes with no other finds the same.
+            let code: Vec<_> = layout.sections.iter().filter(|s| s.exec).collect();
+            for s in &code {
+                let (start, end) = (s.off, s.off + s.file_len);
+                let alone = code
+                    .iter()
+                    .filter(|o| !std::ptr::eq(**o, *s))
+                    .all(|o| o.off + o.file_len <= start || o.off >= end);
+                if alone && s.file_len > 1 {
+                    let split = code_refs_split(&bytes, layout, 64, start + s.file_len / 2);
+                    assert_eq!(split.unwrap(), whole);
+                }
+            }
         }
     }
     let mut at = 0;

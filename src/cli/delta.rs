@@ -127,7 +127,8 @@ pub fn apply(old: &Path, patch: &Path, out: &Path, json: bool) -> anyhow::Result
         std::fs::File::open(patch).with_context(|| format!("opening {}", patch.display()))?,
     );
     let (guard, mut w) = AtomicOut::create(out)?;
-    match delta::apply(&old, &mut p, &mut w) {
+    // Apply writes in large pieces of its own: past the buffer.
+    match delta::apply(&old, &mut p, w.get_mut()) {
         Ok(report) => {
             guard.commit(w)?;
             if json {

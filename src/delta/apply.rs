@@ -10,6 +10,7 @@
 //! inside the block and inside old → total length → result blake3.
 
 use std::io::{self, Read, Write};
+use std::sync::mpsc;
 
 use rayon::prelude::*;
 
@@ -28,8 +29,9 @@ const OLD_GAP: u64 = 4 << 10;
 const OLD_SLACK: u64 = 1 << 20;
 /// Output is hashed and written in pieces this large: blake3 hashes many 1 KiB chunks at
 /// once only when handed them together (per-op updates of ~360 bytes took a quarter of
-/// apply's time on the ruff pair).
-const OUT_PIECE: usize = 1 << 20;
+/// apply's time on the ruff pair). Three are held at once (being filled, queued, being
+/// written): 256 KiB keeps that under 1 MiB.
+const OUT_PIECE: usize = 256 << 10;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApplyReport {
@@ -249,17 +251,14 @@ fn ops_done(op_no: &[usize], last: usize, next_op: usize) -> Option<usize> {
     op_no.get(last).copied().unwrap_or(next_op).checked_sub(1)
 }
 
-/// Reads a patch's transform section, rebuilds the offset map from its ops and parses
-/// old's executables: what apply needs to predict references. Finds the references of
-/// the executables the first block copies from; the schedule says when to find the
-/// others'. Returns the control streams too.
-fn read_transform(
+/// Rebuilds the offset map from the transform section's ops and parses old's
+/// executables: what apply needs to predict references. Finds the references of the
+/// executables the first block copies from; the schedule says when to find the others'.
+fn prepare_transform(
     old: &dyn ReadAt,
     header: &Header,
-    patch: &mut dyn Read,
-    dec: &mut zstd::bulk::Decompressor<'_>,
-) -> Result<(Predictor, TransformSection, RefSchedule), DeltaError> {
-    let section = read_section(patch, dec)?;
+    section: &TransformSection,
+) -> Result<(Predictor, RefSchedule), DeltaError> {
     if header.old_size > exe::MAX_IMAGE {
         return Err(DeltaError::WrongOld(
             "the patch predicts x86-64 references but old is too large to hold executables".into(),
@@ -319,7 +318,7 @@ fn read_transform(
     if first_block_ops > 0 {
         schedule.load_through(first_block_ops - 1, old, &mut p)?;
     }
-    Ok((p, section, schedule))
+    Ok((p, schedule))
 }
 
 fn read_section(
@@ -390,8 +389,29 @@ fn read_section(
     })
 }
 
+/// A block as read from the patch: its header and its three compressed streams.
+struct RawBlock {
+    header: BlockHeader,
+    packed: Vec<u8>,
+}
+
+/// What the worker asks of the thread that owns the patch and the output.
+enum Request {
+    /// The next block (or `None` after the last).
+    Block,
+    /// Hash and write these `OUT_PIECE` bytes (fewer at the end), then hand the buffer back.
+    Out(Vec<u8>),
+}
+
 /// Applies `patch` to `old`, writing the result to `out`. On error, what was written to
 /// `out` must be discarded (the CLI writes to a temp file and renames on success).
+///
+/// Three stages run at once: this thread reads the patch and hashes and writes the
+/// result; a worker decodes each block and computes its output (a batch's ops on all
+/// threads); old is hashed on a third. The worker asks for block k + 1 as it starts on
+/// block k, so at most two blocks' compressed streams and `3 × OUT_PIECE` of output are
+/// held at once. Errors are reported in the patch's order: a wrong old first, then the
+/// worker's (earlier blocks), then this thread's.
 pub fn apply(
     old: &dyn ReadAt,
     patch: &mut dyn Read,
@@ -406,17 +426,27 @@ pub fn apply(
         )));
     }
     let mut dec = zstd::bulk::Decompressor::new()?;
-    // Old's hash is computed while the transform section is read and old's references
-    // found (on another thread); a wrong old is still reported before anything else.
-    let (old_hash, transform) = std::thread::scope(|s| {
+    let section = match header.transform {
+        true => Some(read_section(patch, &mut dec)?),
+        false => None,
+    };
+    let (old_hash, worker, written) = std::thread::scope(|s| {
         let hashing = s.spawn(|| hash_input(old));
-        let transform = header
-            .transform
-            .then(|| read_transform(old, &header, patch, &mut dec));
+        let (to_main, requests) = mpsc::sync_channel::<Request>(1);
+        let (to_worker, blocks) = mpsc::sync_channel::<Option<RawBlock>>(1);
+        let (give_back, free) = mpsc::channel::<Vec<u8>>();
+        let header = &header;
+        let worker = s.spawn(move || produce(old, header, section, &blocks, &to_main, &free));
+        let written = serve_worker(header, patch, out, &requests, &to_worker, &give_back);
+        // Hanging up stops a worker that is still running (this thread failed).
+        drop((requests, to_worker, give_back));
+        let worker = worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let old_hash = hashing
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (old_hash, transform)
+        (old_hash, worker, written)
     });
     if old_hash? != header.old_hash {
         return Err(DeltaError::WrongOld(format!(
@@ -424,28 +454,157 @@ pub fn apply(
             header.old_hash
         )));
     }
-    let (mut predictor, section, mut schedule) = match transform.transpose()? {
-        Some((p, s, r)) => (Some(p), Some(s), Some(r)),
-        None => (None, None, None),
+    let finished = worker?;
+    let (written, hasher) = written?;
+    if !finished {
+        return Err(corrupt("apply stopped early"));
+    }
+    if written != header.new_size {
+        return Err(corrupt("blocks do not add up to the new size"));
+    }
+    let mut probe = [0u8; 1];
+    if patch.read(&mut probe)? != 0 {
+        return Err(corrupt("trailing bytes after the last block"));
+    }
+    out.flush()?;
+    let got = crate::hash::Hash::from(hasher.finalize());
+    if got != header.new_hash {
+        return Err(DeltaError::ResultMismatch);
+    }
+    Ok(ApplyReport {
+        new_size: written,
+        new_blake3: got.to_hex(),
+        blocks: header.block_count,
+    })
+}
+
+/// The patch and output side of `apply`: answers the worker's requests until it is
+/// done. Returns the bytes written and their hash so far.
+fn serve_worker(
+    header: &Header,
+    patch: &mut dyn Read,
+    out: &mut dyn Write,
+    requests: &mpsc::Receiver<Request>,
+    to_worker: &mpsc::SyncSender<Option<RawBlock>>,
+    give_back: &mpsc::Sender<Vec<u8>>,
+) -> Result<(u64, blake3::Hasher), DeltaError> {
+    let mut hasher = blake3::Hasher::new();
+    let (mut written, mut announced, mut read) = (0u64, 0u64, 0u64);
+    let mut spare: Option<Vec<u8>> = None;
+    // The worker hangs up when it is done or has failed (its error is reported then).
+    while let Ok(request) = requests.recv() {
+        match request {
+            Request::Block if read == header.block_count => {
+                let _ = to_worker.send(None);
+            }
+            Request::Block => {
+                let mut bh = [0u8; format::BLOCK_HEADER_LEN];
+                read_exact_or_truncated(patch, &mut bh)?;
+                let b = BlockHeader::decode(&bh, header.block_size)?;
+                announced += u64::from(b.new_len);
+                if announced > header.new_size {
+                    return Err(corrupt("blocks exceed the declared new size"));
+                }
+                let mut packed = spare.take().unwrap_or_default();
+                packed.resize(b.payload_len() as usize, 0);
+                read_exact_or_truncated(patch, &mut packed)?;
+                read += 1;
+                if let Err(mpsc::SendError(Some(raw))) =
+                    to_worker.send(Some(RawBlock { header: b, packed }))
+                {
+                    spare = Some(raw.packed);
+                }
+            }
+            Request::Out(piece) => {
+                hasher.update(&piece);
+                out.write_all(&piece)?;
+                written += piece.len() as u64;
+                let _ = give_back.send(piece);
+            }
+        }
+    }
+    Ok((written, hasher))
+}
+
+/// Output in `OUT_PIECE` buffers handed to the writing thread as they fill.
+struct Emitter<'a> {
+    buf: Vec<u8>,
+    to_main: &'a mpsc::SyncSender<Request>,
+    free: &'a mpsc::Receiver<Vec<u8>>,
+}
+
+impl Emitter<'_> {
+    /// Appends `bytes`; false when the writing thread has hung up.
+    fn emit(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            let n = (OUT_PIECE - self.buf.len()).min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.buf.len() == OUT_PIECE && !self.send() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands the buffer over (if it holds anything) and takes an empty one.
+    fn send(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return true;
+        }
+        let mut next = self.free.try_recv().unwrap_or_default();
+        next.clear();
+        next.reserve_exact(OUT_PIECE);
+        let full = std::mem::replace(&mut self.buf, next);
+        self.to_main.send(Request::Out(full)).is_ok()
+    }
+}
+
+/// The worker side of `apply`: decodes blocks and computes the output. Ok(false) when
+/// the other side hung up (it reports why).
+fn produce(
+    old: &dyn ReadAt,
+    header: &Header,
+    section: Option<TransformSection>,
+    blocks: &mpsc::Receiver<Option<RawBlock>>,
+    to_main: &mpsc::SyncSender<Request>,
+    free: &mpsc::Receiver<Vec<u8>>,
+) -> Result<bool, DeltaError> {
+    let (mut predictor, mut schedule) = match &section {
+        Some(s) => {
+            let (p, r) = prepare_transform(old, header, s)?;
+            (Some(p), Some(r))
+        }
+        None => (None, None),
+    };
+    let mut dec = zstd::bulk::Decompressor::new()?;
+    let mut emitter = Emitter {
+        buf: Vec::with_capacity(OUT_PIECE),
+        to_main,
+        free,
     };
     let mut op_no = 0usize;
     let mut added = Vec::new();
-    let (mut packed, mut ctrl, mut coded, mut diff, mut extra) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ctrl, mut coded, mut diff, mut extra) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut reads = OldReads::default();
-    let mut hasher = blake3::Hasher::new();
-    let mut pending = Vec::with_capacity(2 * OUT_PIECE);
     let mut written = 0u64;
-    for block in 0..header.block_count as usize {
-        let mut bh = [0u8; format::BLOCK_HEADER_LEN];
-        read_exact_or_truncated(patch, &mut bh)?;
-        let b = BlockHeader::decode(&bh, header.block_size)?;
-        if written + u64::from(b.new_len) > header.new_size {
-            return Err(corrupt("blocks exceed the declared new size"));
+    let mut block = 0usize;
+    if to_main.send(Request::Block).is_err() {
+        return Ok(false);
+    }
+    loop {
+        let raw = match blocks.recv() {
+            Ok(Some(raw)) => raw,
+            Ok(None) => break,
+            Err(_) => return Ok(false),
+        };
+        // The next block is read while this one is computed.
+        if to_main.send(Request::Block).is_err() {
+            return Ok(false);
         }
-        packed.resize(b.payload_len() as usize, 0);
-        read_exact_or_truncated(patch, &mut packed)?;
-        let (c, rest) = packed.split_at(b.ctrl_clen as usize);
+        let b = raw.header;
+        let (c, rest) = raw.packed.split_at(b.ctrl_clen as usize);
         let (d, e) = rest.split_at(b.diff_clen as usize);
         match &section {
             // Version 2: the block's control stream is in the transform section.
@@ -457,7 +616,8 @@ pub fn apply(
             None => inflate(&mut dec, c, b.ctrl_len, &mut ctrl)?,
         }
         inflate(&mut dec, d, b.diff_coded_len, &mut coded)?;
-        format::decode_zero_runs(&coded, b.diff_len as usize, &mut diff)?;
+        // The diff is expanded a batch at a time.
+        let mut runs = format::ZeroRuns::new(&coded, b.diff_len as usize)?;
         inflate(&mut dec, e, b.extra_len, &mut extra)?;
         let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
         let mut ops = CtrlReader::new(&ctrl)?;
@@ -466,7 +626,8 @@ pub fn apply(
         reads.op_no.clear();
         while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
             let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
-            if diff_len > (diff.len() - d_at) as u64 || extra_len > (extra.len() - e_at) as u64 {
+            if diff_len > b.diff_len as u64 - d_at as u64 || extra_len > (extra.len() - e_at) as u64
+            {
                 return Err(corrupt("op exceeds the block's streams"));
             }
             let mut piece = (old_pos, diff_len as usize);
@@ -486,10 +647,10 @@ pub fn apply(
             cursor = end;
             produced += diff_len + extra_len;
         }
-        if produced != u64::from(b.new_len) || d_at != diff.len() || e_at != extra.len() {
+        if produced != u64::from(b.new_len) || d_at != b.diff_len as usize || e_at != extra.len() {
             return Err(corrupt("block ops do not cover the block exactly"));
         }
-        let (mut d_at, mut e_at, mut first) = (0usize, 0usize, 0usize);
+        let (mut e_at, mut first) = (0usize, 0usize);
         while first < reads.ops.len() {
             let mut last = first;
             let mut batch = 0;
@@ -505,8 +666,10 @@ pub fn apply(
             // all threads (ops are independent); then written in order with the extras.
             let pieces = &reads.ops[first..last];
             added.resize(batch, 0);
+            diff.resize(batch, 0);
+            runs.read(&mut diff);
             let mut slots = Vec::with_capacity(pieces.len());
-            let (mut rest, mut at) = (&mut added[..], d_at);
+            let (mut rest, mut at) = (&mut added[..], 0);
             for (i, &(_, diff_len, _)) in pieces.iter().enumerate() {
                 let (slot, tail) = rest.split_at_mut(diff_len);
                 slots.push((i, at, slot));
@@ -542,40 +705,20 @@ pub fn apply(
             }
             let mut from = 0;
             for &(_, diff_len, extra_len) in pieces {
-                pending.extend_from_slice(&added[from..from + diff_len]);
-                pending.extend_from_slice(&extra[e_at..e_at + extra_len]);
-                from += diff_len;
-                d_at += diff_len;
-                e_at += extra_len;
-                if pending.len() >= OUT_PIECE {
-                    hasher.update(&pending);
-                    out.write_all(&pending)?;
-                    pending.clear();
+                if !emitter.emit(&added[from..from + diff_len])
+                    || !emitter.emit(&extra[e_at..e_at + extra_len])
+                {
+                    return Ok(false);
                 }
+                from += diff_len;
+                e_at += extra_len;
             }
             first = last;
         }
         written += produced;
+        block += 1;
     }
-    hasher.update(&pending);
-    out.write_all(&pending)?;
-    if written != header.new_size {
-        return Err(corrupt("blocks do not add up to the new size"));
-    }
-    let mut probe = [0u8; 1];
-    if patch.read(&mut probe)? != 0 {
-        return Err(corrupt("trailing bytes after the last block"));
-    }
-    out.flush()?;
-    let got = crate::hash::Hash::from(hasher.finalize());
-    if got != header.new_hash {
-        return Err(DeltaError::ResultMismatch);
-    }
-    Ok(ApplyReport {
-        new_size: written,
-        new_blake3: got.to_hex(),
-        blocks: header.block_count,
-    })
+    Ok(emitter.send())
 }
 
 #[cfg(test)]

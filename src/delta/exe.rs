@@ -937,6 +937,20 @@ fn scan_code<R: ReadAt + ?Sized>(
     refs: &mut Refs,
     piece: usize,
 ) -> io::Result<()> {
+    scan_code_in(src, layout, refs, piece, (0, u64::MAX), &mut None)
+}
+
+/// `scan_code` over the file range `lo..hi` of the code only (a section is scanned from
+/// `lo` when it holds it); `hits`, when given, gets the (instruction start, end) of each
+/// reference whose instruction starts in its range `.0..`.
+fn scan_code_in<R: ReadAt + ?Sized>(
+    src: &R,
+    layout: &Layout,
+    refs: &mut Refs,
+    piece: usize,
+    (lo, hi): (u64, u64),
+    hits: &mut Option<(u64, Vec<(u64, u64)>)>,
+) -> io::Result<()> {
     const LOOKAHEAD: usize = 16;
     let piece = piece.max(LOOKAHEAD);
     let mut buf = vec![0u8; piece + LOOKAHEAD];
@@ -958,6 +972,10 @@ fn scan_code<R: ReadAt + ?Sized>(
             continue;
         }
         done_to = end;
+        let (start, end) = (start.max(lo), end.min(hi));
+        if start >= end {
+            continue;
+        }
         let mut at = start; // file offset of buf[0]
         let mut next = start; // the scan resumes here
         while at < end {
@@ -1024,6 +1042,11 @@ fn scan_code<R: ReadAt + ?Sized>(
                     continue;
                 }
                 refs.push(at + field as u64, imm);
+                if let Some((from, h)) = hits {
+                    if at + i as u64 >= *from && h.len() < SPLIT_HITS {
+                        h.push((at + i as u64, at + after as u64));
+                    }
+                }
                 i = after;
             }
             next = at + i as u64;
@@ -1063,6 +1086,73 @@ pub fn find_refs_in<R: ReadAt + ?Sized>(
     Ok(refs)
 }
 
+/// Code at least this large (in its largest section) is scanned as two halves on two
+/// threads (`code_refs_split`).
+const SPLIT_CODE: u64 = 1 << 20;
+/// The first half's scan goes this far into the second's, to find where the two agree...
+const SPLIT_WINDOW: u64 = 4096;
+/// ...recording at most this many instructions (more than the window can hold).
+const SPLIT_HITS: usize = 1024;
+/// Code is read in pieces this large.
+const SCAN_PIECE: usize = 256 << 10;
+
+/// Where to split `layout`'s code scan: the middle of its largest executable section,
+/// if that is large and shares its file bytes with no other executable section.
+fn split_point(layout: &Layout) -> Option<u64> {
+    let code = || layout.sections.iter().filter(|s| s.exec);
+    let big = code().max_by_key(|s| s.file_len)?;
+    let (start, end) = (big.off, big.off + big.file_len);
+    let alone = code()
+        .filter(|s| !std::ptr::eq(*s, big))
+        .all(|s| s.off + s.file_len <= start || s.off >= end);
+    (big.file_len >= SPLIT_CODE && alone).then_some(start + big.file_len / 2)
+}
+
+/// The code references `code_refs` finds, found by two scans on two threads: one up to
+/// `split` (a file offset inside an executable section no other one shares bytes with)
+/// and a little past it, one from it. A scan's only state is its position, so from the
+/// first position at or after `split` that both scans stop at (each skips only the
+/// inside of the instructions it takes), they find the same references; the first
+/// scan's are kept before it and the second's from it. If they do not agree within
+/// `SPLIT_WINDOW` (not seen on real code), one scan does it all.
+pub fn code_refs_split<R: ReadAt + ?Sized>(
+    src: &R,
+    layout: &Layout,
+    piece: usize,
+    split: u64,
+) -> io::Result<Refs> {
+    let scan = |range: (u64, u64), from: u64| -> io::Result<(Refs, Vec<(u64, u64)>)> {
+        let mut refs = Refs::default();
+        let mut hits = Some((from, Vec::new()));
+        scan_code_in(src, layout, &mut refs, piece, range, &mut hits)?;
+        Ok((refs, hits.map(|h| h.1).unwrap_or_default()))
+    };
+    let past = split.saturating_add(SPLIT_WINDOW);
+    let (first, second) = rayon::join(
+        || scan((0, past), split.saturating_sub(32)),
+        || scan((split, u64::MAX), split),
+    );
+    let ((mut a, a_hits), (b, b_hits)) = (first?, second?);
+    let mut agree = split;
+    while let Some(&(_, end)) = a_hits
+        .iter()
+        .chain(&b_hits)
+        .find(|&&(start, end)| start < agree && agree < end)
+    {
+        agree = end;
+    }
+    if agree + 32 > past {
+        return code_refs(src, layout, piece);
+    }
+    let keep = a.fields.partition_point(|&f| u64::from(f) < agree);
+    a.fields.truncate(keep);
+    a.kinds.truncate(keep);
+    let from = b.fields.partition_point(|&f| u64::from(f) < agree);
+    a.fields.extend_from_slice(&b.fields[from..]);
+    a.kinds.extend_from_slice(&b.kinds[from..]);
+    Ok(a)
+}
+
 /// One executable's references: its code's and its tables' (found on two threads).
 fn part_refs<R: ReadAt + ?Sized>(
     src: &R,
@@ -1070,10 +1160,9 @@ fn part_refs<R: ReadAt + ?Sized>(
     tables: &Tables,
 ) -> io::Result<(Refs, Refs)> {
     let (code, table) = rayon::join(
-        || -> io::Result<Refs> {
-            let mut r = Refs::default();
-            scan_code(src, layout, &mut r, 1 << 20)?;
-            Ok(r)
+        || match split_point(layout) {
+            Some(split) => code_refs_split(src, layout, SCAN_PIECE, split),
+            None => code_refs(src, layout, SCAN_PIECE),
         },
         || -> io::Result<Refs> {
             let mut r = Refs::default();

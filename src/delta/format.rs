@@ -274,42 +274,92 @@ pub fn encode_zero_runs(d: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Expands a zero-run coded stream into `out` (cleared), which must come to exactly
-/// `len` bytes; every length is checked before it is used.
-pub fn decode_zero_runs(coded: &[u8], len: usize, out: &mut Vec<u8>) -> Result<(), FormatError> {
-    out.clear();
-    let mut at = 0;
-    let n = get_varint(coded, &mut at)?;
-    if n > coded.len() as u64 {
-        return Err(FormatError::Bounds("diff run count"));
-    }
-    let mut z_at = at;
-    let mut l_at = at;
-    for _ in 0..n {
-        get_varint(coded, &mut l_at)?;
-    }
-    let mut b_at = l_at;
-    for _ in 0..n {
-        get_varint(coded, &mut b_at)?;
-    }
-    for _ in 0..n {
-        let z = get_varint(coded, &mut z_at)?;
-        let l = get_varint(coded, &mut l_at)?;
-        let room = (len - out.len()) as u64;
-        if z > room || l > room - z {
-            return Err(FormatError::Bounds("diff runs exceed the stream"));
+/// A zero-run coded stream expanded piece by piece, in order (apply holds a batch's diff
+/// bytes, not a block's). `new` checks the whole stream first (every length before it
+/// is used), so reading cannot fail.
+pub struct ZeroRuns<'a> {
+    coded: &'a [u8],
+    runs_left: u64,
+    z_at: usize,
+    l_at: usize,
+    b_at: usize,
+    /// What is left of the current run: zeros, then literal bytes.
+    zeros: u64,
+    lits: u64,
+}
+
+impl<'a> ZeroRuns<'a> {
+    /// A stream that must come to exactly `len` bytes.
+    pub fn new(coded: &'a [u8], len: usize) -> Result<ZeroRuns<'a>, FormatError> {
+        let mut at = 0;
+        let n = get_varint(coded, &mut at)?;
+        if n > coded.len() as u64 {
+            return Err(FormatError::Bounds("diff run count"));
         }
-        out.resize(out.len() + z as usize, 0);
-        let lit = coded
-            .get(b_at..b_at + l as usize)
-            .ok_or(FormatError::Truncated)?;
-        out.extend_from_slice(lit);
-        b_at += l as usize;
+        let z_at = at;
+        let mut l_at = at;
+        for _ in 0..n {
+            get_varint(coded, &mut l_at)?;
+        }
+        let mut b_at = l_at;
+        for _ in 0..n {
+            get_varint(coded, &mut b_at)?;
+        }
+        let runs = ZeroRuns {
+            coded,
+            runs_left: n,
+            z_at,
+            l_at,
+            b_at,
+            zeros: 0,
+            lits: 0,
+        };
+        let (mut z_at, mut l_at, mut b_at, mut total) = (z_at, l_at, b_at, 0u64);
+        for _ in 0..n {
+            let z = get_varint(coded, &mut z_at)?;
+            let l = get_varint(coded, &mut l_at)?;
+            let room = len as u64 - total;
+            if z > room || l > room - z {
+                return Err(FormatError::Bounds("diff runs exceed the stream"));
+            }
+            if l > (coded.len() - b_at) as u64 {
+                return Err(FormatError::Truncated);
+            }
+            total += z + l;
+            b_at += l as usize;
+        }
+        if total != len as u64 || b_at != coded.len() {
+            return Err(FormatError::Bounds("diff runs do not cover the stream"));
+        }
+        Ok(runs)
     }
-    if out.len() != len || b_at != coded.len() {
-        return Err(FormatError::Bounds("diff runs do not cover the stream"));
+
+    /// Fills `out` with the stream's next `out.len()` bytes (zeros past its end, which
+    /// a caller that counts never asks for).
+    pub fn read(&mut self, out: &mut [u8]) {
+        let mut at = 0;
+        while at < out.len() {
+            if self.zeros == 0 && self.lits == 0 {
+                if self.runs_left == 0 {
+                    out[at..].fill(0);
+                    return;
+                }
+                self.runs_left -= 1;
+                self.zeros = get_varint(self.coded, &mut self.z_at).unwrap_or(0);
+                self.lits = get_varint(self.coded, &mut self.l_at).unwrap_or(0);
+                continue;
+            }
+            let z = (self.zeros.min((out.len() - at) as u64)) as usize;
+            out[at..at + z].fill(0);
+            at += z;
+            self.zeros -= z as u64;
+            let l = (self.lits.min((out.len() - at) as u64)) as usize;
+            out[at..at + l].copy_from_slice(&self.coded[self.b_at..self.b_at + l]);
+            at += l;
+            self.b_at += l;
+            self.lits -= l as u64;
+        }
     }
-    Ok(())
 }
 
 /// One control operation (see the module docs).
@@ -487,13 +537,32 @@ mod tests {
         ] {
             let c = encode_zero_runs(&d);
             assert!(c.len() as u64 <= max_zero_run_coded(d.len() as u32));
-            let mut out = Vec::new();
-            decode_zero_runs(&c, d.len(), &mut out).unwrap();
-            assert_eq!(out, d);
-            if !d.is_empty() {
-                assert!(decode_zero_runs(&c, d.len() - 1, &mut out).is_err());
+            // Read piece by piece, in pieces of every size from 1 to 7 bytes.
+            for piece in 1..8 {
+                let mut runs = ZeroRuns::new(&c, d.len()).unwrap();
+                let mut got = vec![0xaa; d.len()];
+                for p in got.chunks_mut(piece) {
+                    runs.read(p);
+                }
+                assert_eq!(got, d, "in pieces of {piece}");
             }
-            assert!(decode_zero_runs(&c, d.len() + 1, &mut out).is_err());
+            if !d.is_empty() {
+                assert!(ZeroRuns::new(&c, d.len() - 1).is_err());
+            }
+            assert!(ZeroRuns::new(&c, d.len() + 1).is_err());
+            // Every byte changed in turn: an error, or exactly `len` bytes read.
+            for i in 0..c.len() {
+                for v in [0, 1, 0x7f, 0x80, 0xff] {
+                    let mut bad = c.clone();
+                    bad[i] = v;
+                    if let Ok(mut runs) = ZeroRuns::new(&bad, d.len()) {
+                        let mut got = vec![0xaa; d.len()];
+                        runs.read(&mut got);
+                        assert_eq!(runs.zeros + runs.lits + runs.runs_left, 0);
+                        assert_eq!(runs.b_at, bad.len());
+                    }
+                }
+            }
         }
         let alternating: Vec<u8> = (0..1000).map(|i| (i % 2) as u8).collect();
         assert!(encode_zero_runs(&alternating).len() as u64 <= max_zero_run_coded(1000));
