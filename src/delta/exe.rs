@@ -1596,6 +1596,25 @@ impl OffsetMap {
         }
     }
 
+    /// `map`, trying span `*near` first (the one the previous lookup used), which is
+    /// then the one this lookup used.
+    fn map_near(&self, off: u64, near: &mut usize) -> Option<u64> {
+        if let Some(s) = self.spans.get(*near) {
+            if s.0 <= off && self.spans.get(*near + 1).is_none_or(|n| off < n.0) {
+                return Some(s.2.wrapping_add(off - s.0));
+            }
+        }
+        let b = (off / MAP_BUCKET) as usize;
+        let lo = self.index.get(b).map_or(self.spans.len(), |&k| k as usize);
+        let hi = self
+            .index
+            .get(b + 1)
+            .map_or(self.spans.len(), |&k| k as usize);
+        *near = (lo + self.spans[lo..hi].partition_point(|s| s.0 <= off)).checked_sub(1)?;
+        let s = self.spans[*near];
+        Some(s.2.wrapping_add(off - s.0))
+    }
+
     /// Where old offset `off` went: its span's delta, or between spans the preceding
     /// span's.
     pub fn map(&self, off: u64) -> Option<u64> {
@@ -1741,6 +1760,18 @@ fn run_va(run: Option<Run>, off: u64) -> Option<u64> {
         .map(|r| r.2 + (off - r.0))
 }
 
+/// What the previous reference of an op was looked up in: its target's section of old,
+/// span of the offset map, executable and run of new. A reference tries them first
+/// (each checked to hold its target, so the answer is the search's).
+#[derive(Debug, Default, Clone, Copy)]
+struct Near {
+    /// (old executable's start, the section), for targets in a section's file bytes.
+    old_section: Option<(u64, Section)>,
+    span: usize,
+    new_part: usize,
+    new_run: Option<Run>,
+}
+
 impl Predictor {
     pub fn new(old: Image, refs: Refs, new: Image, map: OffsetMap, skip: Vec<usize>) -> Predictor {
         Predictor {
@@ -1764,11 +1795,38 @@ impl Predictor {
     /// map into whichever of new's executables holds it, when the file holds its byte;
     /// for zero-filled space (`.bss`), by its section in `new` (the executable the
     /// reference lands in) when both have as many sections.
-    fn new_target(&self, old: &Layout, target: u64, new: &Layout) -> Option<u64> {
-        match old.va_to_off(target) {
+    fn new_target(&self, old: &Layout, target: u64, new: &Layout, near: &mut Near) -> Option<u64> {
+        let off = match near.old_section {
+            Some((start, s)) if start == old.start && target.wrapping_sub(s.va) < s.file_len => {
+                Some(s.off + (target - s.va))
+            }
+            _ => old.section_at(target).and_then(|s| {
+                near.old_section = Some((old.start, *s));
+                (target - s.va < s.file_len).then(|| s.off + (target - s.va))
+            }),
+        };
+        match off {
             Some(t) => {
-                let t = self.map.map(t)?;
-                self.new.part(t)?.off_to_va(t)
+                let t = self.map.map_near(t, &mut near.span)?;
+                let parts = &self.new.parts;
+                if !parts
+                    .get(near.new_part)
+                    .is_some_and(|p| p.start <= t && t < p.end)
+                {
+                    near.new_part = self.new.part_index(t)?;
+                }
+                let part = &parts[near.new_part];
+                // A run is a file range: another executable's holds none of this one's.
+                if let Some(va) = run_va(near.new_run, t) {
+                    return Some(va);
+                }
+                match part.run_at(t) {
+                    Some(run) => {
+                        near.new_run = Some(run);
+                        run_va(Some(run), t)
+                    }
+                    None => part.off_to_va(t),
+                }
             }
             None => {
                 let i = old
@@ -1789,7 +1847,16 @@ impl Predictor {
     /// `new_field`.
     fn predict(&self, field: u64, kind: u8, value: u64, new_field: u64) -> Option<u64> {
         let (old, new) = self.parts_of(field, 1, new_field)?;
-        self.predict_in((old, None), (new, None), field, kind, value, new_field)
+        let near = &mut Near::default();
+        self.predict_in(
+            (old, None),
+            (new, None),
+            field,
+            kind,
+            value,
+            new_field,
+            near,
+        )
     }
 
     /// The old executable holding `old_at..old_at + len` (if predicted) and the new one
@@ -1837,8 +1904,10 @@ impl Predictor {
         }
     }
 
-    /// `predict` with the executables already found, and runs of old's and new's file
-    /// offsets (`Layout::run_at`, for the op's start) to look fields up in first.
+    /// `predict` with the executables already found, runs of old's and new's file
+    /// offsets (`Layout::run_at`, for the op's start) to look fields up in first, and
+    /// where the op's previous target was found.
+    #[allow(clippy::too_many_arguments)]
     fn predict_in(
         &self,
         (old, old_run): (&Layout, Option<Run>),
@@ -1847,8 +1916,10 @@ impl Predictor {
         kind: u8,
         value: u64,
         new_field: u64,
+        near: &mut Near,
     ) -> Option<u64> {
-        let t = self.new_target(old, target_near(old, old_run, field, kind, value)?, new)?;
+        let target = target_near(old, old_run, field, kind, value)?;
+        let t = self.new_target(old, target, new, near)?;
         let new_va = || new.off_to_va_near(new_run, new_field);
         let fit32 = |v: i64| i32::try_from(v).ok().map(|v| u64::from(v as u32));
         match kind {
@@ -1928,6 +1999,7 @@ impl Predictor {
         };
         // Most of an op's fields lie in the section its start does, on both sides.
         let parts = parts.map(|(old, new)| ((old, old.run_at(op_old)), (new, new.run_at(op_new))));
+        let mut near = Near::default();
         for (field, kind) in self.refs.iter_from(lo) {
             if field >= hi {
                 break;
@@ -1947,7 +2019,9 @@ impl Predictor {
             let new_field = op_new + (field - op_old);
             let value = u64::from_le_bytes(old_bytes);
             let v = match parts {
-                Some((old, new)) => self.predict_in(old, new, field, kind, value, new_field),
+                Some((old, new)) => {
+                    self.predict_in(old, new, field, kind, value, new_field, &mut near)
+                }
                 None => self.predict(field, kind, value, new_field),
             };
             let Some(v) = v else {
@@ -2137,6 +2211,72 @@ mod tests {
             }
         }
         assert_eq!(packed.iter_from(0).collect::<Vec<_>>(), model);
+    }
+
+    #[test]
+    fn targets_found_through_the_previous_lookup_are_those_found_without() {
+        // Two executables on each side (the same addresses in both, as in an image),
+        // one op's worth of targets after another with one `Near` carried through all,
+        // against a fresh one for each.
+        let mut next = rng(7);
+        let part = |start: u64| {
+            let sections = (0..4)
+                .map(|k| Section {
+                    off: k * 0x1000,
+                    file_len: 0x800 + 0x200 * (k % 2),
+                    va: 0x10_0000 + k * 0x2000,
+                    mem_len: 0x1800,
+                    exec: k == 0,
+                })
+                .collect();
+            let mut l = Layout::new(sections, 0x10_0000).expect("layout");
+            let mut t = Tables::default();
+            l.shift(&mut t, start);
+            l.end = start + 0x4000;
+            l
+        };
+        let image = |a, b| Image {
+            parts: vec![part(a), part(b)],
+        };
+        let copies = (0..300)
+            .map(|_| (next(0x9000), next(0x9000), 1 + next(0x300)))
+            .collect();
+        let p = Predictor::new(
+            image(0, 0x5000),
+            Refs::default(),
+            image(0x400, 0x6000),
+            OffsetMap::from_copies(copies, MAP_GAP),
+            Vec::new(),
+        );
+        let (mut near, mut found, mut target) = (Near::default(), 0, 0);
+        let (mut span, mut off) = (0, 0);
+        for _ in 0..20_000 {
+            let (old, new) = (
+                &p.old.parts[next(2) as usize],
+                &p.new.parts[next(2) as usize],
+            );
+            // Half near the previous target (the hints then mostly hold), half anywhere.
+            target = match next(2) {
+                0 => target + next(0x40),
+                _ => 0x10_0000 - 0x100 + next(0x8200),
+            };
+            let want = p.new_target(old, target, new, &mut Near::default());
+            assert_eq!(
+                p.new_target(old, target, new, &mut near),
+                want,
+                "{target:#x}"
+            );
+            found += usize::from(want.is_some());
+            off = match next(2) {
+                0 => off + next(0x40),
+                _ => next(0xa000),
+            };
+            if next(8) == 0 {
+                span = next(400) as usize;
+            }
+            assert_eq!(p.map.map_near(off, &mut span), p.map.map(off), "{off:#x}");
+        }
+        assert!(found > 5_000, "{found} targets found");
     }
 
     #[test]
