@@ -1,13 +1,14 @@
 //! Streaming apply: one pass over the patch, old read by offset, new written in order.
 //!
 //! Memory is bounded by the format's limits, not by anything the patch claims: per block
-//! at most `MAX_BLOCK_SIZE` of diff+extra, `MAX_CTRL_LEN` of control, and their
-//! compressed forms, plus `OLD_BATCH + OLD_SLACK` of old bytes and `OLD_BATCH` of their
-//! sums with the diff; buffers are reused across blocks. Old's hash is computed on a
-//! second thread while old's references are found, and a batch's ops are computed on
-//! all threads. Order of checks: header bounds →
-//! old size and blake3 → per block: header bounds, exact decompressed lengths, every op
-//! inside the block and inside old → total length → result blake3.
+//! at most `MAX_BLOCK_SIZE` of extra and of zero-run coded diff, `MAX_CTRL_LEN` of
+//! control, and the compressed forms of two blocks, plus `OLD_BATCH` of expanded diff,
+//! `OLD_BATCH + OLD_SLACK` of old bytes, `OLD_BATCH` of their sums and four `OUT_PIECE`
+//! buffers of output; buffers are reused across blocks. Three threads work at once
+//! (see `apply`), and a batch's ops are computed on all of them. Order of the errors
+//! reported: header bounds → old size and blake3 → per block: header bounds, exact
+//! decompressed lengths, every op inside the block and inside old → total length →
+//! result blake3.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
@@ -29,8 +30,8 @@ const OLD_GAP: u64 = 4 << 10;
 const OLD_SLACK: u64 = 1 << 20;
 /// Output is hashed and written in pieces this large: blake3 hashes many 1 KiB chunks at
 /// once only when handed them together (per-op updates of ~360 bytes took a quarter of
-/// apply's time on the ruff pair). Three are held at once (being filled, queued, being
-/// written): 256 KiB keeps that under 1 MiB.
+/// apply's time on the ruff pair). At most four exist (being filled, queued, being
+/// written, handed back): 256 KiB keeps that at 1 MiB.
 const OUT_PIECE: usize = 256 << 10;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -409,8 +410,8 @@ enum Request {
 /// Three stages run at once: this thread reads the patch and hashes and writes the
 /// result; a worker decodes each block and computes its output (a batch's ops on all
 /// threads); old is hashed on a third. The worker asks for block k + 1 as it starts on
-/// block k, so at most two blocks' compressed streams and `3 × OUT_PIECE` of output are
-/// held at once. Errors are reported in the patch's order: a wrong old first, then the
+/// block k, so at most two blocks' compressed streams and four `OUT_PIECE` buffers of
+/// output are held at once. Errors are reported in the patch's order: a wrong old first, then the
 /// worker's (earlier blocks), then this thread's.
 pub fn apply(
     old: &dyn ReadAt,
