@@ -1597,7 +1597,8 @@ impl OffsetMap {
     }
 
     /// `map`, trying span `*near` first (the one the previous lookup used), which is
-    /// then the one this lookup used.
+    /// then the one this lookup used. Searches the spans between the two index entries
+    /// around `off`.
     fn map_near(&self, off: u64, near: &mut usize) -> Option<u64> {
         if let Some(s) = self.spans.get(*near) {
             if s.0 <= off && self.spans.get(*near + 1).is_none_or(|n| off < n.0) {
@@ -1618,15 +1619,7 @@ impl OffsetMap {
     /// Where old offset `off` went: its span's delta, or between spans the preceding
     /// span's.
     pub fn map(&self, off: u64) -> Option<u64> {
-        let b = (off / MAP_BUCKET) as usize;
-        let lo = self.index.get(b).map_or(self.spans.len(), |&k| k as usize);
-        let hi = self
-            .index
-            .get(b + 1)
-            .map_or(self.spans.len(), |&k| k as usize);
-        let i = lo + self.spans[lo..hi].partition_point(|s| s.0 <= off);
-        let s = self.spans.get(i.checked_sub(1)?)?;
-        Some(s.2.wrapping_add(off - s.0))
+        self.map_near(off, &mut usize::MAX)
     }
 }
 
