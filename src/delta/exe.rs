@@ -1619,7 +1619,8 @@ impl OffsetMap {
     /// Where old offset `off` went: its span's delta, or between spans the preceding
     /// span's.
     pub fn map(&self, off: u64) -> Option<u64> {
-        self.map_near(off, &mut usize::MAX)
+        let mut no_hint = usize::MAX;
+        self.map_near(off, &mut no_hint)
     }
 }
 
