@@ -411,8 +411,10 @@ enum Request {
 /// result; a worker decodes each block and computes its output (a batch's ops on all
 /// threads); old is hashed on a third. The worker asks for block k + 1 as it starts on
 /// block k, so at most two blocks' compressed streams and four `OUT_PIECE` buffers of
-/// output are held at once. Errors are reported in the patch's order: a wrong old first, then the
-/// worker's (earlier blocks), then this thread's.
+/// output are held at once. Errors are reported in the patch's order: a wrong old
+/// first, then the worker's (earlier blocks), then this thread's. The calling thread
+/// waits on the worker, whose ops run in rayon's global pool: call it from outside that
+/// pool (a caller inside a one-thread pool would wait forever).
 pub fn apply(
     old: &dyn ReadAt,
     patch: &mut dyn Read,
