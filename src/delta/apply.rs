@@ -493,7 +493,6 @@ fn serve_worker(
 ) -> Result<(u64, blake3::Hasher), DeltaError> {
     let mut hasher = blake3::Hasher::new();
     let (mut written, mut announced, mut read) = (0u64, 0u64, 0u64);
-    let mut spare: Option<Vec<u8>> = None;
     // The worker hangs up when it is done or has failed (its error is reported then).
     while let Ok(request) = requests.recv() {
         match request {
@@ -508,15 +507,11 @@ fn serve_worker(
                 if announced > header.new_size {
                     return Err(corrupt("blocks exceed the declared new size"));
                 }
-                let mut packed = spare.take().unwrap_or_default();
-                packed.resize(b.payload_len() as usize, 0);
+                let mut packed = vec![0u8; b.payload_len() as usize];
                 read_exact_or_truncated(patch, &mut packed)?;
                 read += 1;
-                if let Err(mpsc::SendError(Some(raw))) =
-                    to_worker.send(Some(RawBlock { header: b, packed }))
-                {
-                    spare = Some(raw.packed);
-                }
+                // A worker that has hung up has failed; the loop ends when it is gone.
+                let _ = to_worker.send(Some(RawBlock { header: b, packed }));
             }
             Request::Out(piece) => {
                 hasher.update(&piece);
