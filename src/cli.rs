@@ -152,6 +152,51 @@ pub fn restore(config: crate::config::Config, backup: &std::path::Path) -> anyho
     Ok(EXIT_OK)
 }
 
+/// `restore --from-bucket`: a new data directory holding the bucket's latest catalog
+/// snapshot (products, builds, rings, deltas, signed TUF metadata). Nothing is written
+/// when the directory holds anything or the bucket cannot be read.
+pub fn restore_from_bucket(config: crate::config::Config) -> anyhow::Result<u8> {
+    use anyhow::Context;
+    anyhow::ensure!(
+        config.origin.s3.enabled(),
+        "restore --from-bucket needs [origin.s3] in the config (bucket, endpoint, region, credentials)"
+    );
+    let data = config.server.data_dir.clone();
+    if data.exists()
+        && std::fs::read_dir(&data)
+            .with_context(|| format!("reading {}", data.display()))?
+            .next()
+            .is_some()
+    {
+        anyhow::bail!(
+            "{}: the data directory is not empty (restore makes a new one; nothing was changed)",
+            data.display()
+        );
+    }
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let bucket = crate::bucket::Bucket::open(&config.origin.s3, metrics)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (latest, page) = rt.block_on(bucket.latest_snapshot())?;
+    let node = open_offline(config)?;
+    // Past every sequence the old origin can have issued: every edge, wherever it was,
+    // is handed a full snapshot next.
+    let head = latest.seq + 2 * crate::store::changes::RETAIN;
+    let records = node.store.load_snapshot(&page, head)?;
+    node.catalog.reload()?;
+    let products = node.catalog.products()?.len();
+    let builds = node.catalog.all_builds()?.len();
+    println!(
+        "restored the catalog of {} as of change {} into {}: {records} records, {products} products, {builds} builds; content is read from the bucket as it is asked for. Put the signing keys (tuf.keys_dir) back before starting the node.",
+        bucket.name(),
+        latest.seq,
+        data.display()
+    );
+    Ok(EXIT_OK)
+}
+
 pub fn open_offline(config: crate::config::Config) -> anyhow::Result<Offline> {
     let parts =
         crate::server::open_store(&config).map_err(|e| lock_hint(&config.server.data_dir, e))?;

@@ -35,6 +35,7 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub tuf: TufConfig,
     pub edge: EdgeConfig,
+    pub origin: OriginConfig,
     pub log: LogConfig,
 }
 
@@ -250,6 +251,70 @@ pub struct EdgeConfig {
     pub prefetch_rate: ByteSize,
 }
 
+/// `[origin]`: where an origin keeps its durable copy.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginConfig {
+    pub s3: S3Config,
+}
+
+/// `[origin.s3]`: an S3-compatible bucket as the origin of record (AWS S3, Ceph RGW,
+/// MinIO, Garage). Every published chunk, blob manifest and catalog snapshot is written
+/// there before the publish is acknowledged; chunks missing locally are read back from
+/// it. Credentials come from `access_key_id`/`secret_access_key` (or
+/// `UPDATE_EDGE_ORIGIN_S3_SECRET_ACCESS_KEY_FILE`), else the standard `AWS_*`
+/// environment variables; they are never logged.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name. Default empty = no bucket.
+    pub bucket: String,
+    /// Endpoint URL (`http://127.0.0.1:3900` for Garage); empty = AWS for `region`.
+    pub endpoint: String,
+    /// Region (`garage` for Garage's default). Default `us-east-1`.
+    pub region: String,
+    /// Path-style requests (`endpoint/bucket/key`), as Garage and MinIO need by default;
+    /// false = virtual-hosted (`bucket.endpoint/key`). Default `true`.
+    pub path_style: bool,
+    /// Key prefix of every object this node writes (`fleet-a/`). Default empty.
+    pub prefix: String,
+    /// Access key id. Default empty = `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// Secret key (masked by `config show`). Default empty = `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: String,
+    /// Requests to the bucket at once. Default `16`.
+    pub max_concurrency: usize,
+    /// Retries of a request that failed with a 5xx or a timeout (exponential backoff).
+    /// Default `5`.
+    pub max_retries: usize,
+    /// One request's timeout. Default `30s`.
+    pub timeout: Seconds,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            path_style: true,
+            prefix: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            max_concurrency: 16,
+            max_retries: 5,
+            timeout: Seconds(30),
+        }
+    }
+}
+
+impl S3Config {
+    /// True when a bucket is configured.
+    pub fn enabled(&self) -> bool {
+        !self.bucket.is_empty()
+    }
+}
+
 impl EdgeConfig {
     /// True when this node is an edge.
     pub fn is_edge(&self) -> bool {
@@ -316,6 +381,7 @@ impl Default for Config {
                 poll_wait: Seconds(30),
                 prefetch_rate: ByteSize(50 << 20),
             },
+            origin: OriginConfig::default(),
             log: LogConfig {
                 format: LogFormat::Text,
                 access: true,
@@ -362,7 +428,32 @@ impl Default for LogConfig {
 }
 
 /// The sections of the file; `UPDATE_EDGE_<SECTION>_<KEY>` sets `<section>.<key>`.
-pub const SECTIONS: [&str; 7] = ["server", "store", "delta", "catalog", "tuf", "edge", "log"];
+/// A nested section's variables join its path with `_` (`UPDATE_EDGE_ORIGIN_S3_BUCKET`).
+pub const SECTIONS: [&str; 8] = [
+    "server",
+    "store",
+    "delta",
+    "catalog",
+    "tuf",
+    "edge",
+    "origin.s3",
+    "log",
+];
+
+/// The table at dotted `path` (`origin.s3`) in `t`.
+fn table_at<'a>(t: &'a toml::Table, path: &str) -> Option<&'a toml::Table> {
+    path.split('.')
+        .try_fold(t, |t, name| t.get(name).and_then(|v| v.as_table()))
+}
+
+/// The table at dotted `path` in `t`, made if absent.
+fn table_at_mut<'a>(t: &'a mut toml::Table, path: &str) -> Option<&'a mut toml::Table> {
+    path.split('.').try_fold(t, |t, name| {
+        t.entry(name)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+    })
+}
 
 /// Shorter names that set a key too (they came first and stay).
 pub const ENV_ALIASES: &[(&str, &str)] = &[
@@ -379,10 +470,11 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
 pub const MASK: &str = "(set; not shown)";
 
 /// Keys whose values are secrets: masked by `config show`, never logged.
-pub const SECRET_KEYS: [&str; 3] = [
+pub const SECRET_KEYS: [&str; 4] = [
     "server.admin_token",
     "server.replication_token",
     "edge.token",
+    "origin.s3.secret_access_key",
 ];
 
 /// What an environment variable sets.
@@ -405,10 +497,7 @@ fn known_keys() -> toml::Table {
 pub fn env_key(var: &str) -> Result<Option<EnvKey>, ConfigError> {
     let known = known_keys();
     let has = |sec: &str, key: &str| {
-        known
-            .get(sec)
-            .and_then(|t| t.as_table())
-            .is_some_and(|t| t.contains_key(key))
+        table_at(&known, sec).is_some_and(|t| t.get(key).is_some_and(|v| !v.is_table()))
     };
     let (name, from_file) = match var.strip_suffix("_FILE") {
         Some(n) => (n, true),
@@ -427,7 +516,7 @@ pub fn env_key(var: &str) -> Result<Option<EnvKey>, ConfigError> {
     };
     for section in SECTIONS {
         let Some(key) = rest
-            .strip_prefix(&section.to_ascii_uppercase())
+            .strip_prefix(&section.replace('.', "_").to_ascii_uppercase())
             .and_then(|k| k.strip_prefix('_'))
         else {
             continue;
@@ -447,10 +536,8 @@ pub fn env_key(var: &str) -> Result<Option<EnvKey>, ConfigError> {
                 from_file: true,
             }));
         }
-        let keys: Vec<&String> = known
-            .get(section)
-            .and_then(|t| t.as_table())
-            .map(|t| t.keys().collect())
+        let keys: Vec<&String> = table_at(&known, section)
+            .map(|t| t.iter().filter(|(_, v)| !v.is_table()).map(|(k, _)| k).collect())
             .unwrap_or_default();
         return Err(ConfigError::Env {
             var: var.to_string(),
@@ -530,10 +617,7 @@ impl Config {
             let mut applied = false;
             for candidate in candidates {
                 let mut next = table.clone();
-                let section = next
-                    .entry(k.section.clone())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                if let Some(t) = section.as_table_mut() {
+                if let Some(t) = table_at_mut(&mut next, &k.section) {
                     t.insert(k.key.clone(), candidate);
                 }
                 match next.clone().try_into::<Config>() {
@@ -556,8 +640,8 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut t = toml::Table::try_from(self).unwrap_or_default();
         for key in SECRET_KEYS {
-            let (section, name) = key.split_once('.').unwrap_or((key, ""));
-            if let Some(v) = t.get_mut(section).and_then(|s| s.get_mut(name)) {
+            let (section, name) = key.rsplit_once('.').unwrap_or((key, ""));
+            if let Some(v) = table_at_mut(&mut t, section).and_then(|s| s.get_mut(name)) {
                 if v.as_str().is_some_and(|s| !s.is_empty()) {
                     *v = toml::Value::String(MASK.into());
                 }
@@ -618,6 +702,35 @@ impl Config {
                     "edge.upstream {:?} must be an http:// or https:// URL",
                     e.upstream
                 )));
+            }
+        }
+        let b = &self.origin.s3;
+        if b.enabled() {
+            if e.is_edge() {
+                return Err(ConfigError::Invalid(
+                    "origin.s3 is an origin's bucket; an edge reads its content from edge.upstream".into(),
+                ));
+            }
+            if !b.endpoint.is_empty() {
+                let url = url::Url::parse(&b.endpoint).map_err(|err| {
+                    ConfigError::Invalid(format!("origin.s3.endpoint {:?}: {err}", b.endpoint))
+                })?;
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "origin.s3.endpoint {:?} must be an http:// or https:// URL",
+                        b.endpoint
+                    )));
+                }
+            }
+            if !(1..=256).contains(&b.max_concurrency) || b.timeout.0 == 0 {
+                return Err(ConfigError::Invalid(
+                    "origin.s3: max_concurrency must be 1..=256 and timeout at least 1s".into(),
+                ));
+            }
+            if b.access_key_id.is_empty() != b.secret_access_key.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "origin.s3: set both access_key_id and secret_access_key, or neither (then AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)".into(),
+                ));
             }
         }
         if s.max_bytes.0 > 0 && !e.is_edge() {
@@ -833,18 +946,26 @@ mod tests {
         .unwrap();
         let readme = std::fs::read_to_string(manifest_dir().join("README.md")).unwrap();
         let mut missing = Vec::new();
-        for (section, keys) in known_keys() {
-            let keys = keys.as_table().unwrap();
-            let listed = example[&section].as_table().unwrap();
-            let mut want: Vec<&String> = keys.keys().collect();
-            let mut have: Vec<&String> = listed.keys().collect();
-            want.sort();
-            have.sort();
+        let known = known_keys();
+        for section in SECTIONS {
+            let keys = table_at(&known, section).unwrap();
+            let listed = table_at(&example, section)
+                .unwrap_or_else(|| panic!("config/edge.toml lacks [{section}]"));
+            let leaves = |t: &toml::Table| -> Vec<String> {
+                let mut k: Vec<String> = t
+                    .iter()
+                    .filter(|(_, v)| !v.is_table())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                k.sort();
+                k
+            };
+            let (want, have) = (leaves(keys), leaves(listed));
             assert_eq!(
                 have, want,
                 "config/edge.toml [{section}] must list exactly the keys"
             );
-            for key in keys.keys() {
+            for key in &want {
                 let full = format!("`{section}.{key}`");
                 let in_row = readme
                     .lines()
@@ -929,9 +1050,33 @@ mod tests {
                 // Not configuration: ignored.
                 ("UPDATE_EDGE_LOG", "debug"),
                 ("UPDATE_EDGE_REQUIRE_TOOLS", "1"),
+                // A nested section.
+                ("UPDATE_EDGE_ORIGIN_S3_BUCKET", "fleet"),
+                ("UPDATE_EDGE_ORIGIN_S3_PATH_STYLE", "false"),
+                ("UPDATE_EDGE_ORIGIN_S3_ACCESS_KEY_ID", "GK0123"),
+                (
+                    "UPDATE_EDGE_ORIGIN_S3_SECRET_ACCESS_KEY_FILE",
+                    secret.to_str().unwrap(),
+                ),
             ]),
         )
         .unwrap();
+        assert_eq!(c.origin.s3.bucket, "fleet");
+        assert!(!c.origin.s3.path_style);
+        assert_eq!(c.origin.s3.secret_access_key, "token-from-a-secret-file-0123");
+        let shown = c.to_masked_toml();
+        assert!(
+            !shown.contains("token-from-a-secret") && shown.contains("[origin.s3]"),
+            "{shown}"
+        );
+        let nested_typo = Config::from_parts(
+            "",
+            Path::new("x"),
+            &env(&[("UPDATE_EDGE_ORIGIN_S3_BUKET", "x")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(nested_typo.contains("buket"), "{nested_typo}");
         assert_eq!(c.server.max_connections, 100);
         assert_eq!(c.server.listen.port(), 9000);
         assert_eq!(c.store.min_free_bytes, ByteSize(10 << 30));
@@ -941,21 +1086,37 @@ mod tests {
         assert_eq!(c.log.trusted_proxies, ["10.0.0.0/8", "::1"]);
         assert_eq!(c.server.admin_token, "token-from-a-secret-file-0123");
         assert_eq!(c.server.replication_token, "12345678901234567890");
-        // Every key the defaults have maps from its variable.
-        for (section, keys) in known_keys() {
-            for key in keys.as_table().unwrap().keys() {
+        // Every key the defaults have maps from its variable, and every section of the
+        // defaults is one the variables know.
+        let known = known_keys();
+        let mut seen = 0;
+        for section in SECTIONS {
+            for (key, v) in table_at(&known, section).unwrap() {
+                if v.is_table() {
+                    continue;
+                }
+                seen += 1;
                 let var = format!(
                     "UPDATE_EDGE_{}_{}",
-                    section.to_uppercase(),
+                    section.replace('.', "_").to_uppercase(),
                     key.to_uppercase()
                 );
                 let k = env_key(&var).unwrap().unwrap_or_else(|| panic!("{var}"));
                 assert_eq!(
                     (k.section.as_str(), k.key.as_str(), k.from_file),
-                    (section.as_str(), key.as_str(), false)
+                    (section, key.as_str(), false)
                 );
             }
         }
+        let all = |t: &toml::Table| -> usize {
+            fn count(t: &toml::Table) -> usize {
+                t.values()
+                    .map(|v| v.as_table().map_or(1, count))
+                    .sum()
+            }
+            count(t)
+        };
+        assert_eq!(seen, all(&known), "a section of the defaults is not in SECTIONS");
         let typo = Config::from_parts(
             "",
             Path::new("x"),

@@ -39,8 +39,21 @@ pub struct AppState {
     pub repo: Arc<crate::repo::Repo>,
     /// Set on an edge: where missing content and catalog changes come from.
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// Set on an origin with a bucket: where published content is written and where
+    /// content missing locally is read from.
+    pub bucket: Option<Arc<crate::bucket::BucketOrigin>>,
     /// Per-address limit on checks (`catalog.check_rate_per_ip`); None = no limit.
     pub check_limit: Option<Arc<ratelimit::IpLimiter>>,
+}
+
+impl AppState {
+    /// Where content this node lacks is filled from: its upstream (an edge) or its
+    /// bucket (an origin with one).
+    pub fn fills(&self) -> Option<&Arc<crate::upstream::Upstream>> {
+        self.upstream
+            .as_ref()
+            .or(self.bucket.as_ref().map(|b| &b.fills))
+    }
 }
 
 /// Declares the route table once: [`routes`] (what [`router`] serves) and

@@ -5,6 +5,7 @@
 //! image repository and its keys), `http` (the API), `server` (assembly),
 //! `config`, `metrics`, and `cli` (command glue).
 
+pub mod bucket;
 pub mod catalog;
 pub mod cli;
 pub mod client;

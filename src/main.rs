@@ -64,10 +64,17 @@ enum Command {
         /// Where to write it (must not exist).
         out: PathBuf,
     },
-    /// Make a data directory (absent or empty) from a checkpoint.
+    /// Make a data directory (absent or empty) from a checkpoint, or with
+    /// `--from-bucket` from the origin's bucket (`[origin.s3]`): its catalog and signed
+    /// metadata as of the last snapshot; content is then read from the bucket as it is
+    /// asked for. Signing keys are never in the bucket: put `tuf.keys_dir` back yourself.
     Restore {
         /// The checkpoint (from `backup` or `POST /v1/admin/backup`).
-        backup: PathBuf,
+        #[arg(required_unless_present = "from_bucket", conflicts_with = "from_bucket")]
+        backup: Option<PathBuf>,
+        /// Restore from the bucket named by `[origin.s3]` in the config.
+        #[arg(long)]
+        from_bucket: bool,
         #[arg(long)]
         data: Option<PathBuf>,
         #[arg(long)]
@@ -587,10 +594,15 @@ fn main() -> ExitCode {
         }
         Command::Restore {
             backup,
+            from_bucket,
             data,
             config,
-        } => cli::load_config(config.as_deref(), data.as_deref(), None)
-            .and_then(|c| cli::restore(c, &backup)),
+        } => cli::load_config(config.as_deref(), data.as_deref(), None).and_then(|c| {
+            match (from_bucket, backup) {
+                (false, Some(backup)) => cli::restore(c, &backup),
+                _ => cli::restore_from_bucket(c),
+            }
+        }),
         Command::Gc { data, config } => {
             cli::load_config(config.as_deref(), data.as_deref(), None).and_then(cli::blob::gc)
         }

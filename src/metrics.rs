@@ -154,6 +154,13 @@ pub struct Metrics {
     pub upstream_bytes: Counter,
     pub upstream_coalesced: Counter,
     pub upstream_errors: Family<ReasonLabel, Counter>,
+    /// Origin with a bucket (`[origin.s3]`).
+    pub bucket_put_bytes: Counter,
+    pub bucket_get_bytes: Counter,
+    pub bucket_chunks_written: Counter,
+    pub bucket_corrupt: Counter,
+    pub bucket_errors: Family<ReasonLabel, Counter>,
+    pub bucket_synced_seq: Gauge,
     /// Edge role: replication state.
     pub upstream_last_sync: Gauge,
     pub upstream_replicated_seq: Gauge,
@@ -218,6 +225,12 @@ impl Metrics {
             upstream_bytes: Counter::default(),
             upstream_coalesced: Counter::default(),
             upstream_errors: Family::default(),
+            bucket_put_bytes: Counter::default(),
+            bucket_get_bytes: Counter::default(),
+            bucket_chunks_written: Counter::default(),
+            bucket_corrupt: Counter::default(),
+            bucket_errors: Family::default(),
+            bucket_synced_seq: Gauge::default(),
             upstream_last_sync: Gauge::default(),
             upstream_replicated_seq: Gauge::default(),
             upstream_prefetched: Counter::default(),
@@ -404,6 +417,36 @@ impl Metrics {
             "update_edge_upstream_errors",
             "Failed upstream fetches by reason (connect, status, stalled, corrupt, body)",
             m.upstream_errors.clone(),
+        );
+        registry.register(
+            "update_edge_bucket_put_bytes",
+            "Bytes written to the origin's bucket (chunks, manifests, catalog snapshots)",
+            m.bucket_put_bytes.clone(),
+        );
+        registry.register(
+            "update_edge_bucket_get_bytes",
+            "Bytes read from the origin's bucket",
+            m.bucket_get_bytes.clone(),
+        );
+        registry.register(
+            "update_edge_bucket_chunks_written",
+            "Chunk objects written to the bucket (chunks already there are not rewritten)",
+            m.bucket_chunks_written.clone(),
+        );
+        registry.register(
+            "update_edge_bucket_corrupt_objects",
+            "Objects read from the bucket that failed verification (never served)",
+            m.bucket_corrupt.clone(),
+        );
+        registry.register(
+            "update_edge_bucket_errors",
+            "Failed bucket requests by reason (unavailable, corrupt, store)",
+            m.bucket_errors.clone(),
+        );
+        registry.register(
+            "update_edge_bucket_synced_sequence",
+            "Change sequence of the last catalog snapshot written to the bucket",
+            m.bucket_synced_seq.clone(),
         );
         registry.register(
             "update_edge_upstream_last_sync_timestamp_seconds",

@@ -33,6 +33,8 @@ pub struct Node {
     pub repo: Arc<Repo>,
     /// Set on an edge.
     pub upstream: Option<Arc<Upstream>>,
+    /// Set on an origin with a bucket (`[origin.s3]`).
+    pub bucket: Option<Arc<crate::bucket::BucketOrigin>>,
     /// Per-address check limit (one table for the node's lifetime).
     pub check_limit: Option<Arc<crate::http::ratelimit::IpLimiter>>,
 }
@@ -48,6 +50,8 @@ pub enum OpenError {
     Repo(#[from] crate::repo::RepoError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Bucket(#[from] crate::bucket::BucketError),
 }
 
 impl Node {
@@ -63,7 +67,17 @@ impl Node {
             ttls(&config),
             crate::catalog::targets::entries(&parts.catalog)?,
         )?);
-        Ok(Node::assemble(config, parts, repo, None))
+        let bucket = match config.origin.s3.enabled() {
+            true => Some(crate::bucket::BucketOrigin::open(
+                &config,
+                parts.store.clone(),
+                parts.catalog.clone(),
+            )?),
+            false => None,
+        };
+        let mut node = Node::assemble(config, parts, repo, None);
+        node.bucket = bucket;
+        Ok(node)
     }
 
     /// The check service and the node around the opened parts (`upstream` on an edge).
@@ -111,6 +125,7 @@ impl Node {
             checker,
             repo,
             upstream,
+            bucket: None,
         }
     }
 
@@ -155,6 +170,7 @@ impl Node {
             checker: self.checker.clone(),
             repo: self.repo.clone(),
             upstream: self.upstream.clone(),
+            bucket: self.bucket.clone(),
             check_limit: self.check_limit.clone(),
         }
     }
@@ -313,6 +329,9 @@ pub fn start_with_tls(
     let app = router(node.state());
     let (tx, rx) = oneshot::channel::<()>();
     let mut background = Vec::new();
+    if let Some(b) = &node.bucket {
+        background.push(tokio::spawn(b.clone().run()));
+    }
     let resigner = match &node.upstream {
         None => tokio::spawn(resign_loop(node.repo.clone())),
         Some(up) => {

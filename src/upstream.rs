@@ -26,6 +26,8 @@ pub mod preseed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{StreamExt, TryStreamExt};
+
 use crate::config::EdgeConfig;
 use crate::hash::Hash;
 use crate::metrics::{Metrics, ReasonLabel};
@@ -48,6 +50,8 @@ pub enum UpstreamError {
     Body { url: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Bucket(#[from] crate::bucket::BucketError),
 }
 
 impl UpstreamError {
@@ -59,6 +63,11 @@ impl UpstreamError {
             UpstreamError::Stalled { .. } => "stalled",
             UpstreamError::Corrupt(_) | UpstreamError::WrongManifest(_) => "corrupt",
             UpstreamError::Body { .. } | UpstreamError::Store(_) => "body",
+            UpstreamError::Bucket(e) => match e {
+                crate::bucket::BucketError::NotFound { .. } => "status",
+                crate::bucket::BucketError::Corrupt { .. } => "corrupt",
+                _ => "connect",
+            },
         }
     }
 
@@ -67,13 +76,22 @@ impl UpstreamError {
         match self {
             UpstreamError::Status { status, .. } => *status >= 500 || *status == 429,
             UpstreamError::Store(_) => false,
+            UpstreamError::Bucket(e) => matches!(
+                e,
+                crate::bucket::BucketError::Unavailable { .. }
+                    | crate::bucket::BucketError::Corrupt { .. }
+            ),
             _ => true,
         }
     }
 
     /// Upstream said the object does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, UpstreamError::Status { status: 404, .. })
+        matches!(
+            self,
+            UpstreamError::Status { status: 404, .. }
+                | UpstreamError::Bucket(crate::bucket::BucketError::NotFound { .. })
+        )
     }
 }
 
@@ -86,9 +104,19 @@ pub struct Contact {
     pub last_error: Option<String>,
 }
 
-/// The edge's link to upstream, shared by downloads, checks and the feed follower.
+/// Where content comes from.
+enum Content {
+    /// An upstream node's HTTP API (an edge).
+    Http,
+    /// The origin's own bucket (an origin whose local store is a cache of it).
+    Bucket(Arc<crate::bucket::Bucket>),
+}
+
+/// The edge's link to upstream, shared by downloads, checks and the feed follower; on
+/// an origin with a bucket, the link to the bucket for content missing locally.
 pub struct Upstream {
     base: url::Url,
+    content: Content,
     token: String,
     /// Content and one-shot requests.
     http: reqwest::Client,
@@ -138,6 +166,7 @@ impl Upstream {
         let metrics = store.metrics().clone();
         Ok(Arc::new(Upstream {
             base,
+            content: Content::Http,
             token: config.token.clone(),
             http,
             feed_http,
@@ -151,6 +180,53 @@ impl Upstream {
             store,
             catalog,
         }))
+    }
+
+    /// An origin's link to its bucket: chunks and manifests missing locally are read
+    /// from it, verified, with the same coalescing and stall rules as an edge's fills
+    /// (`config`'s fill settings apply; its upstream URL is not used).
+    pub fn for_bucket(
+        config: &EdgeConfig,
+        bucket: Arc<crate::bucket::Bucket>,
+        store: Arc<Store>,
+        catalog: Arc<crate::catalog::Catalog>,
+    ) -> Result<Arc<Upstream>, UpstreamError> {
+        let name = format!("{}/", bucket.name());
+        let base = url::Url::parse(&name).map_err(|e| UpstreamError::Connect {
+            url: name.clone(),
+            message: e.to_string(),
+        })?;
+        let client = reqwest::Client::new();
+        let metrics = store.metrics().clone();
+        Ok(Arc::new(Upstream {
+            base,
+            content: Content::Bucket(bucket),
+            token: String::new(),
+            http: client.clone(),
+            feed_http: client,
+            metrics,
+            stall: Duration::from_secs(config.stall_timeout.0),
+            readahead: config.readahead,
+            fills: fill::Fills::new(config.max_fills),
+            partials: blob::new_partials(),
+            recency: evict::Recency::new(false),
+            contact: Mutex::new(Contact::default()),
+            store,
+            catalog,
+        }))
+    }
+
+    /// True for an edge's upstream (a node), false for an origin's bucket.
+    pub fn is_edge(&self) -> bool {
+        matches!(self.content, Content::Http)
+    }
+
+    /// The bucket content comes from, on an origin.
+    pub fn bucket(&self) -> Option<&Arc<crate::bucket::Bucket>> {
+        match &self.content {
+            Content::Bucket(b) => Some(b),
+            Content::Http => None,
+        }
     }
 
     /// The upstream base URL (what operators are told to send writes to).
@@ -259,12 +335,41 @@ impl Upstream {
     fn reader(&self, resp: reqwest::Response) -> BodyReader {
         BodyReader {
             url: resp.url().to_string(),
-            resp,
+            body: resp.bytes_stream().map_err(|e| e.to_string()).boxed(),
             buf: bytes::Bytes::new(),
             stall: self.stall,
             metrics: self.metrics.clone(),
             counting: false,
             failure: None,
+        }
+    }
+
+    /// A reader of chunk `hash`'s encoding from upstream or the bucket.
+    async fn open_chunk(&self, hash: Hash) -> Result<BodyReader, UpstreamError> {
+        match &self.content {
+            Content::Http => self
+                .get(&format!("v1/chunks/{hash}?format=bao"), false)
+                .await
+                .map(|resp| self.reader(resp)),
+            Content::Bucket(b) => {
+                let rel = crate::bucket::Bucket::chunk_key(&hash);
+                let get = tokio::time::timeout(self.stall, b.get_stream(&rel));
+                let url = format!("{}/{rel}", b.name());
+                match get.await {
+                    Err(_) => Err(self.stalled(url)),
+                    Ok(Err(e)) => Err(e.into()),
+                    Ok(Ok(None)) => Err(UpstreamError::Status { url, status: 404 }),
+                    Ok(Ok(Some(body))) => Ok(BodyReader {
+                        url,
+                        body,
+                        buf: bytes::Bytes::new(),
+                        stall: self.stall,
+                        metrics: self.metrics.clone(),
+                        counting: false,
+                        failure: None,
+                    }),
+                }
+            }
         }
     }
 
@@ -303,7 +408,7 @@ impl Upstream {
 /// the stall timeout; the upstream-side cause is kept in `failure` (the decoder sees only
 /// an `io::Error`).
 pub struct BodyReader {
-    resp: reqwest::Response,
+    body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, String>>,
     url: String,
     buf: bytes::Bytes,
     stall: Duration,
@@ -335,7 +440,7 @@ impl BodyReader {
             this.failure = Some(e);
             Err(io)
         };
-        match tokio::time::timeout(self.stall, self.resp.chunk()).await {
+        match tokio::time::timeout(self.stall, self.body.next()).await {
             Err(_) => failed(
                 self,
                 UpstreamError::Stalled {
@@ -343,15 +448,15 @@ impl BodyReader {
                     secs: self.stall.as_secs(),
                 },
             ),
-            Ok(Err(e)) => failed(
+            Ok(Some(Err(message))) => failed(
                 self,
                 UpstreamError::Body {
                     url: self.url.clone(),
-                    message: e.to_string(),
+                    message,
                 },
             ),
-            Ok(Ok(None)) => Ok(false),
-            Ok(Ok(Some(piece))) => {
+            Ok(None) => Ok(false),
+            Ok(Some(Ok(piece))) => {
                 if self.counting {
                     self.metrics.upstream_bytes.inc_by(piece.len() as u64);
                 }

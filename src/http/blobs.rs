@@ -73,7 +73,7 @@ pub async fn serve_blob(
     hash: Hash,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (manifest, source) = match &state.upstream {
+    let (manifest, source) = match state.fills() {
         None => (
             state.store.manifest(hash).await?,
             Source::Local(state.store.clone()),
@@ -82,7 +82,11 @@ pub async fn serve_blob(
             let first = first_offset(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
             let kind = state.catalog.kind_of(&hash);
             let (m, partial) = up.manifest(hash, Some((first, kind))).await?;
-            (m, Source::Edge(up.clone(), hash, partial, kind))
+            match partial {
+                // An origin's local blob is whole here: the plain local path.
+                None if !up.is_edge() => (m, Source::Local(state.store.clone())),
+                partial => (m, Source::Edge(up.clone(), hash, partial, kind)),
+            }
         }
     };
     let size = manifest.size;

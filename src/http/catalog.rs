@@ -126,6 +126,10 @@ pub async fn put_build(
     } else {
         ingest_body(&s.store, body, super::blobs::UploadLimits::from(&*s.config)).await?
     };
+    // With a bucket, the build's content is there before the build exists anywhere.
+    if let Some(b) = &s.bucket {
+        b.mirror_blob(put.hash).await.map_err(bucket_failed)?;
+    }
     let (c, p, vv, notes) = (
         s.catalog.clone(),
         product.clone(),
@@ -139,12 +143,32 @@ pub async fn put_build(
     if created {
         schedule_from_previous(&s, &product, &v, kind).await;
     }
+    // Acknowledged once the bucket's catalog (with its signed metadata) names it.
+    if let Some(b) = &s.bucket {
+        b.sync().await.map_err(|e| {
+            ApiError::Unavailable(
+                format!("build {product} {v} is published on this origin but not yet in its bucket ({e}); it is written there as soon as the bucket answers"),
+                30,
+            )
+        })?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok((status, Json(json!({ "hash": build.blob, "size": build.size, "version": build.version, "kind": build.kind }))).into_response())
+}
+
+/// A publish the bucket could not take: 503, nothing recorded.
+fn bucket_failed(e: crate::bucket::BucketError) -> ApiError {
+    match e {
+        crate::bucket::BucketError::Store(e) => ApiError::Store(e),
+        e => ApiError::Unavailable(
+            format!("the origin's bucket did not take this build, so it was not published: {e}"),
+            30,
+        ),
+    }
 }
 
 async fn schedule_from_previous(s: &AppState, product: &str, v: &Version, kind: Kind) {

@@ -27,7 +27,7 @@ pub async fn get_chunk(
     Query(q): Query<ChunkQuery>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
-    let bytes = match &s.upstream {
+    let bytes = match s.fills() {
         None => s.store.chunk(hash).await.map_err(|e| match e {
             crate::store::StoreError::ChunkMissing(h) => {
                 ApiError::NotFound(format!("chunk {h} is not stored here"))
@@ -72,7 +72,7 @@ pub async fn get_manifest(
     Query(q): Query<ManifestQuery>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
-    let m = match &s.upstream {
+    let m = match s.fills() {
         None => s.store.manifest(hash).await?,
         Some(up) => up.manifest(hash, None).await?.0,
     };
@@ -84,7 +84,7 @@ pub async fn get_manifest(
         None => None,
         Some(at) => {
             let c = m.chunks[m.chunk_at(at)].hash;
-            let bytes = match &s.upstream {
+            let bytes = match s.fills() {
                 None => s.store.chunk(c).await?,
                 Some(up) => up.chunk(c, "other").await?,
             };

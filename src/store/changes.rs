@@ -305,6 +305,47 @@ impl Store {
         self.commit(batch, true)
     }
 
+    /// Loads full snapshot `page` into a store that holds no replicated record (a
+    /// restore), without logging it, and moves the feed's head to `head`. A restore
+    /// passes a head past every sequence the snapshot's origin can have issued, so every
+    /// follower, wherever it was, is handed a full snapshot next.
+    pub fn load_snapshot(&self, page: &ChangePage, head: u64) -> Result<usize, StoreError> {
+        let mut held = 0usize;
+        for cf in REPLICATED_CFS {
+            self.kv.scan_keys(cf, &mut |_| {
+                held += 1;
+                false
+            })?;
+        }
+        if held > 0 || !page.reset {
+            return Err(StoreError::Engine(
+                "a snapshot is loaded only into a store with no catalog".into(),
+            ));
+        }
+        let mut batch = Batch::default();
+        for c in &page.changes {
+            let cf = cf_by_name(&c.cf)
+                .filter(|cf| replicated(*cf, &c.key))
+                .ok_or_else(|| {
+                    StoreError::Engine(format!(
+                        "snapshot names a record that is not replicated ({} {})",
+                        c.cf,
+                        String::from_utf8_lossy(&c.key)
+                    ))
+                })?;
+            if let Some(v) = &c.value {
+                batch.put(cf, c.key.clone(), v.clone());
+            }
+        }
+        let mut at = self.feed.head.lock().unwrap_or_else(|e| e.into_inner());
+        let head = head.max(*at);
+        batch.put(Cf::Meta, SEQ_KEY, head.to_le_bytes());
+        self.kv.write(batch, true)?;
+        *at = head;
+        self.feed.tx.send_replace(head);
+        Ok(page.changes.len())
+    }
+
     /// A cursor stored by [`Store::apply_changes`] (0 if none).
     pub fn cursor(&self, key: &[u8]) -> Result<u64, StoreError> {
         Ok(self

@@ -136,6 +136,13 @@ impl Upstream {
         blob: Hash,
         first: Option<(u64, &'static str)>,
     ) -> Result<Manifest, UpstreamError> {
+        if let Some(b) = self.bucket() {
+            let m = b.manifest(blob, self.catalog.chunk_list_of(&blob)).await?;
+            if m.chunks.iter().any(|c| c.len as usize > MAX_CHUNK_BYTES) {
+                return Err(UpstreamError::WrongManifest(blob));
+            }
+            return Ok(m);
+        }
         let path = match first {
             Some((at, _)) => format!("v1/blobs/{blob}/manifest?with_chunk_at={at}&format=bao"),
             None => format!("v1/blobs/{blob}/manifest"),

@@ -318,13 +318,10 @@ impl Upstream {
                                 |e| UpstreamError::Store(StoreError::Task(e.to_string())),
                             )?);
                     }
-                    self.get(&format!("v1/chunks/{hash}?format=bao"), false)
-                        .await
-                        .map(|resp| {
-                            let mut r = self.reader(resp);
-                            r.count_from_here();
-                            r
-                        })
+                    self.open_chunk(hash).await.map(|mut r| {
+                        r.count_from_here();
+                        r
+                    })
                 }
             };
             self.metrics.upstream_fetches.inc();
@@ -373,7 +370,10 @@ impl Upstream {
         let (size, outboard) = match decoded {
             Ok(d) => d,
             Err(bao::DecodeError::Corrupt) => {
-                tracing::error!(chunk = %hash.short(), "chunk from upstream failed verification; discarded");
+                if self.bucket().is_some() {
+                    self.metrics.bucket_corrupt.inc();
+                }
+                tracing::error!(chunk = %hash.short(), source = %reader.url, "chunk from upstream failed verification; discarded");
                 return Err(UpstreamError::Corrupt(hash));
             }
             Err(bao::DecodeError::TooLarge(n)) => {
