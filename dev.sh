@@ -64,8 +64,7 @@ setup_redocly() {
 
 # Garage (an S3-compatible store) for the S3 tests' 3-node cluster (tests/garage-cluster.sh),
 # pinned, built from crates.io into its own cache (~15 minutes on 2 cores, once). An
-# external process: never linked. `./dev.sh garage` installs it; setup will once tests
-# use it.
+# external process: never linked. `setup` and `test` install it (tests/s3.rs needs it).
 GARAGE_ROOT="${UPDATE_EDGE_GARAGE_ROOT:-$HOME/.cache/update-edge-garage}"
 GARAGE_VERSION=2.5.0
 setup_garage() {
@@ -97,8 +96,8 @@ run_tests() {
 }
 
 case "${1:-}" in
-  setup) setup; setup_python; setup_fuzz; setup_machete; setup_redocly ;;
-  test) setup; setup_python; run_tests ;;
+  setup) setup; setup_python; setup_garage; setup_fuzz; setup_machete; setup_redocly ;;
+  test) setup; setup_python; setup_garage; run_tests ;;
   garage) setup_garage ;;
   demo)
     setup

@@ -304,7 +304,9 @@ impl Bucket {
 
     /// Whether this node has written blob `hash` (chunks and manifest) to the bucket.
     pub fn is_mirrored(store: &Store, hash: &Hash) -> Result<bool, StoreError> {
-        store.kv().contains(crate::store::Cf::Meta, &mirrored_key(hash))
+        store
+            .kv()
+            .contains(crate::store::Cf::Meta, &mirrored_key(hash))
     }
 
     /// Writes blob `hash` (a blob in `store`) to the bucket: every chunk not there yet,
@@ -357,7 +359,9 @@ impl Bucket {
                 chunks_written: m.chunks_written + c,
                 bytes_written: m.bytes_written + n,
             });
-        self.metrics.bucket_chunks_written.inc_by(done.chunks_written);
+        self.metrics
+            .bucket_chunks_written
+            .inc_by(done.chunks_written);
         tracing::info!(
             blob = %hash.short(),
             chunks_written = done.chunks_written,
@@ -380,10 +384,7 @@ impl Bucket {
         let m = Manifest::decode(&bytes).map_err(|e| self.corrupt(&rel, e.to_string()))?;
         if let Some(expected) = expected_list {
             if crate::catalog::targets::list_hash(&blob, &m) != expected {
-                return Err(self.corrupt(
-                    &rel,
-                    "not the chunk list its build record names".into(),
-                ));
+                return Err(self.corrupt(&rel, "not the chunk list its build record names".into()));
             }
         }
         Ok(m)
@@ -405,7 +406,8 @@ impl Bucket {
             blake3: Hash::of(&packed),
         };
         self.put(&key, vec![Bytes::from(packed)]).await?;
-        let pointer = serde_json::to_vec(&latest).map_err(|e| BucketError::Config(e.to_string()))?;
+        let pointer =
+            serde_json::to_vec(&latest).map_err(|e| BucketError::Config(e.to_string()))?;
         self.put("catalog/latest", vec![Bytes::from(pointer)])
             .await?;
         Ok(seq)

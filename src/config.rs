@@ -537,7 +537,12 @@ pub fn env_key(var: &str) -> Result<Option<EnvKey>, ConfigError> {
             }));
         }
         let keys: Vec<&String> = table_at(&known, section)
-            .map(|t| t.iter().filter(|(_, v)| !v.is_table()).map(|(k, _)| k).collect())
+            .map(|t| {
+                t.iter()
+                    .filter(|(_, v)| !v.is_table())
+                    .map(|(k, _)| k)
+                    .collect()
+            })
             .unwrap_or_default();
         return Err(ConfigError::Env {
             var: var.to_string(),
@@ -708,7 +713,8 @@ impl Config {
         if b.enabled() {
             if e.is_edge() {
                 return Err(ConfigError::Invalid(
-                    "origin.s3 is an origin's bucket; an edge reads its content from edge.upstream".into(),
+                    "origin.s3 is an origin's bucket; an edge reads its content from edge.upstream"
+                        .into(),
                 ));
             }
             if !b.endpoint.is_empty() {
@@ -1063,7 +1069,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.origin.s3.bucket, "fleet");
         assert!(!c.origin.s3.path_style);
-        assert_eq!(c.origin.s3.secret_access_key, "token-from-a-secret-file-0123");
+        assert_eq!(
+            c.origin.s3.secret_access_key,
+            "token-from-a-secret-file-0123"
+        );
         let shown = c.to_masked_toml();
         assert!(
             !shown.contains("token-from-a-secret") && shown.contains("[origin.s3]"),
@@ -1110,13 +1119,15 @@ mod tests {
         }
         let all = |t: &toml::Table| -> usize {
             fn count(t: &toml::Table) -> usize {
-                t.values()
-                    .map(|v| v.as_table().map_or(1, count))
-                    .sum()
+                t.values().map(|v| v.as_table().map_or(1, count)).sum()
             }
             count(t)
         };
-        assert_eq!(seen, all(&known), "a section of the defaults is not in SECTIONS");
+        assert_eq!(
+            seen,
+            all(&known),
+            "a section of the defaults is not in SECTIONS"
+        );
         let typo = Config::from_parts(
             "",
             Path::new("x"),

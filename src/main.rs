@@ -70,7 +70,10 @@ enum Command {
     /// asked for. Signing keys are never in the bucket: put `tuf.keys_dir` back yourself.
     Restore {
         /// The checkpoint (from `backup` or `POST /v1/admin/backup`).
-        #[arg(required_unless_present = "from_bucket", conflicts_with = "from_bucket")]
+        #[arg(
+            required_unless_present = "from_bucket",
+            conflicts_with = "from_bucket"
+        )]
         backup: Option<PathBuf>,
         /// Restore from the bucket named by `[origin.s3]` in the config.
         #[arg(long)]

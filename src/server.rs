@@ -75,9 +75,7 @@ impl Node {
             )?),
             false => None,
         };
-        let mut node = Node::assemble(config, parts, repo, None);
-        node.bucket = bucket;
-        Ok(node)
+        Ok(Node::assemble(config, parts, repo, None, bucket))
     }
 
     /// The check service and the node around the opened parts (`upstream` on an edge).
@@ -86,14 +84,18 @@ impl Node {
         parts: StoreParts,
         repo: Arc<Repo>,
         upstream: Option<Arc<Upstream>>,
+        bucket: Option<Arc<crate::bucket::BucketOrigin>>,
     ) -> Node {
         let StoreParts {
             metrics,
             store,
             catalog,
         } = parts;
+        // Manifests of blobs not held here: upstream's (an edge), the bucket's (an origin
+        // restored from it).
         let remote = upstream
             .clone()
+            .or_else(|| bucket.as_ref().map(|b| b.fills.clone()))
             .map(|u| u as Arc<dyn crate::store::RemoteManifests>);
         let checker = Arc::new(Checker {
             catalog: catalog.clone(),
@@ -125,7 +127,7 @@ impl Node {
             checker,
             repo,
             upstream,
-            bucket: None,
+            bucket,
         }
     }
 
@@ -158,7 +160,7 @@ impl Node {
             &config.director_key_path(),
             ttls(&config),
         )?);
-        Ok(Node::assemble(config, parts, repo, Some(upstream)))
+        Ok(Node::assemble(config, parts, repo, Some(upstream), None))
     }
 
     pub fn state(&self) -> AppState {

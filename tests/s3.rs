@@ -27,10 +27,12 @@ impl Garage {
     /// Starts a cluster on ports `base..base+40` (each test its own), or None when Garage
     /// is not installed outside CI (in CI, `UPDATE_EDGE_REQUIRE_TOOLS`, that fails).
     fn start(dir: &Path, base: u16) -> Option<Garage> {
-        let installed = std::env::var_os("GARAGE").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/update-edge-garage/bin/garage")
-        });
+        let installed = std::env::var_os("GARAGE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/update-edge-garage/bin/garage")
+            });
         if !installed.exists() {
             assert!(
                 std::env::var_os("UPDATE_EDGE_REQUIRE_TOOLS").is_none(),
@@ -133,12 +135,7 @@ fn bucket_of(c: &Config) -> std::sync::Arc<Bucket> {
 
 fn build_blob(node: &TestNode, version: &str) -> Hash {
     let v = version.parse().unwrap();
-    node.node
-        .catalog
-        .build("gw", &v)
-        .unwrap()
-        .unwrap()
-        .blob
+    node.node.catalog.build("gw", &v).unwrap().unwrap().blob
 }
 
 async fn get_bytes(url: &str) -> (StatusCode, Vec<u8>) {
@@ -187,7 +184,9 @@ async fn a_wiped_origin_restored_from_the_bucket_serves_every_build_byte_exact()
             );
         }
     }
-    let written = origin.metric("update_edge_bucket_chunks_written_total").await as usize;
+    let written = origin
+        .metric("update_edge_bucket_chunks_written_total")
+        .await as usize;
     assert!(
         written >= unique.len() && written <= origin.node.store.stats().chunks as usize,
         "{written} chunk objects written for {} unique build chunks ({} stored)",
@@ -230,8 +229,7 @@ async fn a_wiped_origin_restored_from_the_bucket_serves_every_build_byte_exact()
         // A chunk of 1.0.1 only.
         let m_old = bucket.manifest(m1, None).await.unwrap();
         let m_new = bucket.manifest(blobs[1], None).await.unwrap();
-        let newer: std::collections::HashSet<Hash> =
-            m_new.chunks.iter().map(|c| c.hash).collect();
+        let newer: std::collections::HashSet<Hash> = m_new.chunks.iter().map(|c| c.hash).collect();
         m_old
             .chunks
             .iter()
@@ -257,12 +255,20 @@ async fn a_wiped_origin_restored_from_the_bucket_serves_every_build_byte_exact()
     let st = r.status();
     match r.bytes().await {
         Ok(body) => {
-            assert!(st.is_server_error(), "a corrupt bucket object was served ({st})");
+            assert!(
+                st.is_server_error(),
+                "a corrupt bucket object was served ({st})"
+            );
             assert_ne!(&body[..], &builds[0][..]);
         }
         Err(e) => assert!(st.is_success(), "{st}: {e}"),
     }
-    assert!(origin.metric("update_edge_bucket_corrupt_objects_total").await >= 1.0);
+    assert!(
+        origin
+            .metric("update_edge_bucket_corrupt_objects_total")
+            .await
+            >= 1.0
+    );
     // Repaired in the bucket: served byte-exact (to curl, resuming), then to a device.
     bucket.put(&key, vec![good]).await.unwrap();
     let out_file = dir.path().join("old.curl");
@@ -319,7 +325,12 @@ async fn publishing_survives_a_lost_garage_node_and_fails_cleanly_when_the_bucke
         two.clone(),
     )
     .await;
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
     let bucket = bucket_of(&config);
     let h2 = build_blob(&origin, "1.0.2");
     assert!(bucket.exists(&Bucket::manifest_key(&h2)).await.unwrap());
