@@ -36,7 +36,7 @@ config() {
 [server]
 listen = "127.0.0.1:$port"
 data_dir = "$WORK/$name/data"
-admin_token = "bench-token"
+admin_token = "bench-operator-token-0123"
 [tuf]
 keys_dir = "$WORK/$name/keys"
 EOF
@@ -59,7 +59,7 @@ start() {
   UPDATE_EDGE_LOG=warn "$BIN" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-  curl -sf -X PUT -H "Authorization: Bearer bench-token" -d '{"name":"Bench"}' \
+  curl -sf -X PUT -H "Authorization: Bearer bench-operator-token-0123" -d '{"name":"Bench"}' \
     "http://127.0.0.1:$port/v1/products/bench" >/dev/null
 }
 
@@ -68,7 +68,7 @@ start local 24580; start s3 24581
 publish() {
   local port=$1 round=$2 t0 t1 code
   t0=$(date +%s.%N)
-  code=$(curl -s -o "$WORK/out" -w '%{http_code}' -X PUT -H "Authorization: Bearer bench-token" \
+  code=$(curl -s -o "$WORK/out" -w '%{http_code}' -X PUT -H "Authorization: Bearer bench-operator-token-0123" \
     -T "$WORK/payload" "http://127.0.0.1:$port/v1/products/bench/builds/1.0.$round?kind=os")
   t1=$(date +%s.%N)
   [ "$code" = 201 ] || { echo "publish to :$port answered $code: $(cat "$WORK/out")" >&2; exit 1; }

@@ -1,20 +1,28 @@
 //! The origin's bucket (`[origin.s3]`): an S3-compatible store as the origin of record.
 //!
 //! Layout (every key under `origin.s3.prefix`):
-//! - `chunks/{blake3}`: one chunk, interleaved with its blake3 tree (the encoding of
-//!   `GET /v1/chunks/{blake3}?format=bao`, [`crate::protocol::bao`]), so a reader
-//!   verifies it group by group against its address as it arrives.
-//! - `blobs/{blake3}`: a blob's manifest (size and chunk list, the store's binary form).
-//!   Devices' JSON chunk lists are derived from it, so they are not stored twice.
+//! - `packs/{blake3}`: the chunks blob `blake3` brought that the bucket did not hold
+//!   yet, one after another, each interleaved with its blake3 tree (the encoding of
+//!   `GET /v1/chunks/{blake3}?format=bao`, [`crate::protocol::bao`]), so a reader of
+//!   one chunk (a ranged GET) verifies it group by group against its address as it
+//!   arrives. One object per published blob, not one per chunk: an object store's cost
+//!   is per request (Garage here takes ~90 small objects a second, ~85 MB/s in large
+//!   ones; AWS bills per PUT), and a build of 256 KiB chunks is 4,096 of them per GiB.
+//! - `blobs/{blake3}`: a blob's manifest (size and chunk list, the store's binary form),
+//!   followed by where each of its chunks is: pack, offset, length. Chunks shared with
+//!   earlier blobs point into those blobs' packs (deduplicated in the bucket too).
+//!   Devices' JSON chunk lists are derived from the manifest, so they are not stored.
 //! - `catalog/{seq:020}`: a snapshot of every replicated record (products, builds,
 //!   rings, deltas and the signed TUF metadata) as of change `seq`, zstd-compressed JSON.
 //! - `catalog/latest`: which snapshot is current, with its blake3.
 //!
 //! Content objects are content-addressed and immutable: one that exists is never
-//! rewritten. Order on publish: chunks, then the manifest (so a manifest in the bucket
+//! rewritten. Order on publish: the pack, then the manifest (so a manifest in the bucket
 //! implies its chunks are there), then the catalog snapshot, then `catalog/latest` (so
 //! the snapshot `latest` names only refers to content already written). Signing keys are
-//! never written here.
+//! never written here. This node keeps where each chunk is in the bucket (an index in
+//! its meta column family, 44 bytes a chunk), from its own publishes and from every
+//! bucket manifest it reads.
 //!
 //! Trust: objects are verified on the way back in (chunks by their blake3 tree, a
 //! snapshot by the blake3 `latest` names, build manifests by the chunk-list hash their
@@ -38,6 +46,12 @@ use crate::store::{Manifest, Store, StoreError};
 /// Meta-family prefix of the markers of blobs whose chunks and manifest are in the
 /// bucket (not replicated: each origin knows what it wrote).
 const MIRRORED_PREFIX: &[u8] = b"bucket/mirrored/";
+/// Meta-family prefix of the chunk index: where in the bucket each chunk is.
+const LOCATION_PREFIX: &[u8] = b"bucket/chunk/";
+/// Part size of pack uploads.
+const PART_BYTES: usize = 16 << 20;
+/// Chunks read ahead of the pack upload.
+const READ_AHEAD: usize = 8;
 /// Objects at least this large are uploaded in parts.
 const MULTIPART_BYTES: usize = 16 << 20;
 /// Largest catalog snapshot read back (compressed).
@@ -86,6 +100,94 @@ pub struct Latest {
     pub key: String,
     /// The blake3 of the object's bytes.
     pub blake3: Hash,
+}
+
+/// Where a chunk is in the bucket: bytes `offset..offset + len` of `packs/{pack}`
+/// (its encoding, [`crate::protocol::bao`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub pack: Hash,
+    pub offset: u64,
+    pub len: u64,
+}
+
+const LOCATION_BYTES: usize = 32 + 8 + 8;
+
+impl Location {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.pack.as_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Option<Location> {
+        let b: &[u8; LOCATION_BYTES] = b.try_into().ok()?;
+        Some(Location {
+            pack: Hash::from_slice(&b[..32])?,
+            offset: u64::from_le_bytes(b[32..40].try_into().ok()?),
+            len: u64::from_le_bytes(b[40..48].try_into().ok()?),
+        })
+    }
+}
+
+/// A bucket manifest: the blob's manifest, then one location per manifest entry.
+pub fn encode_manifest(m: &Manifest, locations: &[Location]) -> Vec<u8> {
+    let mut out = m.encode();
+    out.reserve(locations.len() * LOCATION_BYTES);
+    for l in locations {
+        l.encode(&mut out);
+    }
+    out
+}
+
+/// Reads a bucket manifest; every location must have the length its chunk's encoding has.
+pub fn decode_manifest(b: &[u8]) -> Result<(Manifest, Vec<Location>), String> {
+    let head = b.get(..Manifest::HEADER).ok_or("truncated")?;
+    let n = Manifest::encoded_len(head).map_err(|e| e.to_string())?;
+    let m = Manifest::decode(b.get(..n).ok_or("truncated")?).map_err(|e| e.to_string())?;
+    let rest = &b[n..];
+    if rest.len() != m.chunks.len() * LOCATION_BYTES {
+        return Err(format!(
+            "{} bytes of locations for {} chunks",
+            rest.len(),
+            m.chunks.len()
+        ));
+    }
+    let mut locations = Vec::with_capacity(m.chunks.len());
+    for (c, l) in m.chunks.iter().zip(rest.chunks_exact(LOCATION_BYTES)) {
+        let l = Location::decode(l).ok_or("bad location")?;
+        if l.len != crate::protocol::bao::encoded_len(u64::from(c.len)) {
+            return Err(format!(
+                "chunk {} has a location of the wrong length",
+                c.hash
+            ));
+        }
+        locations.push(l);
+    }
+    Ok((m, locations))
+}
+
+/// Where this node knows chunk `hash` to be in the bucket.
+pub fn location(store: &Store, hash: &Hash) -> Result<Option<Location>, StoreError> {
+    Ok(store
+        .kv()
+        .get(crate::store::Cf::Meta, &location_key(hash))?
+        .and_then(|v| Location::decode(&v)))
+}
+
+/// Records where chunks are (from a bucket manifest read or written).
+pub fn remember(store: &Store, m: &Manifest, locations: &[Location]) -> Result<(), StoreError> {
+    let mut b = crate::store::Batch::default();
+    for (c, l) in m.chunks.iter().zip(locations) {
+        let mut v = Vec::with_capacity(LOCATION_BYTES);
+        l.encode(&mut v);
+        b.put(crate::store::Cf::Meta, location_key(&c.hash), v);
+    }
+    store.kv().write(b, false)
+}
+
+fn location_key(hash: &Hash) -> Vec<u8> {
+    [LOCATION_PREFIX, hash.as_bytes().as_slice()].concat()
 }
 
 /// What mirroring a blob did.
@@ -160,8 +262,8 @@ impl Bucket {
         Key::from(format!("{}{rel}", self.prefix))
     }
 
-    pub fn chunk_key(hash: &Hash) -> String {
-        format!("chunks/{hash}")
+    pub fn pack_key(hash: &Hash) -> String {
+        format!("packs/{hash}")
     }
 
     pub fn manifest_key(hash: &Hash) -> String {
@@ -290,6 +392,21 @@ impl Bucket {
         Ok(out.freeze())
     }
 
+    /// Bytes `range` of object `rel`.
+    pub async fn get_range(
+        &self,
+        rel: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, BucketError> {
+        let b = self
+            .s3
+            .get_range(&self.key(rel), range)
+            .await
+            .map_err(|e| self.error(rel, e))?;
+        self.metrics.bucket_get_bytes.inc_by(b.len() as u64);
+        Ok(b)
+    }
+
     fn corrupt(&self, rel: &str, why: String) -> BucketError {
         let e = BucketError::Corrupt {
             bucket: self.name.clone(),
@@ -309,9 +426,11 @@ impl Bucket {
             .contains(crate::store::Cf::Meta, &mirrored_key(hash))
     }
 
-    /// Writes blob `hash` (a blob in `store`) to the bucket: every chunk not there yet,
-    /// `max_concurrency` at a time, then its manifest; then marks it written here. A
-    /// blob marked already costs nothing.
+    /// Writes blob `hash` (a blob in `store`) to the bucket: the chunks the bucket lacks
+    /// (as far as this node knows) as its pack, uploaded in parts `max_concurrency` at
+    /// a time while the next chunks are read; then its manifest with every chunk's
+    /// location; then records the locations and marks the blob written here. A blob
+    /// marked already costs nothing.
     pub async fn mirror_blob(
         self: &Arc<Self>,
         store: &Arc<Store>,
@@ -322,43 +441,72 @@ impl Bucket {
         }
         let started = std::time::Instant::now();
         let manifest = store.manifest(hash).await?;
-        let mut seen = std::collections::HashSet::new();
-        let unique: Vec<(Hash, u32)> = manifest
+        let (s, m) = (store.clone(), manifest.clone());
+        // Each chunk's known location, or None for those the pack brings.
+        let known: Vec<Option<Location>> = crate::store::blocking(move || {
+            m.chunks.iter().map(|c| location(&s, &c.hash)).collect()
+        })
+        .await?;
+        let mut placed: std::collections::HashMap<Hash, Location> =
+            std::collections::HashMap::new();
+        let mut new = Vec::new();
+        let mut offset = 0u64;
+        for (c, k) in manifest.chunks.iter().zip(&known) {
+            if k.is_some() || placed.contains_key(&c.hash) {
+                continue;
+            }
+            let len = crate::protocol::bao::encoded_len(u64::from(c.len));
+            placed.insert(
+                c.hash,
+                Location {
+                    pack: hash,
+                    offset,
+                    len,
+                },
+            );
+            new.push((c.hash, c.len));
+            offset += len;
+        }
+        let pack_bytes = offset;
+        let rel = Bucket::pack_key(&hash);
+        let mut done = Mirrored::default();
+        // A pack written before a crash (same chunks, so the same bytes) is not rewritten.
+        let there = match new.is_empty() {
+            true => true,
+            false => match self.s3.head(&self.key(&rel)).await {
+                Ok(meta) => meta.size == pack_bytes,
+                Err(object_store::Error::NotFound { .. }) => false,
+                Err(e) => return Err(self.error(&rel, e)),
+            },
+        };
+        if !there {
+            done = Mirrored {
+                chunks_written: new.len() as u64,
+                bytes_written: pack_bytes,
+            };
+            self.put_pack(store, &rel, new).await?;
+        }
+        let locations: Vec<Location> = manifest
             .chunks
             .iter()
-            .filter(|c| seen.insert(c.hash))
-            .map(|c| (c.hash, c.len))
-            .collect();
-        let written: Vec<(u64, u64)> = stream::iter(unique)
-            .map(|(c, len)| {
-                let (this, store) = (self.clone(), store.clone());
-                async move {
-                    let rel = Bucket::chunk_key(&c);
-                    if this.exists(&rel).await? {
-                        return Ok((0, 0));
-                    }
-                    let bytes = store.chunk(c).await?;
-                    let outboard = store.outboard(c, u64::from(len)).await;
-                    let frames = crate::protocol::bao::encode_with(&bytes, outboard.as_deref());
-                    let n = this.put(&rel, frames).await?;
-                    Ok::<_, BucketError>((1, n))
-                }
-            })
-            .buffer_unordered(self.concurrency)
-            .try_collect()
-            .await?;
-        let rel = Bucket::manifest_key(&hash);
-        self.put_if_absent(&rel, vec![Bytes::from(manifest.encode())])
-            .await?;
-        let mut b = crate::store::Batch::default();
-        b.put(crate::store::Cf::Meta, mirrored_key(&hash), Vec::new());
-        store.kv().write(b, true)?;
-        let done = written
-            .iter()
-            .fold(Mirrored::default(), |m, (c, n)| Mirrored {
-                chunks_written: m.chunks_written + c,
-                bytes_written: m.bytes_written + n,
-            });
+            .zip(known)
+            .map(|(c, k)| k.or_else(|| placed.get(&c.hash).copied()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| BucketError::Config("a chunk was placed nowhere".into()))?;
+        let mrel = Bucket::manifest_key(&hash);
+        self.put_if_absent(
+            &mrel,
+            vec![Bytes::from(encode_manifest(&manifest, &locations))],
+        )
+        .await?;
+        let s = store.clone();
+        crate::store::blocking(move || {
+            remember(&s, &manifest, &locations)?;
+            let mut b = crate::store::Batch::default();
+            b.put(crate::store::Cf::Meta, mirrored_key(&hash), Vec::new());
+            s.kv().write(b, true)
+        })
+        .await?;
         self.metrics
             .bucket_chunks_written
             .inc_by(done.chunks_written);
@@ -372,21 +520,122 @@ impl Bucket {
         Ok(done)
     }
 
-    /// A blob's manifest from the bucket, checked against the chunk-list hash its build
-    /// record names (when it is a build's).
+    /// Uploads the encodings of `chunks` one after another as object `rel`, in parts,
+    /// reading the next chunks while parts upload.
+    async fn put_pack(
+        &self,
+        store: &Arc<Store>,
+        rel: &str,
+        chunks: Vec<(Hash, u32)>,
+    ) -> Result<(), BucketError> {
+        let key = self.key(rel);
+        let upload = self
+            .s3
+            .put_multipart(&key)
+            .await
+            .map_err(|e| self.error(rel, e))?;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut frames = stream::iter(chunks)
+            .map(|(c, len)| {
+                let store = store.clone();
+                async move {
+                    let s = store.clone();
+                    // Not through the hot cache: a publish must not flush it.
+                    let bytes = crate::store::blocking(move || s.chunk_blocking(&c)).await?;
+                    let outboard = store.outboard(c, u64::from(len)).await;
+                    Ok::<_, BucketError>(crate::protocol::bao::encode_with(
+                        &bytes,
+                        outboard.as_deref(),
+                    ))
+                }
+            })
+            .buffered(READ_AHEAD);
+        let mut len = 0u64;
+        let result = async {
+            while let Some(f) = frames.next().await {
+                w.wait_for_capacity(self.concurrency)
+                    .await
+                    .map_err(|e| self.error(rel, e))?;
+                for piece in f? {
+                    len += piece.len() as u64;
+                    w.put(piece);
+                }
+            }
+            Ok::<_, BucketError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = w.abort().await;
+            return Err(e);
+        }
+        w.finish().await.map_err(|e| self.error(rel, e))?;
+        self.metrics.bucket_put_bytes.inc_by(len);
+        Ok(())
+    }
+
+    /// A stream of chunk `hash`'s encoding from its pack (`None` if this node does not
+    /// know where it is or the pack is missing), and the object it reads.
+    pub async fn chunk_stream(
+        &self,
+        store: &Arc<Store>,
+        hash: Hash,
+    ) -> Result<
+        Option<(
+            String,
+            futures_util::stream::BoxStream<'static, Result<Bytes, String>>,
+        )>,
+        BucketError,
+    > {
+        let s = store.clone();
+        let Some(loc) = crate::store::blocking(move || location(&s, &hash)).await? else {
+            return Ok(None);
+        };
+        let rel = Bucket::pack_key(&loc.pack);
+        let opts = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(
+                loc.offset..loc.offset + loc.len,
+            )),
+            ..Default::default()
+        };
+        match self.s3.get_opts(&self.key(&rel), opts).await {
+            Ok(r) => {
+                let metrics = self.metrics.clone();
+                let name = format!("{}/{rel}@{}+{}", self.name, loc.offset, loc.len);
+                Ok(Some((
+                    name,
+                    r.into_stream()
+                        .map_ok(move |b| {
+                            metrics.bucket_get_bytes.inc_by(b.len() as u64);
+                            b
+                        })
+                        .map_err(|e| e.to_string())
+                        .boxed(),
+                )))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(&rel, e)),
+        }
+    }
+
+    /// A blob's manifest and its chunks' locations from the bucket, the manifest checked
+    /// against the chunk-list hash its build record names (when it is a build's); the
+    /// locations are remembered in `store`.
     pub async fn manifest(
         &self,
+        store: &Arc<Store>,
         blob: Hash,
         expected_list: Option<Hash>,
     ) -> Result<Manifest, BucketError> {
         let rel = Bucket::manifest_key(&blob);
         let bytes = self.get(&rel, MAX_MANIFEST_BYTES).await?;
-        let m = Manifest::decode(&bytes).map_err(|e| self.corrupt(&rel, e.to_string()))?;
+        let (m, locations) = decode_manifest(&bytes).map_err(|e| self.corrupt(&rel, e))?;
         if let Some(expected) = expected_list {
             if crate::catalog::targets::list_hash(&blob, &m) != expected {
                 return Err(self.corrupt(&rel, "not the chunk list its build record names".into()));
             }
         }
+        let (s, m2) = (store.clone(), m.clone());
+        crate::store::blocking(move || remember(&s, &m2, &locations)).await?;
         Ok(m)
     }
 

@@ -184,12 +184,37 @@ pub fn restore_from_bucket(config: crate::config::Config) -> anyhow::Result<u8> 
     // Past every sequence the old origin can have issued: every edge, wherever it was,
     // is handed a full snapshot next.
     let head = latest.seq + 2 * crate::store::changes::RETAIN;
-    let records = node.store.load_snapshot(&page, head)?;
-    node.catalog.reload()?;
+    let loaded = (|| -> anyhow::Result<(usize, usize)> {
+        let records = node.store.load_snapshot(&page, head)?;
+        node.catalog.reload()?;
+        // The content index: where every chunk of every build and delta is in the
+        // bucket, from their manifests (each build's checked against its signed record).
+        let roots = node.catalog.roots()?;
+        for blob in &roots {
+            let expected = node.catalog.chunk_list_of(blob);
+            rt.block_on(bucket.manifest(&node.store, *blob, expected))
+                .with_context(|| format!("the bucket manifest of {blob}"))?;
+        }
+        Ok((records, roots.len()))
+    })();
+    let (records, blobs) = match loaded {
+        Ok(n) => n,
+        Err(e) => {
+            // Leave the directory as it was: absent or empty.
+            drop(node);
+            let _ = std::fs::remove_dir_all(&data);
+            return Err(e.context(format!(
+                "restoring from {} failed; {} was left empty",
+                bucket.name(),
+                data.display()
+            )));
+        }
+    };
+    node.store.flush()?;
     let products = node.catalog.products()?.len();
     let builds = node.catalog.all_builds()?.len();
     println!(
-        "restored the catalog of {} as of change {} into {}: {records} records, {products} products, {builds} builds; content is read from the bucket as it is asked for. Put the signing keys (tuf.keys_dir) back before starting the node.",
+        "restored the catalog of {} as of change {} into {}: {records} records, {products} products, {builds} builds, the chunk index of {blobs} blobs; content is read from the bucket as it is asked for. Put the signing keys (tuf.keys_dir) back before starting the node.",
         bucket.name(),
         latest.seq,
         data.display()

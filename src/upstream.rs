@@ -352,14 +352,15 @@ impl Upstream {
                 .await
                 .map(|resp| self.reader(resp)),
             Content::Bucket(b) => {
-                let rel = crate::bucket::Bucket::chunk_key(&hash);
-                let get = tokio::time::timeout(self.stall, b.get_stream(&rel));
-                let url = format!("{}/{rel}", b.name());
+                let get = tokio::time::timeout(self.stall, b.chunk_stream(&self.store, hash));
                 match get.await {
-                    Err(_) => Err(self.stalled(url)),
+                    Err(_) => Err(self.stalled(format!("{}/packs (chunk {hash})", b.name()))),
                     Ok(Err(e)) => Err(e.into()),
-                    Ok(Ok(None)) => Err(UpstreamError::Status { url, status: 404 }),
-                    Ok(Ok(Some(body))) => Ok(BodyReader {
+                    Ok(Ok(None)) => Err(UpstreamError::Status {
+                        url: format!("{}: chunk {hash}", b.name()),
+                        status: 404,
+                    }),
+                    Ok(Ok(Some((url, body)))) => Ok(BodyReader {
                         url,
                         body,
                         buf: bytes::Bytes::new(),

@@ -138,6 +138,21 @@ fn build_blob(node: &TestNode, version: &str) -> Hash {
     node.node.catalog.build("gw", &v).unwrap().unwrap().blob
 }
 
+/// A blob's manifest and chunk locations, as the bucket holds them.
+async fn bucket_manifest(
+    bucket: &Bucket,
+    blob: &Hash,
+) -> (
+    update_edge::store::Manifest,
+    Vec<update_edge::bucket::Location>,
+) {
+    let raw = bucket
+        .get(&Bucket::manifest_key(blob), 64 << 20)
+        .await
+        .unwrap();
+    update_edge::bucket::decode_manifest(&raw).unwrap()
+}
+
 async fn get_bytes(url: &str) -> (StatusCode, Vec<u8>) {
     let r = client().get(url).send().await.unwrap();
     (r.status(), r.bytes().await.unwrap().to_vec())
@@ -168,20 +183,25 @@ async fn a_wiped_origin_restored_from_the_bucket_serves_every_build_byte_exact()
     let builds = gw_targeting_102(&origin, 300_000).await;
     let blobs = [build_blob(&origin, "1.0.1"), build_blob(&origin, "1.0.2")];
 
-    // Publish wrote through: each build's manifest and every one of its chunks, each
-    // chunk once however many builds share it; the catalog snapshot names both builds.
+    // Publish wrote through: each build's manifest, and every one of its chunks in a
+    // pack, each chunk once however many builds share it (1.0.2's pack holds only what
+    // 1.0.1's lacks); the catalog snapshot names both builds.
     let bucket = bucket_of(&config);
     let mut unique = std::collections::HashSet::new();
     for b in &blobs {
-        assert!(bucket.exists(&Bucket::manifest_key(b)).await.unwrap());
-        let m = origin.node.store.manifest(*b).await.unwrap();
-        for c in &m.chunks {
-            unique.insert(c.hash);
-            assert!(
-                bucket.exists(&Bucket::chunk_key(&c.hash)).await.unwrap(),
-                "chunk {} of {b} is not in the bucket",
-                c.hash
-            );
+        let (m, locations) = bucket_manifest(&bucket, b).await;
+        assert_eq!(m, *origin.node.store.manifest(*b).await.unwrap());
+        for (c, l) in m.chunks.iter().zip(&locations) {
+            if unique.insert(c.hash) {
+                assert_eq!(l.pack, *b, "chunk {} is new in {b}, so in its pack", c.hash);
+            } else {
+                assert_eq!(l.pack, blobs[0], "a shared chunk points into 1.0.1's pack");
+            }
+            let got = bucket
+                .get_range(&Bucket::pack_key(&l.pack), l.offset..l.offset + l.len)
+                .await
+                .unwrap();
+            assert_eq!(got.len() as u64, l.len, "chunk {} of {b}", c.hash);
         }
     }
     let written = origin
@@ -227,21 +247,20 @@ async fn a_wiped_origin_restored_from_the_bucket_serves_every_build_byte_exact()
     };
     let victim = {
         // A chunk of 1.0.1 only.
-        let m_old = bucket.manifest(m1, None).await.unwrap();
-        let m_new = bucket.manifest(blobs[1], None).await.unwrap();
+        let (m_old, loc_old) = bucket_manifest(&bucket, &m1).await;
+        let (m_new, _) = bucket_manifest(&bucket, &blobs[1]).await;
         let newer: std::collections::HashSet<Hash> = m_new.chunks.iter().map(|c| c.hash).collect();
-        m_old
+        let i = m_old
             .chunks
             .iter()
-            .find(|c| !newer.contains(&c.hash))
-            .expect("1.0.1 has a chunk of its own")
-            .hash
+            .position(|c| !newer.contains(&c.hash))
+            .expect("1.0.1 has a chunk of its own");
+        loc_old[i]
     };
-    let key = Bucket::chunk_key(&victim);
+    let key = Bucket::pack_key(&victim.pack);
     let good = bucket.get(&key, 64 << 20).await.unwrap();
     let mut bad = good.to_vec();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0x40;
+    bad[(victim.offset + victim.len / 2) as usize] ^= 0x40;
     bucket.put(&key, vec![bad.into()]).await.unwrap();
 
     let origin = TestNode::start(config.clone()).await;

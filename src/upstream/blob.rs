@@ -137,7 +137,9 @@ impl Upstream {
         first: Option<(u64, &'static str)>,
     ) -> Result<Manifest, UpstreamError> {
         if let Some(b) = self.bucket() {
-            let m = b.manifest(blob, self.catalog.chunk_list_of(&blob)).await?;
+            let m = b
+                .manifest(&self.store, blob, self.catalog.chunk_list_of(&blob))
+                .await?;
             if m.chunks.iter().any(|c| c.len as usize > MAX_CHUNK_BYTES) {
                 return Err(UpstreamError::WrongManifest(blob));
             }
