@@ -37,6 +37,9 @@ config() {
 listen = "127.0.0.1:$port"
 data_dir = "$WORK/$name/data"
 admin_token = "bench-operator-token-0123"
+[store]
+# The last build fits: its downloads are warm (served from memory) on both origins.
+cache_size = "$((SIZE_MIB * 2))MiB"
 [tuf]
 keys_dir = "$WORK/$name/keys"
 EOF
@@ -56,7 +59,7 @@ EOF
 
 start() {
   local name=$1 port=$2
-  UPDATE_EDGE_LOG=warn "$BIN" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+  UPDATE_EDGE_LOG=warn,update_edge::bucket=info "$BIN" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
   curl -sf -X PUT -H "Authorization: Bearer bench-operator-token-0123" -d '{"name":"Bench"}' \
@@ -77,8 +80,10 @@ publish() {
 : > "$WORK/local.t"; : > "$WORK/s3.t"
 for r in $(seq "$ROUNDS"); do
   head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/payload"
-  l=$(publish 24580 "$r"); s=$(publish 24581 "$r")
-  echo "round $r: local ${l}s, bucket ${s}s" >&2
+  # Each publish starts on a settled machine (Garage keeps working after it answers).
+  sleep "${SETTLE:-10}"; l=$(publish 24580 "$r")
+  sleep "${SETTLE:-10}"; s=$(publish 24581 "$r")
+  echo "round $r: local ${l}s, bucket ${s}s (of which writing to the bucket: $(grep -o 'seconds=[0-9.]*' "$WORK/s3.log" | tail -1))" >&2
   echo "$l" >> "$WORK/local.t"; echo "$s" >> "$WORK/s3.t"
 done
 med() { sort -g "$1" | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -88,6 +93,25 @@ echo "|---|---|---|"
 awk -v l="$L" -v s="$S" -v m="$SIZE_MIB" 'BEGIN {
   printf "| local store only | %.2f | %.0f |\n| with the bucket | %.2f | %.0f |\n", l, m * 1.048576 / l, s, m * 1.048576 / s
   printf "\nbucket / local throughput: %.2fx\n", l / s }'
+
+# A warm origin's download cost with and without the bucket: the last build (held
+# locally by both), whole, to curl; server CPU (user + system, from /proc) per GiB
+# served, alternating, DOWNLOAD_ROUNDS (5) rounds of 2 downloads each (a first download warms both).
+HASH=$(sed -n 's/.*"hash":"\([0-9a-f]*\)".*/\1/p' "$WORK/out")
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+curl -sf -o /dev/null "http://127.0.0.1:24580/v1/blobs/$HASH"; curl -sf -o /dev/null "http://127.0.0.1:24581/v1/blobs/$HASH"
+: > "$WORK/local.cpu"; : > "$WORK/s3.cpu"
+for r in $(seq "${DOWNLOAD_ROUNDS:-5}"); do
+  for side in local:24580:${PIDS[0]} s3:24581:${PIDS[1]}; do
+    IFS=: read -r name port pid <<<"$side"
+    t0=$(ticks "$pid")
+    for _ in 1 2; do curl -sf -o /dev/null "http://127.0.0.1:$port/v1/blobs/$HASH"; done
+    t1=$(ticks "$pid")
+    awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v m="$SIZE_MIB" 'BEGIN { print t / hz / (2 * m / 1024) }' >> "$WORK/$name.cpu"
+  done
+done
+LC=$(med "$WORK/local.cpu"); SC=$(med "$WORK/s3.cpu")
+awk -v l="$LC" -v s="$SC" -v n="${DOWNLOAD_ROUNDS:-5}" 'BEGIN { printf "\nwarm download, server CPU s per GiB (median of %d): local-only origin %.3f, origin with the bucket %.3f: %.2fx\n", n, l, s, s / l }'
 
 # The demo product's builds: what the bucket took against what the store keeps.
 mkdir -p "$WORK/demo"
@@ -108,11 +132,12 @@ EOF
 UPDATE_EDGE_LOG=warn "$BIN" serve --demo --config "$WORK/demo.toml" >"$WORK/demo.log" 2>&1 &
 PIDS+=($!)
 metric() { curl -sf http://127.0.0.1:24582/metrics | awk -v n="$1" '$1 == n { print $2 }'; }
-# Written once the demo's builds and deltas are in and the synced sequence holds still.
+# Written once no delta job is left and the synced sequence has held still for 5 s.
 last=""; still=0
 for _ in $(seq 300); do
   seq=$(metric update_edge_bucket_synced_sequence 2>/dev/null || true)
-  if [ -n "$seq" ] && [ "$seq" != 0 ] && [ "$seq" = "$last" ]; then still=$((still + 1)); else still=0; fi
+  jobs=$(curl -sf http://127.0.0.1:24582/metrics 2>/dev/null | awk '$1 ~ /^update_edge_delta_jobs\{/ { n += $2 } END { print n + 0 }' || echo 1)
+  if [ -n "$seq" ] && [ "$seq" != 0 ] && [ "$seq" = "$last" ] && [ "$jobs" = 0 ]; then still=$((still + 1)); else still=0; fi
   last=$seq
   [ "$still" -ge 5 ] && break
   sleep 1

@@ -249,6 +249,14 @@ pub struct EdgeConfig {
     /// that build and the deltas to it from its devices' versions at this rate.
     /// `0` = no pre-seeding. Default `50MiB`.
     pub prefetch_rate: ByteSize,
+    /// Where content (chunks and manifests) comes from when it is not upstream itself:
+    /// `s3://BUCKET`, the origin's bucket (`[edge.s3]` says how to reach it), so the
+    /// origin is out of the download path; the catalog still replicates from
+    /// `upstream`. Default empty = content from `upstream`.
+    pub upstream_content: String,
+    /// `[edge.s3]`: how to reach the bucket `upstream_content` names (its `bucket` key,
+    /// if set, must be that name; credentials need read access only).
+    pub s3: S3Config,
 }
 
 /// `[origin]`: where an origin keeps its durable copy.
@@ -313,12 +321,50 @@ impl S3Config {
     pub fn enabled(&self) -> bool {
         !self.bucket.is_empty()
     }
+
+    /// Checks the settings of a configured bucket; `section` names it in messages.
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !self.endpoint.is_empty() {
+            let url = url::Url::parse(&self.endpoint).map_err(|err| {
+                ConfigError::Invalid(format!("{section}.endpoint {:?}: {err}", self.endpoint))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "{section}.endpoint {:?} must be an http:// or https:// URL",
+                    self.endpoint
+                )));
+            }
+        }
+        if !(1..=256).contains(&self.max_concurrency) || self.timeout.0 == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{section}: max_concurrency must be 1..=256 and timeout at least 1s"
+            )));
+        }
+        if self.access_key_id.is_empty() != self.secret_access_key.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{section}: set both access_key_id and secret_access_key, or neither (then AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl EdgeConfig {
     /// True when this node is an edge.
     pub fn is_edge(&self) -> bool {
         !self.upstream.is_empty()
+    }
+
+    /// The bucket content comes from (`upstream_content`), with its connection settings.
+    pub fn content_bucket(&self) -> Option<S3Config> {
+        let name = self.upstream_content.strip_prefix("s3://")?;
+        Some(S3Config {
+            bucket: name.trim_end_matches('/').to_string(),
+            ..self.s3.clone()
+        })
     }
 }
 
@@ -380,6 +426,8 @@ impl Default for Config {
                 readahead: 8,
                 poll_wait: Seconds(30),
                 prefetch_rate: ByteSize(50 << 20),
+                upstream_content: String::new(),
+                s3: S3Config::default(),
             },
             origin: OriginConfig::default(),
             log: LogConfig {
@@ -429,12 +477,13 @@ impl Default for LogConfig {
 
 /// The sections of the file; `UPDATE_EDGE_<SECTION>_<KEY>` sets `<section>.<key>`.
 /// A nested section's variables join its path with `_` (`UPDATE_EDGE_ORIGIN_S3_BUCKET`).
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "server",
     "store",
     "delta",
     "catalog",
     "tuf",
+    "edge.s3",
     "edge",
     "origin.s3",
     "log",
@@ -470,10 +519,11 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
 pub const MASK: &str = "(set; not shown)";
 
 /// Keys whose values are secrets: masked by `config show`, never logged.
-pub const SECRET_KEYS: [&str; 4] = [
+pub const SECRET_KEYS: [&str; 5] = [
     "server.admin_token",
     "server.replication_token",
     "edge.token",
+    "edge.s3.secret_access_key",
     "origin.s3.secret_access_key",
 ];
 
@@ -709,34 +759,28 @@ impl Config {
                 )));
             }
         }
-        let b = &self.origin.s3;
-        if b.enabled() {
-            if e.is_edge() {
-                return Err(ConfigError::Invalid(
-                    "origin.s3 is an origin's bucket; an edge reads its content from edge.upstream"
-                        .into(),
-                ));
+        if self.origin.s3.enabled() && e.is_edge() {
+            return Err(ConfigError::Invalid(
+                "origin.s3 is an origin's bucket; an edge names the bucket it reads in edge.upstream_content".into(),
+            ));
+        }
+        self.origin.s3.validate("origin.s3")?;
+        if !e.upstream_content.is_empty() {
+            let name = e.upstream_content.strip_prefix("s3://").unwrap_or("");
+            if !e.is_edge() || name.is_empty() || name.contains('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "edge.upstream_content {:?} must be s3://BUCKET, on an edge (edge.upstream set)",
+                    e.upstream_content
+                )));
             }
-            if !b.endpoint.is_empty() {
-                let url = url::Url::parse(&b.endpoint).map_err(|err| {
-                    ConfigError::Invalid(format!("origin.s3.endpoint {:?}: {err}", b.endpoint))
-                })?;
-                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                    return Err(ConfigError::Invalid(format!(
-                        "origin.s3.endpoint {:?} must be an http:// or https:// URL",
-                        b.endpoint
-                    )));
-                }
+            if !e.s3.bucket.is_empty() && e.s3.bucket != name {
+                return Err(ConfigError::Invalid(format!(
+                    "edge.s3.bucket {:?} is not the bucket edge.upstream_content names ({name:?})",
+                    e.s3.bucket
+                )));
             }
-            if !(1..=256).contains(&b.max_concurrency) || b.timeout.0 == 0 {
-                return Err(ConfigError::Invalid(
-                    "origin.s3: max_concurrency must be 1..=256 and timeout at least 1s".into(),
-                ));
-            }
-            if b.access_key_id.is_empty() != b.secret_access_key.is_empty() {
-                return Err(ConfigError::Invalid(
-                    "origin.s3: set both access_key_id and secret_access_key, or neither (then AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)".into(),
-                ));
+            if let Some(b) = e.content_bucket() {
+                b.validate("edge.s3")?;
             }
         }
         if s.max_bytes.0 > 0 && !e.is_edge() {

@@ -117,6 +117,8 @@ enum Content {
 pub struct Upstream {
     base: url::Url,
     content: Content,
+    /// An edge's link (false: an origin's link to its own bucket).
+    edge: bool,
     token: String,
     /// Content and one-shot requests.
     http: reqwest::Client,
@@ -164,9 +166,15 @@ impl Upstream {
         };
         let (http, feed_http) = (client(config.max_fills * 2)?, client(1)?);
         let metrics = store.metrics().clone();
+        // Content straight from the origin's bucket, when `upstream_content` names it.
+        let content = match config.content_bucket() {
+            Some(s3) => Content::Bucket(crate::bucket::Bucket::open(&s3, metrics.clone())?),
+            None => Content::Http,
+        };
         Ok(Arc::new(Upstream {
             base,
-            content: Content::Http,
+            content,
+            edge: true,
             token: config.token.clone(),
             http,
             feed_http,
@@ -201,6 +209,7 @@ impl Upstream {
         Ok(Arc::new(Upstream {
             base,
             content: Content::Bucket(bucket),
+            edge: false,
             token: String::new(),
             http: client.clone(),
             feed_http: client,
@@ -216,12 +225,12 @@ impl Upstream {
         }))
     }
 
-    /// True for an edge's upstream (a node), false for an origin's bucket.
+    /// True for an edge's upstream, false for an origin's link to its bucket.
     pub fn is_edge(&self) -> bool {
-        matches!(self.content, Content::Http)
+        self.edge
     }
 
-    /// The bucket content comes from, on an origin.
+    /// The bucket content comes from (an origin's, or an edge's `upstream_content`).
     pub fn bucket(&self) -> Option<&Arc<crate::bucket::Bucket>> {
         match &self.content {
             Content::Bucket(b) => Some(b),

@@ -62,8 +62,15 @@ EOF
   done
   local ids=()
   for i in 1 2 3; do ids+=("$("$GARAGE" -c "$DIR/node$i/garage.toml" node id -q 2>/dev/null)"); done
-  g node connect "${ids[1]}" >/dev/null
-  g node connect "${ids[2]}" >/dev/null
+  # A node's RPC port may open a moment after its CLI answers: retry the connects.
+  for id in "${ids[1]}" "${ids[2]}"; do
+    local connected=""
+    for _ in $(seq 50); do
+      g node connect "$id" >/dev/null 2>&1 && { connected=1; break; }
+      sleep 0.2
+    done
+    [ -n "$connected" ] || { echo "garage: node 1 could not connect to $id" >&2; g node connect "$id" >&2; exit 1; }
+  done
   for id in "${ids[@]}"; do g layout assign -z dc1 -c 1G "${id%@*}" >/dev/null; done
   g layout apply --version 1 >/dev/null
   # Wait until the cluster reports itself healthy with all three nodes in the layout.

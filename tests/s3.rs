@@ -309,7 +309,31 @@ async fn a_wiped_origin_restored_from_the_bucket_serves_every_build_byte_exact()
     assert_eq!(st, StatusCode::OK);
     assert_eq!(body, builds[1]);
     edge.stop().await;
+
+    // An edge whose content comes straight from the bucket (through another Garage
+    // node): once it has replicated the catalog, the origin can be gone and downloads
+    // still work.
+    let mut c = edge_config(&dir.path().join("edge-s3"), &origin);
+    c.edge.upstream_content = format!("s3://{}", g.var("S3_BUCKET"));
+    let s3 = &mut c.edge.s3;
+    s3.endpoint = g
+        .var("S3_ENDPOINTS")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .into();
+    s3.region = g.var("S3_REGION").into();
+    s3.access_key_id = g.var("AWS_ACCESS_KEY_ID").into();
+    s3.secret_access_key = g.var("AWS_SECRET_ACCESS_KEY").into();
+    let edge = TestNode::start(c).await;
     origin.stop().await;
+    for (blob, bytes) in blobs.iter().zip(&builds) {
+        let (st, body) = get_bytes(&edge.blob_url(&blob.to_string())).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(&body, bytes);
+    }
+    assert!(edge.metric("update_edge_bucket_get_bytes_total").await >= builds[0].len() as f64);
+    edge.stop().await;
     g.stop();
 }
 
