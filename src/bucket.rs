@@ -558,6 +558,8 @@ impl Bucket {
                     .map_err(|e| self.error(rel, e))?;
                 for piece in f? {
                     len += piece.len() as u64;
+                    // Counted as it is handed over, so a long upload shows progress.
+                    self.metrics.bucket_put_bytes.inc_by(piece.len() as u64);
                     w.put(piece);
                 }
             }
@@ -569,7 +571,7 @@ impl Bucket {
             return Err(e);
         }
         w.finish().await.map_err(|e| self.error(rel, e))?;
-        self.metrics.bucket_put_bytes.inc_by(len);
+        tracing::debug!(key = rel, bytes = len, "pack written");
         Ok(())
     }
 

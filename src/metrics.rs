@@ -420,7 +420,7 @@ impl Metrics {
         );
         registry.register(
             "update_edge_bucket_put_bytes",
-            "Bytes written to the origin's bucket (chunks, manifests, catalog snapshots)",
+            "Bytes sent to the origin's bucket (packs of chunks as they upload, manifests, catalog snapshots)",
             m.bucket_put_bytes.clone(),
         );
         registry.register(

@@ -360,14 +360,31 @@ async fn publishing_survives_a_lost_garage_node_and_fails_cleanly_when_the_bucke
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
 
-    // One of three Garage nodes dies: writes still reach a quorum.
-    g.kill_node(3);
-    let two = noise(200_000, 6);
-    let r = op_put(
-        &format!("{}/v1/products/gw/builds/1.0.2?kind=os", origin.url),
-        two.clone(),
-    )
+    // One of three Garage nodes dies while a publish is writing its pack: the writes
+    // still reach a quorum (2 of 3) and the publish completes.
+    let two = noise(24 << 20, 6);
+    let started = std::time::Instant::now();
+    let put = {
+        let (url, body) = (
+            format!("{}/v1/products/gw/builds/1.0.2?kind=os", origin.url),
+            two.clone(),
+        );
+        tokio::spawn(async move { op_put(&url, body).await })
+    };
+    // Ingest first, then the pack upload: node 3 is killed once its bytes flow.
+    let sent_before = origin.metric("update_edge_bucket_put_bytes_total").await;
+    let uploading = eventually(10, || async {
+        origin.metric("update_edge_bucket_put_bytes_total").await > sent_before
+    })
     .await;
+    assert!(uploading, "the pack upload never started");
+    g.kill_node(3);
+    let killed_at = started.elapsed();
+    let r = put.await.unwrap();
+    eprintln!(
+        "publish of 24 MiB: node 3 killed at {killed_at:?}, answered at {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         r.status(),
         StatusCode::CREATED,
@@ -376,7 +393,16 @@ async fn publishing_survives_a_lost_garage_node_and_fails_cleanly_when_the_bucke
     );
     let bucket = bucket_of(&config);
     let h2 = build_blob(&origin, "1.0.2");
-    assert!(bucket.exists(&Bucket::manifest_key(&h2)).await.unwrap());
+    // Its pack is whole (read through node 1, written while node 3 died).
+    let (_, locations) = bucket_manifest(&bucket, &h2).await;
+    let end = locations
+        .iter()
+        .filter(|l| l.pack == h2)
+        .map(|l| l.offset + l.len)
+        .max()
+        .unwrap();
+    let pack = bucket.get(&Bucket::pack_key(&h2), 64 << 20).await.unwrap();
+    assert_eq!(pack.len() as u64, end);
 
     // The whole bucket is down: a publish fails with 503 naming it, and leaves no build.
     g.stop();
