@@ -38,8 +38,8 @@ listen = "127.0.0.1:$port"
 data_dir = "$WORK/$name/data"
 admin_token = "bench-operator-token-0123"
 [store]
-# The last build fits: its downloads are warm (served from memory) on both origins.
-cache_size = "$((SIZE_MIB * 2))MiB"
+# Every build fits: the last one's downloads are warm (served from memory) on both.
+cache_size = "$((SIZE_MIB * (ROUNDS + 1)))MiB"
 [tuf]
 keys_dir = "$WORK/$name/keys"
 EOF
@@ -96,12 +96,12 @@ awk -v l="$L" -v s="$S" -v m="$SIZE_MIB" 'BEGIN {
 
 # A warm origin's download cost with and without the bucket: the last build (held
 # locally by both), whole, to curl; server CPU (user + system, from /proc) per GiB
-# served, alternating, DOWNLOAD_ROUNDS (5) rounds of 2 downloads each (a first download warms both).
+# served, alternating, DOWNLOAD_ROUNDS (9) rounds of 2 downloads each (a first download warms both).
 HASH=$(sed -n 's/.*"hash":"\([0-9a-f]*\)".*/\1/p' "$WORK/out")
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 curl -sf -o /dev/null "http://127.0.0.1:24580/v1/blobs/$HASH"; curl -sf -o /dev/null "http://127.0.0.1:24581/v1/blobs/$HASH"
 : > "$WORK/local.cpu"; : > "$WORK/s3.cpu"
-for r in $(seq "${DOWNLOAD_ROUNDS:-5}"); do
+for r in $(seq "${DOWNLOAD_ROUNDS:-9}"); do
   for side in local:24580:${PIDS[0]} s3:24581:${PIDS[1]}; do
     IFS=: read -r name port pid <<<"$side"
     t0=$(ticks "$pid")
@@ -111,7 +111,7 @@ for r in $(seq "${DOWNLOAD_ROUNDS:-5}"); do
   done
 done
 LC=$(med "$WORK/local.cpu"); SC=$(med "$WORK/s3.cpu")
-awk -v l="$LC" -v s="$SC" -v n="${DOWNLOAD_ROUNDS:-5}" 'BEGIN { printf "\nwarm download, server CPU s per GiB (median of %d): local-only origin %.3f, origin with the bucket %.3f: %.2fx\n", n, l, s, s / l }'
+awk -v l="$LC" -v s="$SC" -v n="${DOWNLOAD_ROUNDS:-9}" 'BEGIN { printf "\nwarm download, server CPU s per GiB (median of %d): local-only origin %.3f, origin with the bucket %.3f: %.2fx\n", n, l, s, s / l }'
 
 # The demo product's builds: what the bucket took against what the store keeps.
 mkdir -p "$WORK/demo"

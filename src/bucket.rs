@@ -349,21 +349,25 @@ impl Bucket {
     ) -> Result<Option<futures_util::stream::BoxStream<'static, Result<Bytes, String>>>, BucketError>
     {
         match self.s3.get(&self.key(rel)).await {
-            Ok(r) => {
-                let metrics = self.metrics.clone();
-                Ok(Some(
-                    r.into_stream()
-                        .map_ok(move |b| {
-                            metrics.bucket_get_bytes.inc_by(b.len() as u64);
-                            b
-                        })
-                        .map_err(|e| e.to_string())
-                        .boxed(),
-                ))
-            }
+            Ok(r) => Ok(Some(self.counted(r))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(rel, e)),
         }
+    }
+
+    /// A GET's body as pieces, counted as bucket bytes read.
+    fn counted(
+        &self,
+        r: object_store::GetResult,
+    ) -> futures_util::stream::BoxStream<'static, Result<Bytes, String>> {
+        let metrics = self.metrics.clone();
+        r.into_stream()
+            .map_ok(move |b| {
+                metrics.bucket_get_bytes.inc_by(b.len() as u64);
+                b
+            })
+            .map_err(|e| e.to_string())
+            .boxed()
     }
 
     /// Object `rel` whole, at most `cap` bytes.
@@ -601,18 +605,8 @@ impl Bucket {
         };
         match self.s3.get_opts(&self.key(&rel), opts).await {
             Ok(r) => {
-                let metrics = self.metrics.clone();
                 let name = format!("{}/{rel}@{}+{}", self.name, loc.offset, loc.len);
-                Ok(Some((
-                    name,
-                    r.into_stream()
-                        .map_ok(move |b| {
-                            metrics.bucket_get_bytes.inc_by(b.len() as u64);
-                            b
-                        })
-                        .map_err(|e| e.to_string())
-                        .boxed(),
-                )))
+                Ok(Some((name, self.counted(r))))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(&rel, e)),
