@@ -778,3 +778,67 @@ impl BucketOrigin {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::manifest::ChunkRef;
+
+    fn manifest() -> (Manifest, Vec<Location>) {
+        let chunks = vec![
+            ChunkRef {
+                hash: Hash::of(b"a"),
+                len: 1000,
+            },
+            ChunkRef {
+                hash: Hash::of(b"b"),
+                len: 40_000,
+            },
+            ChunkRef {
+                hash: Hash::of(b"a"),
+                len: 1000,
+            },
+        ];
+        let m = Manifest::new(chunks);
+        let (pack, old) = (Hash::of(b"pack"), Hash::of(b"older pack"));
+        let l0 = crate::protocol::bao::encoded_len(1000);
+        let l1 = crate::protocol::bao::encoded_len(40_000);
+        let locations = vec![
+            Location {
+                pack: old,
+                offset: 77,
+                len: l0,
+            },
+            Location {
+                pack,
+                offset: 0,
+                len: l1,
+            },
+            Location {
+                pack: old,
+                offset: 77,
+                len: l0,
+            },
+        ];
+        (m, locations)
+    }
+
+    #[test]
+    fn a_bucket_manifest_reads_back_and_a_damaged_one_is_refused() {
+        let (m, locations) = manifest();
+        let bytes = encode_manifest(&m, &locations);
+        assert_eq!(
+            decode_manifest(&bytes).unwrap(),
+            (m.clone(), locations.clone())
+        );
+        // One location short, one byte long, cut inside the manifest.
+        assert!(decode_manifest(&bytes[..bytes.len() - LOCATION_BYTES]).is_err());
+        assert!(decode_manifest(&[&bytes[..], &[0]].concat()).is_err());
+        assert!(decode_manifest(&bytes[..Manifest::HEADER + 10]).is_err());
+        // A location whose length is not its chunk's encoding.
+        let mut wrong = locations.clone();
+        wrong[1].len -= 1;
+        let err = decode_manifest(&encode_manifest(&m, &wrong)).unwrap_err();
+        assert!(err.contains("wrong length"), "{err}");
+    }
+}
