@@ -165,6 +165,12 @@ pub struct StoreConfig {
     /// refused `507` before a byte is stored, and one that gets there while streaming
     /// is aborted `507`, so the engine itself never runs out. Default `1GiB`.
     pub min_free_bytes: ByteSize,
+    /// A small range that misses the cache (at most a quarter of its chunk: only the 16
+    /// KiB groups it overlaps are hashed) is read on the serving thread, as nginx reads
+    /// without `aio threads`, instead of via the blocking pool: the hop there and back
+    /// costs more than a read from the page cache. Turn off where a read can wait long on
+    /// the disk (network block storage): a serving thread waits that long. Default `true`.
+    pub inline_reads: bool,
 }
 
 /// `[delta]`: when a delta is worth offering.
@@ -396,6 +402,7 @@ impl Default for Config {
                 chunk_max: ByteSize(1 << 20),
                 max_bytes: ByteSize(0),
                 min_free_bytes: ByteSize(1 << 30),
+                inline_reads: true,
             },
             delta: DeltaConfig {
                 worth_it_ratio: 0.8,
@@ -1081,6 +1088,7 @@ mod tests {
                 ("UPDATE_EDGE_SERVER_MAX_CONNECTIONS", "100"),
                 ("UPDATE_EDGE_SERVER_LISTEN", "0.0.0.0:9000"),
                 ("UPDATE_EDGE_STORE_MIN_FREE_BYTES", "10GiB"),
+                ("UPDATE_EDGE_STORE_INLINE_READS", "false"),
                 ("UPDATE_EDGE_TUF_TIMESTAMP_TTL", "2h"),
                 ("UPDATE_EDGE_DELTA_WORTH_IT_RATIO", "0.5"),
                 ("UPDATE_EDGE_LOG_ACCESS", "false"),
@@ -1133,6 +1141,7 @@ mod tests {
         assert_eq!(c.server.max_connections, 100);
         assert_eq!(c.server.listen.port(), 9000);
         assert_eq!(c.store.min_free_bytes, ByteSize(10 << 30));
+        assert!(!c.store.inline_reads);
         assert_eq!(c.tuf.timestamp_ttl, Seconds(7200));
         assert_eq!(c.delta.worth_it_ratio, 0.5);
         assert!(!c.log.access);

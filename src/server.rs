@@ -223,6 +223,7 @@ pub fn open_store(config: &Config) -> Result<StoreParts, OpenError> {
         s.cache_size.0,
         metrics.clone(),
     )?;
+    store.set_inline_reads(s.inline_reads);
     let catalog = Arc::new(Catalog::new(store.clone())?);
     let (dir, budget, reserve) = (
         config.server.data_dir.clone(),

@@ -162,6 +162,9 @@ pub struct Store {
     gc_lock: Arc<tokio::sync::RwLock<()>>,
     /// The change feed's head (see [`changes`]).
     feed: changes::Feed,
+    /// Small range reads run on the caller's thread, not the blocking pool
+    /// (`store.inline_reads`).
+    inline_reads: std::sync::atomic::AtomicBool,
 }
 
 /// Unique chunk count and bytes, persisted in the meta column family.
@@ -257,7 +260,15 @@ impl Store {
             metrics,
             write_lock: Mutex::new(stats),
             gc_lock: Arc::new(tokio::sync::RwLock::new(())),
+            inline_reads: std::sync::atomic::AtomicBool::new(true),
         }))
+    }
+
+    /// Whether a small range read that misses the cache runs on the serving thread
+    /// instead of the blocking pool (`store.inline_reads`; on by default).
+    pub fn set_inline_reads(&self, on: bool) {
+        self.inline_reads
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn kv(&self) -> &Arc<dyn KvStore> {

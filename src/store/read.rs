@@ -80,34 +80,45 @@ impl Store {
             return Ok(piece);
         }
         self.metrics.cache_misses.inc();
+        if self.inline_reads.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.read_small(hash, len, from, to);
+        }
         let this = self.clone();
-        blocking(move || {
-            let Some(outboard) = this.stored_outboard(hash, len as u64) else {
-                // No tree stored (a chunk kept before trees were): the whole chunk.
-                let bytes = this.read_chunk_uncached(&hash)?;
-                this.cache.chunks.insert(hash, bytes.clone());
-                return Ok(piece_of(&bytes, from, to.min(bytes.len())));
-            };
-            // Only the 16 KiB groups the range overlaps are verified, copied out of the
-            // engine's buffer and cached.
-            let group = crate::protocol::bao::BLOCK.bytes();
-            let (a, b) = (from / group * group, to.div_ceil(group) * group);
-            let mut answer = Err(StoreError::ChunkMissing(hash));
-            this.kv
-                .with_value(super::Cf::Chunks, hash.as_bytes(), &mut |v| {
-                    if let Some(v) = v {
-                        answer = this.verified_span(hash, v, len, &outboard, a, b.min(v.len()));
-                    }
-                })?;
-            let span = answer?;
-            for (i, at) in (a..span.len() + a).step_by(group).enumerate() {
-                let end = (at + group).min(a + span.len());
-                let key = (hash, (a / group + i) as u32);
-                this.cache.blocks.insert(key, span.slice(at - a..end - a));
-            }
-            Ok(span.slice(from - a..to - a))
-        })
-        .await
+        blocking(move || this.read_small(hash, len, from, to)).await
+    }
+
+    /// Bytes `from..to` of chunk `hash` (`len` bytes), a small part, from the engine
+    /// (blocking): only the 16 KiB groups of the chunk's tree the range overlaps are
+    /// verified, copied out of the engine's buffer and cached.
+    fn read_small(
+        &self,
+        hash: Hash,
+        len: usize,
+        from: usize,
+        to: usize,
+    ) -> Result<Bytes, StoreError> {
+        let Some(outboard) = self.stored_outboard(hash, len as u64) else {
+            // No tree stored (a chunk kept before trees were): the whole chunk.
+            let bytes = self.read_chunk_uncached(&hash)?;
+            self.cache.chunks.insert(hash, bytes.clone());
+            return Ok(piece_of(&bytes, from, to.min(bytes.len())));
+        };
+        let group = crate::protocol::bao::BLOCK.bytes();
+        let (a, b) = (from / group * group, to.div_ceil(group) * group);
+        let mut answer = Err(StoreError::ChunkMissing(hash));
+        self.kv
+            .with_value(super::Cf::Chunks, hash.as_bytes(), &mut |v| {
+                if let Some(v) = v {
+                    answer = self.verified_span(hash, v, len, &outboard, a, b.min(v.len()));
+                }
+            })?;
+        let span = answer?;
+        for (i, at) in (a..span.len() + a).step_by(group).enumerate() {
+            let end = (at + group).min(a + span.len());
+            let key = (hash, (a / group + i) as u32);
+            self.cache.blocks.insert(key, span.slice(at - a..end - a));
+        }
+        Ok(span.slice(from - a..to - a))
     }
 
     /// Bytes `from..to` of a chunk from cached blocks, when every block they need is
@@ -458,6 +469,32 @@ mod tests {
         let parts: Vec<Bytes> = all.try_collect().await.unwrap();
         assert_eq!(parts.concat(), data);
         assert!(store.is_cached(&c.hash));
+    }
+
+    #[tokio::test]
+    async fn a_small_cold_read_runs_inline_unless_turned_off() {
+        use futures_util::FutureExt;
+        let (store, _, data, m) = big_chunks().await;
+        let c = m.chunks[1];
+        let start = m.start_of(1) as usize;
+        let want = &data[start + 40_000..start + 41_000];
+        // Inline (the default): answered on the first poll, no hop to another thread.
+        let got = store
+            .chunk_piece(c.hash, c.len as usize, 40_000, 41_000)
+            .now_or_never()
+            .expect("an inline read completes without waiting")
+            .unwrap();
+        assert_eq!(&got[..], want);
+        // Off: the same bytes, read on the blocking pool.
+        store.cache.blocks.clear();
+        store.set_inline_reads(false);
+        let misses = store.metrics().cache_misses.get();
+        let got = store
+            .chunk_piece(c.hash, c.len as usize, 40_000, 41_000)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], want);
+        assert_eq!(store.metrics().cache_misses.get(), misses + 1);
     }
 
     #[tokio::test]
