@@ -165,11 +165,12 @@ pub struct StoreConfig {
     /// refused `507` before a byte is stored, and one that gets there while streaming
     /// is aborted `507`, so the engine itself never runs out. Default `1GiB`.
     pub min_free_bytes: ByteSize,
-    /// A small range that misses the cache (at most a quarter of its chunk: only the 16
-    /// KiB groups it overlaps are hashed) is read on the serving thread, as nginx reads
-    /// without `aio threads`, instead of via the blocking pool: the hop there and back
-    /// costs more than a read from the page cache. Turn off where a read can wait long on
-    /// the disk (network block storage): a serving thread waits that long. Default `true`.
+    /// A small range that misses the cache (at most a quarter of its chunk) is read on the
+    /// serving thread, as nginx reads without `aio threads`, instead of via the blocking
+    /// pool: the hop there and back costs more than the read when it comes from the page
+    /// cache (the chunk's stored value, up to 1 MiB, is copied; only the 16 KiB groups
+    /// the range overlaps are hashed). Turn off where a read can wait long on the disk
+    /// (network block storage): a serving thread waits that long. Default `true`.
     pub inline_reads: bool,
 }
 

@@ -80,36 +80,45 @@ impl Store {
             return Ok(piece);
         }
         self.metrics.cache_misses.inc();
-        if self.inline_reads.load(std::sync::atomic::Ordering::Relaxed) {
-            return self.read_small(hash, len, from, to);
-        }
         let this = self.clone();
-        blocking(move || this.read_small(hash, len, from, to)).await
+        let read = move || match this.stored_outboard(hash, len as u64) {
+            Some(tree) => this.read_small(hash, len, &tree, from, to).map(Some),
+            None => Ok(None),
+        };
+        let piece = match self.inline_reads.load(std::sync::atomic::Ordering::Relaxed) {
+            true => read()?,
+            false => blocking(read).await?,
+        };
+        match piece {
+            Some(piece) => Ok(piece),
+            None => {
+                // No tree stored (a chunk kept before trees were): the whole chunk,
+                // hashed and cached, off the serving thread.
+                let bytes = self.chunk(hash).await?;
+                Ok(piece_of(&bytes, from, to.min(bytes.len())))
+            }
+        }
     }
 
-    /// Bytes `from..to` of chunk `hash` (`len` bytes), a small part, from the engine
-    /// (blocking): only the 16 KiB groups of the chunk's tree the range overlaps are
-    /// verified, copied out of the engine's buffer and cached.
+    /// Bytes `from..to` of chunk `hash` (`len` bytes, `outboard` its stored tree), a
+    /// small part, from the engine (blocking): the chunk's value is read, and only the
+    /// 16 KiB groups the range overlaps are verified, copied out of the engine's buffer
+    /// and cached.
     fn read_small(
         &self,
         hash: Hash,
         len: usize,
+        outboard: &[u8],
         from: usize,
         to: usize,
     ) -> Result<Bytes, StoreError> {
-        let Some(outboard) = self.stored_outboard(hash, len as u64) else {
-            // No tree stored (a chunk kept before trees were): the whole chunk.
-            let bytes = self.read_chunk_uncached(&hash)?;
-            self.cache.chunks.insert(hash, bytes.clone());
-            return Ok(piece_of(&bytes, from, to.min(bytes.len())));
-        };
         let group = crate::protocol::bao::BLOCK.bytes();
         let (a, b) = (from / group * group, to.div_ceil(group) * group);
         let mut answer = Err(StoreError::ChunkMissing(hash));
         self.kv
             .with_value(super::Cf::Chunks, hash.as_bytes(), &mut |v| {
                 if let Some(v) = v {
-                    answer = self.verified_span(hash, v, len, &outboard, a, b.min(v.len()));
+                    answer = self.verified_span(hash, v, len, outboard, a, b.min(v.len()));
                 }
             })?;
         let span = answer?;
@@ -495,6 +504,26 @@ mod tests {
             .unwrap();
         assert_eq!(&got[..], want);
         assert_eq!(store.metrics().cache_misses.get(), misses + 1);
+    }
+
+    #[tokio::test]
+    async fn a_small_range_of_a_chunk_without_a_stored_tree_reads_the_whole_chunk() {
+        use super::super::kv::Batch;
+        let (store, kv, data, m) = big_chunks().await;
+        let c = m.chunks[1];
+        let mut b = Batch::default();
+        b.delete(Cf::Outboards, c.hash.as_bytes().to_vec());
+        kv.write(b, true).unwrap();
+        store.cache.outboards.clear();
+        let start = m.start_of(1) as usize;
+        let got = store
+            .chunk_piece(c.hash, c.len as usize, 100, 4196)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data[start + 100..start + 4196]);
+        // Verified whole, and cached whole.
+        assert_eq!(store.metrics().chunk_hashed_bytes.get(), u64::from(c.len));
+        assert!(store.is_cached(&c.hash));
     }
 
     #[tokio::test]
