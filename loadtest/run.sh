@@ -115,8 +115,10 @@ run_scenario() { # OUTDIR TARGET [flags]
 
 curl -s "$URL/metrics" > "$OUT/metrics-before.txt"
 CPU0=$(cpu_secs $NODE_PID)
-# Node RSS once a second while the scenario runs (VmHWM also counts the seeding).
-( while kill -0 "$NODE_PID" 2>/dev/null; do awk '/VmRSS/ { print $2 }' "/proc/$NODE_PID/status"; sleep 1; done ) > "$OUT/node-rss-kib.txt" 2>/dev/null &
+# Node RSS once a second while the scenario runs (VmHWM also counts the seeding), and
+# its anonymous part: the node's own memory, without the page cache RocksDB maps
+# (store.mmap_reads), which the kernel reclaims like any page cache.
+( while kill -0 "$NODE_PID" 2>/dev/null; do awk '/VmRSS|RssAnon/ { printf "%s ", $2 } END { print "" }' "/proc/$NODE_PID/status"; sleep 1; done ) > "$OUT/node-rss-kib.txt" 2>/dev/null &
 RSS_SAMPLER=$!
 if [ -n "$SWEEP" ]; then
   echo "| arrival rate /s | checks/s | p50 ms | p99 ms | p99.9 ms | errors |" > "$OUT/sweep.md"
@@ -148,10 +150,11 @@ CPU1=$(cpu_secs $NODE_PID)
 curl -s "$URL/metrics" > "$OUT/metrics-after.txt"
 RSS_KB=$(awk '/VmHWM/ { print $2 }' "/proc/$NODE_PID/status")
 kill "$RSS_SAMPLER" 2>/dev/null || true
-RUN_RSS_KB=$(sort -n "$OUT/node-rss-kib.txt" | tail -1)
+RUN_RSS_KB=$(awk '{ print $1 }' "$OUT/node-rss-kib.txt" | sort -n | tail -1)
+RUN_ANON_KB=$(awk '{ print $2 }' "$OUT/node-rss-kib.txt" | sort -n | tail -1)
 SERVED=$(awk -v a="$(metric update_edge_bytes_served_total "$OUT/metrics-after.txt")" -v b="$(metric update_edge_bytes_served_total "$OUT/metrics-before.txt")" 'BEGIN { printf "%.0f", a - b }')
 cat > "$OUT/node.json" <<JSON
-{"cpu_seconds": $(awk -v a="$CPU1" -v b="$CPU0" 'BEGIN { printf "%.2f", a - b }'), "peak_rss_bytes": $((RSS_KB * 1024)), "scenario_peak_rss_bytes": $((${RUN_RSS_KB:-0} * 1024)), "bytes_served": $SERVED}
+{"cpu_seconds": $(awk -v a="$CPU1" -v b="$CPU0" 'BEGIN { printf "%.2f", a - b }'), "peak_rss_bytes": $((RSS_KB * 1024)), "scenario_peak_rss_bytes": $((${RUN_RSS_KB:-0} * 1024)), "scenario_peak_anon_rss_bytes": $((${RUN_ANON_KB:-0} * 1024)), "bytes_served": $SERVED}
 JSON
 echo "node: $(cat "$OUT/node.json")" | tee "$OUT/node.md"
 

@@ -222,6 +222,7 @@ pub fn open_store(config: &Config) -> Result<StoreParts, OpenError> {
         params,
         s.cache_size.0,
         metrics.clone(),
+        s.mmap_reads,
     )?;
     store.set_inline_reads(s.inline_reads);
     let catalog = Arc::new(Catalog::new(store.clone())?);

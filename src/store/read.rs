@@ -39,12 +39,15 @@ impl Store {
             Err(guard) => {
                 self.metrics.cache_misses.inc();
                 let this = self.clone();
-                let bytes = blocking(move || {
+                let read = move || {
                     let bytes = this.read_chunk_uncached(&hash)?;
                     this.load_outboard(hash, bytes.len() as u64);
                     Ok(bytes)
-                })
-                .await?;
+                };
+                let bytes = match self.inline_reads.load(std::sync::atomic::Ordering::Relaxed) {
+                    true => read()?,
+                    false => blocking(read).await?,
+                };
                 let _ = guard.insert(bytes.clone());
                 Ok(bytes)
             }
@@ -52,12 +55,13 @@ impl Store {
     }
 
     /// Bytes `from..to` of chunk `hash` (`len` bytes long), verified. From the cache when
-    /// the chunk is there. A small part (at most a quarter) of a chunk that is not comes
-    /// from the cached 16 KiB blocks it overlaps, or is read from the engine and checked
-    /// against the chunk's stored outboard: only those blocks are hashed, and only they
-    /// are cached, so random small ranges neither hash nor push out whole chunks, and a
-    /// range asked again is a hit. Anything larger reads, verifies and caches the whole
-    /// chunk ([`Store::chunk`]).
+    /// the chunk is there. Part of a chunk that is not comes from the cached 16 KiB
+    /// blocks it overlaps, or is read from the engine and checked against the chunk's
+    /// stored outboard: only those blocks are hashed, and only they are cached, so
+    /// ranges neither hash nor push out the parts of chunks they do not return (a
+    /// random 1 MiB range hashes its two end chunks only as far as it reaches into
+    /// them), and a range asked again is a hit. A whole chunk (what sequential
+    /// downloads ask for) is read, verified and cached whole ([`Store::chunk`]).
     pub async fn chunk_piece(
         self: &Arc<Self>,
         hash: Hash,
@@ -65,8 +69,8 @@ impl Store {
         from: usize,
         to: usize,
     ) -> Result<Bytes, StoreError> {
-        let small = (to - from) * 4 <= len && len > crate::protocol::bao::BLOCK.bytes();
-        if !small {
+        let part = (from > 0 || to < len) && len > crate::protocol::bao::BLOCK.bytes();
+        if !part {
             let bytes = self.chunk(hash).await?;
             return Ok(piece_of(&bytes, from, to.min(bytes.len())));
         }
@@ -82,7 +86,7 @@ impl Store {
         self.metrics.cache_misses.inc();
         let this = self.clone();
         let read = move || match this.stored_outboard(hash, len as u64) {
-            Some(tree) => this.read_small(hash, len, &tree, from, to).map(Some),
+            Some(tree) => this.read_part(hash, len, &tree, from, to).map(Some),
             None => Ok(None),
         };
         let piece = match self.inline_reads.load(std::sync::atomic::Ordering::Relaxed) {
@@ -101,10 +105,10 @@ impl Store {
     }
 
     /// Bytes `from..to` of chunk `hash` (`len` bytes, `outboard` its stored tree), a
-    /// small part, from the engine (blocking): the chunk's value is read, and only the
+    /// part of it, from the engine (blocking): the chunk's value is read, and only the
     /// 16 KiB groups the range overlaps are verified, copied out of the engine's buffer
     /// and cached.
-    fn read_small(
+    fn read_part(
         &self,
         hash: Hash,
         len: usize,
@@ -481,7 +485,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_small_cold_read_runs_inline_unless_turned_off() {
+    async fn a_large_part_of_a_cold_chunk_hashes_only_its_blocks_and_a_whole_one_is_cached() {
+        let (store, _, data, m) = big_chunks().await;
+        let group = crate::protocol::bao::BLOCK.bytes();
+        let c = m.chunks[1];
+        let (len, start) = (c.len as usize, m.start_of(1) as usize);
+        assert!(len >= 4 * group);
+        // All but the first and last few bytes, as where a 1 MiB range ends in a chunk.
+        let (from, to) = (1000, len - 1000);
+        let got = store.chunk_piece(c.hash, len, from, to).await.unwrap();
+        assert_eq!(&got[..], &data[start + from..start + to]);
+        let metrics = store.metrics();
+        // The groups it overlaps are hashed (not a short last group it does not reach),
+        // and the chunk is not cached whole.
+        let reached = (to.div_ceil(group) * group).min(len);
+        assert!(
+            reached < len,
+            "the test wants a last group the part does not reach"
+        );
+        assert_eq!(metrics.chunk_hashed_bytes.get(), reached as u64);
+        assert!(!store.is_cached(&c.hash));
+        // From the middle of its second group to the end of the chunk: the groups
+        // before are not hashed.
+        let c = m.chunks[2];
+        let (len, start) = (c.len as usize, m.start_of(2) as usize);
+        let before = metrics.chunk_hashed_bytes.get();
+        let tail = store
+            .chunk_piece(c.hash, len, group + 5, len)
+            .await
+            .unwrap();
+        assert_eq!(&tail[..], &data[start + group + 5..start + len]);
+        assert_eq!(
+            metrics.chunk_hashed_bytes.get() - before,
+            (len - group) as u64
+        );
+        assert!(!store.is_cached(&c.hash));
+        // The whole chunk: hashed whole, cached whole.
+        let whole = store.chunk_piece(c.hash, len, 0, len).await.unwrap();
+        assert_eq!(&whole[..], &data[start..start + len]);
+        assert!(store.is_cached(&c.hash));
+    }
+
+    #[tokio::test]
+    async fn a_cold_read_runs_inline_unless_turned_off() {
         use futures_util::FutureExt;
         let (store, _, data, m) = big_chunks().await;
         let c = m.chunks[1];
@@ -494,8 +540,16 @@ mod tests {
             .expect("an inline read completes without waiting")
             .unwrap();
         assert_eq!(&got[..], want);
+        // A whole chunk too.
+        let whole = store
+            .chunk(c.hash)
+            .now_or_never()
+            .expect("an inline read of a whole chunk completes without waiting")
+            .unwrap();
+        assert_eq!(&whole[..], &data[start..start + c.len as usize]);
         // Off: the same bytes, read on the blocking pool.
         store.cache.blocks.clear();
+        store.cache.chunks.clear();
         store.set_inline_reads(false);
         let misses = store.metrics().cache_misses.get();
         let got = store
@@ -504,6 +558,9 @@ mod tests {
             .unwrap();
         assert_eq!(&got[..], want);
         assert_eq!(store.metrics().cache_misses.get(), misses + 1);
+        let whole = store.chunk(c.hash).await.unwrap();
+        assert_eq!(&whole[..], &data[start..start + c.len as usize]);
+        assert_eq!(store.metrics().cache_misses.get(), misses + 2);
     }
 
     #[tokio::test]

@@ -40,8 +40,9 @@ fn err(e: rocksdb::Error) -> StoreError {
 }
 
 impl RocksKv {
-    /// Opens (creating if missing) the database under `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if missing) the database under `dir`; `mmap_reads`: read its
+    /// files through memory maps (`store.mmap_reads`).
+    pub fn open(dir: &Path, mmap_reads: bool) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.display().to_string(), e))?;
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let mut db_opts = Options::default();
@@ -49,6 +50,10 @@ impl RocksKv {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
+        // A chunk's bytes are copied once, from the mapped page cache into the value
+        // (with pread, the kernel copies them into a buffer first, and the engine copies
+        // that buffer into the value).
+        db_opts.set_allow_mmap_reads(mmap_reads);
         // Tickers only (cache hits, stall time): no histograms, no timers.
         db_opts.enable_statistics();
         db_opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
@@ -284,7 +289,7 @@ mod tests {
     #[test]
     fn multi_get_answers_each_key_in_order_from_memtable_and_files() {
         let dir = tempfile::tempdir().unwrap();
-        let kv = RocksKv::open(dir.path()).unwrap();
+        let kv = RocksKv::open(dir.path(), false).unwrap();
         let mut batch = Batch::default();
         batch.put(Cf::Devices, b"a".to_vec(), b"1".to_vec());
         batch.put(Cf::Devices, b"c".to_vec(), b"3".to_vec());
@@ -299,7 +304,7 @@ mod tests {
     #[test]
     fn may_contain_never_denies_a_stored_key_and_denies_absent_ones_from_the_filters() {
         let dir = tempfile::tempdir().unwrap();
-        let kv = RocksKv::open(dir.path()).unwrap();
+        let kv = RocksKv::open(dir.path(), false).unwrap();
         let keys: Vec<[u8; 32]> = (0u8..200).map(|i| [i; 32]).collect();
         let mut batch = Batch::default();
         for k in &keys {
@@ -315,5 +320,40 @@ mod tests {
             .filter(|k| !kv.may_contain(Cf::Chunks, k))
             .count();
         assert!(denied > 900, "only {denied} of 1000 absent keys denied");
+    }
+
+    #[test]
+    fn mmap_reads_reach_the_engine_and_read_back_the_same_bytes() {
+        for mmap in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let kv = RocksKv::open(dir.path(), mmap).unwrap();
+            let value: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+            let mut batch = Batch::default();
+            batch.put(Cf::Chunks, b"k".to_vec(), value.clone());
+            kv.write(batch, false).unwrap();
+            kv.db.flush_cf(kv.cf(Cf::Chunks).unwrap()).unwrap();
+            // From a blob file now, through the map or not.
+            assert_eq!(
+                kv.get(Cf::Chunks, b"k").unwrap().as_deref(),
+                Some(&value[..])
+            );
+            // The engine records the options it runs with.
+            let options = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("OPTIONS-")
+                })
+                .max()
+                .expect("an OPTIONS file");
+            let text = std::fs::read_to_string(options).unwrap();
+            assert!(
+                text.contains(&format!("allow_mmap_reads={mmap}")),
+                "allow_mmap_reads is not {mmap}"
+            );
+        }
     }
 }
