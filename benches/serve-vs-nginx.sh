@@ -3,6 +3,10 @@
 # update-edge (release build) and by nginx (sendfile on), driven by the same wrk runs.
 # Prints a markdown table: whole-file MB/s, random 1 MiB and 4 KiB range rps, and server
 # CPU seconds per GiB served (from /proc, summed over the server's processes).
+# The whole-file row is a fixed amount of work (WHOLE_GETS downloads of the payload by
+# curl, one after another; default 8 = 2 GiB): a timed wrk run of 256 MiB responses
+# counts only what it read before its deadline while the server's CPU covers what it
+# had already sent, which made that row vary by 25 % between runs of the same binary.
 #   [UE_BIN=path/to/update-edge] benches/serve-vs-nginx.sh [DURATION_SECONDS] [--cold]
 # --cold also runs update-edge a second time with a 1 MiB chunk cache, so that every
 # read misses it and goes to RocksDB (nginx and both update-edge runs read through the
@@ -20,7 +24,8 @@ for a in "$@"; do
 done
 SIZE=$((256 << 20))
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
-for t in wrk nginx; do command -v $t >/dev/null || { echo "needs $t (apt-get install -y $t)" >&2; exit 2; }; done
+NEEDS="wrk nginx"; [ -n "$COLD" ] && NEEDS="$NEEDS b3sum"
+for t in $NEEDS; do command -v $t >/dev/null || { echo "needs $t (apt-get install -y $t)" >&2; exit 2; }; done
 # UE_BIN: a given update-edge binary (A/B runs of two builds); otherwise this tree's.
 if [ -n "${UE_BIN:-}" ]; then BIN=$UE_BIN; else
   cargo build --release --bin update-edge >&2
@@ -66,6 +71,20 @@ to_bytes() { awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u); m 
   if (u == "KB") m = 1024; else if (u == "MB") m = 1048576; else if (u == "GB") m = 1073741824; else if (u == "TB") m = 1099511627776;
   printf "%.0f", n * m }'; }
 
+# whole PIDS URL -> the same fields as run, for WHOLE_GETS whole downloads by curl
+whole() {
+  local pids=$1 url=$2 n=${WHOLE_GETS:-8}
+  curl -sf -o /dev/null "$url" # warm up, as run does
+  local before after t0 t1 i
+  before=$(cpu_ticks $pids); t0=$(date +%s.%N)
+  for i in $(seq "$n"); do
+    [ "$(curl -sf -o /dev/null -w '%{size_download}' "$url")" = "$SIZE" ] || { echo "whole download from $url failed or was short" >&2; exit 1; }
+  done
+  t1=$(date +%s.%N); after=$(cpu_ticks $pids)
+  awk -v n="$n" -v s="$SIZE" -v t0="$t0" -v t1="$t1" -v a="$after" -v b="$before" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%d %.3f %d %.2f\n", n, t1 - t0, n * s, (a - b) / hz }'
+}
+
 # run NAME URL WRK_ARGS... -> prints "rps bytes cpu_seconds"
 run() {
   local pids=$1 url=$2; shift 2
@@ -94,7 +113,7 @@ for server in "${SERVERS[@]}"; do
     update-edge-cold) stop_ue; start_ue 1MiB; pids=$UE_PID; url="http://127.0.0.1:$UE_PORT/v1/blobs/$HASH" ;;
     nginx) pids=$(nginx_pids "$WORK"); url="http://127.0.0.1:$NG_PORT/$HASH" ;;
   esac
-  R[$server,whole]=$(run "$pids" "$url" -t1 -c2 -d${DUR}s)
+  R[$server,whole]=$(whole "$pids" "$url")
   R[$server,r1m]=$(SIZE=$SIZE LEN=$((1 << 20)) run "$pids" "$url" -t2 -c32 -d${DUR}s -s "$WORK/range.lua")
   R[$server,r4k]=$(SIZE=$SIZE LEN=4096 run "$pids" "$url" -t2 -c64 -d${DUR}s -s "$WORK/range.lua")
 done
@@ -118,3 +137,12 @@ for server in "${SERVERS[@]}"; do
       printf "%s %s: rps ratio to nginx %.2f, CPU-per-GiB ratio %.2f, requests-per-CPU-second ratio %.2f\n", s, t, (ru/su)/(rn/sn), (cu/(bu/1073741824))/(cn/(bn/1073741824)), (ru/cu)/(rn/cn) }'
   done
 done
+if [ -n "$COLD" ]; then
+  # The floor of a verifying cold read: every byte it serves is read from the page
+  # cache and hashed with blake3 on one thread, whatever else it does (nginx's sendfile
+  # does neither). b3sum over the payload, 4 times per run, median of 3 runs.
+  floor=$(for _ in 1 2 3; do /usr/bin/time -f "%U %S" b3sum --num-threads 1 "$WORK/payload.bin" "$WORK/payload.bin" "$WORK/payload.bin" "$WORK/payload.bin" 2>&1 >/dev/null | awk -v s=$SIZE '{ printf "%.3f\n", ($1 + $2) / (4 * s / 1073741824) }'; done | sort -n | sed -n 2p)
+  read -r rn sn bn cn <<<"${R[nginx,whole]}"
+  awk -v f="$floor" -v bn="$bn" -v cn="$cn" 'BEGIN {
+    printf "read + blake3 alone (b3sum, 1 thread): %.3f CPU s per GiB = %.2fx nginx whole-file CPU per GiB\n", f, f / (cn / (bn / 1073741824)) }'
+fi
