@@ -183,6 +183,43 @@ fn hostile_patches_are_rejected_without_panic() {
     assert!(apply_patch(&old, &[]).is_err());
 }
 
+/// Apply decodes each block while the one before it is computed: a block whose streams
+/// do not decompress is still reported as that block's error, after the blocks before
+/// it, and the blocks after it are never read.
+#[test]
+fn a_later_block_that_does_not_decompress_is_reported_as_such() {
+    use update_edge::delta::format::{BlockHeader, Header, BLOCK_HEADER_LEN, HEADER_LEN};
+    let old = noise(400_000, 17);
+    let new = edited(&old, 18);
+    let o = DiffOptions {
+        block_size: 16 << 10,
+        ..opts()
+    };
+    let patch = make_patch(&old, &new, &o);
+    let header = Header::decode(&patch[..HEADER_LEN]).unwrap();
+    assert!(header.block_count >= 8, "{} blocks", header.block_count);
+    // Where each block's compressed streams start.
+    let mut at = HEADER_LEN;
+    let mut payloads = Vec::new();
+    for _ in 0..header.block_count {
+        let b = BlockHeader::decode(&patch[at..at + BLOCK_HEADER_LEN], header.block_size).unwrap();
+        payloads.push((at + BLOCK_HEADER_LEN, b));
+        at += BLOCK_HEADER_LEN + b.payload_len() as usize;
+    }
+    assert_eq!(at, patch.len());
+    for k in [1, 4, payloads.len() - 1] {
+        let (start, b) = payloads[k];
+        assert!(b.ctrl_clen >= 4, "block {k} has a control stream");
+        let mut bad = patch.clone();
+        // Not a zstd frame's magic number any more.
+        bad[start..start + 4].copy_from_slice(b"nope");
+        match apply_patch(&old, &bad) {
+            Err(DeltaError::Corrupt(m)) => assert!(m.starts_with("zstd"), "block {k}: {m}"),
+            other => panic!("block {k}: {other:?}"),
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
     #[test]

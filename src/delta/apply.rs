@@ -1,8 +1,9 @@
 //! Streaming apply: one pass over the patch, old read by offset, new written in order.
 //!
-//! Memory is bounded by the format's limits, not by anything the patch claims: per block
-//! at most `MAX_BLOCK_SIZE` of extra and of zero-run coded diff, `MAX_CTRL_LEN` of
-//! control, and the compressed forms of two blocks, plus `OLD_BATCH` of expanded diff,
+//! Memory is bounded by the format's limits, not by anything the patch claims: for two
+//! blocks (the one being computed and the next, decoded meanwhile) at most
+//! `MAX_BLOCK_SIZE` of extra and of zero-run coded diff and `MAX_CTRL_LEN` of control
+//! each, and the compressed form of one, plus `OLD_BATCH` of expanded diff,
 //! `OLD_BATCH + OLD_SLACK` of old bytes, `OLD_BATCH` of their sums and four `OUT_PIECE`
 //! buffers of output; buffers are reused across blocks. Three threads work at once
 //! (see `apply`), and a batch's ops are computed on all of them. Order of the errors
@@ -196,9 +197,15 @@ struct RefSchedule {
 }
 
 impl RefSchedule {
-    /// From the ops' old ranges (old position, length), in the patch's order.
-    fn new(p: &Predictor, tables: Vec<exe::Tables>, ops: &[(u64, u64)]) -> RefSchedule {
-        let parts = &p.old.parts;
+    /// From old's executables, those left unpredicted and the ops' old ranges (old
+    /// position, length), in the patch's order.
+    fn new(
+        old: &exe::Image,
+        skip: &[usize],
+        tables: Vec<exe::Tables>,
+        ops: &[(u64, u64)],
+    ) -> RefSchedule {
+        let parts = &old.parts;
         let mut uses = vec![(usize::MAX, 0usize); parts.len()];
         for (n, &(old_pos, len)) in ops.iter().enumerate() {
             let mut k = parts.partition_point(|p| p.end <= old_pos);
@@ -210,7 +217,7 @@ impl RefSchedule {
         }
         let (mut loads, mut drops) = (Vec::new(), Vec::new());
         for (k, &(first, last)) in uses.iter().enumerate() {
-            if first != usize::MAX && p.skip.binary_search(&k).is_err() {
+            if first != usize::MAX && skip.binary_search(&k).is_err() {
                 loads.push((first, k));
                 drops.push((last, k));
             }
@@ -228,12 +235,25 @@ impl RefSchedule {
 
     /// Finds the references of every executable first copied from by op `op` or before.
     fn load_through(&mut self, op: usize, old: &dyn ReadAt, p: &mut Predictor) -> io::Result<()> {
-        while let Some(&(_, i)) = self.loads.get(self.next_load).filter(|l| l.0 <= op) {
-            let refs = exe::find_refs_in(old, &p.old, &self.tables, |k| k == i)?;
+        for (i, refs) in self.find_through(op, old, &p.old)? {
             p.set_part_refs(i, refs);
-            self.next_load += 1;
         }
         Ok(())
+    }
+
+    /// `load_through`'s references, returned (executable, references) rather than set.
+    fn find_through(
+        &mut self,
+        op: usize,
+        old: &dyn ReadAt,
+        image: &exe::Image,
+    ) -> io::Result<Vec<(usize, exe::Refs)>> {
+        let mut found = Vec::new();
+        while let Some(&(_, i)) = self.loads.get(self.next_load).filter(|l| l.0 <= op) {
+            found.push((i, exe::find_refs_in(old, image, &self.tables, |k| k == i)?));
+            self.next_load += 1;
+        }
+        Ok(found)
     }
 
     /// Drops the references of every executable last copied from by op `op` or before.
@@ -291,7 +311,6 @@ fn prepare_transform(
         }
     }
     let ops: Vec<(u64, u64)> = copies.iter().map(|c| (c.0, c.2)).collect();
-    let map = exe::OffsetMap::from_copies(copies, exe::MAP_GAP);
     let new = section.new.clone();
     let (old_layout, tables) = exe::Image::parse_with_tables(old).ok_or_else(|| {
         DeltaError::WrongOld(
@@ -307,6 +326,17 @@ fn prepare_transform(
     }
     // Only the references of executables the patch predicts are needed (in a file
     // system image, most executables are unchanged and left unpredicted).
+    let mut schedule = RefSchedule::new(&old_layout, &section.skip, tables, &ops);
+    drop(ops);
+    // The first block's references are found while the offset map is built (both
+    // before the first op; one after the other, they held it up on the ruff pair).
+    let (map, first) = rayon::join(
+        || exe::OffsetMap::from_copies(copies, exe::MAP_GAP),
+        || match first_block_ops {
+            0 => Ok(Vec::new()),
+            n => schedule.find_through(n - 1, old, &old_layout),
+        },
+    );
     let mut p = Predictor::new(
         old_layout,
         exe::Refs::default(),
@@ -314,10 +344,8 @@ fn prepare_transform(
         map,
         section.skip.clone(),
     );
-    let mut schedule = RefSchedule::new(&p, tables, &ops);
-    drop(ops);
-    if first_block_ops > 0 {
-        schedule.load_through(first_block_ops - 1, old, &mut p)?;
+    for (i, refs) in first? {
+        p.set_part_refs(i, refs);
     }
     Ok((p, schedule))
 }
@@ -410,8 +438,9 @@ enum Request {
 /// Three stages run at once: this thread reads the patch and hashes and writes the
 /// result; a worker decodes each block and computes its output (a batch's ops on all
 /// threads); old is hashed on a third. The worker asks for block k + 1 as it starts on
-/// block k, so at most two blocks' compressed streams and four `OUT_PIECE` buffers of
-/// output are held at once. Errors are reported in the patch's order: a wrong old
+/// block k and decodes it beside block k's first batch, so at most two blocks' decoded
+/// streams, one block's compressed streams and four `OUT_PIECE` buffers of output are
+/// held at once. Errors are reported in the patch's order: a wrong old
 /// first, then the worker's (earlier blocks), then this thread's. The calling thread
 /// waits on the worker, whose ops run in rayon's global pool: call it from outside that
 /// pool (a caller inside a one-thread pool would wait forever).
@@ -429,12 +458,14 @@ pub fn apply(
         )));
     }
     let mut dec = zstd::bulk::Decompressor::new()?;
-    let section = match header.transform {
-        true => Some(read_section(patch, &mut dec)?),
-        false => None,
-    };
     let (old_hash, worker, written) = std::thread::scope(|s| {
+        // Old is hashed from the start, while the transform section is decoded (a
+        // section that fails is reported as if old had not been read).
         let hashing = s.spawn(|| hash_input(old));
+        let section = match header.transform {
+            true => Some(read_section(patch, &mut dec)?),
+            false => None,
+        };
         let (to_main, requests) = mpsc::sync_channel::<Request>(1);
         let (to_worker, blocks) = mpsc::sync_channel::<Option<RawBlock>>(1);
         let (give_back, free) = mpsc::channel::<Vec<u8>>();
@@ -449,8 +480,8 @@ pub fn apply(
         let old_hash = hashing
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (old_hash, worker, written)
-    });
+        Ok::<_, DeltaError>((old_hash, worker, written))
+    })?;
     if old_hash? != header.old_hash {
         return Err(DeltaError::WrongOld(format!(
             "blake3 differs from {}",
@@ -583,42 +614,36 @@ fn produce(
     };
     let mut op_no = 0usize;
     let mut added = Vec::new();
-    let (mut ctrl, mut coded, mut diff, mut extra) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut diff = Vec::new();
+    // The block being computed and the next one, decoded while this one's first batch
+    // is computed (one after the other, the decode left a core idle for its length).
+    let (mut cur, mut ahead) = (Decoded::default(), Decoded::default());
     let mut reads = OldReads::default();
     let mut written = 0u64;
     let mut block = 0usize;
     if to_main.send(Request::Block).is_err() {
         return Ok(false);
     }
+    match blocks.recv() {
+        Ok(Some(raw)) => decode_block(&raw, section.as_ref(), 0, &mut dec, &mut cur)?,
+        Ok(None) => return Ok(emitter.send()),
+        Err(_) => return Ok(false),
+    }
     loop {
-        let raw = match blocks.recv() {
-            Ok(Some(raw)) => raw,
-            Ok(None) => break,
-            Err(_) => return Ok(false),
-        };
         // The next block is read while this one is computed.
         if to_main.send(Request::Block).is_err() {
             return Ok(false);
         }
-        let b = raw.header;
-        let (c, rest) = raw.packed.split_at(b.ctrl_clen as usize);
-        let (d, e) = rest.split_at(b.diff_clen as usize);
-        match &section {
-            // Version 2: the block's control stream is in the transform section.
-            Some(s) if b.ctrl_clen == 0 && b.ctrl_len == 0 => {
-                ctrl.clear();
-                ctrl.extend_from_slice(&s.ctrl[s.ctrl_at[block]..s.ctrl_at[block + 1]]);
-            }
-            Some(_) => return Err(corrupt("version 2 block with its own control stream")),
-            None => inflate(&mut dec, c, b.ctrl_len, &mut ctrl)?,
-        }
-        inflate(&mut dec, d, b.diff_coded_len, &mut coded)?;
-        // The diff is expanded a batch at a time.
-        let mut runs = format::ZeroRuns::new(&coded, b.diff_len as usize)?;
-        inflate(&mut dec, e, b.extra_len, &mut extra)?;
+        let mut next = match blocks.recv() {
+            Ok(raw) => raw,
+            Err(_) => return Ok(false),
+        };
+        let mut next_decoded = None;
+        let b = cur.header;
+        let (ctrl, extra) = (&cur.ctrl, &cur.extra);
+        let mut runs = format::ZeroRuns::new(&cur.coded, b.diff_len as usize)?;
         let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
-        let mut ops = CtrlReader::new(&ctrl)?;
+        let mut ops = CtrlReader::new(ctrl)?;
         reads.ops.clear();
         reads.whole.clear();
         reads.op_no.clear();
@@ -649,6 +674,10 @@ fn produce(
             return Err(corrupt("block ops do not cover the block exactly"));
         }
         let (mut e_at, mut first) = (0usize, 0usize);
+        let mut decode_next = |dec: &mut zstd::bulk::Decompressor<'_>, ahead: &mut Decoded| {
+            next.take()
+                .map(|raw| decode_block(&raw, section.as_ref(), block + 1, dec, ahead))
+        };
         while first < reads.ops.len() {
             let mut last = first;
             let mut batch = 0;
@@ -675,27 +704,36 @@ fn produce(
                 at += diff_len;
             }
             let (reads_ref, diff_ref) = (&reads, &diff);
-            slots.into_par_iter().with_min_len(64).try_for_each(
-                |(i, d_at, slot)| -> Result<(), DeltaError> {
-                    let (piece_at, diff_len, _) = pieces[i];
-                    let o = reads_ref.at[i];
-                    slot.copy_from_slice(&reads_ref.buf[o..o + diff_len]);
-                    if let Some(p) = &predictor {
-                        let (op_old, op_len, op_new) = reads_ref.whole[first + i];
-                        let mut read = |f: u64| {
-                            let mut b = [0u8; 8];
-                            let n = (old.size().saturating_sub(f)).min(8) as usize;
-                            old.read_at(&mut b[..n], f)?;
-                            Ok(b)
-                        };
-                        p.rewrite(slot, piece_at, op_old, op_len, op_new, &mut read, None)?;
-                    }
-                    for (b, d) in slot.iter_mut().zip(&diff_ref[d_at..d_at + diff_len]) {
-                        *b = b.wrapping_add(*d);
-                    }
-                    Ok(())
-                },
-            )?;
+            let compute = || {
+                slots.into_par_iter().with_min_len(64).try_for_each(
+                    |(i, d_at, slot)| -> Result<(), DeltaError> {
+                        let (piece_at, diff_len, _) = pieces[i];
+                        let o = reads_ref.at[i];
+                        slot.copy_from_slice(&reads_ref.buf[o..o + diff_len]);
+                        if let Some(p) = &predictor {
+                            let (op_old, op_len, op_new) = reads_ref.whole[first + i];
+                            let mut read = |f: u64| {
+                                let mut b = [0u8; 8];
+                                let n = (old.size().saturating_sub(f)).min(8) as usize;
+                                old.read_at(&mut b[..n], f)?;
+                                Ok(b)
+                            };
+                            p.rewrite(slot, piece_at, op_old, op_len, op_new, &mut read, None)?;
+                        }
+                        for (b, d) in slot.iter_mut().zip(&diff_ref[d_at..d_at + diff_len]) {
+                            *b = b.wrapping_add(*d);
+                        }
+                        Ok(())
+                    },
+                )
+            };
+            if first == 0 {
+                let (d, c) = rayon::join(|| decode_next(&mut dec, &mut ahead), compute);
+                next_decoded = d;
+                c?;
+            } else {
+                compute()?;
+            }
             if let (Some(p), Some(r)) = (&mut predictor, &mut schedule) {
                 if let Some(done) = ops_done(&reads.op_no, last, op_no) {
                     r.drop_through(done, p);
@@ -713,10 +751,58 @@ fn produce(
             }
             first = last;
         }
+        if let Some(d) = decode_next(&mut dec, &mut ahead) {
+            next_decoded = Some(d);
+        }
         written += produced;
         block += 1;
+        // The next block's decoding errors come after this block's.
+        match next_decoded {
+            Some(d) => {
+                d?;
+                std::mem::swap(&mut cur, &mut ahead);
+            }
+            None => break,
+        }
     }
     Ok(emitter.send())
+}
+
+/// A block's streams, decompressed (buffers reused from block to block).
+#[derive(Default)]
+struct Decoded {
+    header: BlockHeader,
+    ctrl: Vec<u8>,
+    coded: Vec<u8>,
+    extra: Vec<u8>,
+}
+
+/// Decompresses block `block` of the patch into `into`, checking each stream's length
+/// and the zero-run coding of its diff.
+fn decode_block(
+    raw: &RawBlock,
+    section: Option<&TransformSection>,
+    block: usize,
+    dec: &mut zstd::bulk::Decompressor<'_>,
+    into: &mut Decoded,
+) -> Result<(), DeltaError> {
+    let b = raw.header;
+    into.header = b;
+    let (c, rest) = raw.packed.split_at(b.ctrl_clen as usize);
+    let (d, e) = rest.split_at(b.diff_clen as usize);
+    match section {
+        // Version 2: the block's control stream is in the transform section.
+        Some(s) if b.ctrl_clen == 0 && b.ctrl_len == 0 => {
+            into.ctrl.clear();
+            into.ctrl
+                .extend_from_slice(&s.ctrl[s.ctrl_at[block]..s.ctrl_at[block + 1]]);
+        }
+        Some(_) => return Err(corrupt("version 2 block with its own control stream")),
+        None => inflate(dec, c, b.ctrl_len, &mut into.ctrl)?,
+    }
+    inflate(dec, d, b.diff_coded_len, &mut into.coded)?;
+    format::ZeroRuns::new(&into.coded, b.diff_len as usize)?;
+    inflate(dec, e, b.extra_len, &mut into.extra)
 }
 
 #[cfg(test)]

@@ -824,51 +824,71 @@ impl Refs {
         }
     }
 
+    /// Sorted by field, then kind.
+    fn sorted(self) -> Refs {
+        // Fields strictly ascending (what the code scan gives) is sorted; otherwise the
+        // pairs are compared whole.
+        if self.fields.windows(2).all(|w| w[0] < w[1]) {
+            return self;
+        }
+        let key = |r: &Refs, i: usize| u64::from(r.fields[i]) << 8 | u64::from(r.kinds[i]);
+        if (1..self.fields.len()).all(|i| key(&self, i - 1) <= key(&self, i)) {
+            return self;
+        }
+        let mut both: Vec<u64> = (0..self.fields.len()).map(|i| key(&self, i)).collect();
+        both.sort_unstable();
+        Refs {
+            fields: both.iter().map(|&p| (p >> 8) as u32).collect(),
+            kinds: both.iter().map(|&p| p as u8).collect(),
+        }
+    }
+
     /// Appends to `out` (whose fields all lie before these) the references of `a` and
     /// `b` sorted by field and kind, leaving out any field overlapping the one before
     /// it or reaching past `size`. The code scan's list comes sorted, and is merged
-    /// with the sorted table list rather than sorted again.
+    /// with the sorted table list rather than sorted again: in `a`'s space (no second
+    /// list of the whole size), and as one move when one list lies wholly before the
+    /// other (an executable's tables mostly lie before or after its code).
     fn settle_into(a: Refs, b: Refs, size: u64, out: &mut Refs) {
-        // (field, kind) packed in one integer sorts as the pair does.
         let key = |r: &Refs, i: usize| u64::from(r.fields[i]) << 8 | u64::from(r.kinds[i]);
-        let sorted = |r: &Refs| (1..r.fields.len()).all(|i| key(r, i - 1) <= key(r, i));
-        let sort = |r: Refs| -> Refs {
-            if sorted(&r) {
-                return r;
-            }
-            let mut both: Vec<u64> = (0..r.fields.len()).map(|i| key(&r, i)).collect();
-            both.sort_unstable();
-            Refs {
-                fields: both.iter().map(|&p| (p >> 8) as u32).collect(),
-                kinds: both.iter().map(|&p| p as u8).collect(),
-            }
-        };
-        let (mut a, b) = (sort(a), sort(b));
-        // Merged from the back into `a`'s space (no second list of the whole size),
-        // then filtered in place.
+        let (mut a, b) = (a.sorted(), b.sorted());
         let (na, nb) = (a.fields.len(), b.fields.len());
-        a.fields.resize(na + nb, 0);
-        a.kinds.resize(na + nb, 0);
-        let (mut i, mut j) = (na, nb);
-        while j > 0 {
-            let k = i + j - 1;
-            if i > 0 && key(&a, i - 1) > key(&b, j - 1) {
-                a.fields[k] = a.fields[i - 1];
-                a.kinds[k] = a.kinds[i - 1];
-                i -= 1;
-            } else {
-                a.fields[k] = b.fields[j - 1];
-                a.kinds[k] = b.kinds[j - 1];
-                j -= 1;
+        if nb == 0 {
+        } else if na == 0 || key(&a, na - 1) <= key(&b, 0) {
+            a.fields.extend_from_slice(&b.fields);
+            a.kinds.extend_from_slice(&b.kinds);
+        } else if key(&b, nb - 1) < key(&a, 0) {
+            a.fields.splice(0..0, b.fields.iter().copied());
+            a.kinds.splice(0..0, b.kinds.iter().copied());
+        } else {
+            // Merged from the back into `a`'s space, then filtered in place.
+            a.fields.resize(na + nb, 0);
+            a.kinds.resize(na + nb, 0);
+            let (mut i, mut j) = (na, nb);
+            while j > 0 {
+                let k = i + j - 1;
+                if i > 0 && key(&a, i - 1) > key(&b, j - 1) {
+                    a.fields[k] = a.fields[i - 1];
+                    a.kinds[k] = a.kinds[i - 1];
+                    i -= 1;
+                } else {
+                    a.fields[k] = b.fields[j - 1];
+                    a.kinds[k] = b.kinds[j - 1];
+                    j -= 1;
+                }
             }
         }
+        drop(b);
         let (mut kept, mut end) = (0, 0u64);
-        for i in 0..a.fields.len() {
-            let (f, k) = (a.fields[i], a.kinds[i]);
-            if u64::from(f) >= end && u64::from(f) + width(k) <= size {
-                end = u64::from(f) + width(k);
-                a.fields[kept] = f;
-                a.kinds[kept] = k;
+        let n = a.fields.len();
+        let (fields, kinds) = (&mut a.fields[..n], &mut a.kinds[..n]);
+        for i in 0..n {
+            let (f, k) = (fields[i], kinds[i]);
+            let w = width(k);
+            if u64::from(f) >= end && u64::from(f) + w <= size {
+                end = u64::from(f) + w;
+                fields[kept] = f;
+                kinds[kept] = k;
                 kept += 1;
             }
         }
@@ -1159,15 +1179,20 @@ fn part_refs<R: ReadAt + ?Sized>(
     layout: &Layout,
     tables: &Tables,
 ) -> io::Result<(Refs, Refs)> {
-    let (code, table) = rayon::join(
-        || match split_point(layout) {
-            Some(split) => code_refs_split(src, layout, SCAN_PIECE, split),
-            None => code_refs(src, layout, SCAN_PIECE),
-        },
+    // The tables first on this thread, the code offered to another: rayon's thieves
+    // take the oldest task, and with the code first they took the tables, then the
+    // code scan's second half, leaving one thread idle for its length (ruff pair).
+    let (table, code) = rayon::join(
+        // Sorted here, beside the longer code scan, not after it (on the ruff pair the
+        // sort after the scan held up apply's first op by milliseconds).
         || -> io::Result<Refs> {
             let mut r = Refs::default();
             table_refs(src, layout, tables, &mut r)?;
-            Ok(r)
+            Ok(r.sorted())
+        },
+        || match split_point(layout) {
+            Some(split) => code_refs_split(src, layout, SCAN_PIECE, split),
+            None => code_refs(src, layout, SCAN_PIECE),
         },
     );
     Ok((code?, table?))
@@ -1540,13 +1565,17 @@ pub const MAP_GAP: u64 = 256;
 pub struct OffsetMap {
     /// (old start, length, new start), sorted by old start, non-overlapping.
     pub spans: Vec<(u64, u64, u64)>,
-    /// For each `MAP_BUCKET` bytes of old, how many spans start at or before the
+    /// For each `1 << shift` bytes of old, how many spans start at or before the
     /// bucket's start: `map` searches only the spans between two buckets.
     index: Vec<u32>,
+    shift: u32,
 }
 
-/// Bytes of old per entry of the offset map's index.
-const MAP_BUCKET: u64 = 4096;
+/// Bytes of old per entry of the offset map's index: 256 (a few spans, on compiled code)
+/// up to 4096, so that the index stays within `MAP_INDEX` entries (512 KiB) for old
+/// files up to 512 MiB; beyond that it grows as before.
+const MAP_SHIFT: std::ops::RangeInclusive<u32> = 8..=12;
+const MAP_INDEX: u64 = 1 << 17;
 
 impl OffsetMap {
     /// From (old start, new start, length) copies in any order: sorted by old position,
@@ -1581,11 +1610,16 @@ impl OffsetMap {
         }
         copies.truncate(n);
         copies.shrink_to_fit();
-        let buckets = copies.last().map_or(0, |s| s.0 / MAP_BUCKET + 1);
+        let top = copies.last().map_or(0, |s| s.0);
+        let mut shift = *MAP_SHIFT.start();
+        while shift < *MAP_SHIFT.end() && top >> shift >= MAP_INDEX {
+            shift += 1;
+        }
+        let buckets = copies.last().map_or(0, |s| (s.0 >> shift) + 1);
         let mut index = Vec::with_capacity(buckets as usize);
         let mut k = 0usize;
         for b in 0..buckets {
-            while k < copies.len() && copies[k].0 <= b * MAP_BUCKET {
+            while k < copies.len() && copies[k].0 <= b << shift {
                 k += 1;
             }
             index.push(k as u32);
@@ -1593,6 +1627,7 @@ impl OffsetMap {
         OffsetMap {
             spans: copies,
             index,
+            shift,
         }
     }
 
@@ -1605,7 +1640,7 @@ impl OffsetMap {
                 return Some(s.2.wrapping_add(off - s.0));
             }
         }
-        let b = (off / MAP_BUCKET) as usize;
+        let b = usize::try_from(off >> self.shift).unwrap_or(usize::MAX);
         let lo = self.index.get(b).map_or(self.spans.len(), |&k| k as usize);
         let hi = self
             .index
@@ -1708,36 +1743,49 @@ impl PackedRefs {
         let bs = (start / REF_BUCKET) as usize;
         let be = ((end.min(buckets * REF_BUCKET) - 1) / REF_BUCKET + 1).min(buckets) as usize;
         let (lo, hi) = (self.bucket_start(bs), self.bucket_start(be));
+        // Only the first and last of those buckets can hold references outside the
+        // range (dropping an executable's references does not read them all).
         let mut kept_before = Vec::new();
         let mut kept_after = Vec::new();
-        for (field, kind) in self.iter_from(bs as u64 * REF_BUCKET) {
-            if field >= be as u64 * REF_BUCKET {
-                break;
-            }
-            match field {
-                f if f < start => kept_before.push((f, kind)),
-                f if f >= end => kept_after.push((f, kind)),
-                _ => {}
+        let mut edges = vec![bs];
+        if be > bs + 1 {
+            edges.push(be - 1);
+        }
+        for b in edges {
+            for &v in &self.packed[self.bucket_start(b)..self.bucket_start(b + 1)] {
+                let (field, kind) = (b as u64 * REF_BUCKET + u64::from(v >> 5), (v & 31) as u8);
+                match field {
+                    f if f < start => kept_before.push((f, kind)),
+                    f if f >= end => kept_after.push((f, kind)),
+                    _ => {}
+                }
             }
         }
-        let merged = || {
-            let part = refs.fields.iter().zip(&refs.kinds);
-            kept_before
-                .iter()
-                .copied()
-                .chain(part.map(|(&f, &k)| (u64::from(f), k)))
-                .chain(kept_after.iter().copied())
+        // The new contents of buckets bs..be, packed, and the index entries inside them,
+        // in one pass.
+        let mut seg = Vec::with_capacity(kept_before.len() + refs.fields.len() + kept_after.len());
+        let mut b = bs + 1;
+        let mut put = |f: u64, k: u8, seg: &mut Vec<u16>| {
+            while b < be && f >= b as u64 * REF_BUCKET {
+                self.index[b] = (lo + seg.len()) as u32;
+                b += 1;
+            }
+            seg.push(PackedRefs::pack(f, k));
         };
-        let new_len = kept_before.len() + refs.fields.len() + kept_after.len();
-        self.packed
-            .splice(lo..hi, merged().map(|(f, k)| PackedRefs::pack(f, k)));
-        let (mut fields, mut k) = (merged().map(|r| r.0).peekable(), lo);
-        for (b, at) in self.index.iter_mut().enumerate().take(be).skip(bs + 1) {
-            while fields.next_if(|&f| f < b as u64 * REF_BUCKET).is_some() {
-                k += 1;
-            }
-            *at = k as u32;
+        for &(f, k) in &kept_before {
+            put(f, k, &mut seg);
         }
+        for (&f, &k) in refs.fields.iter().zip(&refs.kinds) {
+            put(u64::from(f), k, &mut seg);
+        }
+        for &(f, k) in &kept_after {
+            put(f, k, &mut seg);
+        }
+        for at in &mut self.index[b.min(be)..be] {
+            *at = (lo + seg.len()) as u32;
+        }
+        let new_len = seg.len();
+        self.packed.splice(lo..hi, seg);
         for at in self.index.iter_mut().skip(be) {
             *at = (*at as usize + new_len - (hi - lo)) as u32;
         }
@@ -2099,9 +2147,33 @@ mod tests {
             // The code list comes sorted; the table list sorted or not (both kinds of
             // input take the merge's paths).
             let (n_code, n_table) = (next(300) as usize, next(300) as usize);
-            let code = random_refs(&mut next, n_code, round % 3 != 0);
-            let table = random_refs(&mut next, n_table, round % 2 == 0);
-            let size = 3000 + next(1000);
+            let mut code = random_refs(&mut next, n_code, round % 3 != 0);
+            let mut table = random_refs(&mut next, n_table, round % 2 == 0);
+            // Lists that lie wholly after or before the other (one move, no merge),
+            // touching or overlapping only at the seam.
+            let past = |r: &Refs| {
+                r.fields
+                    .iter()
+                    .max()
+                    .map_or(0, |&f| f as i64 - 2 + round % 5)
+            };
+            match round % 4 {
+                1 => {
+                    let by = past(&code);
+                    table
+                        .fields
+                        .iter_mut()
+                        .for_each(|f| *f = (*f as i64 + by).max(0) as u32);
+                }
+                2 => {
+                    let by = past(&table);
+                    code.fields
+                        .iter_mut()
+                        .for_each(|f| *f = (*f as i64 + by).max(0) as u32);
+                }
+                _ => {}
+            }
+            let size = 3000 + next(1000) + 4000 * u64::from(round % 4 == 1 || round % 4 == 2);
             let mut pairs: Vec<(u32, u8)> = code
                 .fields
                 .iter()
