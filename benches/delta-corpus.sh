@@ -10,8 +10,8 @@
 # --bsdiff-timeout SECS: bsdiff runs under timeout; a pair it does not finish is reported
 # so, and its ratios to bsdiff are left out.
 # Pairs: every NAME.old/NAME.new in CORPUS_DIR unless --pairs names them.
-# update-edge's own diff runs N times (default 3; the shared machine is noisy) and the
-# median-wall run is reported; the anchors, 5-50x slower, run once. Ends with the ratios
+# update-edge's own diff and apply run N times each (default 3; the shared machine is
+# noisy) and the median-wall run is reported; the anchors, 5-50x slower, run once. Ends with the ratios
 # the delta issue's acceptance is stated in.
 # CORPUS_DIR comes from ../shared/corpus/fetch-pairs.sh; the big pair is generated there.
 set -euo pipefail
@@ -59,11 +59,14 @@ trap 'rm -rf "$OUT" "$SHM"' EXIT
 ROWS=()
 declare -A SIZE WALL
 
-# measure LABEL PAIR DIFF_CMD... ; sets globals from /usr/bin/time: wall, cpu, rss
+# measure CMD... ; sets globals wall (s, from the shell's clock: /usr/bin/time's %e has
+# 10 ms steps, a quarter of a 5 MB pair's apply), and cpu and rss from /usr/bin/time
 measure() {
-  local tf="$OUT/time"
+  local tf="$OUT/time" start=$EPOCHREALTIME
   /usr/bin/time -f "%e %U %S %M" -o "$tf" "$@" >/dev/null 2>"$OUT/stderr" || { echo "failed: $*" >&2; cat "$OUT/stderr" >&2; return 1; }
-  read -r wall user sys rss < "$tf"
+  local end=$EPOCHREALTIME
+  read -r _ user sys rss < "$tf"
+  wall=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f", e - s }')
   cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.1f", u + s }')
   rss_mib=$((rss / 1024))
 }
@@ -72,7 +75,17 @@ row() { # tool pair patchfile apply_cmd...
   local tool=$1 pair=$2 patch=$3; shift 3
   local size; size=$(stat -c %s "$patch")
   local dwall=$wall dcpu=$cpu drss=$rss_mib
-  measure "$@"
+  # update-edge's own apply: the median-wall run of REPEAT (each a fresh process, its
+  # previous output removed first) and the largest peak RSS; the anchors once.
+  local runs=() maxrss=0 i n=1
+  [ "$1" = "$UE" ] && n=$REPEAT
+  for i in $(seq "$n"); do
+    rm -f "$APPLIED"
+    measure "$@"
+    runs+=("$wall"); [ "$rss_mib" -gt "$maxrss" ] && maxrss=$rss_mib
+  done
+  wall=$(printf '%s\n' "${runs[@]}" | sort -n | sed -n "$(( (n + 1) / 2 ))p")
+  rss_mib=$maxrss
   local new="$CORPUS/$pair.new"; [ "$pair" = big ] && new="$CORPUS/big.new"
   local ok=ok; cmp -s "$APPLIED" "$new" || ok=MISMATCH
   local mbs; mbs=$(awk -v b="$(stat -c %s "$new")" -v w="$wall" 'BEGIN { printf "%.0f", b / 1e6 / (w > 0 ? w : 0.01) }')
