@@ -778,7 +778,7 @@ struct Decoded {
 }
 
 /// Decompresses block `block` of the patch into `into`, checking each stream's length
-/// and the zero-run coding of its diff.
+/// (the diff's zero-run coding is checked when the block is computed).
 fn decode_block(
     raw: &RawBlock,
     section: Option<&TransformSection>,
@@ -801,7 +801,6 @@ fn decode_block(
         None => inflate(dec, c, b.ctrl_len, &mut into.ctrl)?,
     }
     inflate(dec, d, b.diff_coded_len, &mut into.coded)?;
-    format::ZeroRuns::new(&into.coded, b.diff_len as usize)?;
     inflate(dec, e, b.extra_len, &mut into.extra)
 }
 

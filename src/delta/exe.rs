@@ -824,18 +824,21 @@ impl Refs {
         }
     }
 
+    /// Reference `i`'s (field, kind) in one integer, which sorts as the pair does.
+    fn key(&self, i: usize) -> u64 {
+        u64::from(self.fields[i]) << 8 | u64::from(self.kinds[i])
+    }
+
     /// Sorted by field, then kind.
     fn sorted(self) -> Refs {
         // Fields strictly ascending (what the code scan gives) is sorted; otherwise the
         // pairs are compared whole.
-        if self.fields.windows(2).all(|w| w[0] < w[1]) {
+        if self.fields.windows(2).all(|w| w[0] < w[1])
+            || (1..self.fields.len()).all(|i| self.key(i - 1) <= self.key(i))
+        {
             return self;
         }
-        let key = |r: &Refs, i: usize| u64::from(r.fields[i]) << 8 | u64::from(r.kinds[i]);
-        if (1..self.fields.len()).all(|i| key(&self, i - 1) <= key(&self, i)) {
-            return self;
-        }
-        let mut both: Vec<u64> = (0..self.fields.len()).map(|i| key(&self, i)).collect();
+        let mut both: Vec<u64> = (0..self.fields.len()).map(|i| self.key(i)).collect();
         both.sort_unstable();
         Refs {
             fields: both.iter().map(|&p| (p >> 8) as u32).collect(),
@@ -850,14 +853,12 @@ impl Refs {
     /// list of the whole size), and as one move when one list lies wholly before the
     /// other (an executable's tables mostly lie before or after its code).
     fn settle_into(a: Refs, b: Refs, size: u64, out: &mut Refs) {
-        let key = |r: &Refs, i: usize| u64::from(r.fields[i]) << 8 | u64::from(r.kinds[i]);
         let (mut a, b) = (a.sorted(), b.sorted());
         let (na, nb) = (a.fields.len(), b.fields.len());
-        if nb == 0 {
-        } else if na == 0 || key(&a, na - 1) <= key(&b, 0) {
+        if na == 0 || nb == 0 || a.key(na - 1) <= b.key(0) {
             a.fields.extend_from_slice(&b.fields);
             a.kinds.extend_from_slice(&b.kinds);
-        } else if key(&b, nb - 1) < key(&a, 0) {
+        } else if b.key(nb - 1) < a.key(0) {
             a.fields.splice(0..0, b.fields.iter().copied());
             a.kinds.splice(0..0, b.kinds.iter().copied());
         } else {
@@ -867,7 +868,7 @@ impl Refs {
             let (mut i, mut j) = (na, nb);
             while j > 0 {
                 let k = i + j - 1;
-                if i > 0 && key(&a, i - 1) > key(&b, j - 1) {
+                if i > 0 && a.key(i - 1) > b.key(j - 1) {
                     a.fields[k] = a.fields[i - 1];
                     a.kinds[k] = a.kinds[i - 1];
                     i -= 1;
