@@ -556,9 +556,11 @@ fn predicting_an_op_in_pieces_is_predicting_it_whole() {
         Vec::new(),
     );
     let (op_old, op_len, op_new) = (0x1000u64, 0x8000u64, 0x1000u64);
-    let mut whole = old[op_old as usize..(op_old + op_len) as usize].to_vec();
+    let base = &old[op_old as usize..(op_old + op_len) as usize];
+    let mut whole = base.to_vec();
     let n = p
         .rewrite(
+            base,
             &mut whole,
             op_old,
             op_old,
@@ -577,20 +579,44 @@ fn predicting_an_op_in_pieces_is_predicting_it_whole() {
     let mut straddled = 0;
     for cut in op_old + 1..op_old + 4000 {
         let at = (cut - op_old) as usize;
-        let mut a = old[op_old as usize..cut as usize].to_vec();
-        let mut b = old[cut as usize..(op_old + op_len) as usize].to_vec();
+        // The first piece's output starts as its old bytes (it becomes them predicted),
+        // the second's as a diff (it gets the predictions' differences added).
+        let mut a = base[..at].to_vec();
+        let diff: Vec<u8> = (0..base.len() - at).map(|i| (i * 7) as u8).collect();
+        let mut b = diff.clone();
         let mut read = |f: u64| {
             straddled += 1;
             let mut v = [0u8; 8];
             v.copy_from_slice(&old[f as usize..f as usize + 8]);
             Ok(v)
         };
-        p.rewrite(&mut a, op_old, op_old, op_len, op_new, &mut read, None)
-            .unwrap();
-        p.rewrite(&mut b, cut, op_old, op_len, op_new, &mut read, None)
-            .unwrap();
+        p.rewrite(
+            &base[..at],
+            &mut a,
+            op_old,
+            op_old,
+            op_len,
+            op_new,
+            &mut read,
+            None,
+        )
+        .unwrap();
+        p.rewrite(
+            &base[at..],
+            &mut b,
+            cut,
+            op_old,
+            op_len,
+            op_new,
+            &mut read,
+            None,
+        )
+        .unwrap();
         assert_eq!(a, whole[..at], "first piece, cut at {cut:#x}");
-        assert_eq!(b, whole[at..], "second piece, cut at {cut:#x}");
+        let want: Vec<u8> = (at..base.len())
+            .map(|i| whole[i].wrapping_sub(base[i]).wrapping_add(diff[i - at]))
+            .collect();
+        assert_eq!(b, want, "second piece, cut at {cut:#x}");
     }
     assert!(straddled > 1000, "{straddled} fields read across a cut");
 }

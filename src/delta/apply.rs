@@ -3,13 +3,14 @@
 //! Memory is bounded by the format's limits, not by anything the patch claims: for two
 //! blocks (the one being computed and the next, decoded meanwhile) at most
 //! `MAX_BLOCK_SIZE` of extra and of zero-run coded diff and `MAX_CTRL_LEN` of control
-//! each, and the compressed form of one, plus `OLD_BATCH` of expanded diff,
-//! `OLD_BATCH + OLD_SLACK` of old bytes, `OLD_BATCH` of their sums and four `OUT_PIECE`
-//! buffers of output; buffers are reused across blocks. Three threads work at once
-//! (see `apply`), and a batch's ops are computed on all of them. Order of the errors
-//! reported: header bounds → old size and blake3 → per block: header bounds, exact
-//! decompressed lengths, every op inside the block and inside old → total length →
-//! result blake3.
+//! each, and the compressed form of one, plus two batches (the one being computed, and
+//! the one before it being written, then the one after it fetched), each with
+//! `OLD_BATCH + OLD_SLACK` of old bytes and `OLD_BATCH` of diff turned into output, and
+//! four `OUT_PIECE` buffers of output; buffers are reused across blocks. Three threads
+//! work at once (see `apply`), and a batch's ops are computed on all of them. Order of
+//! the errors reported: header bounds → old size and blake3 → per block: header bounds,
+//! exact decompressed lengths, every op inside the block and inside old → total length
+//! → result blake3.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
@@ -92,31 +93,42 @@ fn inflate(
     Ok(())
 }
 
-/// The old bytes a batch of ops adds its diffs to, fetched in few large reads in old's
-/// order (nearby ops mostly read nearby old ranges, but not in new's order: one `pread`
-/// per op made syscalls a quarter of apply's time on the ruff pair).
+/// A block's ops in pieces of at most `OLD_BATCH` diff bytes, each checked.
 #[derive(Default)]
-struct OldReads {
-    /// The block's ops: (old position, diff length ≤ `OLD_BATCH`, extra length), checked.
+struct Pieces {
+    /// (old position, diff length, extra length).
     ops: Vec<(u64, usize, usize)>,
     /// For each entry of `ops`, the whole op it is a piece of: (old position, diff
     /// length, position in new).
     whole: Vec<(u64, u64, u64)>,
     /// For each entry of `ops`, its op's number in the patch (counting from 0).
     op_no: Vec<usize>,
-    /// Where each of the batch's ops' old bytes start in `buf`.
+}
+
+/// One batch of pieces: the old bytes its ops add their diffs to, fetched in few large
+/// reads in old's order (nearby ops mostly read nearby old ranges, but not in new's
+/// order: one `pread` per op made syscalls a quarter of apply's time on the ruff
+/// pair), and its output. Two exist, so that one batch is fetched and the one before it
+/// written while a third is computed.
+#[derive(Default)]
+struct Batch {
+    /// Its pieces (indexes into `Pieces`).
+    pieces: std::ops::Range<usize>,
+    /// Where each piece's old bytes start in `buf`.
     at: Vec<usize>,
     buf: Vec<u8>,
-    /// Scratch: op indexes sorted by old position; merged ranges (old start, end, offset).
+    /// The pieces' diffs, in order; computing the batch turns them into new's bytes.
+    out: Vec<u8>,
+    /// Scratch: piece indexes sorted by old position; merged ranges (old start, end,
+    /// offset).
     order: Vec<usize>,
     ranges: Vec<(u64, u64, usize)>,
 }
 
-impl OldReads {
-    /// Reads what the batch `ops[batch]` needs: ranges sorted by old position, merged
-    /// across gaps up to `OLD_GAP` while the unused bytes stay within `OLD_SLACK`.
-    fn fetch(&mut self, old: &dyn ReadAt, batch: std::ops::Range<usize>) -> Result<(), DeltaError> {
-        let ops = &self.ops[batch];
+impl Batch {
+    /// Reads what the pieces `ops` need: ranges sorted by old position, merged across
+    /// gaps up to `OLD_GAP` while the unused bytes stay within `OLD_SLACK`.
+    fn fetch(&mut self, old: &dyn ReadAt, ops: &[(u64, usize, usize)]) -> Result<(), DeltaError> {
         self.order.clear();
         self.order.extend((0..ops.len()).filter(|&i| ops[i].1 > 0));
         self.order.sort_unstable_by_key(|&i| ops[i].0);
@@ -143,6 +155,88 @@ impl OldReads {
             old.read_at(&mut self.buf[at..at + (end - start) as usize], start)?;
         }
         Ok(())
+    }
+
+    /// Makes this the batch of `pieces` (indexes into `all`, `bytes` diff bytes): its
+    /// old bytes read and its diff decoded.
+    fn prepare(
+        &mut self,
+        old: &dyn ReadAt,
+        all: &Pieces,
+        pieces: std::ops::Range<usize>,
+        bytes: usize,
+        runs: &mut format::ZeroRuns<'_>,
+    ) -> Result<(), DeltaError> {
+        self.fetch(old, &all.ops[pieces.clone()])?;
+        self.pieces = pieces;
+        self.out.resize(bytes, 0);
+        runs.read(&mut self.out);
+        Ok(())
+    }
+
+    /// Hands the batch's output to `emitter` in order, each piece's extra after it
+    /// (`extra` from `*e_at` on). False when the writing thread has hung up.
+    fn emit(
+        &self,
+        all: &Pieces,
+        extra: &[u8],
+        e_at: &mut usize,
+        emitter: &mut Emitter<'_>,
+    ) -> bool {
+        let mut from = 0;
+        for &(_, diff_len, extra_len) in &all.ops[self.pieces.clone()] {
+            if !emitter.emit(&self.out[from..from + diff_len])
+                || !emitter.emit(&extra[*e_at..*e_at + extra_len])
+            {
+                return false;
+            }
+            from += diff_len;
+            *e_at += extra_len;
+        }
+        true
+    }
+
+    /// Computes the batch on all threads (its ops are independent): each piece's diff
+    /// plus its old bytes, with references predicted.
+    fn compute(
+        &mut self,
+        old: &dyn ReadAt,
+        all: &Pieces,
+        predictor: Option<&Predictor>,
+    ) -> Result<(), DeltaError> {
+        let pieces = &all.ops[self.pieces.clone()];
+        let whole = &all.whole[self.pieces.clone()];
+        let mut slots = Vec::with_capacity(pieces.len());
+        let mut rest = &mut self.out[..];
+        for (i, &(_, diff_len, _)) in pieces.iter().enumerate() {
+            let (slot, tail) = rest.split_at_mut(diff_len);
+            slots.push((i, slot));
+            rest = tail;
+        }
+        let (at, buf) = (&self.at, &self.buf);
+        slots
+            .into_par_iter()
+            .with_min_len(64)
+            .try_for_each(|(i, slot)| -> Result<(), DeltaError> {
+                let (piece_at, diff_len, _) = pieces[i];
+                let base = &buf[at[i]..at[i] + diff_len];
+                for (b, o) in slot.iter_mut().zip(base) {
+                    *b = b.wrapping_add(*o);
+                }
+                if let Some(p) = predictor {
+                    let (op_old, op_len, op_new) = whole[i];
+                    let mut read = |f: u64| {
+                        let mut b = [0u8; 8];
+                        let n = (old.size().saturating_sub(f)).min(8) as usize;
+                        old.read_at(&mut b[..n], f)?;
+                        Ok(b)
+                    };
+                    p.rewrite(
+                        base, slot, piece_at, op_old, op_len, op_new, &mut read, None,
+                    )?;
+                }
+                Ok(())
+            })
     }
 }
 
@@ -470,7 +564,7 @@ pub fn apply(
         let (to_worker, blocks) = mpsc::sync_channel::<Option<RawBlock>>(1);
         let (give_back, free) = mpsc::channel::<Vec<u8>>();
         let header = &header;
-        let worker = s.spawn(move || produce(old, header, section, &blocks, &to_main, &free));
+        let worker = s.spawn(move || produce(old, header, section, &blocks, &to_main, free));
         let written = serve_worker(header, patch, out, &requests, &to_worker, &give_back);
         // Hanging up stops a worker that is still running (this thread failed).
         drop((requests, to_worker, give_back));
@@ -559,7 +653,7 @@ fn serve_worker(
 struct Emitter<'a> {
     buf: Vec<u8>,
     to_main: &'a mpsc::SyncSender<Request>,
-    free: &'a mpsc::Receiver<Vec<u8>>,
+    free: mpsc::Receiver<Vec<u8>>,
 }
 
 impl Emitter<'_> {
@@ -597,7 +691,7 @@ fn produce(
     section: Option<TransformSection>,
     blocks: &mpsc::Receiver<Option<RawBlock>>,
     to_main: &mpsc::SyncSender<Request>,
-    free: &mpsc::Receiver<Vec<u8>>,
+    free: mpsc::Receiver<Vec<u8>>,
 ) -> Result<bool, DeltaError> {
     let (mut predictor, mut schedule) = match &section {
         Some(s) => {
@@ -613,12 +707,12 @@ fn produce(
         free,
     };
     let mut op_no = 0usize;
-    let mut added = Vec::new();
-    let mut diff = Vec::new();
     // The block being computed and the next one, decoded while this one's first batch
     // is computed (one after the other, the decode left a core idle for its length).
     let (mut cur, mut ahead) = (Decoded::default(), Decoded::default());
-    let mut reads = OldReads::default();
+    let mut all = Pieces::default();
+    let mut bufs: [Batch; 2] = Default::default();
+    let mut bounds = Vec::new();
     let mut written = 0u64;
     let mut block = 0usize;
     if to_main.send(Request::Block).is_err() {
@@ -644,9 +738,9 @@ fn produce(
         let mut runs = format::ZeroRuns::new(&cur.coded, b.diff_len as usize)?;
         let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
         let mut ops = CtrlReader::new(ctrl)?;
-        reads.ops.clear();
-        reads.whole.clear();
-        reads.op_no.clear();
+        all.ops.clear();
+        all.whole.clear();
+        all.op_no.clear();
         while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
             let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
             if diff_len > b.diff_len as u64 - d_at as u64 || extra_len > (extra.len() - e_at) as u64
@@ -656,14 +750,14 @@ fn produce(
             let mut piece = (old_pos, diff_len as usize);
             let whole = (old_pos, diff_len, written + produced);
             while piece.1 > OLD_BATCH {
-                reads.ops.push((piece.0, OLD_BATCH, 0));
-                reads.whole.push(whole);
-                reads.op_no.push(op_no);
+                all.ops.push((piece.0, OLD_BATCH, 0));
+                all.whole.push(whole);
+                all.op_no.push(op_no);
                 piece = (piece.0 + OLD_BATCH as u64, piece.1 - OLD_BATCH);
             }
-            reads.ops.push((piece.0, piece.1, extra_len as usize));
-            reads.whole.push(whole);
-            reads.op_no.push(op_no);
+            all.ops.push((piece.0, piece.1, extra_len as usize));
+            all.whole.push(whole);
+            all.op_no.push(op_no);
             op_no += 1;
             d_at += diff_len as usize;
             e_at += extra_len as usize;
@@ -673,86 +767,74 @@ fn produce(
         if produced != u64::from(b.new_len) || d_at != b.diff_len as usize || e_at != extra.len() {
             return Err(corrupt("block ops do not cover the block exactly"));
         }
-        let (mut e_at, mut first) = (0usize, 0usize);
-        let mut decode_next = |dec: &mut zstd::bulk::Decompressor<'_>, ahead: &mut Decoded| {
-            next.take()
-                .map(|raw| decode_block(&raw, section.as_ref(), block + 1, dec, ahead))
-        };
-        while first < reads.ops.len() {
-            let mut last = first;
-            let mut batch = 0;
-            while last < reads.ops.len() && batch + reads.ops[last].1 <= OLD_BATCH {
-                batch += reads.ops[last].1;
+        // The block's batches: (pieces, diff bytes).
+        bounds.clear();
+        let mut first = 0;
+        while first < all.ops.len() {
+            let (mut last, mut bytes) = (first, 0);
+            while last < all.ops.len() && bytes + all.ops[last].1 <= OLD_BATCH {
+                bytes += all.ops[last].1;
                 last += 1;
             }
-            reads.fetch(old, first..last)?;
+            bounds.push((first..last, bytes));
+            first = last;
+        }
+        // Batch k is computed on all threads while, beside it, batch k − 1 is written
+        // and batch k + 1 fetched and its diff decoded (and, beside the first, the next
+        // block decoded): one after the other, they left a core idle for their length.
+        let mut e_at = 0usize;
+        if let Some((pieces, bytes)) = bounds.first() {
+            bufs[0].prepare(old, &all, pieces.clone(), *bytes, &mut runs)?;
+        }
+        for k in 0..bounds.len() {
             if let (Some(p), Some(r)) = (&mut predictor, &mut schedule) {
-                r.load_through(reads.op_no[last - 1], old, p)?;
+                r.load_through(all.op_no[bounds[k].0.end - 1], old, p)?;
             }
-            // Each op's old bytes, references predicted, plus its diff, computed on
-            // all threads (ops are independent); then written in order with the extras.
-            let pieces = &reads.ops[first..last];
-            added.resize(batch, 0);
-            diff.resize(batch, 0);
-            runs.read(&mut diff);
-            let mut slots = Vec::with_capacity(pieces.len());
-            let (mut rest, mut at) = (&mut added[..], 0);
-            for (i, &(_, diff_len, _)) in pieces.iter().enumerate() {
-                let (slot, tail) = rest.split_at_mut(diff_len);
-                slots.push((i, at, slot));
-                rest = tail;
-                at += diff_len;
+            let [b0, b1] = &mut bufs;
+            let (this, other) = if k % 2 == 0 { (b0, b1) } else { (b1, b0) };
+            let (all_ref, p) = (&all, predictor.as_ref());
+            let (computed, beside) = rayon::join(
+                || this.compute(old, all_ref, p),
+                || -> Result<_, DeltaError> {
+                    if k > 0 && !other.emit(all_ref, extra, &mut e_at, &mut emitter) {
+                        return Ok((false, None));
+                    }
+                    if let Some((pieces, bytes)) = bounds.get(k + 1) {
+                        other.prepare(old, all_ref, pieces.clone(), *bytes, &mut runs)?;
+                    }
+                    let decoded = (k == 0).then(|| next.take()).flatten().map(|raw| {
+                        decode_block(&raw, section.as_ref(), block + 1, &mut dec, &mut ahead)
+                    });
+                    Ok((true, decoded))
+                },
+            );
+            computed?;
+            let (open, decoded) = beside?;
+            if !open {
+                return Ok(false);
             }
-            let (reads_ref, diff_ref) = (&reads, &diff);
-            let compute = || {
-                slots.into_par_iter().with_min_len(64).try_for_each(
-                    |(i, d_at, slot)| -> Result<(), DeltaError> {
-                        let (piece_at, diff_len, _) = pieces[i];
-                        let o = reads_ref.at[i];
-                        slot.copy_from_slice(&reads_ref.buf[o..o + diff_len]);
-                        if let Some(p) = &predictor {
-                            let (op_old, op_len, op_new) = reads_ref.whole[first + i];
-                            let mut read = |f: u64| {
-                                let mut b = [0u8; 8];
-                                let n = (old.size().saturating_sub(f)).min(8) as usize;
-                                old.read_at(&mut b[..n], f)?;
-                                Ok(b)
-                            };
-                            p.rewrite(slot, piece_at, op_old, op_len, op_new, &mut read, None)?;
-                        }
-                        for (b, d) in slot.iter_mut().zip(&diff_ref[d_at..d_at + diff_len]) {
-                            *b = b.wrapping_add(*d);
-                        }
-                        Ok(())
-                    },
-                )
-            };
-            if first == 0 {
-                let (d, c) = rayon::join(|| decode_next(&mut dec, &mut ahead), compute);
-                next_decoded = d;
-                c?;
-            } else {
-                compute()?;
+            if decoded.is_some() {
+                next_decoded = decoded;
             }
             if let (Some(p), Some(r)) = (&mut predictor, &mut schedule) {
-                if let Some(done) = ops_done(&reads.op_no, last, op_no) {
+                if let Some(done) = ops_done(&all.op_no, bounds[k].0.end, op_no) {
                     r.drop_through(done, p);
                 }
             }
-            let mut from = 0;
-            for &(_, diff_len, extra_len) in pieces {
-                if !emitter.emit(&added[from..from + diff_len])
-                    || !emitter.emit(&extra[e_at..e_at + extra_len])
-                {
-                    return Ok(false);
-                }
-                from += diff_len;
-                e_at += extra_len;
-            }
-            first = last;
         }
-        if let Some(d) = decode_next(&mut dec, &mut ahead) {
-            next_decoded = Some(d);
+        if let Some(k) = bounds.len().checked_sub(1) {
+            if !bufs[k % 2].emit(&all, extra, &mut e_at, &mut emitter) {
+                return Ok(false);
+            }
+        }
+        if let Some(raw) = next.take() {
+            next_decoded = Some(decode_block(
+                &raw,
+                section.as_ref(),
+                block + 1,
+                &mut dec,
+                &mut ahead,
+            ));
         }
         written += produced;
         block += 1;

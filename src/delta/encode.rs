@@ -857,6 +857,7 @@ fn block_streams(
             let new_at = block_at + at as u64;
             let n = p
                 .rewrite(
+                    old_local,
                     &mut base,
                     op.old_pos,
                     op.old_pos,

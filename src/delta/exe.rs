@@ -2016,16 +2016,20 @@ impl Predictor {
         }
     }
 
-    /// Rewrites the references in `base` — old's bytes from `base_old` on, which an op
-    /// copying old `op_old..op_old + op_len` to new `op_new..` adds its diff to — with
-    /// their predicted values. Only references wholly inside the op are predicted;
-    /// `old_field` reads a field's old bytes where `base` holds only part of it. Returns
-    /// [code references predicted, right, table references predicted, right]; "right"
-    /// is counted only when `new` (new's bytes where `base` goes) is given.
+    /// Adds to each byte of `out` that a reference's field covers the difference
+    /// between its predicted value and old's: `base` is old's bytes from `base_old` on,
+    /// which an op copying old `op_old..op_old + op_len` to new `op_new..` adds its diff
+    /// to, and `out` is as long (a copy of `base` becomes `base` with its references
+    /// predicted; `base` plus the diff becomes new). Only references wholly inside the
+    /// op are predicted; `old_field` reads a field's old bytes where `base` holds only
+    /// part of it. Returns [code references predicted, right, table references
+    /// predicted, right]; "right" is counted only when `new` (new's bytes where `base`
+    /// goes) is given.
     #[allow(clippy::too_many_arguments)]
     pub fn rewrite(
         &self,
-        base: &mut [u8],
+        base: &[u8],
+        out: &mut [u8],
         base_old: u64,
         op_old: u64,
         op_len: u64,
@@ -2034,6 +2038,7 @@ impl Predictor {
         new: Option<&[u8]>,
     ) -> io::Result<[usize; 4]> {
         let base_end = base_old + base.len() as u64;
+        let out = &mut out[..base.len()];
         let lo = base_old.saturating_sub(7).max(op_old);
         let hi = base_end.min(op_old + op_len);
         let mut predicted = [0; 4];
@@ -2073,7 +2078,8 @@ impl Predictor {
             for (k, byte) in v.to_le_bytes().into_iter().take(w as usize).enumerate() {
                 let pos = field + k as u64;
                 if pos >= base_old && pos < base_end {
-                    base[(pos - base_old) as usize] = byte;
+                    let at = (pos - base_old) as usize;
+                    out[at] = out[at].wrapping_add(byte.wrapping_sub(old_bytes[k]));
                 }
             }
             let class = 2 * usize::from(kind >= CODE_KINDS);
