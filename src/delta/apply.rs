@@ -165,12 +165,12 @@ impl Batch {
         all: &Pieces,
         pieces: std::ops::Range<usize>,
         bytes: usize,
-        runs: &mut format::ZeroRuns<'_>,
+        (coded, runs): (&[u8], &mut format::ZeroRuns),
     ) -> Result<(), DeltaError> {
         self.fetch(old, &all.ops[pieces.clone()])?;
         self.pieces = pieces;
         self.out.resize(bytes, 0);
-        runs.read(&mut self.out);
+        runs.read(coded, &mut self.out);
         Ok(())
     }
 
@@ -683,8 +683,100 @@ impl Emitter<'_> {
     }
 }
 
+/// A block's ops, in pieces and batches.
+#[derive(Default)]
+struct Side {
+    all: Pieces,
+    /// The block's batches: (pieces, diff bytes).
+    bounds: Vec<(std::ops::Range<usize>, usize)>,
+}
+
+/// A started block: where its diff's decoding stands, the number of the first op after
+/// it and its length in new.
+struct Started {
+    runs: format::ZeroRuns,
+    next_op: usize,
+    produced: u64,
+}
+
+/// Starts the decoded block `cur`: checks its diff's zero-run coding and its ops
+/// (numbered from `op_no`, the block starting at `written` in new), splits them into
+/// pieces and batches in `side`, and prepares its first batch in `first`.
+#[allow(clippy::too_many_arguments)]
+fn start_block(
+    old: &dyn ReadAt,
+    header: &Header,
+    cur: &Decoded,
+    side: &mut Side,
+    first: &mut Batch,
+    mut op_no: usize,
+    written: u64,
+) -> Result<Started, DeltaError> {
+    let b = cur.header;
+    let extra = &cur.extra;
+    let mut runs = format::ZeroRuns::new(&cur.coded, b.diff_len as usize)?;
+    let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
+    let mut ops = CtrlReader::new(&cur.ctrl)?;
+    let all = &mut side.all;
+    all.ops.clear();
+    all.whole.clear();
+    all.op_no.clear();
+    while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
+        let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
+        if diff_len > b.diff_len as u64 - d_at as u64 || extra_len > (extra.len() - e_at) as u64 {
+            return Err(corrupt("op exceeds the block's streams"));
+        }
+        let mut piece = (old_pos, diff_len as usize);
+        let whole = (old_pos, diff_len, written + produced);
+        while piece.1 > OLD_BATCH {
+            all.ops.push((piece.0, OLD_BATCH, 0));
+            all.whole.push(whole);
+            all.op_no.push(op_no);
+            piece = (piece.0 + OLD_BATCH as u64, piece.1 - OLD_BATCH);
+        }
+        all.ops.push((piece.0, piece.1, extra_len as usize));
+        all.whole.push(whole);
+        all.op_no.push(op_no);
+        op_no += 1;
+        d_at += diff_len as usize;
+        e_at += extra_len as usize;
+        cursor = end;
+        produced += diff_len + extra_len;
+    }
+    if produced != u64::from(b.new_len) || d_at != b.diff_len as usize || e_at != extra.len() {
+        return Err(corrupt("block ops do not cover the block exactly"));
+    }
+    side.bounds.clear();
+    let mut from = 0;
+    while from < all.ops.len() {
+        let (mut last, mut bytes) = (from, 0);
+        while last < all.ops.len() && bytes + all.ops[last].1 <= OLD_BATCH {
+            bytes += all.ops[last].1;
+            last += 1;
+        }
+        side.bounds.push((from..last, bytes));
+        from = last;
+    }
+    if let Some((pieces, bytes)) = side.bounds.first() {
+        first.prepare(old, all, pieces.clone(), *bytes, (&cur.coded, &mut runs))?;
+    }
+    Ok(Started {
+        runs,
+        next_op: op_no,
+        produced,
+    })
+}
+
 /// The worker side of `apply`: decodes blocks and computes the output. Ok(false) when
 /// the other side hung up (it reports why).
+///
+/// Blocks alternate between two sets of buffers (block b's are `[b % 2]`); a block is
+/// decoded beside the first batch of the one before it and started (`start_block`)
+/// beside its last, the first block beside the transform's preparation. Batch k is
+/// computed on all threads while, beside it, batch k − 1 is written and batch k + 1
+/// fetched and its diff decoded (one after the other, these left a core idle for their
+/// length). Errors are reported in the patch's order: a block's after the block before
+/// it has been computed and written.
 fn produce(
     old: &dyn ReadAt,
     header: &Header,
@@ -693,36 +785,47 @@ fn produce(
     to_main: &mpsc::SyncSender<Request>,
     free: mpsc::Receiver<Vec<u8>>,
 ) -> Result<bool, DeltaError> {
-    let (mut predictor, mut schedule) = match &section {
-        Some(s) => {
-            let (p, r) = prepare_transform(old, header, s)?;
-            (Some(p), Some(r))
-        }
-        None => (None, None),
-    };
     let mut dec = zstd::bulk::Decompressor::new()?;
     let mut emitter = Emitter {
         buf: Vec::with_capacity(OUT_PIECE),
         to_main,
         free,
     };
-    let mut op_no = 0usize;
-    // The block being computed and the next one, decoded while this one's first batch
-    // is computed (one after the other, the decode left a core idle for its length).
-    let (mut cur, mut ahead) = (Decoded::default(), Decoded::default());
-    let mut all = Pieces::default();
+    let mut decoded: [Decoded; 2] = Default::default();
+    let mut sides: [Side; 2] = Default::default();
     let mut bufs: [Batch; 2] = Default::default();
-    let mut bounds = Vec::new();
-    let mut written = 0u64;
-    let mut block = 0usize;
+    // Batches computed so far: the next is computed in `bufs[g % 2]`.
+    let mut g = 0usize;
     if to_main.send(Request::Block).is_err() {
         return Ok(false);
     }
-    match blocks.recv() {
-        Ok(Some(raw)) => decode_block(&raw, section.as_ref(), 0, &mut dec, &mut cur)?,
-        Ok(None) => return Ok(emitter.send()),
+    let first = match blocks.recv() {
+        Ok(raw) => raw,
         Err(_) => return Ok(false),
-    }
+    };
+    let (prepared, started) = rayon::join(
+        || {
+            section
+                .as_ref()
+                .map(|s| prepare_transform(old, header, s))
+                .transpose()
+        },
+        || -> Result<Option<Started>, DeltaError> {
+            let Some(raw) = first else {
+                return Ok(None);
+            };
+            decode_block(&raw, section.as_ref(), 0, &mut dec, &mut decoded[0])?;
+            start_block(old, header, &decoded[0], &mut sides[0], &mut bufs[0], 0, 0).map(Some)
+        },
+    );
+    let (mut predictor, mut schedule) = match prepared? {
+        Some((p, r)) => (Some(p), Some(r)),
+        None => (None, None),
+    };
+    let Some(mut started) = started? else {
+        return Ok(emitter.send());
+    };
+    let (mut written, mut block) = (0u64, 0usize);
     loop {
         // The next block is read while this one is computed.
         if to_main.send(Request::Block).is_err() {
@@ -732,100 +835,63 @@ fn produce(
             Ok(raw) => raw,
             Err(_) => return Ok(false),
         };
-        let mut next_decoded = None;
-        let b = cur.header;
-        let (ctrl, extra) = (&cur.ctrl, &cur.extra);
-        let mut runs = format::ZeroRuns::new(&cur.coded, b.diff_len as usize)?;
-        let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
-        let mut ops = CtrlReader::new(ctrl)?;
-        all.ops.clear();
-        all.whole.clear();
-        all.op_no.clear();
-        while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
-            let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
-            if diff_len > b.diff_len as u64 - d_at as u64 || extra_len > (extra.len() - e_at) as u64
-            {
-                return Err(corrupt("op exceeds the block's streams"));
-            }
-            let mut piece = (old_pos, diff_len as usize);
-            let whole = (old_pos, diff_len, written + produced);
-            while piece.1 > OLD_BATCH {
-                all.ops.push((piece.0, OLD_BATCH, 0));
-                all.whole.push(whole);
-                all.op_no.push(op_no);
-                piece = (piece.0 + OLD_BATCH as u64, piece.1 - OLD_BATCH);
-            }
-            all.ops.push((piece.0, piece.1, extra_len as usize));
-            all.whole.push(whole);
-            all.op_no.push(op_no);
-            op_no += 1;
-            d_at += diff_len as usize;
-            e_at += extra_len as usize;
-            cursor = end;
-            produced += diff_len + extra_len;
-        }
-        if produced != u64::from(b.new_len) || d_at != b.diff_len as usize || e_at != extra.len() {
-            return Err(corrupt("block ops do not cover the block exactly"));
-        }
-        // The block's batches: (pieces, diff bytes).
-        bounds.clear();
-        let mut first = 0;
-        while first < all.ops.len() {
-            let (mut last, mut bytes) = (first, 0);
-            while last < all.ops.len() && bytes + all.ops[last].1 <= OLD_BATCH {
-                bytes += all.ops[last].1;
-                last += 1;
-            }
-            bounds.push((first..last, bytes));
-            first = last;
-        }
-        // Batch k is computed on all threads while, beside it, batch k − 1 is written
-        // and batch k + 1 fetched and its diff decoded (and, beside the first, the next
-        // block decoded): one after the other, they left a core idle for their length.
+        let [d0, d1] = &mut decoded;
+        let [s0, s1] = &mut sides;
+        let ((cur, ahead), (side, side_next)) = match block % 2 {
+            0 => ((&*d0, d1), (&*s0, s1)),
+            _ => ((&*d1, d0), (&*s1, s0)),
+        };
+        let Started {
+            mut runs,
+            next_op,
+            produced,
+        } = started;
         let mut e_at = 0usize;
-        if let Some((pieces, bytes)) = bounds.first() {
-            bufs[0].prepare(old, &all, pieces.clone(), *bytes, &mut runs)?;
-        }
-        for k in 0..bounds.len() {
+        let mut next_decoded = None;
+        let mut next_started = None;
+        let n = side.bounds.len();
+        for k in 0..n {
             if let (Some(p), Some(r)) = (&mut predictor, &mut schedule) {
-                r.load_through(all.op_no[bounds[k].0.end - 1], old, p)?;
+                r.load_through(side.all.op_no[side.bounds[k].0.end - 1], old, p)?;
             }
             let [b0, b1] = &mut bufs;
-            let (this, other) = if k % 2 == 0 { (b0, b1) } else { (b1, b0) };
-            let (all_ref, p) = (&all, predictor.as_ref());
+            let (this, other) = if g % 2 == 0 { (b0, b1) } else { (b1, b0) };
+            let p = predictor.as_ref();
             let (computed, beside) = rayon::join(
-                || this.compute(old, all_ref, p),
-                || -> Result<_, DeltaError> {
-                    if k > 0 && !other.emit(all_ref, extra, &mut e_at, &mut emitter) {
-                        return Ok((false, None));
+                || this.compute(old, &side.all, p),
+                || -> Result<bool, DeltaError> {
+                    if k > 0 && !other.emit(&side.all, &cur.extra, &mut e_at, &mut emitter) {
+                        return Ok(false);
                     }
-                    if let Some((pieces, bytes)) = bounds.get(k + 1) {
-                        other.prepare(old, all_ref, pieces.clone(), *bytes, &mut runs)?;
+                    if let Some((pieces, bytes)) = side.bounds.get(k + 1) {
+                        let diff = (&cur.coded[..], &mut runs);
+                        other.prepare(old, &side.all, pieces.clone(), *bytes, diff)?;
                     }
-                    let decoded = (k == 0).then(|| next.take()).flatten().map(|raw| {
-                        decode_block(&raw, section.as_ref(), block + 1, &mut dec, &mut ahead)
-                    });
-                    Ok((true, decoded))
+                    if let Some(raw) = next.take().filter(|_| k == 0) {
+                        let d = decode_block(&raw, section.as_ref(), block + 1, &mut dec, ahead);
+                        next_decoded = Some(d);
+                    }
+                    if k + 1 == n && matches!(next_decoded, Some(Ok(()))) {
+                        let at = written + produced;
+                        let s = start_block(old, header, ahead, side_next, other, next_op, at);
+                        next_started = Some(s);
+                    }
+                    Ok(true)
                 },
             );
             computed?;
-            let (open, decoded) = beside?;
-            if !open {
+            if !beside? {
                 return Ok(false);
             }
-            if decoded.is_some() {
-                next_decoded = decoded;
-            }
+            g += 1;
             if let (Some(p), Some(r)) = (&mut predictor, &mut schedule) {
-                if let Some(done) = ops_done(&all.op_no, bounds[k].0.end, op_no) {
+                if let Some(done) = ops_done(&side.all.op_no, side.bounds[k].0.end, next_op) {
                     r.drop_through(done, p);
                 }
             }
         }
-        if let Some(k) = bounds.len().checked_sub(1) {
-            if !bufs[k % 2].emit(&all, extra, &mut e_at, &mut emitter) {
-                return Ok(false);
-            }
+        if n > 0 && !bufs[(g - 1) % 2].emit(&side.all, &cur.extra, &mut e_at, &mut emitter) {
+            return Ok(false);
         }
         if let Some(raw) = next.take() {
             next_decoded = Some(decode_block(
@@ -833,16 +899,27 @@ fn produce(
                 section.as_ref(),
                 block + 1,
                 &mut dec,
-                &mut ahead,
+                ahead,
             ));
         }
         written += produced;
         block += 1;
-        // The next block's decoding errors come after this block's.
+        // The next block's errors come after this block's.
         match next_decoded {
             Some(d) => {
                 d?;
-                std::mem::swap(&mut cur, &mut ahead);
+                started = match next_started {
+                    Some(s) => s?,
+                    None => start_block(
+                        old,
+                        header,
+                        ahead,
+                        side_next,
+                        &mut bufs[g % 2],
+                        next_op,
+                        written,
+                    )?,
+                };
             }
             None => break,
         }

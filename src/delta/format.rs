@@ -277,8 +277,7 @@ pub fn encode_zero_runs(d: &[u8]) -> Vec<u8> {
 /// A zero-run coded stream expanded piece by piece, in order (apply holds a batch's diff
 /// bytes, not a block's). `new` checks the whole stream first (every length before it
 /// is used), so reading cannot fail.
-pub struct ZeroRuns<'a> {
-    coded: &'a [u8],
+pub struct ZeroRuns {
     runs_left: u64,
     z_at: usize,
     l_at: usize,
@@ -288,9 +287,10 @@ pub struct ZeroRuns<'a> {
     lits: u64,
 }
 
-impl<'a> ZeroRuns<'a> {
-    /// A stream that must come to exactly `len` bytes.
-    pub fn new(coded: &'a [u8], len: usize) -> Result<ZeroRuns<'a>, FormatError> {
+impl ZeroRuns {
+    /// A stream that must come to exactly `len` bytes. It holds only its position:
+    /// each `read` is given the same `coded`.
+    pub fn new(coded: &[u8], len: usize) -> Result<ZeroRuns, FormatError> {
         let mut at = 0;
         let n = get_varint(coded, &mut at)?;
         if n > coded.len() as u64 {
@@ -306,7 +306,6 @@ impl<'a> ZeroRuns<'a> {
             get_varint(coded, &mut b_at)?;
         }
         let runs = ZeroRuns {
-            coded,
             runs_left: n,
             z_at,
             l_at,
@@ -335,8 +334,8 @@ impl<'a> ZeroRuns<'a> {
     }
 
     /// Fills `out` with the stream's next `out.len()` bytes (zeros past its end, which
-    /// a caller that counts never asks for).
-    pub fn read(&mut self, out: &mut [u8]) {
+    /// a caller that counts never asks for). `coded` is the stream `new` checked.
+    pub fn read(&mut self, coded: &[u8], out: &mut [u8]) {
         let mut at = 0;
         while at < out.len() {
             if self.zeros == 0 && self.lits == 0 {
@@ -345,8 +344,8 @@ impl<'a> ZeroRuns<'a> {
                     return;
                 }
                 self.runs_left -= 1;
-                self.zeros = get_varint(self.coded, &mut self.z_at).unwrap_or(0);
-                self.lits = get_varint(self.coded, &mut self.l_at).unwrap_or(0);
+                self.zeros = get_varint(coded, &mut self.z_at).unwrap_or(0);
+                self.lits = get_varint(coded, &mut self.l_at).unwrap_or(0);
                 continue;
             }
             let z = (self.zeros.min((out.len() - at) as u64)) as usize;
@@ -354,7 +353,7 @@ impl<'a> ZeroRuns<'a> {
             at += z;
             self.zeros -= z as u64;
             let l = (self.lits.min((out.len() - at) as u64)) as usize;
-            out[at..at + l].copy_from_slice(&self.coded[self.b_at..self.b_at + l]);
+            out[at..at + l].copy_from_slice(&coded[self.b_at..self.b_at + l]);
             at += l;
             self.b_at += l;
             self.lits -= l as u64;
@@ -542,7 +541,7 @@ mod tests {
                 let mut runs = ZeroRuns::new(&c, d.len()).unwrap();
                 let mut got = vec![0xaa; d.len()];
                 for p in got.chunks_mut(piece) {
-                    runs.read(p);
+                    runs.read(&c, p);
                 }
                 assert_eq!(got, d, "in pieces of {piece}");
             }
@@ -557,7 +556,7 @@ mod tests {
                     bad[i] = v;
                     if let Ok(mut runs) = ZeroRuns::new(&bad, d.len()) {
                         let mut got = vec![0xaa; d.len()];
-                        runs.read(&mut got);
+                        runs.read(&bad, &mut got);
                         assert_eq!(runs.zeros + runs.lits + runs.runs_left, 0);
                         assert_eq!(runs.b_at, bad.len());
                     }
