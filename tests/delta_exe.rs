@@ -590,28 +590,12 @@ fn predicting_an_op_in_pieces_is_predicting_it_whole() {
             v.copy_from_slice(&old[f as usize..f as usize + 8]);
             Ok(v)
         };
-        p.rewrite(
-            &base[..at],
-            &mut a,
-            op_old,
-            op_old,
-            op_len,
-            op_new,
-            &mut read,
-            None,
-        )
-        .unwrap();
-        p.rewrite(
-            &base[at..],
-            &mut b,
-            cut,
-            op_old,
-            op_len,
-            op_new,
-            &mut read,
-            None,
-        )
-        .unwrap();
+        let mut piece = |from: u64, bytes: &[u8], out: &mut [u8]| {
+            p.rewrite(bytes, out, from, op_old, op_len, op_new, &mut read, None)
+                .unwrap()
+        };
+        piece(op_old, &base[..at], &mut a);
+        piece(cut, &base[at..], &mut b);
         assert_eq!(a, whole[..at], "first piece, cut at {cut:#x}");
         let want: Vec<u8> = (at..base.len())
             .map(|i| whole[i].wrapping_sub(base[i]).wrapping_add(diff[i - at]))
