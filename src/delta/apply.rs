@@ -108,8 +108,8 @@ struct Pieces {
 /// One batch of pieces: the old bytes its ops add their diffs to, fetched in few large
 /// reads in old's order (nearby ops mostly read nearby old ranges, but not in new's
 /// order: one `pread` per op made syscalls a quarter of apply's time on the ruff
-/// pair), and its output. Two exist, so that one batch is fetched and the one before it
-/// written while a third is computed.
+/// pair), and its output. Two exist: while one is computed, the other is written (the
+/// batch before) and then filled again (the batch after).
 #[derive(Default)]
 struct Batch {
     /// Its pieces (indexes into `Pieces`).
