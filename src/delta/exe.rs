@@ -921,6 +921,18 @@ static FIRST_BYTE: std::sync::LazyLock<[u8; 256]> = std::sync::LazyLock::new(|| 
     t
 });
 
+/// `a + b` byte by byte, each byte wrapping on its own (no carry into the next).
+fn bytewise_add(a: u64, b: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    ((a & LOW7) + (b & LOW7)) ^ ((a ^ b) & !LOW7)
+}
+
+/// `a - b` byte by byte, each byte wrapping on its own (no borrow from the next).
+fn bytewise_sub(a: u64, b: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    ((a | !LOW7) - (b & LOW7)) ^ ((a ^ !b) & !LOW7)
+}
+
 /// 0x80 in each byte of `v` that is zero, 0 in the others (exact: no carries cross
 /// bytes).
 fn zero_bytes(v: u64) -> u64 {
@@ -928,8 +940,111 @@ fn zero_bytes(v: u64) -> u64 {
     !(((v & LOW7) + LOW7) | v | LOW7)
 }
 
+/// Where a scanned reference may point, page by page (4 KiB of address space from the
+/// image's lowest address): most candidates the scan finds are false and point outside
+/// every section, and a table lookup rejects them or accepts them without searching the
+/// sections. Pages that a section covers only in part are decided by the search.
+struct TargetPages {
+    lowest: u64,
+    highest: u64,
+    /// Per page: `PAGE_NONE`, `PAGE_DATA`, `PAGE_CODE` or `PAGE_SEARCH`; empty when the
+    /// address space is too large for a table (every candidate is then searched).
+    pages: Vec<u8>,
+}
+
+const PAGE_SHIFT: u32 = 12;
+/// No section holds any address of the page.
+const PAGE_NONE: u8 = 0;
+/// One section without code holds all of the page.
+const PAGE_DATA: u8 = 1;
+/// One code section holds all of the page.
+const PAGE_CODE: u8 = 2;
+/// The page is partly in a section: `Layout::section_at` decides.
+const PAGE_SEARCH: u8 = 3;
+/// At most this many pages (1 GiB of address space, a 256 KiB table).
+const MAX_TARGET_PAGES: u64 = 1 << 18;
+
+impl TargetPages {
+    fn new(layout: &Layout) -> TargetPages {
+        let lowest = layout.sections.first().map_or(0, |s| s.va);
+        let highest = layout
+            .sections
+            .iter()
+            .map(|s| s.va.saturating_add(s.mem_len))
+            .max()
+            .unwrap_or(0);
+        let span = highest.saturating_sub(lowest);
+        let mut pages = Vec::new();
+        if span.div_ceil(1 << PAGE_SHIFT) <= MAX_TARGET_PAGES {
+            pages = vec![PAGE_NONE; span.div_ceil(1 << PAGE_SHIFT) as usize];
+            for s in layout.sections.iter().filter(|s| s.mem_len > 0) {
+                let (from, to) = (s.va - lowest, s.va - lowest + s.mem_len);
+                let (first, last) = (from >> PAGE_SHIFT, (to - 1) >> PAGE_SHIFT);
+                for page in first..=last {
+                    let (p_from, p_to) = (page << PAGE_SHIFT, (page + 1) << PAGE_SHIFT);
+                    let whole = from <= p_from && p_to <= to;
+                    // A page two sections touch is searched (a layout's sections do
+                    // not overlap, so that is a page neither covers whole).
+                    let class = &mut pages[page as usize];
+                    *class = match (whole && *class == PAGE_NONE, s.exec) {
+                        (true, true) => PAGE_CODE,
+                        (true, false) => PAGE_DATA,
+                        (false, _) => PAGE_SEARCH,
+                    };
+                }
+            }
+        }
+        TargetPages {
+            lowest,
+            highest,
+            pages,
+        }
+    }
+
+    /// Whether address `t` is in a section of `layout` (the layout the table was made
+    /// from), and in code when `code` asks for it.
+    #[inline]
+    fn takes(&self, layout: &Layout, t: u64, code: bool) -> bool {
+        if t < self.lowest || t >= self.highest {
+            return false;
+        }
+        let class = match self.pages.get(((t - self.lowest) >> PAGE_SHIFT) as usize) {
+            Some(&c) => c,
+            None => PAGE_SEARCH,
+        };
+        match class {
+            PAGE_NONE => false,
+            PAGE_DATA => !code,
+            PAGE_CODE => true,
+            _ => layout.section_at(t).is_some_and(|s| s.exec || !code),
+        }
+    }
+}
+
+/// Positions the code scan tries at once (`block_starts`).
+const BLOCK: usize = 64;
+
+/// Bit k set when position k of `b` (`BLOCK` positions and the byte after them) may
+/// start a candidate: E8, E9 or 0F there, or a RIP-relative ModRM byte after it
+/// (`modrm & 0xC7 == 0x05`). Every candidate's position is flagged; `candidate` decides.
+#[inline]
+fn block_starts(b: &[u8]) -> u64 {
+    let word = |k: usize| u64::from_le_bytes(b[k..k + 8].try_into().unwrap_or_default());
+    let mut flags = 0u64;
+    for w in 0..BLOCK / 8 {
+        let (x, next) = (word(8 * w), word(8 * w + 1));
+        let maybe = zero_bytes((x & 0xfefe_fefe_fefe_fefe) ^ 0xe8e8_e8e8_e8e8_e8e8)
+            | zero_bytes(x ^ 0x0f0f_0f0f_0f0f_0f0f)
+            | zero_bytes((next & 0xc7c7_c7c7_c7c7_c7c7) ^ 0x0505_0505_0505_0505);
+        // Each flagged byte's top bit, gathered into one bit per byte in order.
+        flags |= ((maybe >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * w);
+    }
+    flags
+}
+
 /// A candidate at `i` in `code` (a code section's bytes): (field start, imm length,
 /// whether the target must be code).
+#[inline]
 fn candidate(code: &[u8], i: usize) -> Option<(usize, u8, bool)> {
     let b0 = code[i];
     let b1 = *code.get(i + 1)?;
@@ -978,14 +1093,7 @@ fn scan_code_in<R: ReadAt + ?Sized>(
     let mut code: Vec<&Section> = layout.sections.iter().filter(|s| s.exec).collect();
     code.sort_by_key(|s| s.off);
     let mut done_to = 0u64; // sections sharing file bytes are scanned once
-                            // Most false candidates point outside the image: rejected before the search.
-    let lowest = layout.sections.first().map_or(0, |s| s.va);
-    let highest = layout
-        .sections
-        .iter()
-        .map(|s| s.va + s.mem_len)
-        .max()
-        .unwrap_or(0);
+    let targets = TargetPages::new(layout);
     for s in code {
         let start = s.off.max(done_to);
         let end = s.off + s.file_len;
@@ -1006,45 +1114,20 @@ fn scan_code_in<R: ReadAt + ?Sized>(
             let scan_to = if at + n as u64 == end { n } else { piece };
             let mut i = (next - at) as usize;
             let first = &*FIRST_BYTE;
-            while i < scan_to {
-                // Eight positions at a time: a candidate starts with E8, E9 or 0F, or
-                // is followed by a RIP-relative ModRM byte; skip to the first position
-                // that is either (the checks below then decide as before).
-                if i + 8 <= scan_to && i + 9 <= chunk.len() {
-                    let word = |k: usize| {
-                        u64::from_le_bytes(chunk[k..k + 8].try_into().unwrap_or_default())
-                    };
-                    let (w, next_w) = (word(i), word(i + 1));
-                    let maybe = zero_bytes((w & 0xfefe_fefe_fefe_fefe) ^ 0xe8e8_e8e8_e8e8_e8e8)
-                        | zero_bytes(w ^ 0x0f0f_0f0f_0f0f_0f0f)
-                        | zero_bytes((next_w & 0xc7c7_c7c7_c7c7_c7c7) ^ 0x0505_0505_0505_0505);
-                    if maybe == 0 {
-                        i += 8;
-                        continue;
-                    }
-                    i += (maybe.trailing_zeros() / 8) as usize;
-                }
+            // The reference whose instruction starts at `i`, if one does: recorded, and
+            // the end of its instruction returned.
+            let mut take = |i: usize| -> Option<usize> {
                 // Most bytes start no candidate: decided by the table and, for ModRM
                 // opcodes, the next byte (a candidate's ModRM is RIP-relative).
                 match first[usize::from(chunk[i])] {
-                    0 => {
-                        i += 1;
-                        continue;
-                    }
-                    1 if chunk.get(i + 1).is_none_or(|&m| m & 0xc7 != 0x05) => {
-                        i += 1;
-                        continue;
-                    }
+                    0 => return None,
+                    1 if chunk.get(i + 1).is_none_or(|&m| m & 0xc7 != 0x05) => return None,
                     _ => {}
                 }
-                let Some((field, imm, branch)) = candidate(chunk, i) else {
-                    i += 1;
-                    continue;
-                };
+                let (field, imm, branch) = candidate(chunk, i)?;
                 let after = field + 4 + usize::from(imm);
                 if after > chunk.len() {
-                    i += 1;
-                    continue;
+                    return None;
                 }
                 let disp = i32::from_le_bytes([
                     chunk[field],
@@ -1055,12 +1138,9 @@ fn scan_code_in<R: ReadAt + ?Sized>(
                 let anchor_va = s.va + (at + after as u64 - s.off);
                 let hit = anchor_va
                     .checked_add_signed(i64::from(disp))
-                    .filter(|&t| t >= lowest && t < highest)
-                    .and_then(|t| layout.section_at(t))
-                    .is_some_and(|t| t.exec || !branch);
+                    .is_some_and(|t| targets.takes(layout, t, branch));
                 if !hit {
-                    i += 1;
-                    continue;
+                    return None;
                 }
                 refs.push(at + field as u64, imm);
                 if let Some((from, h)) = hits {
@@ -1068,7 +1148,30 @@ fn scan_code_in<R: ReadAt + ?Sized>(
                         h.push((at + i as u64, at + after as u64));
                     }
                 }
-                i = after;
+                Some(after)
+            };
+            while i < scan_to {
+                // 64 positions at a time: only those `block_starts` flags can start a
+                // reference, and a reference found skips the positions its instruction
+                // covers (the same positions are tried as one by one).
+                if i + BLOCK <= scan_to && i + BLOCK < chunk.len() {
+                    let base = i;
+                    let mut flags = block_starts(&chunk[base..=base + BLOCK]);
+                    i += BLOCK;
+                    while flags != 0 {
+                        let at_flag = base + flags.trailing_zeros() as usize;
+                        match take(at_flag) {
+                            Some(after) if after >= base + BLOCK => {
+                                i = after;
+                                break;
+                            }
+                            Some(after) => flags &= !0u64 << (after - base),
+                            None => flags &= flags - 1,
+                        }
+                    }
+                    continue;
+                }
+                i = take(i).unwrap_or(i + 1);
             }
             next = at + i as u64;
             at += scan_to as u64;
@@ -2056,16 +2159,22 @@ impl Predictor {
             if field + w > op_old + op_len || field + w <= base_old {
                 continue;
             }
-            let mut old_bytes = [0u8; 8];
-            if field >= base_old && field + w <= base_end {
-                let at = (field - base_old) as usize;
-                old_bytes[..w as usize].copy_from_slice(&base[at..at + w as usize]);
-            } else {
-                old_bytes = old_field(field)?;
-                old_bytes[w as usize..].fill(0);
-            }
+            // The field's old value, its bytes past its width zero.
+            let mask = u64::MAX >> (64 - 8 * w);
+            let inside =
+                (field >= base_old && field + w <= base_end).then(|| (field - base_old) as usize);
+            let value = match inside {
+                Some(at) => match base.get(at..at + 8) {
+                    Some(b) => u64::from_le_bytes(b.try_into().unwrap_or_default()) & mask,
+                    None => {
+                        let mut b = [0u8; 8];
+                        b[..w as usize].copy_from_slice(&base[at..at + w as usize]);
+                        u64::from_le_bytes(b)
+                    }
+                },
+                None => u64::from_le_bytes(old_field(field)?) & mask,
+            };
             let new_field = op_new + (field - op_old);
-            let value = u64::from_le_bytes(old_bytes);
             let v = match parts {
                 Some((old, new)) => {
                     self.predict_in(old, new, field, kind, value, new_field, &mut near)
@@ -2075,11 +2184,21 @@ impl Predictor {
             let Some(v) = v else {
                 continue;
             };
-            for (k, byte) in v.to_le_bytes().into_iter().take(w as usize).enumerate() {
-                let pos = field + k as u64;
-                if pos >= base_old && pos < base_end {
-                    let at = (pos - base_old) as usize;
-                    out[at] = out[at].wrapping_add(byte.wrapping_sub(old_bytes[k]));
+            // Each byte of the field gets the prediction's byte minus old's added.
+            let diff = bytewise_sub(v, value) & mask;
+            match inside.and_then(|at| out.get_mut(at..at + 8)) {
+                Some(o) => {
+                    let cur = u64::from_le_bytes((&*o).try_into().unwrap_or_default());
+                    o.copy_from_slice(&bytewise_add(cur, diff).to_le_bytes());
+                }
+                None => {
+                    for k in 0..w {
+                        let pos = field + k;
+                        if pos >= base_old && pos < base_end {
+                            let at = (pos - base_old) as usize;
+                            out[at] = out[at].wrapping_add((diff >> (8 * k)) as u8);
+                        }
+                    }
                 }
             }
             let class = 2 * usize::from(kind >= CODE_KINDS);
@@ -2350,6 +2469,148 @@ mod tests {
             assert_eq!(p.map.map_near(off, &mut span), p.map.map(off), "{off:#x}");
         }
         assert!(found > 5_000, "{found} targets found");
+    }
+
+    /// A layout whose sections start and end inside pages, with gaps, code and data,
+    /// an empty section, and a page shared by code and data.
+    fn uneven_layout() -> Layout {
+        let section = |off, file_len, va, mem_len, exec| Section {
+            off,
+            file_len,
+            va,
+            mem_len,
+            exec,
+        };
+        Layout::new(
+            vec![
+                section(0x0, 0x2345, 0x40_1100, 0x2345, true),
+                section(0x2345, 0x0, 0x40_3500, 0x0, false),
+                section(0x2400, 0x1800, 0x40_3800, 0x1800, false),
+                section(0x3c00, 0x3000, 0x40_5000, 0x3000, true),
+                section(0x6c00, 0x400, 0x40_8000, 0x6100, false),
+                section(0x7000, 0x1000, 0x40_e130, 0x1000, true),
+            ],
+            0x40_0000,
+        )
+        .expect("layout")
+    }
+
+    #[test]
+    fn target_pages_decide_as_the_section_search_does() {
+        let l = uneven_layout();
+        let pages = TargetPages::new(&l);
+        assert!(!pages.pages.is_empty());
+        let (mut code, mut data) = (0, 0);
+        for t in 0x40_0000..0x41_0000u64 {
+            for want_code in [false, true] {
+                let want = l.section_at(t).is_some_and(|s| s.exec || !want_code);
+                assert_eq!(pages.takes(&l, t, want_code), want, "{t:#x} {want_code}");
+                code += usize::from(want && want_code);
+                data += usize::from(want && !want_code);
+            }
+        }
+        assert!(code > 0x5000 && data > code, "{code} {data}");
+        // Too large an address space for a table: every address is searched.
+        let mut far = l.clone();
+        far.sections.last_mut().expect("a section").va = 0x40_0000 + (1 << 40);
+        let pages = TargetPages::new(&far);
+        assert!(pages.pages.is_empty());
+        assert!(pages.takes(&far, 0x40_1100, true));
+        assert!(!pages.takes(&far, 0x40_3600, false));
+        assert!(pages.takes(&far, 0x40_0000 + (1 << 40), true));
+    }
+
+    #[test]
+    fn scanning_by_blocks_finds_what_a_byte_by_byte_scan_finds() {
+        let l = uneven_layout();
+        let size = 0x8000usize;
+        let mut next = rng(13);
+        let (mut found, mut skipped) = (0, 0);
+        for round in 0..12 {
+            // Bytes rich in candidates: calls, jumps, jcc, RIP-relative ModRM operands,
+            // with displacements that land in code, in data and outside.
+            let mut file = vec![0u8; size];
+            for b in file.iter_mut() {
+                // Zeros and 0xFF make displacements small enough to land in the image.
+                *b = match next(20) {
+                    0..=5 => 0,
+                    6..=8 => 0xff,
+                    9 => 0xe8,
+                    10 => 0x0f,
+                    11 => 0x05,
+                    12 => 0x8b,
+                    13 => 0x80 + next(16) as u8,
+                    _ => next(256) as u8,
+                };
+            }
+            // A byte-by-byte scan: the first candidate at each position whose target
+            // is in a section (in code, for a branch), then on after its instruction.
+            let mut want = Refs::default();
+            let mut code: Vec<&Section> = l.sections.iter().filter(|s| s.exec).collect();
+            code.sort_by_key(|s| s.off);
+            for s in code {
+                let bytes = &file[s.off as usize..(s.off + s.file_len) as usize];
+                let mut i = 0;
+                while i < bytes.len() {
+                    let hit = candidate(bytes, i).and_then(|(field, imm, branch)| {
+                        let after = field + 4 + usize::from(imm);
+                        let disp =
+                            i32::from_le_bytes(bytes.get(field..field + 4)?.try_into().ok()?);
+                        (after <= bytes.len()).then_some(())?;
+                        let t = (s.va + after as u64).checked_add_signed(i64::from(disp))?;
+                        let ok = l.section_at(t).is_some_and(|t| t.exec || !branch);
+                        ok.then_some((field, imm, after))
+                    });
+                    match hit {
+                        Some((field, imm, after)) => {
+                            want.push(s.off + field as u64, imm);
+                            skipped += after - i - 1;
+                            i = after;
+                        }
+                        None => i += 1,
+                    }
+                }
+            }
+            // Pieces from smaller than a block to the whole section.
+            let piece = [17, 64, 100, 1000, 4096, 1 << 16][round % 6];
+            let mut got = Refs::default();
+            scan_code(&file[..], &l, &mut got, piece).expect("scan");
+            assert_eq!(got, want, "round {round} piece {piece}");
+            found += want.fields.len();
+        }
+        assert!(found > 1_000 && skipped > 5_000, "{found} {skipped}");
+    }
+
+    #[test]
+    fn bytewise_arithmetic_wraps_each_byte_alone() {
+        let mut next = rng(17);
+        let edge = [0u8, 1, 0x7f, 0x80, 0xfe, 0xff];
+        for _ in 0..100_000 {
+            let mut word = || {
+                let mut b = [0u8; 8];
+                for x in &mut b {
+                    *x = match next(3) {
+                        0 => edge[next(6) as usize],
+                        _ => next(256) as u8,
+                    };
+                }
+                b
+            };
+            let (a, b) = (word(), word());
+            let (x, y) = (u64::from_le_bytes(a), u64::from_le_bytes(b));
+            let add: Vec<u8> = a.iter().zip(&b).map(|(p, q)| p.wrapping_add(*q)).collect();
+            let sub: Vec<u8> = a.iter().zip(&b).map(|(p, q)| p.wrapping_sub(*q)).collect();
+            assert_eq!(
+                bytewise_add(x, y).to_le_bytes().to_vec(),
+                add,
+                "{x:#x} + {y:#x}"
+            );
+            assert_eq!(
+                bytewise_sub(x, y).to_le_bytes().to_vec(),
+                sub,
+                "{x:#x} - {y:#x}"
+            );
+        }
     }
 
     #[test]
