@@ -49,6 +49,16 @@ if [ -z "${UE:-}" ]; then
   UE="$CARGO_TARGET_DIR/release/update-edge"
 fi
 OUT=$(mktemp -d)
+# Patches are applied with update-edge-device, the binary devices run, built as it
+# ships: without the node's storage engine (`--no-default-features`), so a run pays its
+# ~2 ms start, not the node binary's ~6 ms of RocksDB loading. UE_DEVICE=path applies
+# with that binary instead (the node binary, for one: `UE_DEVICE=$UE`).
+if [ -z "${UE_DEVICE:-}" ]; then
+  cargo build --release --no-default-features --bin update-edge-device >&2
+  # A copy: a later default build relinks the one in the target dir with RocksDB.
+  UE_DEVICE="$OUT/update-edge-device"
+  cp "$CARGO_TARGET_DIR/release/update-edge-device" "$UE_DEVICE"
+fi
 # Every tool's apply writes to memory (tmpfs) when the machine has one: the apply
 # figures are then the tools', not the disk's. update-edge syncs its output to disk
 # before renaming it into place (the other tools do not), which on this machine's disk
@@ -78,7 +88,7 @@ row() { # tool pair patchfile apply_cmd...
   # update-edge's own apply: the median-wall run of REPEAT (each a fresh process, its
   # previous output removed first) and the largest peak RSS; the anchors once.
   local runs=() maxrss=0 i n=1
-  [ "$1" = "$UE" ] && n=$REPEAT
+  [ "$1" = "$UE_DEVICE" ] && n=$REPEAT
   for i in $(seq "$n"); do
     rm -f "$APPLIED"
     measure "$@"
@@ -107,10 +117,10 @@ run_pair() {
   done
   read -r wall cpu < <(printf '%s\n' "${runs[@]}" | sort -n | sed -n "$(( (REPEAT + 1) / 2 ))p")
   rss_mib=$maxrss
-  row "update-edge" "$pair" "$OUT/ue.patch" "$UE" delta apply "$old" "$OUT/ue.patch" -o "$APPLIED"
+  row "update-edge" "$pair" "$OUT/ue.patch" "$UE_DEVICE" delta apply "$old" "$OUT/ue.patch" -o "$APPLIED"
   [ "$anchors" = 1 ] || return 0
   measure "$UE" delta diff "$old" "$new" -o "$OUT/uent.patch" --memory-limit "$limit" --no-transform
-  row "update-edge --no-transform" "$pair" "$OUT/uent.patch" "$UE" delta apply "$old" "$OUT/uent.patch" -o "$APPLIED"
+  row "update-edge --no-transform" "$pair" "$OUT/uent.patch" "$UE_DEVICE" delta apply "$old" "$OUT/uent.patch" -o "$APPLIED"
   measure "$UE" delta diff "$old" "$new" -o "$OUT/ue40.patch" --memory-limit "$limit" --format bsdiff40
   row "update-edge --format bsdiff40 (stock bspatch)" "$pair" "$OUT/ue40.patch" bspatch "$old" "$APPLIED" "$OUT/ue40.patch"
   if [ -n "${BSDIFF_FROM:-}" ] && [ -s "$BSDIFF_FROM/$pair.bsdiff" ] && [ -s "$BSDIFF_FROM/$pair.bsdiff.time" ]; then

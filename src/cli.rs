@@ -18,6 +18,18 @@ pub const EXIT_PROBLEM: u8 = 1;
 /// Exit status: bad usage or input (also what clap uses for bad arguments).
 pub const EXIT_USAGE: u8 = 2;
 
+/// The process exit status of a command's result: its own status, or `EXIT_USAGE`
+/// with the error (and its causes) on stderr.
+pub fn exit_code(result: anyhow::Result<u8>) -> std::process::ExitCode {
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
 /// A byte-count progress bar on stderr; invisible when stderr is not a terminal.
 pub fn progress_bar(total: Option<u64>, what: &str) -> ProgressBar {
     let pb = match total {

@@ -110,7 +110,7 @@ enum Command {
     /// Reference device client.
     Device {
         #[command(subcommand)]
-        command: DeviceCommand,
+        command: cli::device::DeviceCommand,
     },
     /// Delete blobs and chunks that no build or delta references (offline).
     Gc {
@@ -312,46 +312,6 @@ enum KeysCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum DeviceCommand {
-    /// Check for an update, download it verified and resumable, write --out atomically.
-    Update {
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        product: String,
-        #[arg(long)]
-        device_id: String,
-        #[arg(long)]
-        version: String,
-        #[arg(long)]
-        ring: Option<String>,
-        /// The installed build (needed to use a delta).
-        #[arg(long)]
-        current: Option<PathBuf>,
-        #[arg(long)]
-        out: PathBuf,
-        /// The repository's root.json the device ships with (its root of trust).
-        #[arg(long)]
-        root: PathBuf,
-        /// Device state: newest verified metadata, highest version installed.
-        #[arg(long)]
-        state: PathBuf,
-        /// Throttle downloads to this many bytes per second (simulate a slow link).
-        #[arg(long, default_value_t = 0)]
-        max_rate: u64,
-        /// Keep retrying a failing request for this many seconds.
-        #[arg(long, default_value_t = 300)]
-        retry_secs: u64,
-        /// Trust this PEM CA certificate (bundle) for an https server, beside the
-        /// system's roots.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Format {
     Native,
@@ -399,17 +359,8 @@ enum DeltaCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Apply PATCH to OLD, writing NEW atomically (nothing is left on failure).
-    Apply {
-        old: PathBuf,
-        patch: PathBuf,
-        #[arg(short = 'o', long = "output")]
-        out: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print a patch's header.
-    Info { patch: PathBuf },
+    #[command(flatten)]
+    Apply(cli::delta::ApplyCommand),
 }
 
 fn main() -> ExitCode {
@@ -467,47 +418,9 @@ fn main() -> ExitCode {
                         json,
                     })
                 }),
-            DeltaCommand::Apply {
-                old,
-                patch,
-                out,
-                json,
-            } => cli::delta::apply(&old, &patch, &out, json),
-            DeltaCommand::Info { patch } => cli::delta::info(&patch),
+            DeltaCommand::Apply(command) => command.run(),
         },
-        Command::Device { command } => match command {
-            DeviceCommand::Update {
-                server,
-                product,
-                device_id,
-                version,
-                ring,
-                current,
-                out,
-                root,
-                state,
-                max_rate,
-                retry_secs,
-                ca,
-                json,
-            } => cli::device::update(
-                update_edge::client::UpdateArgs {
-                    server,
-                    product,
-                    device_id,
-                    version,
-                    ring,
-                    current,
-                    out,
-                    root,
-                    state,
-                    max_rate,
-                    retry_for: std::time::Duration::from_secs(retry_secs),
-                    ca,
-                },
-                json,
-            ),
-        },
+        Command::Device { command } => command.run(),
         Command::Health {
             config,
             url,
@@ -664,11 +577,5 @@ fn main() -> ExitCode {
             }
         },
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(cli::EXIT_USAGE)
-        }
-    }
+    cli::exit_code(result)
 }

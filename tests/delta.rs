@@ -322,47 +322,53 @@ fn cli_apply_of_a_bad_patch_exits_1_and_leaves_no_output() {
         .output()
         .unwrap();
     assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
-    let info = Command::new(bin)
-        .args(["delta", "info"])
-        .arg(&pp)
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&info.stdout).contains(&blake3::hash(&new).to_hex().to_string())
-    );
-    let a = Command::new(bin)
-        .args(["delta", "apply"])
-        .arg(&po)
-        .arg(&pp)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(a.status.success());
-    assert_eq!(std::fs::read(&out).unwrap(), new);
-    std::fs::remove_file(&out).unwrap();
     let mut bad = std::fs::read(&pp).unwrap();
     let mid = bad.len() / 2;
     bad[mid] ^= 0xff;
-    std::fs::write(&pp, &bad).unwrap();
-    let a = Command::new(bin)
-        .args(["delta", "apply"])
-        .arg(&po)
-        .arg(&pp)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert_eq!(
-        a.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&a.stderr)
-    );
-    assert!(!out.exists());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(leftovers.len(), 3, "{leftovers:?}");
+    let pb = dir.path().join("bad");
+    std::fs::write(&pb, &bad).unwrap();
+    // The node's `delta` and the device binary's apply alike.
+    for bin in [bin, env!("CARGO_BIN_EXE_update-edge-device")] {
+        let info = Command::new(bin)
+            .args(["delta", "info"])
+            .arg(&pp)
+            .output()
+            .unwrap();
+        let hex = blake3::hash(&new).to_hex().to_string();
+        assert!(
+            String::from_utf8_lossy(&info.stdout).contains(&hex),
+            "{bin}"
+        );
+        let a = Command::new(bin)
+            .args(["delta", "apply"])
+            .arg(&po)
+            .arg(&pp)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(a.status.success(), "{bin}");
+        assert_eq!(std::fs::read(&out).unwrap(), new);
+        std::fs::remove_file(&out).unwrap();
+        let a = Command::new(bin)
+            .args(["delta", "apply"])
+            .arg(&po)
+            .arg(&pb)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(
+            a.status.code(),
+            Some(1),
+            "{bin}: {}",
+            String::from_utf8_lossy(&a.stderr)
+        );
+        assert!(!out.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 4, "{bin}: {leftovers:?}");
+    }
 }

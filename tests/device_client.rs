@@ -231,20 +231,81 @@ async fn corrupted_payload_bytes_are_refetched_or_rejected_never_written() {
     node.stop().await;
 }
 
+/// The device binary (`update-edge-device update`) with `args`' settings.
+fn device_binary_update(a: &UpdateArgs) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_update-edge-device"))
+        .args(["update", "--server", &a.server, "--product", &a.product])
+        .args(["--device-id", &a.device_id, "--version", &a.version])
+        .arg("--root")
+        .arg(&a.root)
+        .arg("--state")
+        .arg(&a.state)
+        .arg("--out")
+        .arg(&a.out)
+        .args(["--retry-secs", &a.retry_for.as_secs().to_string()])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_binary_updates_byte_exact_then_finds_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let node = spawn_serve(&config, &dir.path().join("data")).await;
+    let url = format!("http://{}", node.addr);
+    let v2 = seed(&url).await;
+    let out = dir.path().join("d.img");
+    let mut a = args(&url, out.clone(), 0, 10);
+    let run = tokio::task::spawn_blocking({
+        let a = args(&url, out.clone(), 0, 10);
+        move || device_binary_update(&a)
+    });
+    let st = run.await.unwrap();
+    assert_eq!(
+        st.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(String::from_utf8_lossy(&st.stdout).contains("updated to 1.0.2"));
+    assert!(
+        std::fs::read(&out).unwrap() == v2,
+        "the update's bytes differ"
+    );
+    // Now on 1.0.2: nothing to do (exit 3), and the output is left as it was.
+    a.version = "1.0.2".into();
+    let st = tokio::task::spawn_blocking(move || device_binary_update(&a))
+        .await
+        .unwrap();
+    assert_eq!(
+        st.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(std::fs::read(&out).unwrap() == v2);
+    drop(node);
+}
+
 #[test]
 fn cli_device_update_exit_codes() {
-    // No server at all: exit 2 after giving up; nothing written.
+    // No server at all: exit 2 after giving up; nothing written. Both binaries.
+    for (bin, device) in [
+        (env!("CARGO_BIN_EXE_update-edge"), &["device"][..]),
+        (env!("CARGO_BIN_EXE_update-edge-device"), &[][..]),
+    ] {
+        cli_device_update_without_a_server(bin, device);
+    }
+}
+
+fn cli_device_update_without_a_server(bin: &str, device: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.img");
     init_keys(&dir.path().join("keys"), &dir.path().join("root-keys"));
     let (_held, port) = refused_port();
-    let st = Command::new(env!("CARGO_BIN_EXE_update-edge"))
-        .args([
-            "device",
-            "update",
-            "--server",
-            &format!("http://127.0.0.1:{port}"),
-        ])
+    let st = Command::new(bin)
+        .args(device)
+        .args(["update", "--server", &format!("http://127.0.0.1:{port}")])
         .arg("--root")
         .arg(dir.path().join("keys/root/1.root.json"))
         .arg("--state")

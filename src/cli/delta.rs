@@ -120,6 +120,38 @@ pub fn diff(a: DiffArgs<'_>) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// The delta commands a device needs, in `update-edge delta` and in
+/// `update-edge-device delta`.
+#[derive(clap::Subcommand)]
+pub enum ApplyCommand {
+    /// Apply PATCH to OLD, writing NEW atomically (nothing is left on failure).
+    Apply {
+        old: PathBuf,
+        patch: PathBuf,
+        #[arg(short = 'o', long = "output")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a patch's header.
+    Info { patch: PathBuf },
+}
+
+impl ApplyCommand {
+    /// Runs the command; the exit status.
+    pub fn run(self) -> anyhow::Result<u8> {
+        match self {
+            ApplyCommand::Apply {
+                old,
+                patch,
+                out,
+                json,
+            } => apply(&old, &patch, &out, json),
+            ApplyCommand::Info { patch } => info(&patch),
+        }
+    }
+}
+
 pub fn apply(old: &Path, patch: &Path, out: &Path, json: bool) -> anyhow::Result<u8> {
     let old = FileAt::open(old)?;
     let mut p = BufReader::with_capacity(

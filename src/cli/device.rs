@@ -4,8 +4,90 @@
 //! answer or the download failed verification (nothing written to `--out`); 2 usage,
 //! I/O or network error (gave up retrying).
 
+use std::path::PathBuf;
+
 use super::{EXIT_OK, EXIT_PROBLEM};
 use crate::client::{self, ClientError, UpdateArgs};
+
+/// The device commands, in `update-edge device` and in `update-edge-device`.
+#[derive(clap::Subcommand)]
+pub enum DeviceCommand {
+    /// Check for an update, download it verified and resumable, write --out atomically.
+    Update {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        product: String,
+        #[arg(long)]
+        device_id: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        ring: Option<String>,
+        /// The installed build (needed to use a delta).
+        #[arg(long)]
+        current: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// The repository's root.json the device ships with (its root of trust).
+        #[arg(long)]
+        root: PathBuf,
+        /// Device state: newest verified metadata, highest version installed.
+        #[arg(long)]
+        state: PathBuf,
+        /// Throttle downloads to this many bytes per second (simulate a slow link).
+        #[arg(long, default_value_t = 0)]
+        max_rate: u64,
+        /// Keep retrying a failing request for this many seconds.
+        #[arg(long, default_value_t = 300)]
+        retry_secs: u64,
+        /// Trust this PEM CA certificate (bundle) for an https server, beside the
+        /// system's roots.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl DeviceCommand {
+    /// Runs the command; the exit status (see the module's doc).
+    pub fn run(self) -> anyhow::Result<u8> {
+        match self {
+            DeviceCommand::Update {
+                server,
+                product,
+                device_id,
+                version,
+                ring,
+                current,
+                out,
+                root,
+                state,
+                max_rate,
+                retry_secs,
+                ca,
+                json,
+            } => update(
+                UpdateArgs {
+                    server,
+                    product,
+                    device_id,
+                    version,
+                    ring,
+                    current,
+                    out,
+                    root,
+                    state,
+                    max_rate,
+                    retry_for: std::time::Duration::from_secs(retry_secs),
+                    ca,
+                },
+                json,
+            ),
+        }
+    }
+}
 
 /// Exit status: the server offered no update.
 pub const EXIT_NO_UPDATE: u8 = 3;
