@@ -277,12 +277,7 @@ async fn the_device_binary_updates_byte_exact_then_finds_no_update() {
     let st = tokio::task::spawn_blocking(move || device_binary_update(&a))
         .await
         .unwrap();
-    assert_eq!(
-        st.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    assert_exit(&st, 3);
     assert!(std::fs::read(&out).unwrap() == v2);
     drop(node);
 }
@@ -324,11 +319,6 @@ fn cli_device_update_without_a_server(bin: &str, device: &[&str]) {
         .arg(&out)
         .output()
         .unwrap();
-    assert_eq!(
-        st.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    assert_exit(&st, 2);
     assert!(!out.exists());
 }

@@ -14,74 +14,67 @@ use crate::client::{self, ClientError, UpdateArgs};
 pub enum DeviceCommand {
     /// Check for an update, download it verified and resumable, write --out atomically.
     Update {
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        product: String,
-        #[arg(long)]
-        device_id: String,
-        #[arg(long)]
-        version: String,
-        #[arg(long)]
-        ring: Option<String>,
-        /// The installed build (needed to use a delta).
-        #[arg(long)]
-        current: Option<PathBuf>,
-        #[arg(long)]
-        out: PathBuf,
-        /// The repository's root.json the device ships with (its root of trust).
-        #[arg(long)]
-        root: PathBuf,
-        /// Device state: newest verified metadata, highest version installed.
-        #[arg(long)]
-        state: PathBuf,
-        /// Throttle downloads to this many bytes per second (simulate a slow link).
-        #[arg(long, default_value_t = 0)]
-        max_rate: u64,
-        /// Keep retrying a failing request for this many seconds.
-        #[arg(long, default_value_t = 300)]
-        retry_secs: u64,
-        /// Trust this PEM CA certificate (bundle) for an https server, beside the
-        /// system's roots.
-        #[arg(long)]
-        ca: Option<PathBuf>,
+        #[command(flatten)]
+        args: UpdateCli,
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `update`'s arguments.
+#[derive(clap::Args)]
+pub struct UpdateCli {
+    #[arg(long)]
+    server: String,
+    #[arg(long)]
+    product: String,
+    #[arg(long)]
+    device_id: String,
+    #[arg(long)]
+    version: String,
+    #[arg(long)]
+    ring: Option<String>,
+    /// The installed build (needed to use a delta).
+    #[arg(long)]
+    current: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    /// The repository's root.json the device ships with (its root of trust).
+    #[arg(long)]
+    root: PathBuf,
+    /// Device state: newest verified metadata, highest version installed.
+    #[arg(long)]
+    state: PathBuf,
+    /// Throttle downloads to this many bytes per second (simulate a slow link).
+    #[arg(long, default_value_t = 0)]
+    max_rate: u64,
+    /// Keep retrying a failing request for this many seconds.
+    #[arg(long, default_value_t = 300)]
+    retry_secs: u64,
+    /// Trust this PEM CA certificate (bundle) for an https server, beside the
+    /// system's roots.
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 impl DeviceCommand {
     /// Runs the command; the exit status (see the module's doc).
     pub fn run(self) -> anyhow::Result<u8> {
         match self {
-            DeviceCommand::Update {
-                server,
-                product,
-                device_id,
-                version,
-                ring,
-                current,
-                out,
-                root,
-                state,
-                max_rate,
-                retry_secs,
-                ca,
-                json,
-            } => update(
+            DeviceCommand::Update { args: a, json } => update(
                 UpdateArgs {
-                    server,
-                    product,
-                    device_id,
-                    version,
-                    ring,
-                    current,
-                    out,
-                    root,
-                    state,
-                    max_rate,
-                    retry_for: std::time::Duration::from_secs(retry_secs),
-                    ca,
+                    server: a.server,
+                    product: a.product,
+                    device_id: a.device_id,
+                    version: a.version,
+                    ring: a.ring,
+                    current: a.current,
+                    out: a.out,
+                    root: a.root,
+                    state: a.state,
+                    max_rate: a.max_rate,
+                    retry_for: std::time::Duration::from_secs(a.retry_secs),
+                    ca: a.ca,
                 },
                 json,
             ),
