@@ -1927,8 +1927,10 @@ fn run_va(run: Option<Run>, off: u64) -> Option<u64> {
 /// (each checked to hold its target, so the answer is the search's).
 #[derive(Debug, Default, Clone, Copy)]
 struct Near {
-    /// (old executable's start, the section), for targets in a section's file bytes.
-    old_section: Option<(u64, Section)>,
+    /// (old executable's start, the section), for targets in a section's file bytes:
+    /// the last code section and the last other one (references alternate between
+    /// calls into code and loads of data; one slot missed on most of them).
+    old_section: [Option<(u64, Section)>; 2],
     span: usize,
     new_part: usize,
     new_run: Option<Run>,
@@ -1958,12 +1960,14 @@ impl Predictor {
     /// for zero-filled space (`.bss`), by its section in `new` (the executable the
     /// reference lands in) when both have as many sections.
     fn new_target(&self, old: &Layout, target: u64, new: &Layout, near: &mut Near) -> Option<u64> {
-        let off = match near.old_section {
-            Some((start, s)) if start == old.start && target.wrapping_sub(s.va) < s.file_len => {
-                Some(s.off + (target - s.va))
-            }
-            _ => old.section_at(target).and_then(|s| {
-                near.old_section = Some((old.start, *s));
+        let hit = |slot: Option<(u64, Section)>| {
+            slot.filter(|&(start, s)| start == old.start && target.wrapping_sub(s.va) < s.file_len)
+                .map(|(_, s)| s.off + (target - s.va))
+        };
+        let off = match hit(near.old_section[0]).or_else(|| hit(near.old_section[1])) {
+            Some(off) => Some(off),
+            None => old.section_at(target).and_then(|s| {
+                near.old_section[usize::from(!s.exec)] = Some((old.start, *s));
                 (target - s.va < s.file_len).then(|| s.off + (target - s.va))
             }),
         };
