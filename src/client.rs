@@ -629,7 +629,7 @@ fn apply_delta(
     out: &Path,
     want: &Approved,
 ) -> Result<Hash, ClientError> {
-    let old = crate::delta::FileAt::open(current)?;
+    let old = crate::delta::FileAt::open_mapped(current)?;
     let tmp = out.with_file_name(format!(
         ".{}.{}.{:08x}.applying",
         out.file_name()

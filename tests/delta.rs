@@ -26,8 +26,7 @@ fn make_patch(old: &[u8], new: &[u8], o: &DiffOptions) -> Vec<u8> {
 }
 
 fn apply_patch(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, DeltaError> {
-    let mut out = Vec::new();
-    delta::apply(&old.to_vec(), &mut &patch[..], &mut out).map(|_| out)
+    common::apply_both(old, patch)
 }
 
 fn round_trip(old: &[u8], new: &[u8]) -> usize {

@@ -4,6 +4,8 @@
 //! round-trip, be version 2, and be far smaller than the byte-only patch; inputs that
 //! are not executables keep getting version 1 patches.
 
+mod common;
+
 use update_edge::cli::demo::noise;
 use update_edge::delta::{self, exe, DiffOptions};
 
@@ -27,8 +29,7 @@ fn diff(old: &[u8], new: &[u8], transform: bool) -> (Vec<u8>, delta::DiffReport)
 }
 
 fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, delta::DeltaError> {
-    let mut out = Vec::new();
-    delta::apply(&old.to_vec(), &mut &patch[..], &mut out).map(|_| out)
+    common::apply_both(old, patch)
 }
 
 fn version(patch: &[u8]) -> u16 {

@@ -153,7 +153,7 @@ impl ApplyCommand {
 }
 
 pub fn apply(old: &Path, patch: &Path, out: &Path, json: bool) -> anyhow::Result<u8> {
-    let old = FileAt::open(old)?;
+    let old = FileAt::open_mapped(old)?;
     let mut p = BufReader::with_capacity(
         1 << 20,
         std::fs::File::open(patch).with_context(|| format!("opening {}", patch.display()))?,

@@ -5,8 +5,10 @@
 //! `MAX_BLOCK_SIZE` of extra and of zero-run coded diff and `MAX_CTRL_LEN` of control
 //! each, and the compressed form of one, plus two batches (the one being computed, and
 //! the one before it being written, then the one after it fetched), each with
-//! `OLD_BATCH + OLD_SLACK` of old bytes and `OLD_BATCH` of diff turned into output, and
-//! four `OUT_PIECE` buffers of output; buffers are reused across blocks. Three threads
+//! `OLD_BATCH + OLD_SLACK` of old bytes (none when old is in memory: a file of at most
+//! `MAP_MAX` bytes mapped, whose pages count in resident memory instead) and `OLD_BATCH`
+//! of diff turned into output, and four `OUT_PIECE` buffers of output; buffers are
+//! reused across blocks. Three threads
 //! work at once (see `apply`), and a batch's ops are computed on all of them. Order of
 //! the errors reported: header bounds → old size and blake3 → per block: header bounds,
 //! exact decompressed lengths, every op inside the block and inside old → total length
@@ -105,10 +107,11 @@ struct Pieces {
     op_no: Vec<usize>,
 }
 
-/// One batch of pieces: the old bytes its ops add their diffs to, fetched in few large
-/// reads in old's order (nearby ops mostly read nearby old ranges, but not in new's
-/// order: one `pread` per op made syscalls a quarter of apply's time on the ruff
-/// pair), and its output. Two exist: while one is computed, the other is written (the
+/// One batch of pieces: the old bytes its ops add their diffs to, and its output. When
+/// old is in memory they are read where they are; otherwise they are fetched in few
+/// large reads in old's order (nearby ops mostly read nearby old ranges, but not in
+/// new's order: one `pread` per op made syscalls a quarter of apply's time on the ruff
+/// pair). Two exist: while one is computed, the other is written (the
 /// batch before) and then filled again (the batch after).
 #[derive(Default)]
 struct Batch {
@@ -129,11 +132,16 @@ impl Batch {
     /// Reads what the pieces `ops` need: ranges sorted by old position, merged across
     /// gaps up to `OLD_GAP` while the unused bytes stay within `OLD_SLACK`.
     fn fetch(&mut self, old: &dyn ReadAt, ops: &[(u64, usize, usize)]) -> Result<(), DeltaError> {
+        self.at.clear();
+        if old.bytes().is_some() {
+            // In memory: each piece is read where it is.
+            self.at.extend(ops.iter().map(|o| o.0 as usize));
+            return Ok(());
+        }
         self.order.clear();
         self.order.extend((0..ops.len()).filter(|&i| ops[i].1 > 0));
         self.order.sort_unstable_by_key(|&i| ops[i].0);
         self.ranges.clear();
-        self.at.clear();
         self.at.resize(ops.len(), 0);
         let (mut size, mut slack) = (0usize, OLD_SLACK);
         for &i in &self.order {
@@ -213,7 +221,7 @@ impl Batch {
             slots.push((i, slot));
             rest = tail;
         }
-        let (at, buf) = (&self.at, &self.buf);
+        let (at, buf) = (&self.at, old.bytes().unwrap_or(&self.buf));
         slots
             .into_par_iter()
             .with_min_len(64)
@@ -228,7 +236,8 @@ impl Batch {
                     let mut read = |f: u64| {
                         let mut b = [0u8; 8];
                         let n = (old.size().saturating_sub(f)).min(8) as usize;
-                        old.read_at(&mut b[..n], f)?;
+                        let mut got = [0u8; 8];
+                        b[..n].copy_from_slice(old.view(&mut got[..n], f)?);
                         Ok(b)
                     };
                     p.rewrite(

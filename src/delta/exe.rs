@@ -1109,8 +1109,7 @@ fn scan_code_in<R: ReadAt + ?Sized>(
         let mut next = start; // the scan resumes here
         while at < end {
             let n = ((end - at) as usize).min(piece + LOOKAHEAD);
-            src.read_at(&mut buf[..n], at)?;
-            let chunk = &buf[..n];
+            let chunk = src.view(&mut buf[..n], at)?;
             let scan_to = if at + n as u64 == end { n } else { piece };
             let mut i = (next - at) as usize;
             let first = &*FIRST_BYTE;
@@ -1393,8 +1392,8 @@ fn for_pieces<R: ReadAt + ?Sized>(
     let mut at = 0u64;
     while at < len {
         let n = ((len - at) as usize).min(piece);
-        src.read_at(&mut buf[..n], off + at)?;
-        for (i, e) in buf[..n].chunks_exact(size).enumerate() {
+        let entries = src.view(&mut buf[..n], off + at)?;
+        for (i, e) in entries.chunks_exact(size).enumerate() {
             each(off + at + (i * size) as u64, e);
         }
         at += n as u64;
