@@ -139,13 +139,11 @@ impl FileAt {
     pub fn open_mapped(path: &std::path::Path) -> io::Result<FileAt> {
         let mut f = FileAt::open(path)?;
         if f.size > 0 && f.size <= MAP_MAX {
-            f.map = Some(map_read_only(&f.file)?);
-            if f.map.as_ref().map(|m| m.len() as u64) != Some(f.size) {
-                return Err(io::Error::other(format!(
-                    "{}: changed size while opened",
-                    path.display()
-                )));
-            }
+            // A file that cannot be mapped (a file system without `mmap`), or that
+            // changed size since it was opened, is read with `pread` as before.
+            f.map = map_read_only(&f.file)
+                .ok()
+                .filter(|m| m.len() as u64 == f.size);
         }
         Ok(f)
     }
