@@ -262,9 +262,9 @@ mod tests {
 
     #[test]
     fn small_files_are_mapped_and_read_as_with_pread() {
+        let data = crate::cli::demo::noise(100_000, 7);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old");
-        let data = crate::cli::demo::noise(100_000, 7);
         std::fs::write(&path, &data).unwrap();
         let (read, mapped) = (
             FileAt::open(&path).unwrap(),
