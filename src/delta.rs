@@ -108,6 +108,20 @@ impl ReadAt for Vec<u8> {
     }
 }
 
+/// An input in memory read piece by piece (no `ReadAt::bytes`), as apply reads a file
+/// too large to map: tests and the fuzz targets apply patches both ways and compare.
+pub struct Unmapped<'a>(pub &'a [u8]);
+
+impl ReadAt for Unmapped<'_> {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+}
+
 /// A file read with `pread`, or from memory when mapped; its size is fixed when opened.
 pub struct FileAt {
     file: std::fs::File,

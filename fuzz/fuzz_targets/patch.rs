@@ -8,20 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use update_edge::delta::format::HEADER_LEN;
-use update_edge::delta::{self, ReadAt};
-
-/// Old without `ReadAt::bytes`: apply's `pread` path.
-struct Pieces<'a>(&'a [u8]);
-
-impl ReadAt for Pieces<'_> {
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-}
+use update_edge::delta::{self, Unmapped};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&n, rest)) = data.split_first() else {
@@ -35,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         patch[32..64].copy_from_slice(update_edge::hash::Hash::of(old).as_bytes());
     }
     let in_memory = delta::apply(&old.to_vec(), &mut patch.as_slice(), &mut std::io::sink());
-    let piecewise = delta::apply(&Pieces(old), &mut patch.as_slice(), &mut std::io::sink());
+    let piecewise = delta::apply(&Unmapped(old), &mut patch.as_slice(), &mut std::io::sink());
     match (in_memory, piecewise) {
         (Ok(a), Ok(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
         (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),

@@ -236,8 +236,7 @@ impl Batch {
                     let mut read = |f: u64| {
                         let mut b = [0u8; 8];
                         let n = (old.size().saturating_sub(f)).min(8) as usize;
-                        let mut got = [0u8; 8];
-                        b[..n].copy_from_slice(old.view(&mut got[..n], f)?);
+                        old.read_at(&mut b[..n], f)?;
                         Ok(b)
                     };
                     p.rewrite(
@@ -576,19 +575,19 @@ pub fn apply(
         let (to_worker, blocks) = mpsc::sync_channel::<Option<RawBlock>>(1);
         let (give_back, free) = mpsc::channel::<Vec<u8>>();
         let header = &header;
-        let (done, worker) = mpsc::channel();
+        let mut worker = None;
         let written = rayon::in_place_scope(|r| {
+            let worker = &mut worker;
             r.spawn(move |_| {
-                let _ = done.send(produce(old, header, section, &blocks, &to_main, free));
+                *worker = Some(produce(old, header, section, &blocks, &to_main, free));
             });
             let written = serve_worker(header, patch, out, &requests, &to_worker, &give_back);
             // Hanging up stops a worker that is still running (this thread failed).
             drop((requests, to_worker, give_back));
             written
         });
-        let worker = worker
-            .recv()
-            .unwrap_or_else(|_| Err(corrupt("apply's worker stopped")));
+        // Set once the scope ends (a panic in the worker is resumed there).
+        let worker = worker.unwrap_or_else(|| Err(corrupt("apply's worker stopped")));
         let old_hash = hashing
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));

@@ -236,20 +236,6 @@ pub fn assert_exit(out: &std::process::Output, code: i32) {
     );
 }
 
-/// Bytes read piece by piece (no `ReadAt::bytes`): apply's path for an old file too
-/// large to map.
-pub struct Unmapped<'a>(pub &'a [u8]);
-
-impl update_edge::delta::ReadAt for Unmapped<'_> {
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-}
-
 /// Applies `patch` to `old` both ways apply reads old: from memory (as a mapped file)
 /// and piece by piece (as a large file). Asserts they agree (the same bytes, or the
 /// same error) and returns the result.
@@ -257,7 +243,8 @@ pub fn apply_both(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, update_edge::delt
     use update_edge::delta;
     let (mut out, mut piecewise) = (Vec::new(), Vec::new());
     let in_memory = delta::apply(&old.to_vec(), &mut &patch[..], &mut out).map(|_| out);
-    let read = delta::apply(&Unmapped(old), &mut &patch[..], &mut piecewise).map(|_| piecewise);
+    let read =
+        delta::apply(&delta::Unmapped(old), &mut &patch[..], &mut piecewise).map(|_| piecewise);
     match (&in_memory, &read) {
         (Ok(a), Ok(b)) => assert!(a == b, "the two ways of reading old disagree"),
         (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
