@@ -342,8 +342,16 @@ impl Upstream {
     /// A verified-streaming reader of `resp`'s body (stall timeout per read; bytes
     /// counted as upstream bytes from when `counting` is set).
     fn reader(&self, resp: reqwest::Response) -> BodyReader {
+        // Where a bao-encoded chunk in it starts (0 when upstream does not say: the plain
+        // encoding).
+        let start = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map_or(0, crate::protocol::bao::start_of);
         BodyReader {
             url: resp.url().to_string(),
+            start,
             body: resp.bytes_stream().map_err(|e| e.to_string()).boxed(),
             buf: bytes::Bytes::new(),
             stall: self.stall,
@@ -353,13 +361,18 @@ impl Upstream {
         }
     }
 
-    /// A reader of chunk `hash`'s encoding from upstream or the bucket.
-    async fn open_chunk(&self, hash: Hash) -> Result<BodyReader, UpstreamError> {
+    /// A reader of chunk `hash`'s encoding from upstream (starting at the group holding
+    /// byte `from`, see [`crate::protocol::bao::encode_from`]) or the bucket (whose packs
+    /// hold the plain encoding).
+    async fn open_chunk(&self, hash: Hash, from: u64) -> Result<BodyReader, UpstreamError> {
         match &self.content {
-            Content::Http => self
-                .get(&format!("v1/chunks/{hash}?format=bao"), false)
-                .await
-                .map(|resp| self.reader(resp)),
+            Content::Http => {
+                let path = match from {
+                    0 => format!("v1/chunks/{hash}?format=bao"),
+                    _ => format!("v1/chunks/{hash}?format=bao&from={from}"),
+                };
+                self.get(&path, false).await.map(|resp| self.reader(resp))
+            }
             Content::Bucket(b) => {
                 let get = tokio::time::timeout(self.stall, b.chunk_stream(&self.store, hash));
                 match get.await {
@@ -371,6 +384,7 @@ impl Upstream {
                     }),
                     Ok(Ok(Some((url, body)))) => Ok(BodyReader {
                         url,
+                        start: 0,
                         body,
                         buf: bytes::Bytes::new(),
                         stall: self.stall,
@@ -420,6 +434,8 @@ impl Upstream {
 pub struct BodyReader {
     body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, String>>,
     url: String,
+    /// Where the bao-encoded chunk it carries starts (the group upstream sent first).
+    start: u64,
     buf: bytes::Bytes,
     stall: Duration,
     metrics: Arc<Metrics>,

@@ -274,6 +274,50 @@ async fn a_chunk_goes_to_edges_with_its_blake3_tree_and_a_bad_format_is_400() {
         raw.bytes().await.unwrap().as_ref(),
         &data[..m.chunks[0].len as usize]
     );
+    // From an offset: the group holding it first (the header says where), then the rest;
+    // the receiver ends up with the whole chunk and its whole tree.
+    let ch = &m.chunks[1];
+    let at = m.start_of(1) as usize;
+    for from in [0u64, 1, 20_000, ch.len as u64 - 1, ch.len as u64 + 9] {
+        let r = c
+            .get(format!(
+                "{}/v1/chunks/{}?format=bao&from={from}",
+                origin.url, ch.hash
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "from {from}");
+        let start = bao::group_start(ch.len as u64, from);
+        let said = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert_eq!(said, bao::content_type_from(start), "from {from}");
+        assert_eq!(bao::start_of(&said), start, "from {from}");
+        let body = r.bytes().await.unwrap();
+        assert_eq!(
+            body.len() as u64,
+            bao::encoded_len_from(ch.len as u64, from)
+        );
+        let mut first = None;
+        let mut got = vec![0u8; ch.len as usize];
+        let (size, tree) = bao::decode_from(ch.hash, body, 1 << 30, start, |off, group| {
+            first.get_or_insert(off);
+            got[off as usize..off as usize + group.len()].copy_from_slice(&group);
+        })
+        .await
+        .unwrap();
+        assert_eq!(size, ch.len as u64);
+        assert_eq!(first, Some(start), "from {from}: its group first");
+        assert_eq!(got, &data[at..at + ch.len as usize]);
+        assert_eq!(tree, bao::outboard(&got).1);
+    }
+    for query in ["format=raw&from=5", "format=bao&from=x", "from=1"] {
+        let r = c
+            .get(format!("{}/v1/chunks/{}?{query}", origin.url, ch.hash))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{query}");
+    }
     // An edge that fills the blob keeps each chunk's tree as it arrived, so it can send
     // it on (to edges below it) without hashing: its store verifies with every tree
     // present and right.
@@ -335,23 +379,36 @@ async fn a_cold_chunk_reaches_readers_group_by_group_before_upstream_has_sent_al
     );
     let second = m.chunks[1].hash.to_string();
     let second_at = m.start_of(1) as usize;
+    // A range in the last 16 KiB group of chunk 2: its fill asks for the chunk from that
+    // group, so the bytes before it in the chunk (sent last) are not waited for.
+    let third = m.chunks[2].hash.to_string();
+    let third_tail = (m.start_of(2) + m.chunks[2].len as u64) as usize - 100;
     // Upstream sends every chunk transfer but its last 1000 bytes, then stalls until the
     // test lets it go on: the chunk that rides with the manifest (chunk 0) and chunk 1
     // fetched by itself.
-    let (gate0, gate1) = (
+    let (gate0, gate1, gate2) = (
+        Arc::new(tokio::sync::Notify::new()),
         Arc::new(tokio::sync::Notify::new()),
         Arc::new(tokio::sync::Notify::new()),
     );
-    let (g0, g1, o) = (gate0.clone(), gate1.clone(), origin.url.clone());
+    let (g0, g1, g2, o) = (
+        gate0.clone(),
+        gate1.clone(),
+        gate2.clone(),
+        origin.url.clone(),
+    );
     let proxy = rewriting_proxy(
         origin.url.clone(),
         hook!(|req| {
-            let (g0, g1, o, second) = (g0.clone(), g1.clone(), o.clone(), second.clone());
+            let (g0, g1, g2, o) = (g0.clone(), g1.clone(), g2.clone(), o.clone());
+            let (second, third) = (second.clone(), third.clone());
             async move {
                 let gate = if req.path.contains("/manifest?with_chunk_at=") {
                     g0
                 } else if req.path.contains(&format!("/v1/chunks/{second}")) {
                     g1
+                } else if req.path.contains(&format!("/v1/chunks/{third}")) {
+                    g2
                 } else {
                     return None;
                 };
@@ -381,7 +438,14 @@ async fn a_cold_chunk_reaches_readers_group_by_group_before_upstream_has_sent_al
             r.bytes().await.unwrap()
         }
     };
-    for (from, gate) in [(0, &gate0), (second_at, &gate1)] {
+    // The first request's range (whose chunk rides with the manifest) also starts in its
+    // chunk's last group.
+    let first_tail = m.chunks[0].len as usize - 100;
+    for (from, gate) in [
+        (first_tail, &gate0),
+        (second_at, &gate1),
+        (third_tail, &gate2),
+    ] {
         let got = tokio::time::timeout(std::time::Duration::from_secs(10), ranged(from))
             .await
             .unwrap_or_else(|_| {

@@ -1,5 +1,6 @@
 //! The verified-streaming decoder an edge reads upstream chunks with. A chunk from the
-//! input is encoded, then tampered with as the input says (flipped bytes, a cut): every
+//! input is encoded from an offset the input names (its group first, the groups before
+//! it last), then tampered with as the input says (flipped bytes, a cut): every
 //! group the decoder hands out must equal the chunk's bytes at that offset (nothing
 //! unverified gets through), and an untouched encoding decodes whole. Raw input is also
 //! decoded against its own hash.
@@ -37,7 +38,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let chunk = Bytes::from(chunk);
     let hash = Hash::of(&chunk);
-    let mut enc: Vec<u8> = bao::encode(&chunk).concat();
+    // Where the receiver wants to start: anywhere in the chunk, or past it (plain).
+    let from = u64::from(data[2]) << 8;
+    let mut enc: Vec<u8> = bao::encode_from(&chunk, None, from).concat();
     let tamper = &data[3..];
     for t in tamper.chunks(3) {
         let pos = usize::from(u16::from_le_bytes([t[0], *t.get(1).unwrap_or(&0)]));
@@ -47,14 +50,20 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let untouched = tamper.is_empty();
-    let r = runtime().block_on(bao::decode(hash, Bytes::from(enc), 1 << 20, |at, group| {
-        let at = at as usize;
-        assert_eq!(
-            &chunk[at..at + group.len()],
-            &group[..],
-            "an unverified group at {at}"
-        );
-    }));
+    let r = runtime().block_on(bao::decode_from(
+        hash,
+        Bytes::from(enc),
+        1 << 20,
+        from,
+        |at, group| {
+            let at = at as usize;
+            assert_eq!(
+                &chunk[at..at + group.len()],
+                &group[..],
+                "an unverified group at {at}"
+            );
+        },
+    ));
     if untouched {
         let (size, outboard) = r.expect("an untouched encoding decodes");
         assert_eq!(size as usize, chunk.len());
@@ -65,5 +74,11 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let raw = Bytes::copy_from_slice(&data[3..]);
-    let _ = runtime().block_on(bao::decode(Hash::of(&data[..3]), raw, 1 << 20, |_, _| {}));
+    let _ = runtime().block_on(bao::decode_from(
+        Hash::of(&data[..3]),
+        raw,
+        1 << 20,
+        from,
+        |_, _| {},
+    ));
 });

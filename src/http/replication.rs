@@ -38,12 +38,18 @@ pub async fn get_chunk(
     };
     s.metrics.bytes_served.inc_by(bytes.len() as u64);
     if q.format == Format::Bao {
-        let length = crate::protocol::bao::encoded_len(bytes.len() as u64);
         let outboard = s.store.outboard(hash, bytes.len() as u64).await;
+        let (length, frames, start) = bao_from(&bytes, outboard.as_deref(), q.from);
         return Ok(framed_response(
             crate::protocol::bao::CONTENT_TYPE,
             length,
-            crate::protocol::bao::encode_with(&bytes, outboard.as_deref()),
+            frames,
+            start,
+        ));
+    }
+    if q.from.is_some() {
+        return Err(ApiError::BadRequest(
+            "from= needs format=bao (a raw chunk is sent whole)".into(),
         ));
     }
     let tag = http::HeaderValue::from_str(&etag(&hash.to_hex()))
@@ -79,11 +85,15 @@ pub async fn get_manifest(
     let list = bytes::Bytes::from(m.encode());
     let bao = q.format == Format::Bao;
     // The chunk an edge's first reader needs rides along: one round trip, not two. It
-    // goes out as its own frames after the list, not copied behind it.
+    // goes out as its own frames after the list, not copied behind it; bao-encoded, it
+    // starts at the group holding the offset.
+    let mut from = None;
     let chunk = match q.with_chunk_at.filter(|at| *at < m.size) {
         None => None,
         Some(at) => {
-            let c = m.chunks[m.chunk_at(at)].hash;
+            let i = m.chunk_at(at);
+            from = Some(at - m.start_of(i));
+            let c = m.chunks[i].hash;
             let bytes = match s.fills() {
                 None => s.store.chunk(c).await?,
                 Some(up) => up.chunk(c, "other").await?,
@@ -96,13 +106,10 @@ pub async fn get_manifest(
             Some((bytes, outboard))
         }
     };
-    let (length, chunk_frames) = match chunk {
-        None => (0, Vec::new()),
-        Some((c, outboard)) if bao => (
-            crate::protocol::bao::encoded_len(c.len() as u64),
-            crate::protocol::bao::encode_with(&c, outboard.as_deref()),
-        ),
-        Some((c, _)) => (c.len() as u64, vec![c]),
+    let (length, chunk_frames, start) = match chunk {
+        None => (0, Vec::new(), 0),
+        Some((c, outboard)) if bao => bao_from(&c, outboard.as_deref(), from),
+        Some((c, _)) => (c.len() as u64, vec![c], 0),
     };
     let length = list.len() as u64 + length;
     let frames = std::iter::once(list).chain(chunk_frames).collect();
@@ -111,19 +118,44 @@ pub async fn get_manifest(
     } else {
         "application/octet-stream"
     };
-    Ok(framed_response(content_type, length, frames))
+    Ok(framed_response(content_type, length, frames, start))
+}
+
+/// A chunk's bao encoding for a reader that wants byte `from` first: its length, its
+/// frames and the group it starts at.
+fn bao_from(
+    chunk: &bytes::Bytes,
+    outboard: Option<&[u8]>,
+    from: Option<u64>,
+) -> (u64, Vec<bytes::Bytes>, u64) {
+    use crate::protocol::bao;
+    let size = chunk.len() as u64;
+    let start = bao::group_start(size, from.unwrap_or(0));
+    (
+        bao::encoded_len_from(size, start),
+        bao::encode_from(chunk, outboard, start),
+        start,
+    )
 }
 
 /// An immutable body of `length` bytes sent as `frames` (a chunk's groups are not copied
-/// into one buffer).
-fn framed_response(content_type: &'static str, length: u64, frames: Vec<bytes::Bytes>) -> Response {
+/// into one buffer); `start`, when not 0, is where its bao encoding starts (a
+/// parameter of its media type).
+fn framed_response(
+    content_type: &'static str,
+    length: u64,
+    frames: Vec<bytes::Bytes>,
+    start: u64,
+) -> Response {
     let frames = futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::io::Error>));
+    let content_type = match start {
+        0 => http::HeaderValue::from_static(content_type),
+        _ => http::HeaderValue::from_str(&crate::protocol::bao::content_type_from(start))
+            .unwrap_or_else(|_| http::HeaderValue::from_static(content_type)),
+    };
     (
         [
-            (
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static(content_type),
-            ),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, immutable_cache_control()),
             (header::CONTENT_LENGTH, http::HeaderValue::from(length)),
         ],
@@ -147,6 +179,9 @@ pub enum Format {
 pub struct ChunkQuery {
     #[serde(default)]
     format: Format,
+    /// With `format=bao`: the byte the reader wants first; the encoding starts at the
+    /// 16 KiB group holding it and sends the groups before it last.
+    from: Option<u64>,
 }
 
 #[derive(serde::Deserialize)]

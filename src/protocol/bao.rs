@@ -21,7 +21,7 @@ use bao_tree::io::outboard::PreOrderMemOutboard;
 use bao_tree::io::sync::Outboard;
 use bao_tree::io::BaoContentItem;
 use bao_tree::iter::BaoChunk;
-use bao_tree::{BaoTree, BlockSize, ChunkRanges};
+use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 use bytes::{Bytes, BytesMut};
 use iroh_io::AsyncStreamReader;
 
@@ -32,6 +32,28 @@ pub const BLOCK: BlockSize = BlockSize::from_chunk_log(4);
 
 /// Media type of an encoded chunk.
 pub const CONTENT_TYPE: &str = "application/vnd.update-edge.bao";
+
+/// The media type of an encoding from `start` ([`encode_from`]): [`CONTENT_TYPE`] with a
+/// `start` parameter, so the body says how it is laid out wherever it is relayed or
+/// cached (a sender that ignores `from` sends the plain type and encoding).
+pub fn content_type_from(start: u64) -> String {
+    match start {
+        0 => CONTENT_TYPE.to_string(),
+        _ => format!("{CONTENT_TYPE}; start={start}"),
+    }
+}
+
+/// Where the encoding a response of media type `content_type` carries starts: its
+/// `start` parameter, 0 without one. A wrong value only makes the chunk fail
+/// verification.
+pub fn start_of(content_type: &str) -> u64 {
+    content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.trim().strip_prefix("start="))
+        .find_map(|v| v.parse().ok())
+        .unwrap_or(0)
+}
 
 /// Bytes of the encoding of a chunk of `size` bytes.
 pub fn encoded_len(size: u64) -> u64 {
@@ -63,6 +85,39 @@ pub fn encode(chunk: &Bytes) -> Vec<Bytes> {
 /// length for the chunk is ignored (the tree is computed instead); one whose pairs are
 /// wrong makes an encoding the receiver refuses, never one it accepts.
 pub fn encode_with(chunk: &Bytes, stored: Option<&[u8]>) -> Vec<Bytes> {
+    encode_from(chunk, stored, 0)
+}
+
+/// Where an encoding asked to start at byte `from` of a chunk of `size` bytes starts:
+/// the 16 KiB group holding `from`, or 0 (the plain encoding) for a chunk of one group
+/// or a `from` at or past its end.
+pub fn group_start(size: u64, from: u64) -> u64 {
+    let group = BLOCK.bytes() as u64;
+    if size <= group || from >= size {
+        0
+    } else {
+        from / group * group
+    }
+}
+
+/// The two parts of an encoding from `start` (a group start): the groups from `start`
+/// to the chunk's end, then those before it. For `start` 0, the whole chunk.
+fn parts(start: u64) -> [ChunkRanges; 2] {
+    let start = ChunkNum::chunks(start);
+    [
+        ChunkRanges::from(start..),
+        ChunkRanges::from(ChunkNum(0)..start),
+    ]
+}
+
+/// The encoding of `chunk` for a reader that wants byte `from` first: after the size,
+/// the groups from the one holding `from` ([`group_start`]) to the chunk's end, each
+/// with the parents that verify it, then the groups before it the same way. The reader
+/// verifies its first byte after one group, however far into the chunk it lies, and
+/// still receives (and verifies) the whole chunk. For `from` 0 this is the plain
+/// encoding. The parents on the path to `from`'s group are sent twice (64 bytes each,
+/// at most one per tree level).
+pub fn encode_from(chunk: &Bytes, stored: Option<&[u8]>, from: u64) -> Vec<Bytes> {
     let outboard = match stored {
         Some(data) if data.len() == outboard_len(chunk.len() as u64) => PreOrderMemOutboard {
             // Unused by `load`; the receiver checks against the address it asked for.
@@ -73,26 +128,28 @@ pub fn encode_with(chunk: &Bytes, stored: Option<&[u8]>) -> Vec<Bytes> {
         _ => PreOrderMemOutboard::create(chunk, BLOCK),
     };
     let tree = outboard.tree;
-    let mut frames = Vec::with_capacity(chunk.len() / BLOCK.bytes() + 2);
+    let mut frames = Vec::with_capacity(chunk.len() / BLOCK.bytes() + 4);
     let mut parents = BytesMut::with_capacity(8 + 64 * 12);
     parents.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
-    for item in tree.ranges_pre_order_chunks_iter_ref(&ChunkRanges::all(), 0) {
-        match item {
-            BaoChunk::Parent { node, .. } => {
-                // A pre-order outboard built from the whole chunk holds every parent.
-                if let Ok(Some((l, r))) = outboard.load(node) {
-                    parents.extend_from_slice(l.as_bytes());
-                    parents.extend_from_slice(r.as_bytes());
+    for part in parts(group_start(chunk.len() as u64, from)) {
+        for item in tree.ranges_pre_order_chunks_iter_ref(&part, 0) {
+            match item {
+                BaoChunk::Parent { node, .. } => {
+                    // A pre-order outboard built from the whole chunk holds every parent.
+                    if let Ok(Some((l, r))) = outboard.load(node) {
+                        parents.extend_from_slice(l.as_bytes());
+                        parents.extend_from_slice(r.as_bytes());
+                    }
                 }
-            }
-            BaoChunk::Leaf {
-                start_chunk, size, ..
-            } => {
-                if !parents.is_empty() {
-                    frames.push(parents.split().freeze());
+                BaoChunk::Leaf {
+                    start_chunk, size, ..
+                } => {
+                    if !parents.is_empty() {
+                        frames.push(parents.split().freeze());
+                    }
+                    let at = start_chunk.to_bytes() as usize;
+                    frames.push(chunk.slice(at..at + size));
                 }
-                let at = start_chunk.to_bytes() as usize;
-                frames.push(chunk.slice(at..at + size));
             }
         }
     }
@@ -100,6 +157,21 @@ pub fn encode_with(chunk: &Bytes, stored: Option<&[u8]>) -> Vec<Bytes> {
         frames.push(parents.freeze());
     }
     frames
+}
+
+/// Bytes of [`encode_from`]'s encoding of a chunk of `size` bytes from `from`.
+pub fn encoded_len_from(size: u64, from: u64) -> u64 {
+    let start = group_start(size, from);
+    if start == 0 {
+        return encoded_len(size);
+    }
+    let tree = BaoTree::new(size, BLOCK);
+    let parents = parts(start)
+        .iter()
+        .flat_map(|part| tree.ranges_pre_order_chunks_iter_ref(part, 0))
+        .filter(|item| matches!(item, BaoChunk::Parent { .. }))
+        .count() as u64;
+    8 + 64 * parents + size
 }
 
 /// True when bytes `from..to` of a chunk are what its address says, checked against the
@@ -149,8 +221,21 @@ pub enum DecodeError {
 /// that does not belong to `hash` fails.
 pub async fn decode<R: AsyncStreamReader>(
     hash: Hash,
+    reader: R,
+    max: u64,
+    on_group: impl FnMut(u64, Bytes),
+) -> Result<(u64, Vec<u8>), DecodeError> {
+    decode_from(hash, reader, max, 0, on_group).await
+}
+
+/// [`decode`] of an encoding made by [`encode_from`] with `from`: groups arrive from
+/// `from`'s group to the chunk's end, then from its start; the outboard returned is the
+/// whole chunk's, in pre-order, as [`decode`] gives it.
+pub async fn decode_from<R: AsyncStreamReader>(
+    hash: Hash,
     mut reader: R,
     max: u64,
+    from: u64,
     mut on_group: impl FnMut(u64, Bytes),
 ) -> Result<(u64, Vec<u8>), DecodeError> {
     let size = u64::from_le_bytes(reader.read_exact::<8>().await?);
@@ -159,30 +244,43 @@ pub async fn decode<R: AsyncStreamReader>(
     }
     let tree = BaoTree::new(size, BLOCK);
     let root = blake3::Hash::from_bytes(*hash.as_bytes());
-    let mut outboard = Vec::with_capacity(tree.outboard_size() as usize);
-    let mut decoder = ResponseDecoder::new(root, ChunkRanges::all(), tree, reader);
-    loop {
-        match decoder.next().await {
-            ResponseDecoderNext::Done(_) => return Ok((size, outboard)),
-            ResponseDecoderNext::More((next, item)) => {
-                match item {
-                    Ok(BaoContentItem::Leaf(leaf)) => on_group(leaf.offset, leaf.data),
-                    // Verified against the pair above it; pre-order, as stored.
-                    Ok(BaoContentItem::Parent(p)) => {
-                        outboard.extend_from_slice(p.pair.0.as_bytes());
-                        outboard.extend_from_slice(p.pair.1.as_bytes());
-                    }
-                    Err(bao_tree::io::DecodeError::Io(e)) => return Err(DecodeError::Io(e)),
-                    Err(
-                        bao_tree::io::DecodeError::ParentNotFound(_)
-                        | bao_tree::io::DecodeError::LeafNotFound(_),
-                    ) => return Err(DecodeError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-                    Err(_) => return Err(DecodeError::Corrupt),
-                }
-                decoder = next;
-            }
+    let mut outboard = vec![0u8; tree.outboard_size() as usize];
+    let start = group_start(size, from);
+    let [first, rest] = parts(start);
+    for part in [first, rest] {
+        if part.is_empty() {
+            continue;
         }
+        let mut decoder = ResponseDecoder::new(root, part, tree, reader);
+        reader = loop {
+            match decoder.next().await {
+                ResponseDecoderNext::Done(r) => break r,
+                ResponseDecoderNext::More((next, item)) => {
+                    match item {
+                        Ok(BaoContentItem::Leaf(leaf)) => on_group(leaf.offset, leaf.data),
+                        // Verified against the pair above it; kept at its pre-order place.
+                        Ok(BaoContentItem::Parent(p)) => {
+                            if let Some(at) = tree.pre_order_offset(p.node) {
+                                let at = at as usize * 64;
+                                if let Some(slot) = outboard.get_mut(at..at + 64) {
+                                    slot[..32].copy_from_slice(p.pair.0.as_bytes());
+                                    slot[32..].copy_from_slice(p.pair.1.as_bytes());
+                                }
+                            }
+                        }
+                        Err(bao_tree::io::DecodeError::Io(e)) => return Err(DecodeError::Io(e)),
+                        Err(
+                            bao_tree::io::DecodeError::ParentNotFound(_)
+                            | bao_tree::io::DecodeError::LeafNotFound(_),
+                        ) => return Err(DecodeError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                        Err(_) => return Err(DecodeError::Corrupt),
+                    }
+                    decoder = next;
+                }
+            }
+        };
     }
+    Ok((size, outboard))
 }
 
 #[cfg(test)]
@@ -270,23 +368,119 @@ mod tests {
     type Decoded = (u64, Vec<u8>, usize, Vec<u8>);
 
     fn decode_with_outboard(hash: Hash, enc: Bytes) -> Result<Decoded, DecodeError> {
-        let mut out = Vec::new();
-        let mut groups = 0;
-        let (size, outboard) = futures_util::FutureExt::now_or_never(decode(
+        decode_from_with_outboard(hash, enc, 0)
+    }
+
+    /// Decodes an encoding from `from`, checking that groups arrive from `from`'s group
+    /// to the end, then from the start, each once; returns the chunk in order.
+    fn decode_from_with_outboard(
+        hash: Hash,
+        enc: Bytes,
+        from: u64,
+    ) -> Result<Decoded, DecodeError> {
+        let mut arrived: Vec<(u64, Bytes)> = Vec::new();
+        let (size, outboard) = futures_util::FutureExt::now_or_never(decode_from(
             hash,
             Pieces {
                 data: enc,
                 step: 1000,
             },
             64 << 20,
-            |at, b| {
-                assert_eq!(at as usize, out.len(), "groups arrive in order");
-                out.extend_from_slice(&b);
-                groups += 1;
-            },
+            from,
+            |at, b| arrived.push((at, b)),
         ))
         .expect("in-memory decode does not wait")?;
+        let start = group_start(size, from);
+        let first = arrived.iter().position(|(at, _)| *at == start);
+        assert_eq!(first, Some(0), "the group holding {from} comes first");
+        let mut expected = start;
+        for (at, b) in &arrived {
+            if *at == 0 && start > 0 {
+                assert_eq!(expected, size, "the start comes after the end");
+                expected = 0;
+            }
+            assert_eq!(*at, expected, "groups arrive in order within each part");
+            expected += b.len() as u64;
+        }
+        assert_eq!(expected, if start > 0 { start } else { size });
+        let groups = arrived.len();
+        arrived.sort_by_key(|(at, _)| *at);
+        let out = arrived
+            .iter()
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect();
         Ok((size, out, groups, outboard))
+    }
+
+    #[test]
+    fn an_encoding_from_any_offset_sends_that_group_first_and_the_whole_chunk() {
+        let g = 16 * 1024u64;
+        for n in [20_000u64, 16 * 1024 * 5, 300_000, 1 << 20, (1 << 20) + 1] {
+            let chunk = data(n as usize);
+            let hash = Hash::of(&chunk);
+            let (_, stored) = outboard(&chunk);
+            let mut froms = vec![0, 1, g - 1, g, g + 1, n / 2, n - g, n - 1, n, n + 5];
+            froms.extend((0..n).step_by(g as usize * 3 + 7));
+            for from in froms {
+                let enc = joined(&encode_from(&chunk, Some(&stored), from));
+                assert_eq!(
+                    enc.len() as u64,
+                    encoded_len_from(n, from),
+                    "{n} from {from}"
+                );
+                assert_eq!(
+                    joined(&encode_from(&chunk, None, from)),
+                    enc,
+                    "{n} from {from}: a computed tree gives the same stream"
+                );
+                let (size, out, groups, received) =
+                    decode_from_with_outboard(hash, enc.clone(), from).unwrap();
+                assert_eq!(size, n);
+                assert_eq!(out, chunk, "{n} from {from}");
+                assert_eq!(groups as u64, n.div_ceil(g), "{n} from {from}");
+                assert_eq!(received, stored, "{n} from {from}: the whole outboard");
+                // Every byte matters, in both parts (parents, the path sent twice, groups).
+                for at in
+                    (0..enc.len())
+                        .step_by(enc.len() / 24 + 1)
+                        .chain([8, 8 + 64, enc.len() - 1])
+                {
+                    let mut bad = enc.to_vec();
+                    bad[at] ^= 0x04;
+                    assert!(
+                        decode_from_with_outboard(hash, bad.into(), from).is_err(),
+                        "{n} from {from}: flipped byte {at} was accepted"
+                    );
+                }
+                assert!(matches!(
+                    decode_from_with_outboard(hash, enc.slice(..enc.len() - 1), from),
+                    Err(DecodeError::Io(_))
+                ));
+                // Read from another offset than it was sent from, it does not verify.
+                if group_start(n, from) != 0 {
+                    assert!(decode_from_with_outboard(hash, enc.clone(), 0).is_err());
+                }
+            }
+            // The media type carries the start; anything else reads as the plain one.
+            for from in [0, n / 2] {
+                let start = group_start(n, from);
+                assert_eq!(start_of(&content_type_from(start)), start);
+            }
+            for (ty, start) in [
+                (CONTENT_TYPE, 0),
+                ("application/vnd.update-edge.bao; start=x", 0),
+                ("application/vnd.update-edge.bao;start=32768", 32768),
+                ("text/plain", 0),
+            ] {
+                assert_eq!(start_of(ty), start, "{ty}");
+            }
+            // From 0 it is the plain encoding.
+            assert_eq!(
+                joined(&encode_from(&chunk, None, 0)),
+                joined(&encode(&chunk))
+            );
+            assert_eq!(encoded_len_from(n, 0), encoded_len(n));
+        }
     }
 
     #[test]

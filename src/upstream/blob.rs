@@ -190,7 +190,9 @@ impl Upstream {
             // The rest of this response is that chunk: its fill reads it from here
             // (verified group by group like any fill, refetched if it fails).
             reader.count_from_here();
-            let _ = self.join_or_start(m.chunks[m.chunk_at(at)].hash, kind, Some(reader));
+            let i = m.chunk_at(at);
+            let from = at - m.start_of(i);
+            let _ = self.join_or_start(m.chunks[i].hash, kind, Some(reader), from);
         }
         Ok(m)
     }

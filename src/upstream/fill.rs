@@ -6,13 +6,16 @@
 //! Upstream sends the chunk interleaved with its blake3 tree ([`crate::protocol::bao`]),
 //! so each 16 KiB group is verified against the chunk's address on arrival and handed to
 //! every waiter at once: a reader's first byte waits for one group, not the whole chunk.
+//! The fill asks for the chunk from the group its first reader wants (a range that
+//! starts mid-chunk does not wait for the bytes before it); the groups before it come
+//! last in the same response.
 //! A fill fails on lack of progress (no byte for `stall_timeout`), never on age; a
 //! group that does not verify fails the transfer, which is counted and fetched again
 //! (groups already verified are kept). The whole chunk is cached and stored once every
 //! group has verified. At most `max_fills` fetches run at once, so fill memory is
 //! bounded by that many chunks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -41,8 +44,9 @@ struct Filled {
 /// What a fill's waiters see.
 #[derive(Default)]
 pub struct Progress {
-    /// Verified groups in order, from the chunk's first byte.
-    groups: Vec<Bytes>,
+    /// Verified groups by their offset in the chunk (arriving from the group the fill
+    /// started at to the chunk's end, then from its start).
+    groups: BTreeMap<u64, Bytes>,
     /// Bytes in `groups`.
     len: u64,
     /// The whole chunk (cached and being stored), or why the fill failed.
@@ -92,16 +96,9 @@ impl Progress {
             let to = to.min(whole.len() as u64);
             return (pos < to).then(|| piece_of(whole, pos as usize, to as usize));
         }
-        let mut at = 0u64;
-        for g in &self.groups {
-            let end = at + g.len() as u64;
-            if pos < end {
-                let to = to.min(end);
-                return Some(piece_of(g, (pos - at) as usize, (to - at) as usize));
-            }
-            at = end;
-        }
-        None
+        let (&at, g) = self.groups.range(..=pos).next_back()?;
+        let end = at + g.len() as u64;
+        (pos < end).then(|| piece_of(g, (pos - at) as usize, (to.min(end) - at) as usize))
     }
 }
 
@@ -123,7 +120,7 @@ impl Upstream {
         // A failed fill is retried by the next waiter (here: by this reader, up to the
         // attempt limit), never by everyone at once: the retry is itself coalesced.
         for _ in 0..FILL_ATTEMPTS {
-            let mut fill = self.join_or_start(hash, kind, None);
+            let mut fill = self.join_or_start(hash, kind, None, 0);
             let end = match fill.wait_for(|p| p.end.is_some()).await {
                 Ok(p) => p.end.clone(),
                 Err(_) => None,
@@ -196,12 +193,12 @@ impl Upstream {
                 r.pos = r.to;
                 return Ok(Some((piece, true)));
             }
-            r.fill = Some(self.join_or_start(r.hash, r.kind, None));
+            r.fill = Some(self.join_or_start(r.hash, r.kind, None, r.pos));
         }
         loop {
             let Some(fill) = r.fill.as_mut() else {
                 r.attempts += 1;
-                r.fill = Some(self.join_or_start(r.hash, r.kind, None));
+                r.fill = Some(self.join_or_start(r.hash, r.kind, None, r.pos));
                 continue;
             };
             {
@@ -242,12 +239,14 @@ impl Upstream {
     }
 
     /// Joins the fill of `hash`, or starts one: from `source` (a response already
-    /// carrying the chunk's encoding) if given, else with a request of its own.
+    /// carrying the chunk's encoding) if given, else with a request of its own that
+    /// starts at the group holding byte `from` (what the reader starting it wants first).
     pub(super) fn join_or_start(
         self: &Arc<Self>,
         hash: Hash,
         kind: &'static str,
         source: Option<BodyReader>,
+        from: u64,
     ) -> Pending {
         let mut inflight = self.fills.lock();
         if let Some(p) = inflight.get(&hash) {
@@ -266,7 +265,7 @@ impl Upstream {
             let result = match this.store.cached(&hash) {
                 Some(bytes) => Ok((bytes, None)),
                 None => this
-                    .fetch_chunk(hash, kind, &tx, source)
+                    .fetch_chunk(hash, kind, &tx, source, from)
                     .await
                     .map(|f| (f.bytes, Some(f.outboard))),
             };
@@ -304,6 +303,7 @@ impl Upstream {
         kind: &'static str,
         tx: &watch::Sender<Progress>,
         mut source: Option<BodyReader>,
+        from: u64,
     ) -> Result<Filled, UpstreamError> {
         let mut permit = None;
         let mut last = UpstreamError::Corrupt(hash);
@@ -318,7 +318,7 @@ impl Upstream {
                                 |e| UpstreamError::Store(StoreError::Task(e.to_string())),
                             )?);
                     }
-                    self.open_chunk(hash).await.map(|mut r| {
+                    self.open_chunk(hash, from).await.map(|mut r| {
                         r.count_from_here();
                         r
                     })
@@ -356,13 +356,14 @@ impl Upstream {
         mut reader: BodyReader,
         tx: &watch::Sender<Progress>,
     ) -> Result<Filled, UpstreamError> {
-        let decoded = bao::decode(hash, &mut reader, MAX_CHUNK_BYTES, |at, group| {
+        let start = reader.start;
+        let decoded = bao::decode_from(hash, &mut reader, MAX_CHUNK_BYTES, start, |at, group| {
             tx.send_if_modified(|p| {
-                if at != p.len {
+                if p.groups.contains_key(&at) {
                     return false;
                 }
                 p.len += group.len() as u64;
-                p.groups.push(group);
+                p.groups.insert(at, group);
                 true
             });
         })
@@ -388,11 +389,13 @@ impl Upstream {
         if p.len != size {
             return Err(UpstreamError::Corrupt(hash));
         }
-        let bytes = match p.groups.as_slice() {
-            [one] => one.clone(),
-            groups => {
+        // Groups are keyed by their offsets and verified at them, so `size` bytes of
+        // them cover the chunk exactly.
+        let bytes = match p.groups.len() {
+            1 => p.groups.values().next().cloned().unwrap_or_default(),
+            _ => {
                 let mut whole = BytesMut::with_capacity(size as usize);
-                for g in groups {
+                for g in p.groups.values() {
                     whole.extend_from_slice(g);
                 }
                 whole.freeze()
