@@ -257,7 +257,13 @@ pub async fn decode_from<R: AsyncStreamReader>(
                 ResponseDecoderNext::Done(r) => break r,
                 ResponseDecoderNext::More((next, item)) => {
                     match item {
-                        Ok(BaoContentItem::Leaf(leaf)) => on_group(leaf.offset, leaf.data),
+                        Ok(BaoContentItem::Leaf(leaf)) => {
+                            on_group(leaf.offset, leaf.data);
+                            // A stream already received whole decodes without waiting:
+                            // let the group's readers (woken by `on_group`, often on this
+                            // thread) send it before the next group is hashed.
+                            tokio::task::yield_now().await;
+                        }
                         // Verified against the pair above it; kept at its pre-order place.
                         Ok(BaoContentItem::Parent(p)) => {
                             if let Some(at) = tree.pre_order_offset(p.node) {
@@ -379,7 +385,11 @@ mod tests {
         from: u64,
     ) -> Result<Decoded, DecodeError> {
         let mut arrived: Vec<(u64, Bytes)> = Vec::new();
-        let (size, outboard) = futures_util::FutureExt::now_or_never(decode_from(
+        // The decoder yields after each group (so its readers run): a runtime drives it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (size, outboard) = rt.block_on(decode_from(
             hash,
             Pieces {
                 data: enc,
@@ -388,8 +398,7 @@ mod tests {
             64 << 20,
             from,
             |at, b| arrived.push((at, b)),
-        ))
-        .expect("in-memory decode does not wait")?;
+        ))?;
         let start = group_start(size, from);
         let first = arrived.iter().position(|(at, _)| *at == start);
         assert_eq!(first, Some(0), "the group holding {from} comes first");
@@ -481,6 +490,36 @@ mod tests {
             );
             assert_eq!(encoded_len_from(n, 0), encoded_len(n));
         }
+    }
+
+    #[test]
+    fn a_stream_received_whole_is_handed_out_one_group_per_poll() {
+        use std::future::Future;
+        let chunk = data(100_000);
+        let enc = joined(&encode(&chunk));
+        let groups = std::cell::Cell::new(0);
+        let mut fut = Box::pin(decode(
+            Hash::of(&chunk),
+            Pieces {
+                data: enc,
+                step: 1 << 20,
+            },
+            1 << 20,
+            |_, _| groups.set(groups.get() + 1),
+        ));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut polls = 0;
+        while fut.as_mut().poll(&mut cx).is_pending() {
+            polls += 1;
+            assert_eq!(
+                groups.get(),
+                polls,
+                "one group per poll, then its readers run"
+            );
+        }
+        assert_eq!(groups.get(), 100_000usize.div_ceil(16 << 10));
+        assert_eq!(polls, groups.get(), "it waited after every group");
     }
 
     #[test]
