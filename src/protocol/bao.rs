@@ -252,6 +252,7 @@ pub async fn decode_from<R: AsyncStreamReader>(
             continue;
         }
         let mut decoder = ResponseDecoder::new(root, part, tree, reader);
+        let mut first_group = true;
         reader = loop {
             match decoder.next().await {
                 ResponseDecoderNext::Done(r) => break r,
@@ -260,9 +261,15 @@ pub async fn decode_from<R: AsyncStreamReader>(
                         Ok(BaoContentItem::Leaf(leaf)) => {
                             on_group(leaf.offset, leaf.data);
                             // A stream already received whole decodes without waiting:
-                            // let the group's readers (woken by `on_group`, often on this
-                            // thread) send it before the next group is hashed.
-                            tokio::task::yield_now().await;
+                            // the first group of each part (what a reader starting there
+                            // waits for) goes to its readers (woken by `on_group`, often
+                            // on this thread) before the next is hashed. Later groups
+                            // are handed out as a batch per socket read (a yield per
+                            // group made readers write 16 KiB at a time: 8 % more fill
+                            // CPU).
+                            if std::mem::take(&mut first_group) {
+                                tokio::task::yield_now().await;
+                            }
                         }
                         // Verified against the pair above it; kept at its pre-order place.
                         Ok(BaoContentItem::Parent(p)) => {
@@ -493,7 +500,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_received_whole_is_handed_out_one_group_per_poll() {
+    fn a_stream_received_whole_hands_out_its_first_group_before_hashing_the_rest() {
         use std::future::Future;
         let chunk = data(100_000);
         let enc = joined(&encode(&chunk));
@@ -512,14 +519,10 @@ mod tests {
         let mut polls = 0;
         while fut.as_mut().poll(&mut cx).is_pending() {
             polls += 1;
-            assert_eq!(
-                groups.get(),
-                polls,
-                "one group per poll, then its readers run"
-            );
+            assert_eq!(groups.get(), 1, "the first group, then its readers run");
         }
         assert_eq!(groups.get(), 100_000usize.div_ceil(16 << 10));
-        assert_eq!(polls, groups.get(), "it waited after every group");
+        assert_eq!(polls, 1, "it waited after the first group only");
     }
 
     #[test]
