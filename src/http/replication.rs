@@ -131,6 +131,7 @@ fn bao_from(
     use crate::protocol::bao;
     let size = chunk.len() as u64;
     let start = bao::group_start(size, from.unwrap_or(0));
+    // `start` is a group start: the functions below map it to itself.
     (
         bao::encoded_len_from(size, start),
         bao::encode_from(chunk, outboard, start),

@@ -245,9 +245,7 @@ pub async fn decode_from<R: AsyncStreamReader>(
     let tree = BaoTree::new(size, BLOCK);
     let root = blake3::Hash::from_bytes(*hash.as_bytes());
     let mut outboard = vec![0u8; tree.outboard_size() as usize];
-    let start = group_start(size, from);
-    let [first, rest] = parts(start);
-    for part in [first, rest] {
+    for part in parts(group_start(size, from)) {
         if part.is_empty() {
             continue;
         }
