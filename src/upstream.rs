@@ -261,6 +261,15 @@ impl Upstream {
             .unwrap_or_else(|_| format!("{}{path}", self.base))
     }
 
+    /// `path` under the base URL, parsed once and handed to the client as is (as a
+    /// string, the client parsed it again on every chunk request).
+    fn endpoint(&self, path: &str) -> Result<url::Url, UpstreamError> {
+        self.base.join(path).map_err(|e| UpstreamError::Connect {
+            url: format!("{}{path}", self.base),
+            message: e.to_string(),
+        })
+    }
+
     fn stalled(&self, url: String) -> UpstreamError {
         UpstreamError::Stalled {
             url,
@@ -310,21 +319,23 @@ impl Upstream {
         bearer: bool,
         wait: Duration,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let url = self.url(path);
+        let endpoint = self.endpoint(path)?;
         let client = if wait.is_zero() {
             &self.http
         } else {
             &self.feed_http
         };
-        let mut req = client.get(&url);
+        // The text form only for errors.
+        let url = || endpoint.to_string();
+        let mut req = client.get(endpoint.clone());
         if bearer && !self.token.is_empty() {
             req = req.bearer_auth(&self.token);
         }
         let resp = match tokio::time::timeout(self.stall + wait, req.send()).await {
-            Err(_) => return Err(self.stalled(url)),
+            Err(_) => return Err(self.stalled(url())),
             Ok(Err(e)) => {
                 return Err(UpstreamError::Connect {
-                    url,
+                    url: url(),
                     message: e.to_string(),
                 })
             }
@@ -332,7 +343,7 @@ impl Upstream {
         };
         if !resp.status().is_success() {
             return Err(UpstreamError::Status {
-                url,
+                url: url(),
                 status: resp.status().as_u16(),
             });
         }
