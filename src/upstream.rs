@@ -254,9 +254,9 @@ impl Upstream {
             .clone()
     }
 
+    /// `path` under the base URL, as text (for messages).
     fn url(&self, path: &str) -> String {
-        self.base
-            .join(path)
+        self.endpoint(path)
             .map(|u| u.to_string())
             .unwrap_or_else(|_| format!("{}{path}", self.base))
     }
