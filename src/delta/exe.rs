@@ -816,7 +816,40 @@ pub struct Refs {
     pub kinds: Vec<u8>,
 }
 
+/// Bytes of code per reference the scan expects at most: its lists are sized for that
+/// up front (real code has one per 20–30 bytes). Grown by doubling instead, they were a
+/// sixth of apply's page faults, most of them in copies; room never written to costs
+/// no page.
+const CODE_BYTES_PER_REF: u64 = 16;
+/// Room is made for at most this much code (20 MiB of lists); past it they grow as
+/// needed, so a layout claiming huge sections reserves nothing it does not fill.
+const MAX_ROOM_CODE: u64 = 64 << 20;
+
+/// Bytes of code the scan reads in `layout` within the file range `lo..hi` (sections
+/// cut at the layout's end), at most `MAX_ROOM_CODE`.
+fn code_bytes(layout: &Layout, (lo, hi): (u64, u64)) -> u64 {
+    let hi = hi.min(layout.end);
+    let code = layout.sections.iter().filter(|s| s.exec);
+    let sum: u64 = code
+        .map(|s| {
+            (s.off.saturating_add(s.file_len))
+                .min(hi)
+                .saturating_sub(s.off.max(lo))
+        })
+        .fold(0, u64::saturating_add);
+    sum.min(MAX_ROOM_CODE)
+}
+
 impl Refs {
+    /// Empty, with room for the references of `code` bytes of code.
+    fn with_room(code: u64) -> Refs {
+        let n = usize::try_from(code / CODE_BYTES_PER_REF).unwrap_or(0);
+        Refs {
+            fields: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+        }
+    }
+
     fn push(&mut self, field: u64, kind: u8) {
         if let Ok(f) = u32::try_from(field) {
             self.fields.push(f);
@@ -1244,16 +1277,18 @@ pub fn code_refs_split<R: ReadAt + ?Sized>(
     piece: usize,
     split: u64,
 ) -> io::Result<Refs> {
-    let scan = |range: (u64, u64), from: u64| -> io::Result<(Refs, Vec<(u64, u64)>)> {
-        let mut refs = Refs::default();
-        let mut hits = Some((from, Vec::new()));
-        scan_code_in(src, layout, &mut refs, piece, range, &mut hits)?;
-        Ok((refs, hits.map(|h| h.1).unwrap_or_default()))
-    };
+    // The first half's list gets room for the second's too: it is appended there.
+    let scan =
+        |range: (u64, u64), from: u64, room: (u64, u64)| -> io::Result<(Refs, Vec<(u64, u64)>)> {
+            let mut refs = Refs::with_room(code_bytes(layout, room));
+            let mut hits = Some((from, Vec::new()));
+            scan_code_in(src, layout, &mut refs, piece, range, &mut hits)?;
+            Ok((refs, hits.map(|h| h.1).unwrap_or_default()))
+        };
     let past = split.saturating_add(SPLIT_WINDOW);
     let (first, second) = rayon::join(
-        || scan((0, past), split.saturating_sub(32)),
-        || scan((split, u64::MAX), split),
+        || scan((0, past), split.saturating_sub(32), (0, u64::MAX)),
+        || scan((split, u64::MAX), split, (split, u64::MAX)),
     );
     let ((mut a, a_hits), (b, b_hits)) = (first?, second?);
     let mut agree = split;
@@ -1370,7 +1405,7 @@ fn read_vec<R: ReadAt + ?Sized>(src: &R, off: u64, len: u64) -> io::Result<Vec<u
 /// The code references alone, read in pieces of `piece` bytes (what is found does not
 /// depend on it; tests check that).
 pub fn code_refs<R: ReadAt + ?Sized>(src: &R, layout: &Layout, piece: usize) -> io::Result<Refs> {
-    let mut refs = Refs::default();
+    let mut refs = Refs::with_room(code_bytes(layout, (0, u64::MAX)));
     scan_code(src, layout, &mut refs, piece)?;
     Ok(refs)
 }
@@ -2512,6 +2547,27 @@ mod tests {
             0x40_0000,
         )
         .expect("layout")
+    }
+
+    #[test]
+    fn scan_room_counts_code_inside_the_range_and_the_file_only() {
+        let mut l = uneven_layout();
+        // Code: 0x0..0x2345, 0x3c00..0x6c00, 0x7000..0x8000.
+        assert_eq!(code_bytes(&l, (0, u64::MAX)), 0x2345 + 0x3000 + 0x1000);
+        assert_eq!(code_bytes(&l, (0x2000, 0x4000)), 0x345 + 0x400);
+        assert_eq!(code_bytes(&l, (0x2345, 0x3c00)), 0, "no code there");
+        l.end = 0x7800;
+        assert_eq!(code_bytes(&l, (0, u64::MAX)), 0x2345 + 0x3000 + 0x800);
+        // A section claiming more than the file holds, or than any file could: room
+        // for what the file holds, and never more than the cap.
+        l.sections[0].file_len = 1 << 62;
+        l.sections[0].mem_len = 1 << 62;
+        assert_eq!(code_bytes(&l, (0, u64::MAX)), 0x7800 + 0x3000 + 0x800);
+        l.end = u64::MAX;
+        assert_eq!(code_bytes(&l, (0, u64::MAX)), MAX_ROOM_CODE);
+        let r = Refs::with_room(code_bytes(&l, (0, u64::MAX)));
+        assert!(r.fields.capacity() as u64 <= MAX_ROOM_CODE / CODE_BYTES_PER_REF);
+        assert!(r.fields.capacity() as u64 >= MAX_ROOM_CODE / CODE_BYTES_PER_REF);
     }
 
     #[test]
