@@ -1939,7 +1939,12 @@ impl PackedRefs {
             *at = (lo + seg.len()) as u32;
         }
         let new_len = seg.len();
-        self.packed.splice(lo..hi, seg);
+        if self.packed.is_empty() {
+            // The first executable's references (apply's usual case): no copy.
+            self.packed = seg;
+        } else {
+            self.packed.splice(lo..hi, seg);
+        }
         for at in self.index.iter_mut().skip(be) {
             *at = (*at as usize + new_len - (hi - lo)) as u32;
         }
