@@ -154,8 +154,10 @@ impl ApplyCommand {
 
 pub fn apply(old: &Path, patch: &Path, out: &Path, json: bool) -> anyhow::Result<u8> {
     let old = FileAt::open_mapped(old)?;
+    // Apply reads the patch in blocks of its own (a read that size bypasses the
+    // buffer); a 1 MiB buffer was 250 page faults on the ruff pair, for nothing.
     let mut p = BufReader::with_capacity(
-        1 << 20,
+        64 << 10,
         std::fs::File::open(patch).with_context(|| format!("opening {}", patch.display()))?,
     );
     let (guard, mut w) = AtomicOut::create(out)?;

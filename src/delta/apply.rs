@@ -305,11 +305,11 @@ impl RefSchedule {
         old: &exe::Image,
         skip: &[usize],
         tables: Vec<exe::Tables>,
-        ops: &[(u64, u64)],
+        ops: impl Iterator<Item = (u64, u64)>,
     ) -> RefSchedule {
         let parts = &old.parts;
         let mut uses = vec![(usize::MAX, 0usize); parts.len()];
-        for (n, &(old_pos, len)) in ops.iter().enumerate() {
+        for (n, (old_pos, len)) in ops.enumerate() {
             let mut k = parts.partition_point(|p| p.end <= old_pos);
             while len > 0 && k < parts.len() && parts[k].start < old_pos + len {
                 uses[k].0 = uses[k].0.min(n);
@@ -397,6 +397,11 @@ fn prepare_transform(
     let mut new_at = 0u64;
     for w in section.ctrl_at.windows(2) {
         let mut ops = CtrlReader::new(&section.ctrl[w[0]..w[1]])?;
+        copies.reserve(
+            usize::try_from(ops.ops_left())
+                .unwrap_or(usize::MAX)
+                .min(1 << 20),
+        );
         let mut cursor = 0u64;
         while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
             let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
@@ -412,7 +417,6 @@ fn prepare_transform(
             first_block_ops = copies.len();
         }
     }
-    let ops: Vec<(u64, u64)> = copies.iter().map(|c| (c.0, c.2)).collect();
     let new = section.new.clone();
     let (old_layout, tables) = exe::Image::parse_with_tables(old).ok_or_else(|| {
         DeltaError::WrongOld(
@@ -428,8 +432,8 @@ fn prepare_transform(
     }
     // Only the references of executables the patch predicts are needed (in a file
     // system image, most executables are unchanged and left unpredicted).
-    let mut schedule = RefSchedule::new(&old_layout, &section.skip, tables, &ops);
-    drop(ops);
+    let ops = copies.iter().map(|c| (c.0, c.2));
+    let mut schedule = RefSchedule::new(&old_layout, &section.skip, tables, ops);
     // The first block's references are found while the offset map is built (both
     // before the first op; one after the other, they held it up on the ruff pair).
     let (map, first) = rayon::join(
@@ -738,6 +742,16 @@ fn start_block(
     all.ops.clear();
     all.whole.clear();
     all.op_no.clear();
+    // A piece per op (more only for ops longer than a batch): room made once, not
+    // grown by doubling (its copies were a tenth of the ruff pair's page faults). At
+    // most a piece per 16 bytes of the block is expected: a stream of empty ops grows
+    // the lists as before, as far as it gets.
+    let n = usize::try_from(ops.ops_left())
+        .unwrap_or(usize::MAX)
+        .min(b.new_len as usize / 16 + 1);
+    all.ops.reserve(n);
+    all.whole.reserve(n);
+    all.op_no.reserve(n);
     while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
         let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
         if diff_len > b.diff_len as u64 - d_at as u64 || extra_len > (extra.len() - e_at) as u64 {

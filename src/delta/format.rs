@@ -447,6 +447,12 @@ impl<'a> CtrlReader<'a> {
         Ok(CtrlReader { b, left: n, cols })
     }
 
+    /// The ops not read yet (the stream's count is checked against its length, so this
+    /// is at most a third of it).
+    pub fn ops_left(&self) -> u64 {
+        self.left
+    }
+
     pub fn next_op(&mut self) -> Result<Option<(u64, u64, i64)>, FormatError> {
         if self.left == 0 {
             return Ok(None);
