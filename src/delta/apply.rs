@@ -6,13 +6,17 @@
 //! each, and the compressed form of one, plus two batches (the one being computed, and
 //! the one before it being written, then the one after it fetched), each with
 //! `OLD_BATCH + OLD_SLACK` of old bytes (none when old is in memory: a file of at most
-//! `MAP_MAX` bytes mapped, whose pages count in resident memory instead) and `OLD_BATCH`
-//! of diff turned into output, and four `OUT_PIECE` buffers of output; buffers are
-//! reused across blocks. Three threads
-//! work at once (see `apply`), and a batch's ops are computed on all of them. Order of
-//! the errors reported: header bounds → old size and blake3 → per block: header bounds,
-//! exact decompressed lengths, every op inside the block and inside old → total length
-//! → result blake3.
+//! `MAP_MAX` bytes mapped, whose pages count in resident memory instead), `OLD_BATCH`
+//! of diff turned into output and at most `BATCH_PIECES` ops, and four `OUT_PIECE`
+//! buffers of output; buffers are reused across blocks. A block's ops are read from its
+//! control stream a batch at a time, never held all at once: a control stream of 8 MiB
+//! holds up to 2.8 million ops, and at 56 bytes each they were 150 MB. (The transform
+//! section's offset map is built from every op that copies from old: 24 bytes each,
+//! bounded by `MAX_TRANSFORM_LEN`.) Three threads work at once (see `apply`), and a
+//! batch's ops are computed on all of them. Order of the errors reported: header bounds
+//! → old size and blake3 → per block: header bounds, exact decompressed lengths, then
+//! batch by batch every op inside the block and inside old, and at its end the ops
+//! covering it exactly → total length → result blake3.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
@@ -95,7 +99,14 @@ fn inflate(
     Ok(())
 }
 
-/// A block's ops in pieces of at most `OLD_BATCH` diff bytes, each checked.
+/// At most this many pieces make one batch (batches are cut at `OLD_BATCH` diff bytes
+/// too): a batch's lists, not a block's, are what apply holds of the ops, so a block of
+/// millions of tiny ops (a valid patch can hold 2.8 million in its 8 MiB control
+/// stream) costs no more memory than one of a few. Real patches have a few thousand
+/// per batch.
+const BATCH_PIECES: usize = 1 << 14;
+
+/// A batch's ops in pieces of at most `OLD_BATCH` diff bytes, each checked.
 #[derive(Default)]
 struct Pieces {
     /// (old position, diff length, extra length).
@@ -107,6 +118,28 @@ struct Pieces {
     op_no: Vec<usize>,
 }
 
+impl Pieces {
+    fn clear(&mut self) {
+        self.ops.clear();
+        self.whole.clear();
+        self.op_no.clear();
+    }
+
+    fn push(&mut self, piece: Piece) {
+        self.ops.push(piece.op);
+        self.whole.push(piece.whole);
+        self.op_no.push(piece.op_no);
+    }
+}
+
+/// One piece of an op, as `Pieces` holds it.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    op: (u64, usize, usize),
+    whole: (u64, u64, u64),
+    op_no: usize,
+}
+
 /// One batch of pieces: the old bytes its ops add their diffs to, and its output. When
 /// old is in memory they are read where they are; otherwise they are fetched in few
 /// large reads in old's order (nearby ops mostly read nearby old ranges, but not in
@@ -115,8 +148,10 @@ struct Pieces {
 /// batch before) and then filled again (the batch after).
 #[derive(Default)]
 struct Batch {
-    /// Its pieces (indexes into `Pieces`).
-    pieces: std::ops::Range<usize>,
+    /// Its pieces.
+    all: Pieces,
+    /// Whether its last piece ends its op (a longer op goes on in the next batch).
+    ends_op: bool,
     /// Where each piece's old bytes start in `buf`.
     at: Vec<usize>,
     buf: Vec<u8>,
@@ -129,9 +164,10 @@ struct Batch {
 }
 
 impl Batch {
-    /// Reads what the pieces `ops` need: ranges sorted by old position, merged across
-    /// gaps up to `OLD_GAP` while the unused bytes stay within `OLD_SLACK`.
-    fn fetch(&mut self, old: &dyn ReadAt, ops: &[(u64, usize, usize)]) -> Result<(), DeltaError> {
+    /// Reads what the pieces need: ranges sorted by old position, merged across gaps up
+    /// to `OLD_GAP` while the unused bytes stay within `OLD_SLACK`.
+    fn fetch(&mut self, old: &dyn ReadAt) -> Result<(), DeltaError> {
+        let ops = &self.all.ops;
         self.at.clear();
         if old.bytes().is_some() {
             // In memory: each piece is read where it is.
@@ -165,34 +201,31 @@ impl Batch {
         Ok(())
     }
 
-    /// Makes this the batch of `pieces` (indexes into `all`, `bytes` diff bytes): its
-    /// old bytes read and its diff decoded.
+    /// Makes this the block's next batch: takes its pieces from `ops` (false when the
+    /// block has none left, its ops then checked to cover it exactly), reads their old
+    /// bytes and decodes their diff.
     fn prepare(
         &mut self,
         old: &dyn ReadAt,
-        all: &Pieces,
-        pieces: std::ops::Range<usize>,
-        bytes: usize,
-        (coded, runs): (&[u8], &mut format::ZeroRuns),
-    ) -> Result<(), DeltaError> {
-        self.fetch(old, &all.ops[pieces.clone()])?;
-        self.pieces = pieces;
+        header: &Header,
+        cur: &Decoded,
+        ops: &mut BlockOps,
+    ) -> Result<bool, DeltaError> {
+        let bytes = ops.take_batch(header, cur, self)?;
+        if self.all.ops.is_empty() {
+            return Ok(false);
+        }
+        self.fetch(old)?;
         self.out.resize(bytes, 0);
-        runs.read(coded, &mut self.out);
-        Ok(())
+        ops.runs.read(&cur.coded, &mut self.out);
+        Ok(true)
     }
 
     /// Hands the batch's output to `emitter` in order, each piece's extra after it
     /// (`extra` from `*e_at` on). False when the writing thread has hung up.
-    fn emit(
-        &self,
-        all: &Pieces,
-        extra: &[u8],
-        e_at: &mut usize,
-        emitter: &mut Emitter<'_>,
-    ) -> bool {
+    fn emit(&self, extra: &[u8], e_at: &mut usize, emitter: &mut Emitter<'_>) -> bool {
         let mut from = 0;
-        for &(_, diff_len, extra_len) in &all.ops[self.pieces.clone()] {
+        for &(_, diff_len, extra_len) in &self.all.ops {
             if !emitter.emit(&self.out[from..from + diff_len])
                 || !emitter.emit(&extra[*e_at..*e_at + extra_len])
             {
@@ -204,16 +237,30 @@ impl Batch {
         true
     }
 
+    /// The number of the last op this batch ends (none when its only op goes on in the
+    /// next batch and is the first).
+    fn ops_done(&self) -> Option<usize> {
+        let last = *self.all.op_no.last()?;
+        match self.ends_op {
+            true => Some(last),
+            false => last.checked_sub(1),
+        }
+    }
+
+    /// The op number of its last piece (it has one once prepared).
+    fn last_op(&self) -> usize {
+        self.all.op_no.last().copied().unwrap_or_default()
+    }
+
     /// Computes the batch on all threads (its ops are independent): each piece's diff
     /// plus its old bytes, with references predicted.
     fn compute(
         &mut self,
         old: &dyn ReadAt,
-        all: &Pieces,
         predictor: Option<&Predictor>,
     ) -> Result<(), DeltaError> {
-        let pieces = &all.ops[self.pieces.clone()];
-        let whole = &all.whole[self.pieces.clone()];
+        let pieces = &self.all.ops;
+        let whole = &self.all.whole;
         let mut slots = Vec::with_capacity(pieces.len());
         let mut rest = &mut self.out[..];
         for (i, &(_, diff_len, _)) in pieces.iter().enumerate() {
@@ -365,13 +412,6 @@ impl RefSchedule {
             self.next_drop += 1;
         }
     }
-}
-
-/// The last op whose every piece is applied once the pieces before `last` are (`op_no`:
-/// each piece's op): the one before the next piece's (a long op's pieces can span
-/// batches) or, after the block's last piece, the one before `next_op`.
-fn ops_done(op_no: &[usize], last: usize, next_op: usize) -> Option<usize> {
-    op_no.get(last).copied().unwrap_or(next_op).checked_sub(1)
 }
 
 /// Rebuilds the offset map from the transform section's ops and parses old's
@@ -704,98 +744,154 @@ impl Emitter<'_> {
     }
 }
 
-/// A block's ops, in pieces and batches.
-#[derive(Default)]
-struct Side {
-    all: Pieces,
-    /// The block's batches: (pieces, diff bytes).
-    bounds: Vec<(std::ops::Range<usize>, usize)>,
-}
-
-/// A started block: where its diff's decoding stands, the number of the first op after
-/// it and its length in new.
-struct Started {
+/// Where the reading of a block's ops stands: they are read, checked and cut into
+/// pieces a batch at a time (`take_batch`).
+struct BlockOps {
+    ctrl: format::CtrlPos,
     runs: format::ZeroRuns,
-    next_op: usize,
+    /// Old position after the last op read (the next op's delta counts from it).
+    cursor: u64,
+    /// Diff and extra bytes of the ops read so far; their output.
+    d_at: usize,
+    e_at: usize,
     produced: u64,
+    /// The next op's number; where the block starts in new.
+    op_no: usize,
+    written: u64,
+    /// The next piece, read but not yet in a batch (the rest of an op longer than a
+    /// batch, or an op the last batch had no room for).
+    pending: Option<Piece>,
+    /// The rest of an op being cut into pieces: (old position, diff bytes left, extra
+    /// length, whole op, op number).
+    rest: Option<Piece>,
 }
 
-/// Starts the decoded block `cur`: checks its diff's zero-run coding and its ops
-/// (numbered from `op_no`, the block starting at `written` in new), splits them into
-/// pieces and batches in `side`, and prepares its first batch in `first`.
-#[allow(clippy::too_many_arguments)]
+impl BlockOps {
+    /// Starts the decoded block `cur`, which holds ops numbered from `op_no` and starts
+    /// at `written` in new: checks its control stream's layout and its diff's zero-run
+    /// coding.
+    fn new(cur: &Decoded, op_no: usize, written: u64) -> Result<BlockOps, DeltaError> {
+        let b = cur.header;
+        Ok(BlockOps {
+            ctrl: CtrlReader::new(&cur.ctrl)?.pos(),
+            runs: format::ZeroRuns::new(&cur.coded, b.diff_len as usize)?,
+            cursor: 0,
+            d_at: 0,
+            e_at: 0,
+            produced: 0,
+            op_no,
+            written,
+            pending: None,
+            rest: None,
+        })
+    }
+
+    /// The next piece: the rest of a long op, or the next op (checked) cut to at most
+    /// `OLD_BATCH` diff bytes. `None` after the last op, once the ops are checked to
+    /// cover the block exactly.
+    fn next_piece(&mut self, header: &Header, cur: &Decoded) -> Result<Option<Piece>, DeltaError> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
+        let cut = |p: Piece, rest: &mut Option<Piece>| {
+            let (pos, len, extra) = p.op;
+            if len > OLD_BATCH {
+                *rest = Some(Piece {
+                    op: (pos + OLD_BATCH as u64, len - OLD_BATCH, extra),
+                    ..p
+                });
+                Piece {
+                    op: (pos, OLD_BATCH, 0),
+                    ..p
+                }
+            } else {
+                p
+            }
+        };
+        if let Some(r) = self.rest.take() {
+            return Ok(Some(cut(r, &mut self.rest)));
+        }
+        let b = cur.header;
+        let mut ops = CtrlReader::resume(&cur.ctrl, self.ctrl);
+        let next = ops.next_op()?;
+        self.ctrl = ops.pos();
+        let Some((diff_len, extra_len, delta)) = next else {
+            if self.produced != u64::from(b.new_len)
+                || self.d_at != b.diff_len as usize
+                || self.e_at != cur.extra.len()
+            {
+                return Err(corrupt("block ops do not cover the block exactly"));
+            }
+            return Ok(None);
+        };
+        let (old_pos, end) = op_range(self.cursor, delta, diff_len, header.old_size)?;
+        if diff_len > b.diff_len as u64 - self.d_at as u64
+            || extra_len > (cur.extra.len() - self.e_at) as u64
+        {
+            return Err(corrupt("op exceeds the block's streams"));
+        }
+        let piece = Piece {
+            op: (old_pos, diff_len as usize, extra_len as usize),
+            whole: (old_pos, diff_len, self.written + self.produced),
+            op_no: self.op_no,
+        };
+        self.op_no += 1;
+        self.d_at += diff_len as usize;
+        self.e_at += extra_len as usize;
+        self.cursor = end;
+        self.produced += diff_len + extra_len;
+        Ok(Some(cut(piece, &mut self.rest)))
+    }
+
+    /// Fills `batch`'s pieces: as many as fit in `OLD_BATCH` diff bytes, at most
+    /// `BATCH_PIECES`; none once the block's ops are all taken. Returns their diff bytes.
+    fn take_batch(
+        &mut self,
+        header: &Header,
+        cur: &Decoded,
+        batch: &mut Batch,
+    ) -> Result<usize, DeltaError> {
+        batch.all.clear();
+        let mut bytes = 0;
+        while batch.all.ops.len() < BATCH_PIECES {
+            let Some(p) = self.next_piece(header, cur)? else {
+                break;
+            };
+            if bytes + p.op.1 > OLD_BATCH {
+                self.pending = Some(p);
+                break;
+            }
+            bytes += p.op.1;
+            batch.all.push(p);
+        }
+        let last = batch.all.op_no.last();
+        let goes_on = self.pending.or(self.rest).map(|p| p.op_no);
+        batch.ends_op = goes_on.is_none() || goes_on != last.copied();
+        Ok(bytes)
+    }
+
+    /// The first op after the block (once its ops are all taken).
+    fn next_op(&self) -> usize {
+        self.op_no
+    }
+}
+
+/// Starts the decoded block `cur` (ops numbered from `op_no`, starting at `written` in
+/// new) and prepares its first batch in `first`.
 fn start_block(
     old: &dyn ReadAt,
     header: &Header,
     cur: &Decoded,
-    side: &mut Side,
     first: &mut Batch,
-    mut op_no: usize,
+    op_no: usize,
     written: u64,
-) -> Result<Started, DeltaError> {
-    let b = cur.header;
-    let extra = &cur.extra;
-    let mut runs = format::ZeroRuns::new(&cur.coded, b.diff_len as usize)?;
-    let (mut d_at, mut e_at, mut cursor, mut produced) = (0usize, 0usize, 0u64, 0u64);
-    let mut ops = CtrlReader::new(&cur.ctrl)?;
-    let all = &mut side.all;
-    all.ops.clear();
-    all.whole.clear();
-    all.op_no.clear();
-    // A piece per op (more only for ops longer than a batch): room made once, not
-    // grown by doubling (its copies were a tenth of the ruff pair's page faults). At
-    // most a piece per 16 bytes of the block is expected: a stream of empty ops grows
-    // the lists as before, as far as it gets.
-    let n = usize::try_from(ops.ops_left())
-        .unwrap_or(usize::MAX)
-        .min(b.new_len as usize / 16 + 1);
-    all.ops.reserve(n);
-    all.whole.reserve(n);
-    all.op_no.reserve(n);
-    while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
-        let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
-        if diff_len > b.diff_len as u64 - d_at as u64 || extra_len > (extra.len() - e_at) as u64 {
-            return Err(corrupt("op exceeds the block's streams"));
-        }
-        let mut piece = (old_pos, diff_len as usize);
-        let whole = (old_pos, diff_len, written + produced);
-        while piece.1 > OLD_BATCH {
-            all.ops.push((piece.0, OLD_BATCH, 0));
-            all.whole.push(whole);
-            all.op_no.push(op_no);
-            piece = (piece.0 + OLD_BATCH as u64, piece.1 - OLD_BATCH);
-        }
-        all.ops.push((piece.0, piece.1, extra_len as usize));
-        all.whole.push(whole);
-        all.op_no.push(op_no);
-        op_no += 1;
-        d_at += diff_len as usize;
-        e_at += extra_len as usize;
-        cursor = end;
-        produced += diff_len + extra_len;
-    }
-    if produced != u64::from(b.new_len) || d_at != b.diff_len as usize || e_at != extra.len() {
+) -> Result<BlockOps, DeltaError> {
+    let mut ops = BlockOps::new(cur, op_no, written)?;
+    if !first.prepare(old, header, cur, &mut ops)? {
+        // A block holds at least one byte, so at least one op.
         return Err(corrupt("block ops do not cover the block exactly"));
     }
-    side.bounds.clear();
-    let mut from = 0;
-    while from < all.ops.len() {
-        let (mut last, mut bytes) = (from, 0);
-        while last < all.ops.len() && bytes + all.ops[last].1 <= OLD_BATCH {
-            bytes += all.ops[last].1;
-            last += 1;
-        }
-        side.bounds.push((from..last, bytes));
-        from = last;
-    }
-    if let Some((pieces, bytes)) = side.bounds.first() {
-        first.prepare(old, all, pieces.clone(), *bytes, (&cur.coded, &mut runs))?;
-    }
-    Ok(Started {
-        runs,
-        next_op: op_no,
-        produced,
-    })
+    Ok(ops)
 }
 
 /// The worker side of `apply`: decodes blocks and computes the output. Ok(false) when
@@ -823,7 +919,6 @@ fn produce(
         free,
     };
     let mut decoded: [Decoded; 2] = Default::default();
-    let mut sides: [Side; 2] = Default::default();
     let mut bufs: [Batch; 2] = Default::default();
     // Batches computed so far: the next is computed in `bufs[g % 2]`.
     let mut g = 0usize;
@@ -841,19 +936,19 @@ fn produce(
                 .map(|s| prepare_transform(old, header, s))
                 .transpose()
         },
-        || -> Result<Option<Started>, DeltaError> {
+        || -> Result<Option<BlockOps>, DeltaError> {
             let Some(raw) = first else {
                 return Ok(None);
             };
             decode_block(&raw, section.as_ref(), 0, &mut dec, &mut decoded[0])?;
-            start_block(old, header, &decoded[0], &mut sides[0], &mut bufs[0], 0, 0).map(Some)
+            start_block(old, header, &decoded[0], &mut bufs[0], 0, 0).map(Some)
         },
     );
     let (mut predictor, mut schedule) = match prepared? {
         Some((p, r)) => (Some(p), Some(r)),
         None => (None, None),
     };
-    let Some(mut started) = started? else {
+    let Some(mut ops) = started? else {
         return Ok(emitter.send());
     };
     let (mut written, mut block) = (0u64, 0usize);
@@ -867,61 +962,57 @@ fn produce(
             Err(_) => return Ok(false),
         };
         let [d0, d1] = &mut decoded;
-        let [s0, s1] = &mut sides;
-        let ((cur, ahead), (side, side_next)) = match block % 2 {
-            0 => ((&*d0, d1), (&*s0, s1)),
-            _ => ((&*d1, d0), (&*s1, s0)),
+        let (cur, ahead) = match block % 2 {
+            0 => (&*d0, d1),
+            _ => (&*d1, d0),
         };
-        let Started {
-            mut runs,
-            next_op,
-            produced,
-        } = started;
         let mut e_at = 0usize;
         let mut next_decoded = None;
         let mut next_started = None;
-        let n = side.bounds.len();
-        for k in 0..n {
-            if let (Some(p), Some(r)) = (&mut predictor, &mut schedule) {
-                r.load_through(side.all.op_no[side.bounds[k].0.end - 1], old, p)?;
-            }
+        // Batch k of the block is computed in `this`; the block's first batch was
+        // prepared when it was started.
+        for k in 0.. {
             let [b0, b1] = &mut bufs;
             let (this, other) = if g % 2 == 0 { (b0, b1) } else { (b1, b0) };
+            if let (Some(p), Some(r)) = (&mut predictor, &mut schedule) {
+                r.load_through(this.last_op(), old, p)?;
+            }
             let p = predictor.as_ref();
+            let ops = &mut ops;
             let (computed, beside) = rayon::join(
-                || this.compute(old, &side.all, p),
-                || -> Result<bool, DeltaError> {
-                    if k > 0 && !other.emit(&side.all, &cur.extra, &mut e_at, &mut emitter) {
-                        return Ok(false);
+                || this.compute(old, p),
+                || -> Result<Option<bool>, DeltaError> {
+                    if k > 0 && !other.emit(&cur.extra, &mut e_at, &mut emitter) {
+                        return Ok(None);
                     }
-                    if let Some((pieces, bytes)) = side.bounds.get(k + 1) {
-                        let diff = (&cur.coded[..], &mut runs);
-                        other.prepare(old, &side.all, pieces.clone(), *bytes, diff)?;
-                    }
+                    let more = other.prepare(old, header, cur, ops)?;
                     if let Some(raw) = next.take().filter(|_| k == 0) {
                         let d = decode_block(&raw, section.as_ref(), block + 1, &mut dec, ahead);
                         next_decoded = Some(d);
                     }
-                    if k + 1 == n && matches!(next_decoded, Some(Ok(()))) {
-                        let at = written + produced;
-                        let s = start_block(old, header, ahead, side_next, other, next_op, at);
+                    if !more && matches!(next_decoded, Some(Ok(()))) {
+                        let at = written + u64::from(cur.header.new_len);
+                        let s = start_block(old, header, ahead, other, ops.next_op(), at);
                         next_started = Some(s);
                     }
-                    Ok(true)
+                    Ok(Some(more))
                 },
             );
             computed?;
-            if !beside? {
+            let Some(more) = beside? else {
                 return Ok(false);
-            }
+            };
             g += 1;
             if let (Some(p), Some(r)) = (&mut predictor, &mut schedule) {
-                if let Some(done) = ops_done(&side.all.op_no, side.bounds[k].0.end, next_op) {
+                if let Some(done) = this.ops_done() {
                     r.drop_through(done, p);
                 }
             }
+            if !more {
+                break;
+            }
         }
-        if n > 0 && !bufs[(g - 1) % 2].emit(&side.all, &cur.extra, &mut e_at, &mut emitter) {
+        if !bufs[(g - 1) % 2].emit(&cur.extra, &mut e_at, &mut emitter) {
             return Ok(false);
         }
         if let Some(raw) = next.take() {
@@ -933,23 +1024,18 @@ fn produce(
                 ahead,
             ));
         }
-        written += produced;
+        // The block's ops were all taken, so they were checked to cover it.
+        written += u64::from(cur.header.new_len);
         block += 1;
         // The next block's errors come after this block's.
         match next_decoded {
             Some(d) => {
                 d?;
-                started = match next_started {
+                ops = match next_started {
                     Some(s) => s?,
-                    None => start_block(
-                        old,
-                        header,
-                        ahead,
-                        side_next,
-                        &mut bufs[g % 2],
-                        next_op,
-                        written,
-                    )?,
+                    None => {
+                        start_block(old, header, ahead, &mut bufs[g % 2], ops.next_op(), written)?
+                    }
                 };
             }
             None => break,
@@ -996,16 +1082,113 @@ fn decode_block(
 
 #[cfg(test)]
 mod tests {
-    use super::ops_done;
+    use super::*;
+    use crate::hash::Hash;
+
+    /// A decoded block of ops with these diff lengths (all zero, no extra bytes), each
+    /// copying old from 0, and a header for it.
+    fn block(diffs: &[u64]) -> (Header, Decoded) {
+        let ops: Vec<format::Op> = diffs
+            .iter()
+            .map(|&d| format::Op {
+                old_pos: 0,
+                diff_len: d,
+                extra_len: 0,
+            })
+            .collect();
+        let total: u64 = diffs.iter().sum();
+        let coded = format::encode_zero_runs(&vec![0u8; total as usize]);
+        let header = Header {
+            zstd_level: 3,
+            old_size: 4 << 20,
+            new_size: total,
+            old_hash: Hash::of(b"old"),
+            new_hash: Hash::of(b"new"),
+            block_size: total as u32,
+            block_count: 1,
+            memory_limit: 0,
+            transform: false,
+        };
+        let decoded = Decoded {
+            header: BlockHeader {
+                new_len: total as u32,
+                diff_coded_len: coded.len() as u32,
+                diff_len: total as u32,
+                ..BlockHeader::default()
+            },
+            ctrl: format::encode_ctrl(&ops),
+            coded,
+            extra: Vec::new(),
+        };
+        (header, decoded)
+    }
+
+    /// Each batch the block's ops make: its pieces' op numbers and diff lengths, and the
+    /// last op it ends.
+    fn batches(diffs: &[u64]) -> Vec<(Vec<usize>, Vec<usize>, Option<usize>)> {
+        let (header, d) = block(diffs);
+        let mut ops = BlockOps::new(&d, 7, 0).expect("a valid block");
+        let mut batch = Batch::default();
+        let mut seen = Vec::new();
+        loop {
+            let bytes = ops.take_batch(&header, &d, &mut batch).expect("valid ops");
+            if batch.all.ops.is_empty() {
+                break;
+            }
+            let lens: Vec<usize> = batch.all.ops.iter().map(|o| o.1).collect();
+            assert_eq!(bytes, lens.iter().sum::<usize>());
+            seen.push((batch.all.op_no.clone(), lens, batch.ops_done()));
+        }
+        assert_eq!(ops.next_op(), 7 + diffs.len());
+        seen
+    }
 
     #[test]
-    fn an_op_is_done_only_when_its_last_piece_is() {
-        // Op 7 in three pieces, then op 8; the block's next op is 9.
-        let op_no = [6, 7, 7, 7, 8];
-        assert_eq!(ops_done(&op_no, 1, 9), Some(6), "op 7 has not started");
-        assert_eq!(ops_done(&op_no, 2, 9), Some(6), "op 7 is half done");
-        assert_eq!(ops_done(&op_no, 4, 9), Some(7));
-        assert_eq!(ops_done(&op_no, 5, 9), Some(8), "the block is done");
-        assert_eq!(ops_done(&[0, 0], 1, 1), None, "nothing is done yet");
+    fn a_batch_ends_an_op_only_with_its_last_piece() {
+        const MIB: usize = OLD_BATCH;
+        // Ops numbered from 7: 100 bytes, 3 MiB + 5 (four pieces), 10 bytes.
+        let got = batches(&[100, 3 * MIB as u64 + 5, 10]);
+        let want = vec![
+            (vec![7], vec![100], Some(7)),
+            (vec![8], vec![MIB], Some(7)),
+            (vec![8], vec![MIB], Some(7)),
+            (vec![8], vec![MIB], Some(7)),
+            (vec![8, 9], vec![5, 10], Some(9)),
+        ];
+        assert_eq!(got, want);
+        // The first op of the patch, unfinished: no op is done yet.
+        let (header, d) = block(&[2 * MIB as u64]);
+        let mut ops = BlockOps::new(&d, 0, 0).expect("a valid block");
+        let mut batch = Batch::default();
+        ops.take_batch(&header, &d, &mut batch).expect("valid ops");
+        assert_eq!((batch.all.op_no.clone(), batch.ops_done()), (vec![0], None));
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_its_piece_count_however_small_the_ops() {
+        let n = BATCH_PIECES + 100;
+        let got = batches(&vec![1; n]);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0.len(), BATCH_PIECES);
+        assert_eq!(got[0].2, Some(7 + BATCH_PIECES - 1));
+        assert_eq!(got[1].0.len(), 100);
+        assert_eq!(got[1].2, Some(7 + n - 1));
+    }
+
+    #[test]
+    fn ops_that_do_not_cover_the_block_are_an_error_at_its_end() {
+        let (header, mut d) = block(&[100, 200]);
+        // A byte of extra that no op adds.
+        d.header.new_len += 1;
+        d.header.extra_len += 1;
+        d.extra.push(1);
+        let mut ops = BlockOps::new(&d, 0, 0).expect("the layout is valid");
+        let err = ops.take_batch(&header, &d, &mut Batch::default());
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.to_string().contains("do not cover the block exactly")),
+            "{:?}",
+            err.map(|_| ())
+        );
     }
 }

@@ -420,6 +420,13 @@ pub fn encode_ctrl(ops: &[Op]) -> Vec<u8> {
 /// (diff_len, extra_len, old_delta) in order. Checks the layout up front.
 pub struct CtrlReader<'a> {
     b: &'a [u8],
+    pos: CtrlPos,
+}
+
+/// Where a `CtrlReader` stands in its stream: kept between reads of the ops in pieces
+/// (apply reads a block's ops a batch at a time) without holding the stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtrlPos {
     left: u64,
     cols: [usize; 3],
 }
@@ -444,23 +451,38 @@ impl<'a> CtrlReader<'a> {
         if at != b.len() {
             return Err(FormatError::Bounds("ctrl stream length"));
         }
-        Ok(CtrlReader { b, left: n, cols })
+        Ok(CtrlReader {
+            b,
+            pos: CtrlPos { left: n, cols },
+        })
+    }
+
+    /// Reading `b` on from `pos`, which a reader of the same stream (made by `new`,
+    /// which checked it) returned.
+    pub fn resume(b: &'a [u8], pos: CtrlPos) -> CtrlReader<'a> {
+        CtrlReader { b, pos }
+    }
+
+    /// Where this reader stands, for `resume`.
+    pub fn pos(&self) -> CtrlPos {
+        self.pos
     }
 
     /// The ops not read yet (the stream's count is checked against its length, so this
     /// is at most a third of it).
     pub fn ops_left(&self) -> u64 {
-        self.left
+        self.pos.left
     }
 
     pub fn next_op(&mut self) -> Result<Option<(u64, u64, i64)>, FormatError> {
-        if self.left == 0 {
+        let p = &mut self.pos;
+        if p.left == 0 {
             return Ok(None);
         }
-        self.left -= 1;
-        let d = get_varint(self.b, &mut self.cols[0])?;
-        let e = get_varint(self.b, &mut self.cols[1])?;
-        let o = unzigzag(get_varint(self.b, &mut self.cols[2])?);
+        p.left -= 1;
+        let d = get_varint(self.b, &mut p.cols[0])?;
+        let e = get_varint(self.b, &mut p.cols[1])?;
+        let o = unzigzag(get_varint(self.b, &mut p.cols[2])?);
         Ok(Some((d, e, o)))
     }
 }
