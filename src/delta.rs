@@ -45,6 +45,10 @@ pub enum DeltaError {
     MemoryLimit { limit: u64, need: u64 },
     #[error("internal: {0}")]
     Internal(String),
+    /// The transform would put more ops in its section than the format allows
+    /// (`format::MAX_TRANSFORM_OPS`): the encoder then writes a patch without it.
+    #[error("the transform section would hold {0} ops, past the format's bound")]
+    TransformBound(u64),
 }
 
 /// Random-access input (old and new files, or memory in tests).

@@ -832,3 +832,58 @@ fn executables_in_an_ext4_image_are_found_through_its_extents_holes_and_all() {
         "ext4: {with} bytes, bytes-only {without}"
     );
 }
+
+/// A transform section may hold at most `MAX_TRANSFORM_OPS` ops: apply builds its
+/// offset map from every one (24 bytes each), and the section's 64 MiB could hold 22
+/// million. One more is a format error before any of them is read into memory.
+#[test]
+fn a_transform_section_past_its_op_bound_is_refused() {
+    use delta::format;
+    let (old, new) = (elf(300, 0), elf(300, 40));
+    let (patch, _) = diff(&old, &new, true);
+    assert_eq!(version(&patch), 2);
+    assert_eq!(apply(&old, &patch).unwrap(), new);
+    let mut rest = &patch[format::HEADER_LEN..];
+    let section = delta::apply::read_transform_section(&mut rest).unwrap();
+    let blocks = &patch[format::HEADER_LEN + section.bytes as usize..];
+    // The section again, its first block's control stream now the bound's worth of
+    // empty ops and one more (within a block's 8 MiB of control).
+    let encode = |ctrls: &[Vec<u8>]| {
+        let mut s = vec![format::TRANSFORM_X86_REFS];
+        section.new.encode(&mut s);
+        format::put_varint(&mut s, section.skip.len() as u64);
+        for &i in &section.skip {
+            format::put_varint(&mut s, i as u64);
+        }
+        format::put_varint(&mut s, ctrls.len() as u64);
+        for c in ctrls {
+            format::put_varint(&mut s, c.len() as u64);
+        }
+        for c in ctrls {
+            s.extend_from_slice(c);
+        }
+        let z = zstd::bulk::compress(&s, 3).unwrap();
+        let mut p = patch[..format::HEADER_LEN].to_vec();
+        p.extend_from_slice(&(z.len() as u32).to_le_bytes());
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(&z);
+        p.extend_from_slice(blocks);
+        p
+    };
+    let mut ctrls: Vec<Vec<u8>> = section
+        .ctrl_at
+        .windows(2)
+        .map(|w| section.ctrl[w[0]..w[1]].to_vec())
+        .collect();
+    // Unchanged, the section encodes to a patch that applies (the rebuild is faithful).
+    assert_eq!(apply(&old, &encode(&ctrls)).unwrap(), new);
+    let empty = format::Op {
+        old_pos: 0,
+        diff_len: 0,
+        extra_len: 0,
+    };
+    ctrls[0] = format::encode_ctrl(&vec![empty; format::MAX_TRANSFORM_OPS as usize + 1]);
+    assert!(ctrls[0].len() <= format::MAX_CTRL_LEN as usize);
+    let err = apply(&old, &encode(&ctrls)).unwrap_err();
+    assert!(err.to_string().contains("transform op count"), "{err}");
+}

@@ -434,9 +434,15 @@ fn prepare_transform(
     }
     let mut copies = Vec::new();
     let mut first_block_ops = 0;
-    let mut new_at = 0u64;
+    let (mut new_at, mut total) = (0u64, 0u64);
     for w in section.ctrl_at.windows(2) {
         let mut ops = CtrlReader::new(&section.ctrl[w[0]..w[1]])?;
+        total += ops.ops_left();
+        if total > format::MAX_TRANSFORM_OPS {
+            return Err(DeltaError::Format(FormatError::Bounds(
+                "transform op count",
+            )));
+        }
         copies.reserve(
             usize::try_from(ops.ops_left())
                 .unwrap_or(usize::MAX)

@@ -244,19 +244,27 @@ pub fn diff(
         None
     };
     let mut segment_count = segments.len();
-    let in_windows = windowed_exe.is_some();
+    let mut in_windows = false;
     if let Some(exe) = windowed_exe {
         let limit = opts.memory_limit.saturating_sub(exe.bytes());
-        let segments = plan(old, new, limit, u64::from(opts.block_size))?;
-        segment_count = segments.len();
-        let (blocks, section, report) =
-            pool.install(|| diff_windowed_transform(old, new, &segments, exe, opts, progress))?;
-        sink.begin(Some(&section))?;
-        for b in blocks {
-            sink.block(b)?;
+        let exe_segments = plan(old, new, limit, u64::from(opts.block_size))?;
+        match pool.install(|| diff_windowed_transform(old, new, &exe_segments, exe, opts, progress))
+        {
+            Ok((blocks, section, report)) => {
+                segment_count = exe_segments.len();
+                sink.begin(Some(&section))?;
+                for b in blocks {
+                    sink.block(b)?;
+                }
+                transform = Some(report);
+                progress(new.size() - new.size() / 2);
+                in_windows = true;
+            }
+            Err(DeltaError::TransformBound(ops)) => {
+                tracing::info!(ops, "too many ops for the transform: diffing without it");
+            }
+            Err(e) => return Err(e),
         }
-        transform = Some(report);
-        progress(new.size() - new.size() / 2);
     }
     for seg in segments.iter().filter(|_| !in_windows) {
         if (seg.new_end - seg.new_start) % u64::from(opts.block_size) != 0
@@ -382,7 +390,12 @@ fn diff_segment(
                 "suffix array of old's projection built"
             );
             let proj = (old_proj.as_slice(), new_proj.as_slice());
-            return diff_with_transform(&text, &sa, proj, &new_bytes, exe, opts, full);
+            match diff_with_transform(&text, &sa, proj, &new_bytes, exe, opts, full) {
+                Err(DeltaError::TransformBound(ops)) => {
+                    tracing::info!(ops, "too many ops for the transform: diffing without it");
+                }
+                done => return done,
+            }
         }
     }
     let t = Instant::now();
@@ -659,6 +672,10 @@ fn code_with_transform(
     opts: &DiffOptions,
 ) -> Result<(Vec<BlockOut>, Vec<u8>, TransformReport), DeltaError> {
     use rayon::prelude::*;
+    let total = block_ops.iter().map(|ops| ops.len() as u64).sum::<u64>();
+    if total > format::MAX_TRANSFORM_OPS {
+        return Err(DeltaError::TransformBound(total));
+    }
     let t = Instant::now();
     let block_size = opts.block_size as usize;
     let mut copies = Vec::new();

@@ -18,7 +18,9 @@
 //!   The blocks of a version 2 patch have empty control streams (ctrl_clen = ctrl_len
 //!   = 0): apply needs every op before the first block, to build the old→new offset
 //!   map (`exe::OffsetMap::from_copies` over all ops' copies, in new's order, joining
-//!   spans of one delta closer than `exe::MAP_GAP`).
+//!   spans of one delta closer than `exe::MAP_GAP`). The control streams hold at most
+//!   `MAX_TRANSFORM_OPS` ops together (a bound added after the version bump; the
+//!   largest section seen, the benchmark corpus's 629 MB image, holds 136,265).
 //!   Version 1 has flags = 0 and no transform; a patch without a transform is written as
 //!   version 1, so older appliers take it.
 //! block (repeated block_count times), each independent:
@@ -59,6 +61,12 @@ pub const FLAG_X86_REFS: u16 = 1;
 pub const TRANSFORM_X86_REFS: u8 = 1;
 /// Largest decoded transform section.
 pub const MAX_TRANSFORM_LEN: u32 = 64 << 20;
+/// Most ops a transform section may hold, all blocks together. Apply builds the old →
+/// new offset map from every op, 24 bytes each: this bounds that at 24 MiB, where the
+/// section's length alone allowed 22 million ops (530 MB). The encoder writes a patch
+/// without the transform past it; the 629 MB file system image of the benchmark corpus
+/// needs 136,265.
+pub const MAX_TRANSFORM_OPS: u64 = 1 << 20;
 pub const HEADER_LEN: usize = 120;
 pub const BLOCK_HEADER_LEN: usize = 32;
 /// Largest output span of one block; bounds apply-side buffers (diff + extra ≤ this).
