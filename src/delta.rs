@@ -45,9 +45,10 @@ pub enum DeltaError {
     MemoryLimit { limit: u64, need: u64 },
     #[error("internal: {0}")]
     Internal(String),
-    /// The transform would put more ops in its section than the format allows
-    /// (`format::MAX_TRANSFORM_OPS`): the encoder then writes a patch without it.
-    #[error("the transform section would hold {0} ops, past the format's bound")]
+    /// The transform's section would be past the format's bounds on ops or sections
+    /// (`format::MAX_TRANSFORM_OPS`, `exe::MAX_IMAGE_SECTIONS`): the encoder then
+    /// writes a patch without it.
+    #[error("the transform section ({0} ops) would be past the format's bounds")]
     TransformBound(u64),
 }
 

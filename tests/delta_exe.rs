@@ -886,4 +886,11 @@ fn a_transform_section_past_its_op_bound_is_refused() {
     assert!(ctrls[0].len() <= format::MAX_CTRL_LEN as usize);
     let err = apply(&old, &encode(&ctrls)).unwrap_err();
     assert!(err.to_string().contains("transform op count"), "{err}");
+    // Every block holds an op, so a section claiming more blocks than the op bound is
+    // refused before it keeps a position per block (here with 3 MiB of section besides,
+    // so the claim is within its length).
+    let mut many = vec![Vec::new(); format::MAX_TRANSFORM_OPS as usize + 1];
+    many[0] = vec![7; 3 << 20];
+    let err = apply(&old, &encode(&many)).unwrap_err();
+    assert!(err.to_string().contains("transform block count"), "{err}");
 }

@@ -542,7 +542,8 @@ fn read_section(
     }
     let skip = skip.into_iter().map(|i| i as usize).collect();
     let blocks = format::get_varint(&section, &mut at)?;
-    if blocks > section.len() as u64 {
+    // Every block has an op (it holds a byte), so no more blocks than ops.
+    if blocks > (section.len() as u64).min(format::MAX_TRANSFORM_OPS) {
         return Err(DeltaError::Format(FormatError::Bounds(
             "transform block count",
         )));

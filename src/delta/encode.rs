@@ -261,7 +261,10 @@ pub fn diff(
                 in_windows = true;
             }
             Err(DeltaError::TransformBound(ops)) => {
-                tracing::info!(ops, "too many ops for the transform: diffing without it");
+                tracing::info!(
+                    ops,
+                    "the transform would be past the format's bounds: diffing without it"
+                );
             }
             Err(e) => return Err(e),
         }
@@ -392,7 +395,10 @@ fn diff_segment(
             let proj = (old_proj.as_slice(), new_proj.as_slice());
             match diff_with_transform(&text, &sa, proj, &new_bytes, exe, opts, full) {
                 Err(DeltaError::TransformBound(ops)) => {
-                    tracing::info!(ops, "too many ops for the transform: diffing without it");
+                    tracing::info!(
+                        ops,
+                        "the transform would be past the format's bounds: diffing without it"
+                    );
                 }
                 done => return done,
             }
@@ -749,6 +755,15 @@ fn code_with_transform(
         .new
         .parts
         .retain(|_| k.next().copied().unwrap_or(false));
+    let sections = predictor
+        .new
+        .parts
+        .iter()
+        .map(|p| p.sections.len())
+        .sum::<usize>();
+    if sections > exe::MAX_IMAGE_SECTIONS {
+        return Err(DeltaError::TransformBound(total));
+    }
     tracing::debug!(
         secs = t.elapsed().as_secs_f64(),
         spans = predictor.map.spans.len(),
