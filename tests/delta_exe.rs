@@ -849,19 +849,7 @@ fn a_transform_section_past_its_op_bound_is_refused() {
     // The section again, its first block's control stream now the bound's worth of
     // empty ops and one more (within a block's 8 MiB of control).
     let encode = |ctrls: &[Vec<u8>]| {
-        let mut s = vec![format::TRANSFORM_X86_REFS];
-        section.new.encode(&mut s);
-        format::put_varint(&mut s, section.skip.len() as u64);
-        for &i in &section.skip {
-            format::put_varint(&mut s, i as u64);
-        }
-        format::put_varint(&mut s, ctrls.len() as u64);
-        for c in ctrls {
-            format::put_varint(&mut s, c.len() as u64);
-        }
-        for c in ctrls {
-            s.extend_from_slice(c);
-        }
+        let s = delta::encode::transform_section(&section.new, &section.skip, ctrls);
         let z = zstd::bulk::compress(&s, 3).unwrap();
         let mut p = patch[..format::HEADER_LEN].to_vec();
         p.extend_from_slice(&(z.len() as u32).to_le_bytes());

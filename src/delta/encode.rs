@@ -798,19 +798,7 @@ fn code_with_transform(
         secs = t.elapsed().as_secs_f64(),
         "blocks coded with the transform"
     );
-    let mut section = vec![format::TRANSFORM_X86_REFS];
-    predictor.new.encode(&mut section);
-    format::put_varint(&mut section, predictor.skip.len() as u64);
-    for &i in &predictor.skip {
-        format::put_varint(&mut section, i as u64);
-    }
-    format::put_varint(&mut section, ctrls.len() as u64);
-    for c in &ctrls {
-        format::put_varint(&mut section, c.len() as u64);
-    }
-    for c in &ctrls {
-        section.extend_from_slice(c);
-    }
+    let section = transform_section(&predictor.new, &predictor.skip, &ctrls);
     if section.len() > format::MAX_TRANSFORM_LEN as usize {
         return Err(DeltaError::Internal(
             "transform section exceeds the format bound".into(),
@@ -933,6 +921,25 @@ fn block_streams(
     }
     debug_assert_eq!(at, block.len());
     Ok(streams)
+}
+
+/// A transform section, decoded (see `format`): new's executables, old's left
+/// unpredicted, and every block's control stream.
+pub fn transform_section(new: &exe::Image, skip: &[usize], ctrls: &[Vec<u8>]) -> Vec<u8> {
+    let mut section = vec![format::TRANSFORM_X86_REFS];
+    new.encode(&mut section);
+    format::put_varint(&mut section, skip.len() as u64);
+    for &i in skip {
+        format::put_varint(&mut section, i as u64);
+    }
+    format::put_varint(&mut section, ctrls.len() as u64);
+    for c in ctrls {
+        format::put_varint(&mut section, c.len() as u64);
+    }
+    for c in ctrls {
+        section.extend_from_slice(c);
+    }
+    section
 }
 
 /// Diff runs shorter than this are folded into the previous op's extra bytes (measured on
