@@ -11,8 +11,8 @@
 //! buffers of output; buffers are reused across blocks. A block's ops are read from its
 //! control stream a batch at a time, never held all at once: a control stream of 8 MiB
 //! holds up to 2.8 million ops, and at 56 bytes each they were 150 MB. (The transform
-//! section's offset map is built from every op that copies from old: 24 bytes each,
-//! bounded by `MAX_TRANSFORM_LEN`.) Three threads work at once (see `apply`), and a
+//! section's offset map is built from all of its ops, 24 bytes each, and it holds at
+//! most `MAX_TRANSFORM_OPS`.) Three threads work at once (see `apply`), and a
 //! batch's ops are computed on all of them. Order of the errors reported: header bounds
 //! → old size and blake3 → per block: header bounds, exact decompressed lengths, then
 //! batch by batch every op inside the block and inside old, and at its end the ops
@@ -443,11 +443,8 @@ fn prepare_transform(
                 "transform op count",
             )));
         }
-        copies.reserve(
-            usize::try_from(ops.ops_left())
-                .unwrap_or(usize::MAX)
-                .min(1 << 20),
-        );
+        // Within the bound just checked.
+        copies.reserve(ops.ops_left() as usize);
         let mut cursor = 0u64;
         while let Some((diff_len, extra_len, delta)) = ops.next_op()? {
             let (old_pos, end) = op_range(cursor, delta, diff_len, header.old_size)?;
@@ -768,8 +765,8 @@ struct BlockOps {
     /// The next piece, read but not yet in a batch (the rest of an op longer than a
     /// batch, or an op the last batch had no room for).
     pending: Option<Piece>,
-    /// The rest of an op being cut into pieces: (old position, diff bytes left, extra
-    /// length, whole op, op number).
+    /// The rest of an op being cut into pieces (its old position and diff length are
+    /// what is left of it).
     rest: Option<Piece>,
 }
 
@@ -871,9 +868,9 @@ impl BlockOps {
             bytes += p.op.1;
             batch.all.push(p);
         }
-        let last = batch.all.op_no.last();
+        // The op of the next piece, if it has been read already.
         let goes_on = self.pending.or(self.rest).map(|p| p.op_no);
-        batch.ends_op = goes_on.is_none() || goes_on != last.copied();
+        batch.ends_op = goes_on != batch.all.op_no.last().copied();
         Ok(bytes)
     }
 
