@@ -229,6 +229,93 @@ pub fn hash_input(src: &dyn ReadAt) -> io::Result<crate::hash::Hash> {
     Ok(h.finalize().into())
 }
 
+/// Bytes per piece when an input in memory is hashed as independent pieces
+/// (`PieceHash`): a power of two of blake3 chunks.
+const HASH_PIECE: u64 = 256 << 10;
+
+/// blake3 of an input in memory, computed as independent pieces (blake3 subtrees of at
+/// most `HASH_PIECE` bytes, in any order, on any thread) and then joined: apply hands
+/// the pieces to its pool as work taken only when a thread has nothing else to do.
+pub struct PieceHash {
+    len: u64,
+    /// Each piece's (offset, length), in input order, and its chaining value once hashed.
+    pieces: Vec<(u64, u64)>,
+    cvs: Vec<std::sync::OnceLock<blake3::hazmat::ChainingValue>>,
+}
+
+impl PieceHash {
+    /// The pieces of a `len`-byte input: the subtrees blake3's tree has at that size
+    /// (its left subtree is the largest power of two of chunks shorter than the whole).
+    pub fn new(len: u64) -> PieceHash {
+        fn split(off: u64, len: u64, out: &mut Vec<(u64, u64)>) {
+            if len <= HASH_PIECE {
+                out.push((off, len));
+            } else {
+                let left = blake3::hazmat::left_subtree_len(len);
+                split(off, left, out);
+                split(off + left, len - left, out);
+            }
+        }
+        let mut pieces = Vec::new();
+        split(0, len, &mut pieces);
+        let cvs = pieces.iter().map(|_| std::sync::OnceLock::new()).collect();
+        PieceHash { len, pieces, cvs }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Hashes piece `i` of `input` (the whole input, `len` bytes).
+    pub fn hash_piece(&self, i: usize, input: &[u8]) {
+        use blake3::hazmat::HasherExt;
+        let (off, len) = self.pieces[i];
+        let bytes = &input[off as usize..(off + len) as usize];
+        let mut h = blake3::Hasher::new();
+        let cv = match self.pieces.len() {
+            // The whole input: its root is hashed as usual.
+            1 => *h.update(bytes).finalize().as_bytes(),
+            _ => h.set_input_offset(off).update(bytes).finalize_non_root(),
+        };
+        let _ = self.cvs[i].set(cv);
+    }
+
+    /// The input's blake3, once every piece is hashed (`None` if one is not).
+    pub fn finish(&self) -> Option<crate::hash::Hash> {
+        use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, Mode};
+        /// A subtree of `len` bytes from the pieces' values in order: the splits of `new`.
+        fn join(len: u64, next: &mut impl Iterator<Item = ChainingValue>) -> ChainingValue {
+            if len <= HASH_PIECE {
+                return next.next().unwrap_or_default();
+            }
+            let left = blake3::hazmat::left_subtree_len(len);
+            let l = join(left, next);
+            let r = join(len - left, next);
+            merge_subtrees_non_root(&l, &r, Mode::Hash)
+        }
+        let cvs: Vec<ChainingValue> = self
+            .cvs
+            .iter()
+            .map(|c| c.get().copied())
+            .collect::<Option<_>>()?;
+        let root = match cvs[..] {
+            [whole] => blake3::Hash::from_bytes(whole),
+            _ => {
+                let mut next = cvs.into_iter();
+                let left = blake3::hazmat::left_subtree_len(self.len);
+                let l = join(left, &mut next);
+                let r = join(self.len - left, &mut next);
+                merge_subtrees_root(&l, &r, Mode::Hash)
+            }
+        };
+        Some(crate::hash::Hash::from(root))
+    }
+}
+
 /// zstd level of the full-payload yardstick for the worth-it rule.
 pub const YARDSTICK_LEVEL: i32 = 3;
 
@@ -278,6 +365,47 @@ pub fn worth_it(delta_size: u64, zstd_full: u64, ratio: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_hashed_in_any_order_join_to_blake3_of_the_whole() {
+        let p = HASH_PIECE;
+        let data = crate::cli::demo::noise((5 * p + 3000) as usize, 11);
+        for len in [
+            0,
+            1,
+            1023,
+            1024,
+            1025,
+            p - 1,
+            p,
+            p + 1,
+            2 * p,
+            3 * p + 5,
+            4 * p + 1024,
+            5 * p + 3000,
+        ] {
+            let input = &data[..len as usize];
+            let h = PieceHash::new(len);
+            // The pieces cover the input in order, none longer than a piece.
+            let mut at = 0;
+            for &(off, n) in &h.pieces {
+                assert_eq!(off, at);
+                assert!(n <= HASH_PIECE && (n > 0 || len == 0));
+                at += n;
+            }
+            assert_eq!(at, len);
+            assert_eq!(h.finish(), None, "len {len}: nothing hashed yet");
+            // Last to first, as a pool may take them.
+            for i in (0..h.len()).rev() {
+                h.hash_piece(i, input);
+            }
+            assert_eq!(
+                h.finish(),
+                Some(crate::hash::Hash::from(blake3::hash(input))),
+                "len {len}"
+            );
+        }
+    }
 
     #[test]
     fn small_files_are_mapped_and_read_as_with_pread() {

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use super::exe::{self, Predictor};
 use super::format::{self, BlockHeader, CtrlReader, FormatError, Header};
-use super::{hash_input, DeltaError, ReadAt};
+use super::{hash_input, DeltaError, PieceHash, ReadAt};
 
 /// Ops are applied in batches of up to this many diff bytes, each batch's old bytes
 /// fetched together (a longer op is split into pieces this long). 1 MiB: a 600 MB file
@@ -587,7 +587,8 @@ enum Request {
 ///
 /// Three stages run at once: this thread reads the patch and hashes and writes the
 /// result; a worker decodes each block and computes its output (a batch's ops on all
-/// threads); old is hashed on a third. The worker is a task in rayon's global pool, so
+/// threads); old is hashed by the pool in the gaps the worker leaves (or, when it is
+/// not in memory, on a thread of its own). The worker is a task in rayon's global pool, so
 /// the joins it makes per batch run on its own thread and its neighbours'. As a thread
 /// of its own, each join woke a pool thread and then the worker again: 27 % more
 /// context switches, 4 ms more on the pydantic-core pair's 26 ms. The worker asks for
@@ -611,10 +612,19 @@ pub fn apply(
         )));
     }
     let mut dec = zstd::bulk::Decompressor::new()?;
+    // Old in memory is hashed in pieces that the pool takes only when its threads have
+    // nothing else to do (hashed from the start on a thread of its own, the 5 MB
+    // pydantic-core pair's old cost 3-4 ms of apply's 25: it took a core from the
+    // transform's preparation, which every batch waits for). Old on disk is read and
+    // hashed on a thread of its own.
+    let pieces = old.bytes().map(|b| PieceHash::new(b.len() as u64));
     let (old_hash, worker, written) = std::thread::scope(|s| {
-        // Old is hashed from the start, while the transform section is decoded (a
-        // section that fails is reported as if old had not been read).
-        let hashing = s.spawn(|| hash_input(old));
+        // Read from the start, while the transform section is decoded (a section that
+        // fails is reported as if old had not been read).
+        let hashing = match pieces {
+            None => Some(s.spawn(|| hash_input(old))),
+            Some(_) => None,
+        };
         let section = match header.transform {
             true => Some(read_section(patch, &mut dec)?),
             false => None,
@@ -629,6 +639,13 @@ pub fn apply(
             r.spawn(move |_| {
                 *worker = Some(produce(old, header, section, &blocks, &to_main, free));
             });
+            // Spawned from outside the pool, these go to its shared queue, which a
+            // thread looks at only when it has no work of its own and none to steal.
+            if let (Some(p), Some(bytes)) = (&pieces, old.bytes()) {
+                for i in 0..p.len() {
+                    r.spawn(move |_| p.hash_piece(i, bytes));
+                }
+            }
             let written = serve_worker(header, patch, out, &requests, &to_worker, &give_back);
             // Hanging up stops a worker that is still running (this thread failed).
             drop((requests, to_worker, give_back));
@@ -636,9 +653,16 @@ pub fn apply(
         });
         // Set once the scope ends (a panic in the worker is resumed there).
         let worker = worker.unwrap_or_else(|| Err(corrupt("apply's worker stopped")));
-        let old_hash = hashing
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let old_hash = match (hashing, &pieces) {
+            (Some(h), _) => h
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // Every piece was hashed by the time the scope ended.
+            (None, Some(p)) => p
+                .finish()
+                .ok_or_else(|| io::Error::other("old's hash is incomplete")),
+            (None, None) => Err(io::Error::other("old was not hashed")),
+        };
         Ok::<_, DeltaError>((old_hash, worker, written))
     })?;
     if old_hash? != header.old_hash {
