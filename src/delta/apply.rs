@@ -12,11 +12,11 @@
 //! control stream a batch at a time, never held all at once: a control stream of 8 MiB
 //! holds up to 2.8 million ops, and at 56 bytes each they were 150 MB. (The transform
 //! section's offset map is built from all of its ops, 24 bytes each, and it holds at
-//! most `MAX_TRANSFORM_OPS`.) Three threads work at once (see `apply`), and a
-//! batch's ops are computed on all of them. Order of the errors reported: header bounds
-//! → old size and blake3 → per block: header bounds, exact decompressed lengths, then
-//! batch by batch every op inside the block and inside old, and at its end the ops
-//! covering it exactly → total length → result blake3.
+//! most `MAX_TRANSFORM_OPS`.) Three threads work at once, four when old is on disk
+//! (see `apply`), and a batch's ops are computed on all of them. Order of the errors
+//! reported: header bounds → old size and blake3 → per block: header bounds, exact
+//! decompressed lengths, then batch by batch every op inside the block and inside old,
+//! and at its end the ops covering it exactly → total length → result blake3.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
