@@ -617,7 +617,7 @@ pub fn apply(
     // pydantic-core pair's old cost 3-4 ms of apply's 25: it took a core from the
     // transform's preparation, which every batch waits for). Old on disk is read and
     // hashed on a thread of its own.
-    let pieces = old.bytes().map(|b| PieceHash::new(b.len() as u64));
+    let pieces = old.bytes().map(|b| (PieceHash::new(b.len() as u64), b));
     let (old_hash, worker, written) = std::thread::scope(|s| {
         // Read from the start, while the transform section is decoded (a section that
         // fails is reported as if old had not been read).
@@ -641,7 +641,7 @@ pub fn apply(
             });
             // Spawned from outside the pool, these go to its shared queue, which a
             // thread looks at only when it has no work of its own and none to steal.
-            if let (Some(p), Some(bytes)) = (&pieces, old.bytes()) {
+            if let Some((p, bytes)) = &pieces {
                 for i in 0..p.len() {
                     r.spawn(move |_| p.hash_piece(i, bytes));
                 }
@@ -653,15 +653,15 @@ pub fn apply(
         });
         // Set once the scope ends (a panic in the worker is resumed there).
         let worker = worker.unwrap_or_else(|| Err(corrupt("apply's worker stopped")));
-        let old_hash = match (hashing, &pieces) {
-            (Some(h), _) => h
+        let old_hash = match hashing {
+            Some(h) => h
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
             // Every piece was hashed by the time the scope ended.
-            (None, Some(p)) => p
-                .finish()
+            None => pieces
+                .as_ref()
+                .and_then(|(p, _)| p.finish())
                 .ok_or_else(|| io::Error::other("old's hash is incomplete")),
-            (None, None) => Err(io::Error::other("old was not hashed")),
         };
         Ok::<_, DeltaError>((old_hash, worker, written))
     })?;
