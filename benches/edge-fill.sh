@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Edge-tier benchmark (not a test): one origin and, per round, a fresh edge in front of
 # it, on loopback, release builds, the same 256 MiB payload. Per round:
-#   - direct: WARM (4) whole downloads from the origin (its cache warm after round 1);
+#   - direct: WARM (8) whole downloads from the origin (its cache warm after round 1);
 #   - cold 1 MiB range: time to first byte at a fresh edge (its first request: the blob's
 #     manifest and the range's first chunk in one upstream round trip) vs the same range
 #     at the origin, then RANGES (7) more cold ranges at that edge (chunks only; median);
@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
-WARM=${WARM:-4}
+WARM=${WARM:-8}
 RANGES=${RANGES:-7}
 SIZE=$((256 << 20))
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/update-edge-target}"
@@ -77,7 +77,7 @@ start_edge() {
 get() { curl -s -o /dev/null -w '%{time_starttransfer} %{time_total} %{size_download}\n' "$@"; }
 echo "round direct_s ttfb_origin_s ttfb_edge_s cold_fill_s warm_s origin_cpu_per_gib edge_cpu_per_gib fill_edge_cpu_s fill_origin_cpu_s more_ttfb_origin_s more_ttfb_edge_s" > "$WORK/rounds.txt"
 for r in $(seq "$ROUNDS"); do
-  # WARM downloads per side, so CPU ticks (10 ms) are a small part of what is measured.
+  # WARM downloads per side (2 GiB), so a CPU tick (10 ms) is under 5 % of what is measured.
   c0=$(ticks $O_PID)
   direct=0
   for _ in $(seq $WARM); do
@@ -108,7 +108,14 @@ for r in $(seq "$ROUNDS"); do
   read -r _ cold n < <(get "$E/v1/blobs/$HASH")
   f1=$(ticks $E_PID); g1=$(ticks $O_PID)
   [ "$n" = "$SIZE" ] || { echo "cold fill incomplete: $n" >&2; exit 1; }
-  sleep 1 # the blob's promotion (whole-blob hash) finishes off the measured path
+  # The fill's aftermath (the blob's promotion, its whole-blob hash; RocksDB's flush)
+  # finishes off the measured path: wait until the edge has used no CPU for 0.5 s.
+  quiet_since=$(ticks $E_PID)
+  for _ in $(seq 60); do
+    sleep 0.5; now=$(ticks $E_PID)
+    [ "$now" = "$quiet_since" ] && break
+    quiet_since=$now
+  done
   e0=$(ticks $E_PID)
   warm=0
   for _ in $(seq $WARM); do
