@@ -7,7 +7,8 @@
 #     at the origin, then RANGES (7) more cold ranges at that edge (chunks only; median);
 #   - cold fill: whole download through another fresh edge (every chunk from the origin);
 #   - warm: WARM more whole downloads from the edge, edge CPU seconds per GiB, beside the
-#     origin's CPU per GiB for its direct downloads.
+#     origin's CPU per GiB for WARM downloads of its own over loopback (with LINK, from
+#     its side of the link).
 # Prints a markdown table of medians over the rounds and the ratios the acceptance
 # names.   benches/edge-fill.sh [ROUNDS]
 #
@@ -74,6 +75,17 @@ start_edge() {
   E_PID=$!
   for _ in $(seq 200); do curl -s "$E/readyz" | grep -q '"ready":true' && break; sleep 0.1; done
 }
+# Waits until process PID has used no CPU for 0.5 s (at most 30 s): what it was doing
+# (starting up, finishing a fill) stays out of what is measured next.
+settle() {
+  local before now
+  before=$(ticks "$1")
+  for _ in $(seq 60); do
+    sleep 0.5; now=$(ticks "$1")
+    [ "$now" = "$before" ] && return
+    before=$now
+  done
+}
 get() { curl -s -o /dev/null -w '%{time_starttransfer} %{time_total} %{size_download}\n' "$@"; }
 echo "round direct_s ttfb_origin_s ttfb_edge_s cold_fill_s warm_s origin_cpu_per_gib edge_cpu_per_gib fill_edge_cpu_s fill_origin_cpu_s more_ttfb_origin_s more_ttfb_edge_s" > "$WORK/rounds.txt"
 for r in $(seq "$ROUNDS"); do
@@ -87,7 +99,20 @@ for r in $(seq "$ROUNDS"); do
   done
   direct=$(awk -v a="$direct" -v n=$WARM 'BEGIN { print a / n }')
   c1=$(ticks $O_PID)
+  if [ -n "${LINK:-}" ]; then
+    # The origin's serving CPU from a client on its side of the link, over loopback as
+    # the edge's warm downloads are: a download across the veth pair leaves the client's
+    # receive work in softirq off the origin's threads, one over loopback runs part of
+    # it in the sender's, so the two paths do not compare.
+    c0=$(ticks $O_PID)
+    for _ in $(seq $WARM); do
+      read -r _ _ n < <("${IN_NS[@]}" curl -s -o /dev/null -w '%{time_starttransfer} %{time_total} %{size_download}\n' "$O/v1/blobs/$HASH")
+      [ "$n" = "$SIZE" ] || { echo "origin-side download incomplete: $n" >&2; exit 1; }
+    done
+    c1=$(ticks $O_PID)
+  fi
   start_edge
+  settle $E_PID # its start (store open, catalog replication) done
   off=$(( (RANDOM * 32768 + RANDOM) % (SIZE - (1 << 20)) ))
   range="$off-$((off + (1 << 20) - 1))"
   read -r ttfb_o _ _ < <(get -r "$range" "$O/v1/blobs/$HASH")
@@ -109,13 +134,8 @@ for r in $(seq "$ROUNDS"); do
   f1=$(ticks $E_PID); g1=$(ticks $O_PID)
   [ "$n" = "$SIZE" ] || { echo "cold fill incomplete: $n" >&2; exit 1; }
   # The fill's aftermath (the blob's promotion, its whole-blob hash; RocksDB's flush)
-  # finishes off the measured path: wait until the edge has used no CPU for 0.5 s.
-  quiet_since=$(ticks $E_PID)
-  for _ in $(seq 60); do
-    sleep 0.5; now=$(ticks $E_PID)
-    [ "$now" = "$quiet_since" ] && break
-    quiet_since=$now
-  done
+  # finishes off the measured path.
+  settle $E_PID
   e0=$(ticks $E_PID)
   warm=0
   for _ in $(seq $WARM); do
