@@ -82,7 +82,7 @@ whole() {
   done
   t1=$(date +%s.%N); after=$(cpu_ticks $pids)
   awk -v n="$n" -v s="$SIZE" -v t0="$t0" -v t1="$t1" -v a="$after" -v b="$before" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "%d %.3f %d %.2f\n", n, t1 - t0, n * s, (a - b) / hz }'
+    'BEGIN { printf "%d %.3f %.0f %.2f\n", n, t1 - t0, n * s, (a - b) / hz }'
 }
 
 # run NAME URL WRK_ARGS... -> prints "rps bytes cpu_seconds"
