@@ -155,10 +155,13 @@ pub fn evict(up: &Upstream, catalog: &Catalog, max_bytes: u64) -> Result<u64, St
             take.push(*h);
             planned += u64::from(up.store.chunk_len(h)?.unwrap_or(0));
         }
-        freed += up.store.delete_chunks(&take)?;
+        // Counted per batch, as it is deleted: a run that fails part-way still counts
+        // what it removed, and the count follows the store's size batch by batch.
+        let n = up.store.delete_chunks(&take)?;
+        up.metrics.store_evicted_bytes.inc_by(n);
+        freed += n;
         up.recency.forget(&take);
     }
-    up.metrics.store_evicted_bytes.inc_by(freed);
     if up.store.stats().bytes > max_bytes {
         tracing::warn!(
             bytes = up.store.stats().bytes,
